@@ -1,0 +1,34 @@
+SHELL := /bin/sh
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: test run bench lint system-deps clean
+
+system-deps:
+	@scripts/install-system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pacd gui tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: system-deps $(STAMP) lint
+	scripts/dev-session $(PY) -m pytest $(PYTEST_ARGS)
+
+run: system-deps $(STAMP)
+	PACD_DEV_HOME=$(CURDIR)/.dev/home scripts/dev-session scripts/run-dev
+
+bench: system-deps $(STAMP)
+	scripts/dev-session $(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,144 @@
+"""Configuration: defaults < config.toml < ``PACD_*`` environment.
+
+Paths follow API.md: ``PACD_HOME`` (state), ``PACD_SOCKET`` (owner socket),
+``PACD_PODMAN_URL`` and ``PACD_CONFIG``. Unknown keys in config.toml are an
+error, like everywhere else in pacd: a typo must not silently keep a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from pacd.errors import ConfigError
+
+APP = "pacd"
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+def _default_socket() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / APP / "pacd.sock"
+    # No XDG runtime dir (e.g. a root shell without a login session): use a
+    # per-user directory under the state dir rather than /tmp.
+    return _default_home() / "run" / "pacd.sock"
+
+
+def _default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.toml"
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path = field(default_factory=_default_home)
+    socket: Path = field(default_factory=_default_socket)
+    podman_url: str | None = None
+    config_path: Path = field(default_factory=_default_config_path)
+    #: "keychain" (the OS keychain via keyring) or "passphrase" (scrypt file, explicit only)
+    keystore: str = "keychain"
+    #: file holding the passphrase for the passphrase keystore (never the passphrase itself)
+    passphrase_file: Path | None = None
+    keychain_timeout_s: float = 10.0
+    token_lifetime_s: int = 3600
+    approval_ttl_s: int = 600
+    carbon_proof_max_age_s: int = 120
+    challenge_ttl_s: int = 120
+    rp_id: str = "pacd.localhost"
+    image_repository: str = "localhost/personal-ai"
+    max_body_bytes: int = 16 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    max_connections: int = 10
+
+    @property
+    def origin(self) -> str:
+        return f"https://{self.rp_id}"
+
+    @property
+    def state_db(self) -> Path:
+        return self.home / "state.sqlite3"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.home / "audit.sqlite3"
+
+    @property
+    def agent_socket_dir(self) -> Path:
+        return self.socket.parent / "agents"
+
+
+_ENV = {
+    "PACD_HOME": "home",
+    "PACD_SOCKET": "socket",
+    "PACD_PODMAN_URL": "podman_url",
+    "PACD_CONFIG": "config_path",
+    "PACD_KEYSTORE": "keystore",
+    "PACD_PASSPHRASE_FILE": "passphrase_file",
+    "PACD_TOKEN_LIFETIME": "token_lifetime_s",
+    "PACD_APPROVAL_TTL": "approval_ttl_s",
+    "PACD_RP_ID": "rp_id",
+    "PACD_IMAGE_REPOSITORY": "image_repository",
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = _FIELDS[name]
+    kind = str(f.type)
+    try:
+        if "Path" in kind:
+            return None if value in (None, "") else Path(str(value)).expanduser()
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind.startswith("str"):
+            if value is None or isinstance(value, str):
+                return value
+            raise ValueError(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config: {name} must be {kind}, got {value!r}") from exc
+    return value
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Build the effective configuration from defaults, the file and the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_path = Path(env["PACD_CONFIG"]).expanduser() if env.get("PACD_CONFIG") else None
+    path = config_path or _default_config_path()
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc}") from exc
+        for key, value in data.items():
+            if key not in _FIELDS or key == "config_path":
+                raise ConfigError(f"config: unknown key {key!r} in {path}")
+            values[key] = _coerce(key, value)
+    for var, name in _ENV.items():
+        if env.get(var):
+            values[name] = _coerce(name, env[var])
+    if "home" in values and "socket" not in values and not env.get("XDG_RUNTIME_DIR"):
+        values["socket"] = values["home"] / "run" / "pacd.sock"
+    cfg = Config(**values)
+    if cfg.keystore not in ("keychain", "passphrase"):
+        raise ConfigError(f"config: keystore must be 'keychain' or 'passphrase', got {cfg.keystore!r}")
+    if cfg.keystore == "passphrase" and cfg.passphrase_file is None:
+        raise ConfigError(
+            "config: keystore 'passphrase' needs passphrase_file (PACD_PASSPHRASE_FILE)"
+        )
+    return cfg

@@ -1,0 +1,1 @@
+"""Pure rules and models of pacd: no I/O, no clock reads."""

@@ -1,0 +1,253 @@
+"""The one error hierarchy of pacd.
+
+Every error carries the stable wire ``code`` the HTTP API returns, the HTTP
+``status`` it maps to, and the ``exit_code`` the CLI exits with, so the daemon,
+the client and the CLI never translate errors by hand. Messages are for humans
+and never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PacdError(Exception):
+    """Base of every error pacd raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        #: extra JSON members placed next to code/message on the wire
+        self.extra: dict[str, Any] = extra
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update(self.extra)
+        return {"error": body}
+
+
+# --- request / input ------------------------------------------------------
+
+
+class InvalidRequest(PacdError):
+    """Bad input. ``errors`` lists every problem when there are several."""
+
+    code = "invalid_request"
+    status = 422
+    exit_code = 2
+
+    def __init__(self, message: str, errors: list[str] | None = None, **extra: Any) -> None:
+        if errors:
+            extra["errors"] = list(errors)
+        super().__init__(message, **extra)
+        self.errors: list[str] = list(errors or [])
+
+
+class SpecError(InvalidRequest):
+    """A ContainerSpec (or other document) is malformed; every message names its path."""
+
+
+class PluginRejected(InvalidRequest):
+    """A plugin schema failed validation against the policy; ``errors`` has every reason."""
+
+
+class NotFound(PacdError):
+    code = "not_found"
+    status = 404
+    exit_code = 4
+
+
+class Conflict(PacdError):
+    code = "conflict"
+    status = 409
+    exit_code = 5
+
+
+class Busy(PacdError):
+    code = "busy"
+    status = 503
+    exit_code = 6
+
+
+class RateLimited(PacdError):
+    code = "rate_limited"
+    status = 429
+    exit_code = 6
+
+
+# --- authentication / authorisation --------------------------------------
+
+
+class Unauthorized(PacdError):
+    code = "unauthorized"
+    status = 401
+    exit_code = 3
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+
+
+class TokenRevoked(Unauthorized):
+    code = "token_revoked"
+
+
+class PresenceRequired(PacdError):
+    """The action needs a higher security level than the caller proved."""
+
+    code = "presence_required"
+    status = 403
+    exit_code = 3
+
+    def __init__(self, message: str, required_level: str, **extra: Any) -> None:
+        super().__init__(message, required_level=required_level, **extra)
+        self.required_level = required_level
+
+
+class Forbidden(PacdError):
+    """Policy says no."""
+
+    code = "forbidden"
+    status = 403
+    exit_code = 3
+
+
+class PresenceFailed(Forbidden):
+    """A presence proof (assertion, biometric) was checked and refused."""
+
+    code = "presence_failed"
+
+
+class ClonedAuthenticator(PresenceFailed):
+    """The sign counter did not move forward: the authenticator may be cloned."""
+
+    code = "possible_cloned_authenticator"
+
+
+class PeerRefused(Forbidden):
+    code = "peer_refused"
+
+
+# --- presence ceremony (client side) -------------------------------------
+
+
+class CeremonyError(PacdError):
+    code = "ceremony_failed"
+    status = 400
+    exit_code = 7
+
+
+class NoAuthenticator(CeremonyError):
+    code = "no_authenticator"
+
+
+class PinInvalid(CeremonyError):
+    code = "pin_invalid"
+
+
+class PinBlocked(CeremonyError):
+    code = "pin_blocked"
+
+
+class CeremonyCancelled(CeremonyError):
+    code = "cancelled"
+
+
+class CeremonyTimeout(CeremonyError):
+    code = "timeout"
+
+
+class PresenceUnavailable(CeremonyError):
+    """A presence method (fprintd, Touch ID, Windows Hello) cannot be used here."""
+
+    code = "presence_unavailable"
+
+
+# --- storage, keys, integrity --------------------------------------------
+
+
+class KeychainError(PacdError):
+    code = "keychain_error"
+    status = 503
+    exit_code = 8
+
+
+class KeychainUnavailable(KeychainError):
+    """No secure keychain backend; pacd refuses to fall back to plaintext."""
+
+    code = "keychain_unavailable"
+
+
+class KeychainLocked(KeychainError):
+    """The keychain is locked or the unlock prompt was dismissed."""
+
+    code = "keychain_locked"
+
+
+class IntegrityError(PacdError):
+    """A sealed value or record failed authentication. Deliberately opaque."""
+
+    code = "integrity_error"
+    status = 500
+    exit_code = 9
+
+    def __init__(self, message: str = "sealed data failed authentication") -> None:
+        super().__init__(message)
+
+
+class AuditError(PacdError):
+    """The audit log could not record an entry durably; the action must fail."""
+
+    code = "audit_unavailable"
+    status = 503
+    exit_code = 9
+
+
+class RuntimeUnavailable(PacdError):
+    """Podman (or another container runtime) cannot be reached."""
+
+    code = "runtime_unavailable"
+    status = 503
+    exit_code = 10
+
+
+class RuntimeFailed(PacdError):
+    code = "runtime_failed"
+    status = 502
+    exit_code = 10
+
+
+class DaemonUnavailable(PacdError):
+    """Client side: the daemon is not running or not reachable."""
+
+    code = "daemon_unavailable"
+    status = 503
+    exit_code = 11
+
+
+class ConfigError(PacdError):
+    code = "config_error"
+    status = 500
+    exit_code = 12
+
+
+ALL_ERRORS: tuple[type[PacdError], ...] = (
+    PacdError, InvalidRequest, SpecError, PluginRejected, NotFound, Conflict, Busy,
+    RateLimited, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
+    PresenceFailed, ClonedAuthenticator, PeerRefused, CeremonyError, NoAuthenticator,
+    PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,
+    KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
+    RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
+)
+
+
+def error_for_code(code: str) -> type[PacdError]:
+    """The class for a wire code (client side), falling back to the base class."""
+    for cls in ALL_ERRORS:
+        if cls.code == code:
+            return cls
+    return PacdError

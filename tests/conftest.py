@@ -1,0 +1,42 @@
+"""Shared test plumbing.
+
+System tests use real OS parts (gnome-keyring, Podman, D-Bus). When one is
+missing they skip on a developer machine but FAIL under ``CI=true`` or
+``PACD_REQUIRE_SYSTEM=1``, so a green CI run proves the real parts ran.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def system_required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get(
+        "PACD_REQUIRE_SYSTEM"
+    ) == "1"
+
+
+def require_system(what: str) -> None:
+    """Call when a real system dependency is missing: skip locally, fail in CI."""
+    message = f"system dependency missing: {what}"
+    if system_required():
+        pytest.fail(message + " (required because CI=true or PACD_REQUIRE_SYSTEM=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def real_keychain() -> str:
+    """Asserts the process sees a real, unlocked Secret Service keychain."""
+    try:
+        import keyring
+        from keyring.backends import SecretService
+
+        backend = keyring.get_keyring()
+        if not isinstance(backend, SecretService.Keyring):
+            require_system(f"Secret Service keychain (keyring chose {backend!r}); run via make test")
+        backend.get_password("pacd-test-probe", "probe")
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no keychain"
+        require_system(f"unlocked keychain: {exc}")
+    return "SecretService"
