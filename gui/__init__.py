@@ -1,0 +1,1 @@
+"""The pacd tray app (PySide6). Talks to the daemon only through pacd.client."""

@@ -1,0 +1,209 @@
+"""Bearer tokens issued after a successful presence ceremony.
+
+- 256 random bits, shown to the client once; the database keeps only their
+  SHA-256. A plain hash is enough (no HMAC key to guard): the input has 256
+  bits of entropy, so a stolen table cannot be brute-forced back to tokens.
+- Bound to the owner, a security level and a scope (``"*"`` or one action).
+- carbonProof tokens are single-use: the check that accepts one consumes it in
+  the same transaction, so two concurrent uses cannot both pass.
+- Expiry is checked twice: against wall time stored in the database (so a
+  restart does not revive a token) and against the monotonic clock while the
+  process runs (so setting the system time back does not extend one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+from pacd.core.models import SecurityLevel
+from pacd.errors import NotFound, PresenceRequired, TokenExpired, TokenRevoked, Unauthorized
+from pacd.presence.clock import Clock
+from pacd.presence.owner import OwnerRegistry
+from pacd.store import Store
+
+ANY_SCOPE = "*"
+MAX_TOKEN_CHARS = 256
+
+_SCHEMA = """
+CREATE TABLE presence_tokens (
+    token_id TEXT PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE,
+    owner_id TEXT NOT NULL,
+    level TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    single_use INTEGER NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL,
+    consumed_at REAL
+)
+"""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    token_id: str
+    level: SecurityLevel
+    #: wall-clock time (seconds since the epoch)
+    expires_at: float
+    scope: str = ANY_SCOPE
+    single_use: bool = False
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    token_id: str
+    owner_id: str
+    level: SecurityLevel
+    scope: str
+    single_use: bool
+    expires_at: float
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class TokenService:
+    def __init__(self, store: Store, clock: Clock, lifetime_s: int = 3600) -> None:
+        if lifetime_s <= 0:
+            raise ValueError("token lifetime must be positive")
+        self.store = store
+        self.clock = clock
+        self.lifetime_s = lifetime_s
+        self.owners = OwnerRegistry(store)
+        store.migrate("presence_tokens", 1, _SCHEMA)
+        self._lock = threading.Lock()
+        # token_id -> monotonic deadline, for tokens this process has seen.
+        self._deadlines: dict[str, float] = {}
+
+    def issue(
+        self, level: SecurityLevel | str, scope: str = ANY_SCOPE, single_use: bool = False
+    ) -> IssuedToken:
+        level = SecurityLevel(level)
+        if level == SecurityLevel.basic:
+            raise ValueError("basic needs no token: it is the owner socket itself")
+        if not isinstance(scope, str) or not scope:
+            raise ValueError("token scope must be a non-empty string")
+        owner = self.owners.require_owner()
+        if level == SecurityLevel.carbonProof:
+            single_use = True
+        token = secrets.token_urlsafe(32)
+        token_id = secrets.token_hex(8)
+        wall, mono = self.clock.wall(), self.clock.monotonic()
+        expires_at = wall + self.lifetime_s
+        with self.store.transaction() as conn:
+            # Tokens expired for a day are of no further use to anyone.
+            conn.execute("DELETE FROM presence_tokens WHERE expires_at < ?", (wall - 86400,))
+            conn.execute(
+                "INSERT INTO presence_tokens (token_id, token_hash, owner_id, level, scope,"
+                " single_use, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (token_id, token_hash(token), owner.id, level.value, scope,
+                 int(single_use), wall, expires_at),
+            )
+        with self._lock:
+            for stale in [k for k, d in self._deadlines.items() if d <= mono]:
+                del self._deadlines[stale]
+            self._deadlines[token_id] = mono + self.lifetime_s
+        return IssuedToken(token, token_id, level, expires_at, scope, single_use)
+
+    def check(
+        self, token: str | None, required: SecurityLevel | str, scope: str = ANY_SCOPE
+    ) -> TokenInfo:
+        """The token's details if it may be used for ``required`` at ``scope``.
+
+        Raises ``Unauthorized`` (missing or unknown), ``TokenExpired``,
+        ``TokenRevoked`` (revoked, or single-use and already used) or
+        ``PresenceRequired`` (valid but proves too little, or another scope).
+        """
+        required = SecurityLevel(required)
+        if not token:
+            raise Unauthorized("a bearer token is required: run a presence ceremony first")
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized("unknown token")
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM presence_tokens WHERE token_hash = ?", (token_hash(token),)
+            ).fetchone()
+            if row is None:
+                raise Unauthorized("unknown token")
+            info = _info(row)
+            owner = self.owners.get_owner()
+            if owner is None or owner.id != info.owner_id:
+                raise Unauthorized("token belongs to another owner")
+            if row["revoked_at"] is not None:
+                raise TokenRevoked("token was revoked")
+            if row["consumed_at"] is not None:
+                raise TokenRevoked("single-use token was already used")
+            self._check_expiry(info)
+            if not info.level.satisfies(required):
+                raise PresenceRequired(
+                    f"this needs presence level {required.value};"
+                    f" the token proves only {info.level.value}",
+                    required_level=required.value,
+                )
+            if info.scope not in (ANY_SCOPE, scope):
+                raise PresenceRequired(
+                    "the token was issued for another action", required_level=required.value
+                )
+            if info.single_use:
+                cur = conn.execute(
+                    "UPDATE presence_tokens SET consumed_at = ?"
+                    " WHERE token_id = ? AND consumed_at IS NULL",
+                    (self.clock.wall(), info.token_id),
+                )
+                if cur.rowcount != 1:
+                    raise TokenRevoked("single-use token was already used")
+        return info
+
+    def revoke(self, token_id: str) -> None:
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE presence_tokens SET revoked_at = ?"
+                " WHERE token_id = ? AND revoked_at IS NULL",
+                (self.clock.wall(), token_id),
+            )
+            if cur.rowcount != 1:
+                exists = conn.execute(
+                    "SELECT 1 FROM presence_tokens WHERE token_id = ?", (token_id,)
+                ).fetchone()
+                if exists is None:
+                    raise NotFound("no such token")
+
+    def revoke_all(self) -> int:
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE presence_tokens SET revoked_at = ? WHERE revoked_at IS NULL",
+                (self.clock.wall(),),
+            )
+            return int(cur.rowcount)
+
+    def _check_expiry(self, info: TokenInfo) -> None:
+        wall, mono = self.clock.wall(), self.clock.monotonic()
+        if wall >= info.expires_at:
+            raise TokenExpired("token expired: run a presence ceremony again")
+        with self._lock:
+            deadline = self._deadlines.get(info.token_id)
+            if deadline is None:
+                # Issued by an earlier process: from now on this process counts
+                # the remaining wall-clock lifetime on its monotonic clock.
+                deadline = mono + (info.expires_at - wall)
+                self._deadlines[info.token_id] = deadline
+        if mono >= deadline:
+            raise TokenExpired("token expired: run a presence ceremony again")
+
+
+def _info(row: sqlite3.Row) -> TokenInfo:
+    return TokenInfo(
+        token_id=str(row["token_id"]),
+        owner_id=str(row["owner_id"]),
+        level=SecurityLevel(str(row["level"])),
+        scope=str(row["scope"]),
+        single_use=bool(row["single_use"]),
+        expires_at=float(row["expires_at"]),
+    )

@@ -1,0 +1,64 @@
+"""Platform presence verifiers behind one interface, and the doctor's report.
+
+A verifier proves the owner is present with the machine's own biometrics:
+fprintd on Linux (run by the daemon over the system bus), Touch ID through a
+Secure Enclave key on macOS, Windows Hello through the WebAuthn API on Windows.
+Each one can say whether it is usable here and, if not, why.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Protocol
+
+from pacd.presence.evidence import VerifiedPresence
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str
+    name: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "available": self.available, "reason": self.reason}
+
+
+class PresenceVerifier(Protocol):
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    def verify(self, challenge: bytes, timeout_s: float) -> VerifiedPresence: ...
+
+
+def fido2_usb_availability() -> Availability:
+    from pacd.presence.client import hidraw_diagnosis, list_authenticators
+
+    name = "FIDO2 security key (USB)"
+    if sys.platform == "win32":
+        return Availability(False, "on Windows keys are reached through Windows Hello's"
+                            " WebAuthn API (see that entry)", name)
+    devices = list_authenticators()
+    if devices:
+        return Availability(True, f"{len(devices)} key(s) connected", name)
+    if sys.platform.startswith("linux"):
+        return Availability(False, hidraw_diagnosis(), name)
+    return Availability(False, "no security key connected; plug one in", name)
+
+
+def presence_methods_report(fprintd_bus_address: str | None = None) -> list[Availability]:
+    """Every presence method pacd knows, whether it works here, and why not."""
+    from pacd.presence.fprintd import FprintdVerifier
+    from pacd.presence.macos import TouchIdVerifier
+    from pacd.presence.windows import windows_hello_availability
+
+    report = [fido2_usb_availability()]
+    if sys.platform.startswith("linux"):
+        report.append(FprintdVerifier(bus_address=fprintd_bus_address).availability())
+    else:
+        report.append(Availability(False, "fprintd is Linux only", FprintdVerifier.name))
+    report.append(TouchIdVerifier.probe())
+    report.append(windows_hello_availability())
+    return report

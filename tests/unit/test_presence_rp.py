@@ -1,0 +1,434 @@
+"""End to end: python-fido2 client → software authenticator → pacd relying party.
+
+Nothing of pacd is mocked: the ceremony runs through ``pacd.presence.client``
+and the real ``Fido2Client`` against a software CTAP2 key, and the resulting
+WebAuthn JSON goes through a JSON round trip before the relying party checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacd.core.canonical import digest
+from pacd.core.models import SecurityLevel
+from pacd.errors import (
+    CeremonyCancelled,
+    CeremonyError,
+    CeremonyTimeout,
+    ClonedAuthenticator,
+    InvalidRequest,
+    NoAuthenticator,
+    NotFound,
+    PinBlocked,
+    PinInvalid,
+    PresenceFailed,
+)
+from pacd.presence import client
+from pacd.presence.clock import SettableClock
+from pacd.presence.levels import level_for
+from pacd.presence.owner import Credential, OwnerRegistry
+from pacd.presence.rp import RelyingParty
+from pacd.store import Store
+from tests.softauthn import SOFT_AAGUID, ScriptedUser, SoftAuthenticator
+
+RP_ID = "pacd.localhost"
+ORIGIN = "https://pacd.localhost"
+
+
+class World:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = Store(path / "state.sqlite3")
+        self.clock = SettableClock()
+        self.owners = OwnerRegistry(self.store)
+        self.owners.create_owner("Ada", self.clock.wall())
+        self.refusals: list[tuple[str, dict[str, Any]]] = []
+        self.rp = self.new_rp()
+        self.key = SoftAuthenticator()
+        self.user = ScriptedUser()
+
+    def new_rp(self, store: Store | None = None) -> RelyingParty:
+        store = store or self.store
+        return RelyingParty(
+            store, OwnerRegistry(store), RP_ID, ORIGIN, self.clock,
+            challenge_ttl_s=120,
+            on_refusal=lambda kind, details: self.refusals.append((kind, details)),
+        )
+
+    def enroll(self, label: str = "blue key", key: SoftAuthenticator | None = None) -> Credential:
+        begun = self.rp.begin_registration(label)
+        assert begun["origin"] == ORIGIN
+        response = client.register(begun["publicKey"], begun["origin"], self.user,
+                                   device=key or self.key)
+        return self.rp.complete_registration(begun["registration_id"], wire(response))
+
+    def sign_session(self, level: str, **kw: Any) -> tuple[str, dict[str, Any]]:
+        device = kw.pop("device", self.key)
+        begun = self.rp.begin_session(level)
+        options = dict(begun["publicKey"])
+        options.update(kw)
+        response = client.authenticate(options, begun["origin"], self.user, device=device)
+        return begun["session_id"], wire(response)
+
+    def sign_challenge(self, challenge: bytes, require_uv: bool = True) -> dict[str, Any]:
+        options = self.rp.request_options_for_challenge(challenge, require_uv)
+        return wire(client.authenticate(options["publicKey"], options["origin"], self.user,
+                                        device=self.key))
+
+
+def wire(obj: dict[str, Any]) -> dict[str, Any]:
+    """What crosses the owner socket: JSON text."""
+    loaded: dict[str, Any] = json.loads(json.dumps(obj))
+    return loaded
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+# --- enrolment and sessions ------------------------------------------------
+
+
+def test_enrolment_then_enhanced_and_biometric_sessions(world: World) -> None:
+    cred = world.enroll()
+    assert cred.aaguid == SOFT_AAGUID
+    assert cred.uv_capable is True
+    assert cred.kind == "fido2"
+    assert cred.sign_count == 1
+    assert [c.credential_id for c in world.owners.list_credentials()] == [cred.credential_id]
+
+    sid, response = world.sign_session("enhanced")
+    enhanced = world.rp.complete_session(sid, response)
+    assert enhanced.level == SecurityLevel.enhanced
+    assert enhanced.user_present and not enhanced.user_verified
+    assert level_for(enhanced) == SecurityLevel.enhanced
+
+    sid, response = world.sign_session("biometric")
+    bio = world.rp.complete_session(sid, response)
+    assert bio.level == SecurityLevel.biometric
+    assert bio.user_verified and bio.credential_id == cred.credential_id
+    assert level_for(bio) == SecurityLevel.biometric
+    assert world.owners.get_credential(cred.credential_id).sign_count == world.key.counter
+    assert "touch" in world.user.prompts
+    assert world.refusals == []
+
+
+def test_pin_gives_user_verification(world: World) -> None:
+    world.key = SoftAuthenticator(uv_builtin=False, pin="4821")
+    world.user = ScriptedUser(pins=["4821", "4821"])
+    world.enroll()
+    sid, response = world.sign_session("biometric")
+    assert world.rp.complete_session(sid, response).user_verified
+    assert world.user.prompts.count("pin") == 2
+
+
+def test_biometric_refused_when_the_key_does_not_verify(world: World) -> None:
+    world.enroll()
+    world.key.report_uv = False  # a key that never sets UV
+    sid, response = world.sign_session("biometric")
+    with pytest.raises(PresenceFailed, match=r"(?i)verif"):
+        world.rp.complete_session(sid, response)
+
+
+def test_biometric_refused_when_client_drops_uv_requirement(world: World) -> None:
+    world.enroll()
+    # A tampering client asks the key for a touch only.
+    sid, response = world.sign_session("biometric", userVerification="discouraged")
+    with pytest.raises(PresenceFailed, match=r"(?i)verif"):
+        world.rp.complete_session(sid, response)
+
+
+def test_enhanced_refused_without_user_presence(world: World) -> None:
+    world.enroll()
+    world.key.report_up = False
+    sid, response = world.sign_session("enhanced")
+    with pytest.raises(PresenceFailed, match=r"(?i)present|touch"):
+        world.rp.complete_session(sid, response)
+
+
+def test_replayed_assertion_refused(world: World) -> None:
+    world.enroll()
+    sid, response = world.sign_session("enhanced")
+    world.rp.complete_session(sid, response)
+    with pytest.raises(PresenceFailed, match="unknown, used or expired"):
+        world.rp.complete_session(sid, response)
+    other = world.rp.begin_session("enhanced")["session_id"]
+    with pytest.raises(PresenceFailed, match="challenge"):
+        world.rp.complete_session(other, response)
+
+
+def test_assertion_for_another_challenge_refused(world: World) -> None:
+    world.enroll()
+    first = world.rp.begin_session("enhanced")
+    second = world.rp.begin_session("enhanced")
+    response = wire(client.authenticate(first["publicKey"], ORIGIN, world.user, device=world.key))
+    with pytest.raises(PresenceFailed, match="Wrong challenge"):
+        world.rp.complete_session(second["session_id"], response)
+    # A failed attempt burns the session too (single use whatever the outcome).
+    with pytest.raises(PresenceFailed, match="unknown, used or expired"):
+        world.rp.complete_session(second["session_id"], response)
+    assert world.rp.complete_session(first["session_id"], response).user_present
+
+
+def test_expired_challenge_refused(world: World) -> None:
+    world.enroll()
+    sid, response = world.sign_session("enhanced")
+    world.clock.advance(121)
+    with pytest.raises(PresenceFailed, match="expired"):
+        world.rp.complete_session(sid, response)
+
+
+def test_counter_rollback_refused_and_reported(world: World) -> None:
+    cred = world.enroll()
+    sid, response = world.sign_session("enhanced")
+    world.rp.complete_session(sid, response)
+    stored = world.owners.get_credential(cred.credential_id).sign_count
+    assert stored == world.key.counter > 1
+
+    world.key.counter = 0  # a clone made from the key before it was ever used
+    sid, response = world.sign_session("biometric")
+    with pytest.raises(ClonedAuthenticator) as refused:
+        world.rp.complete_session(sid, response)
+    assert refused.value.code == "possible_cloned_authenticator"
+    assert world.refusals == [(
+        "possible_cloned_authenticator",
+        {"credential_id": cred.credential_id.hex(), "label": "blue key",
+         "stored_counter": stored, "presented_counter": world.key.counter},
+    )]
+    assert world.key.counter < stored
+    assert world.owners.get_credential(cred.credential_id).sign_count == stored
+
+
+def test_frozen_counter_refused(world: World) -> None:
+    world.enroll()
+    world.key.freeze_counter = True
+    sid, response = world.sign_session("enhanced")
+    with pytest.raises(ClonedAuthenticator):
+        world.rp.complete_session(sid, response)
+    assert len(world.refusals) == 1
+
+
+def test_authenticator_without_counter_is_accepted(world: World) -> None:
+    world.key.freeze_counter = True  # counter stays 0: a key that does not use counters
+    cred = world.enroll()
+    assert cred.sign_count == 0
+    for _ in range(2):
+        sid, response = world.sign_session("enhanced")
+        assert world.rp.complete_session(sid, response).user_present
+    assert world.refusals == []
+
+
+def test_origin_must_match_exactly(world: World) -> None:
+    world.enroll()
+    begun = world.rp.begin_session("enhanced")
+    # Allowed by the RP-id rules, but not the origin this daemon reported.
+    response = wire(client.authenticate(begun["publicKey"], "https://sub.pacd.localhost",
+                                        world.user, device=world.key))
+    with pytest.raises(PresenceFailed, match="origin"):
+        world.rp.complete_session(begun["session_id"], response)
+
+
+def test_unenrolled_key_and_malformed_credential(world: World) -> None:
+    world.enroll()
+    stranger = SoftAuthenticator()
+    begun = world.rp.begin_session("enhanced")
+    with pytest.raises(CeremonyError, match="not enrolled"):
+        client.authenticate(begun["publicKey"], ORIGIN, world.user, device=stranger)
+    with pytest.raises(InvalidRequest):
+        world.rp.complete_session(world.rp.begin_session("enhanced")["session_id"],
+                                  {"id": "x", "type": "public-key"})
+
+
+def test_session_needs_enrolled_credential_and_valid_level(world: World) -> None:
+    with pytest.raises(NotFound, match="enrol"):
+        world.rp.begin_session("enhanced")
+    world.enroll()
+    for bad in ("basic", "carbonProof", "root"):
+        with pytest.raises(InvalidRequest):
+            world.rp.begin_session(bad)
+
+
+def test_same_key_cannot_enrol_twice(world: World) -> None:
+    world.enroll()
+    with pytest.raises(CeremonyError, match="already enrolled"):
+        world.enroll("again")
+
+
+def test_second_key_enrols_and_both_work(world: World) -> None:
+    first = world.enroll()
+    spare = SoftAuthenticator()
+    second = world.enroll("spare", key=spare)
+    assert first.credential_id != second.credential_id
+    sid, response = world.sign_session("biometric", device=spare)
+    assert world.rp.complete_session(sid, response).credential_id == second.credential_id
+
+
+# --- approvals and carbonProof ---------------------------------------------
+
+
+ACTION_A = {"kind": "link", "from": "c1", "to": "c2", "nonce": "n-1", "expires_at": 1}
+ACTION_B = {"kind": "link", "from": "c1", "to": "c3", "nonce": "n-1", "expires_at": 1}
+
+
+def test_assertion_for_action_a_cannot_approve_action_b(world: World) -> None:
+    world.enroll()
+    response = world.sign_challenge(digest(ACTION_A))
+    with pytest.raises(PresenceFailed, match="Wrong challenge"):
+        world.rp.verify_for_challenge(digest(ACTION_B), response, require_uv=True)
+    verified = world.rp.verify_for_challenge(digest(ACTION_A), response, require_uv=True)
+    assert verified.level == SecurityLevel.biometric
+    assert verified.challenge == digest(ACTION_A)
+
+
+def test_approval_assertion_is_single_use_even_after_restart(world: World) -> None:
+    world.enroll()
+    response = world.sign_challenge(digest(ACTION_A))
+    world.rp.verify_for_challenge(digest(ACTION_A), response, require_uv=True)
+    with pytest.raises(PresenceFailed, match="already signed"):
+        world.rp.verify_for_challenge(digest(ACTION_A), response, require_uv=True)
+    world.store.close()
+    restarted = world.new_rp(Store(world.path / "state.sqlite3"))
+    with pytest.raises(PresenceFailed, match="already signed"):
+        restarted.verify_for_challenge(digest(ACTION_A), response, require_uv=True)
+
+
+def test_approval_replay_with_fresh_signature_is_refused(world: World) -> None:
+    """Even a new, valid signature over an already-approved action is refused."""
+    world.enroll()
+    world.rp.verify_for_challenge(digest(ACTION_A), world.sign_challenge(digest(ACTION_A)), True)
+    again = world.sign_challenge(digest(ACTION_A))
+    with pytest.raises(PresenceFailed, match="already signed"):
+        world.rp.verify_for_challenge(digest(ACTION_A), again, require_uv=True)
+
+
+def test_failed_approval_attempt_does_not_burn_the_action(world: World) -> None:
+    world.enroll()
+    world.key.report_uv = False
+    with pytest.raises(PresenceFailed):
+        world.rp.verify_for_challenge(digest(ACTION_A), world.sign_challenge(digest(ACTION_A)),
+                                      require_uv=True)
+    world.key.report_uv = True
+    ok = world.rp.verify_for_challenge(digest(ACTION_A), world.sign_challenge(digest(ACTION_A)),
+                                       require_uv=True)
+    assert ok.user_verified
+
+
+def test_carbon_proof_fresh_uv_and_single_use(world: World) -> None:
+    world.enroll()
+    response = world.sign_challenge(digest(ACTION_A))
+    world.clock.advance(119)
+    proof = world.rp.verify_for_challenge(digest(ACTION_A), response, require_uv=False,
+                                          carbon_proof=True)
+    assert proof.level == SecurityLevel.carbonProof
+    assert level_for(proof) == SecurityLevel.carbonProof
+    with pytest.raises(PresenceFailed):
+        world.rp.verify_for_challenge(digest(ACTION_A), response, True, carbon_proof=True)
+
+
+def test_carbon_proof_older_than_120s_refused(world: World) -> None:
+    world.enroll()
+    response = world.sign_challenge(digest(ACTION_B))
+    world.clock.advance(121)
+    with pytest.raises(PresenceFailed, match="older than 120"):
+        world.rp.verify_for_challenge(digest(ACTION_B), response, True, carbon_proof=True)
+
+
+def test_carbon_proof_needs_options_from_this_process(world: World) -> None:
+    world.enroll()
+    response = world.sign_challenge(digest(ACTION_B))
+    restarted = world.new_rp()
+    with pytest.raises(PresenceFailed, match="fresh request options"):
+        restarted.verify_for_challenge(digest(ACTION_B), response, True, carbon_proof=True)
+
+
+def test_carbon_proof_needs_uv(world: World) -> None:
+    world.enroll()
+    options = world.rp.request_options_for_challenge(digest(ACTION_A), require_uv=True)
+    tampered = dict(options["publicKey"], userVerification="discouraged")
+    response = wire(client.authenticate(tampered, ORIGIN, world.user, device=world.key))
+    with pytest.raises(PresenceFailed, match=r"(?i)verif"):
+        world.rp.verify_for_challenge(digest(ACTION_A), response, True, carbon_proof=True)
+
+
+# --- the client ceremony's errors -------------------------------------------
+
+
+def test_wrong_pin_then_blocked(world: World) -> None:
+    world.key = SoftAuthenticator(uv_builtin=False, pin="4821")
+    world.user = ScriptedUser(pins=["4821"])
+    world.enroll()
+    world.key.pin_retries = 2
+    world.user.pins = ["0000"]
+    with pytest.raises(PinInvalid):
+        world.sign_session("biometric")
+    world.user.pins = ["0000"]
+    with pytest.raises(PinBlocked):
+        world.sign_session("biometric")
+    world.user.pins = ["4821"]
+    with pytest.raises(PinBlocked):
+        world.sign_session("biometric")
+
+
+def test_no_pin_entered_is_a_cancel(world: World) -> None:
+    world.key = SoftAuthenticator(uv_builtin=False, pin="4821")
+    world.user = ScriptedUser(pins=["4821"])
+    world.enroll()
+    with pytest.raises(CeremonyCancelled):
+        world.sign_session("biometric")
+
+
+def test_cancel_while_waiting_for_touch(world: World) -> None:
+    world.enroll()
+    world.key.presence = "manual"
+    cancel = threading.Event()
+    timer = threading.Timer(0.2, cancel.set)
+    timer.start()
+    begun = world.rp.begin_session("enhanced")
+    with pytest.raises(CeremonyCancelled):
+        client.authenticate(begun["publicKey"], ORIGIN, world.user, device=world.key,
+                            cancel=cancel)
+    timer.join()
+
+
+def test_manual_touch_completes(world: World) -> None:
+    world.enroll()
+    world.key.presence = "manual"
+    toucher = threading.Timer(0.1, world.key.touch.set)
+    toucher.start()
+    sid, response = world.sign_session("enhanced")
+    toucher.join()
+    assert world.rp.complete_session(sid, response).user_present
+
+
+def test_timeout_when_nobody_touches(world: World) -> None:
+    world.enroll()
+    world.key.presence = "manual"
+    begun = world.rp.begin_session("enhanced")
+    with pytest.raises(CeremonyTimeout):
+        client.authenticate(begun["publicKey"], ORIGIN, world.user, device=world.key,
+                            timeout_s=0.3)
+
+
+def test_authenticator_side_timeout(world: World) -> None:
+    world.enroll()
+    world.key.presence = "never"
+    world.key.touch_timeout_s = 0.2
+    begun = world.rp.begin_session("enhanced")
+    with pytest.raises(CeremonyTimeout):
+        client.authenticate(begun["publicKey"], ORIGIN, world.user, device=world.key)
+
+
+def test_no_device_found_explains_udev(world: World) -> None:
+    if client.list_authenticators():
+        pytest.skip("a real security key is connected")
+    begun = world.rp.begin_registration("usb")
+    with pytest.raises(NoAuthenticator) as missing:
+        client.register(begun["publicKey"], ORIGIN, world.user)
+    assert "security key" in missing.value.message
+    assert missing.value.message == "no FIDO2 security key found: " + client.hidraw_diagnosis()

@@ -1,0 +1,171 @@
+"""Presence tokens: hashed storage, binding, expiry on two clocks, single use."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from pacd.core.models import SecurityLevel
+from pacd.errors import NotFound, PresenceRequired, TokenExpired, TokenRevoked, Unauthorized
+from pacd.presence.clock import SettableClock
+from pacd.presence.owner import OwnerRegistry
+from pacd.presence.tokens import TokenService
+from pacd.store import Store
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: SettableClock) -> Store:
+    s = Store(tmp_path / "state.sqlite3")
+    OwnerRegistry(s).create_owner("Ada", clock.wall())
+    return s
+
+
+@pytest.fixture
+def tokens(store: Store, clock: SettableClock) -> TokenService:
+    return TokenService(store, clock, lifetime_s=3600)
+
+
+def test_token_is_random_and_stored_only_hashed(tokens: TokenService, store: Store,
+                                                tmp_path: Path) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    other = tokens.issue(SecurityLevel.enhanced)
+    assert issued.token != other.token and len(issued.token) >= 43  # 256 bits, base64url
+    rows = store.query("SELECT * FROM presence_tokens")
+    assert len(rows) == 2
+    row = next(r for r in rows if r["token_id"] == issued.token_id)
+    assert bytes(row["token_hash"]) == hashlib.sha256(issued.token.encode()).digest()
+    for r in rows:
+        assert issued.token not in [str(v) for v in tuple(r)]
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.sqlite3*"))
+    assert issued.token.encode() not in raw
+
+
+def test_check_returns_binding(tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue("biometric", scope="containers")
+    info = tokens.check(issued.token, SecurityLevel.enhanced, scope="containers")
+    owner = OwnerRegistry(store).get_owner()
+    assert owner is not None
+    assert (info.owner_id, info.level, info.scope) == (owner.id, SecurityLevel.biometric,
+                                                       "containers")
+    assert info.expires_at == issued.expires_at
+
+
+def test_missing_and_unknown_tokens(tokens: TokenService) -> None:
+    with pytest.raises(Unauthorized) as missing:
+        tokens.check(None, SecurityLevel.enhanced)
+    assert missing.value.code == "unauthorized"
+    with pytest.raises(Unauthorized, match="unknown"):
+        tokens.check("not-a-token", SecurityLevel.enhanced)
+
+
+def test_level_too_low_names_the_required_level(tokens: TokenService) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    with pytest.raises(PresenceRequired) as low:
+        tokens.check(issued.token, SecurityLevel.biometric)
+    assert low.value.required_level == "biometric"
+    assert low.value.to_wire()["error"]["required_level"] == "biometric"
+
+
+def test_scope_is_bound(tokens: TokenService) -> None:
+    issued = tokens.issue(SecurityLevel.biometric, scope="container:c1")
+    tokens.check(issued.token, SecurityLevel.biometric, scope="container:c1")
+    with pytest.raises(PresenceRequired, match="another action"):
+        tokens.check(issued.token, SecurityLevel.biometric, scope="container:c2")
+
+
+def test_expires_after_one_hour(tokens: TokenService, clock: SettableClock) -> None:
+    issued = tokens.issue(SecurityLevel.biometric)
+    assert issued.expires_at == clock.wall() + 3600
+    clock.advance(3599)
+    tokens.check(issued.token, SecurityLevel.biometric)
+    clock.advance(2)  # 1 h + 1 s
+    with pytest.raises(TokenExpired) as expired:
+        tokens.check(issued.token, SecurityLevel.biometric)
+    assert expired.value.code == "token_expired"
+
+
+def test_wall_clock_set_back_does_not_extend_a_token(tokens: TokenService,
+                                                     clock: SettableClock) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    start = clock.wall()
+    clock.advance(3601)
+    clock.set_wall(start)  # someone sets the system time back an hour
+    with pytest.raises(TokenExpired):
+        tokens.check(issued.token, SecurityLevel.enhanced)
+
+
+def test_wall_time_governs_across_restarts(store: Store, clock: SettableClock) -> None:
+    issued = TokenService(store, clock).issue(SecurityLevel.enhanced)
+    # New process: monotonic clock restarted from an unrelated value.
+    later = SettableClock(wall=clock.wall() + 1800, monotonic=5.0)
+    restarted = TokenService(store, later)
+    restarted.check(issued.token, SecurityLevel.enhanced)
+    start_wall = later.wall()
+    later.advance(1801)
+    later.set_wall(start_wall)  # wall set back after the restart: monotonic still counts
+    with pytest.raises(TokenExpired):
+        restarted.check(issued.token, SecurityLevel.enhanced)
+    after = SettableClock(wall=clock.wall() + 3601, monotonic=1.0)
+    with pytest.raises(TokenExpired):
+        TokenService(store, after).check(issued.token, SecurityLevel.enhanced)
+
+
+def test_carbon_proof_token_works_once(tokens: TokenService) -> None:
+    issued = tokens.issue(SecurityLevel.carbonProof, scope="link:abc")
+    assert issued.single_use
+    info = tokens.check(issued.token, SecurityLevel.carbonProof, scope="link:abc")
+    assert info.level == SecurityLevel.carbonProof
+    with pytest.raises(TokenRevoked, match="already used"):
+        tokens.check(issued.token, SecurityLevel.carbonProof, scope="link:abc")
+
+
+def test_single_use_consumed_atomically_under_concurrency(tokens: TokenService) -> None:
+    issued = tokens.issue(SecurityLevel.carbonProof)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def use() -> None:
+        barrier.wait()
+        try:
+            tokens.check(issued.token, SecurityLevel.carbonProof)
+            outcomes.append("ok")
+        except TokenRevoked:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok"] + ["refused"] * 7
+
+
+def test_revoke_and_revoke_all(tokens: TokenService) -> None:
+    a = tokens.issue(SecurityLevel.enhanced)
+    b = tokens.issue(SecurityLevel.biometric)
+    c = tokens.issue(SecurityLevel.biometric)
+    tokens.revoke(a.token_id)
+    with pytest.raises(TokenRevoked) as revoked:
+        tokens.check(a.token, SecurityLevel.enhanced)
+    assert revoked.value.code == "token_revoked"
+    tokens.check(b.token, SecurityLevel.enhanced)
+    assert tokens.revoke_all() == 2
+    for t in (b, c):
+        with pytest.raises(TokenRevoked):
+            tokens.check(t.token, SecurityLevel.enhanced)
+    with pytest.raises(NotFound):
+        tokens.revoke("nope")
+
+
+def test_issue_needs_an_owner(tmp_path: Path, clock: SettableClock) -> None:
+    with pytest.raises(NotFound, match="owner"):
+        TokenService(Store(tmp_path / "empty.sqlite3"), clock).issue(SecurityLevel.enhanced)
