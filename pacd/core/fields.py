@@ -1,0 +1,278 @@
+"""Path-aware reading of untrusted JSON/TOML documents.
+
+Every problem is recorded as ``"<path>: <message>"`` (``agents[1].isolation: ...``)
+and reading continues, so one pass reports *every* mistake in a document
+instead of making the owner fix them one at a time. Readers return ``None``
+for a value they could not read; the caller only builds models once the
+collector is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import Enum
+from typing import Any, Final, TypeVar
+
+from pacd.errors import SpecError
+
+E = TypeVar("E", bound=Enum)
+T = TypeVar("T")
+
+#: sentinel for "no default: the field is required"
+REQUIRED: Final = object()
+
+# A DNS label (RFC 1123), lowercase. Agent, concern and container names become
+# parts of Podman container names, host names and URL path segments, so they
+# must be safe in all three without escaping.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+# Container image references, after the grammar of distribution/reference
+# (the one Podman and Docker use): [domain[:port]/]path[:tag][@digest].
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
+_IMAGE_NAME_MAX = 255
+
+
+def is_label(value: str) -> bool:
+    """A lowercase DNS label: 1-63 of ``a-z0-9-``, not starting or ending with ``-``."""
+    return _LABEL.fullmatch(value) is not None
+
+
+def is_hostname(value: str) -> bool:
+    """A lowercase RFC 1123 host name (no wildcard, no trailing dot)."""
+    if not value or len(value) > 253:
+        return False
+    return all(_HOST_LABEL.fullmatch(part) for part in value.split("."))
+
+
+def is_image_reference(value: str) -> bool:
+    match = _IMAGE.fullmatch(value)
+    return match is not None and len(match.group("name")) <= _IMAGE_NAME_MAX
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value quoted for a message, cut short so hostile input cannot flood logs."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def join(path: str, key: str) -> str:
+    """``path.key``, or ``path["odd key"]`` when the key is not a plain identifier."""
+    if _IDENT.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    shown = key if len(key) <= 40 else key[:37] + "..."
+    return f"{path}[{json.dumps(shown)}]"
+
+
+def index(path: str, i: int) -> str:
+    return f"{path}[{i}]"
+
+
+def one_of(values: Iterable[str]) -> str:
+    return ", ".join(values)
+
+
+class Problems:
+    """Collects path-prefixed problems; ``root`` names the document itself."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.errors: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        # a path that starts with a subscript hangs off the document itself
+        where = self.root + path if path.startswith("[") else path or self.root
+        self.errors.append(f"{where}: {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def raise_if_any(self, what: str) -> None:
+        if self.errors:
+            count = len(self.errors)
+            noun = "problem" if count == 1 else "problems"
+            raise SpecError(
+                f"{what} is invalid ({count} {noun}): {self.errors[0]}", errors=self.errors
+            )
+
+
+class Obj:
+    """Reads one JSON object: refuses unknown fields, reports missing required ones."""
+
+    def __init__(
+        self,
+        data: Any,
+        path: str,
+        problems: Problems,
+        fields: Sequence[str],
+        required: Sequence[str] = (),
+    ) -> None:
+        self.path = path
+        self.problems = problems
+        self.ok = isinstance(data, Mapping)
+        self.data: Mapping[Any, Any] = data if isinstance(data, Mapping) else {}
+        if not self.ok:
+            problems.add(path, f"expected an object, got {json_type(data)}")
+            return
+        for key in self.data:
+            if not isinstance(key, str) or key not in fields:
+                problems.add(
+                    join(path, str(key)), f"unknown field (expected one of {one_of(fields)})"
+                )
+        for key in required:
+            if key not in self.data:
+                problems.add(join(path, key), "is required")
+
+    def at(self, key: str) -> str:
+        return join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def string(
+        self,
+        key: str,
+        default: Any = REQUIRED,
+        *,
+        check: Callable[[str], bool] | None = None,
+        expect: str = "",
+        max_len: int = 256,
+    ) -> str | None:
+        if key not in self.data:
+            return None if default is REQUIRED else default
+        return read_string(
+            self.data[key], self.at(key), self.problems, check=check, expect=expect, max_len=max_len
+        )
+
+    def boolean(self, key: str, default: bool | None = None) -> bool | None:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, bool):
+            self.problems.add(self.at(key), f"expected a boolean, got {json_type(value)}")
+            return None
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> int | None:
+        if key not in self.data:
+            return default
+        return read_int(self.data[key], self.at(key), self.problems)
+
+    def enum(self, key: str, enum: type[E], default: E | None = None) -> E | None:
+        if key not in self.data:
+            return default
+        return read_enum(self.data[key], self.at(key), self.problems, enum)
+
+    def array(self, key: str, default: list[Any] | None = None) -> list[tuple[str, Any]] | None:
+        """The items of an array field, each paired with its path."""
+        if key not in self.data:
+            if default is None:
+                return None
+            return [(index(self.at(key), i), v) for i, v in enumerate(default)]
+        return read_array(self.data[key], self.at(key), self.problems)
+
+
+def read_string(
+    value: Any,
+    path: str,
+    problems: Problems,
+    *,
+    check: Callable[[str], bool] | None = None,
+    expect: str = "",
+    max_len: int = 256,
+) -> str | None:
+    if not isinstance(value, str):
+        problems.add(path, f"expected a string, got {json_type(value)}")
+        return None
+    if not value:
+        problems.add(path, "must not be empty")
+        return None
+    if len(value) > max_len:
+        problems.add(path, f"is too long ({len(value)} characters, at most {max_len})")
+        return None
+    if check is not None and not check(value):
+        problems.add(path, f"{show(value)} is not {expect}")
+        return None
+    return value
+
+
+def read_int(value: Any, path: str, problems: Problems) -> int | None:
+    # bool is an int in Python but never an integer in a document
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.add(path, f"expected an integer, got {json_type(value)}")
+        return None
+    return value
+
+
+def read_enum(value: Any, path: str, problems: Problems, enum: type[E]) -> E | None:
+    names = [member.value for member in enum]
+    if not isinstance(value, str):
+        problems.add(path, f"expected a string (one of {one_of(names)}), got {json_type(value)}")
+        return None
+    if value not in names:
+        problems.add(path, f"{show(value)} is not one of {one_of(names)}")
+        return None
+    return enum(value)
+
+
+def read_array(value: Any, path: str, problems: Problems) -> list[tuple[str, Any]] | None:
+    if not isinstance(value, list | tuple):
+        problems.add(path, f"expected an array, got {json_type(value)}")
+        return None
+    return [(index(path, i), item) for i, item in enumerate(value)]
+
+
+def read_unique(
+    items: list[tuple[str, Any]] | None,
+    problems: Problems,
+    read: Callable[[Any, str], T | None],
+    what: str,
+) -> tuple[T, ...] | None:
+    """Reads every item with ``read(value, path)``; duplicates are problems."""
+    if items is None:
+        return None
+    out: list[T] = []
+    failed = False
+    for path, raw in items:
+        value = read(raw, path)
+        if value is None:
+            failed = True
+        elif value in out:
+            problems.add(path, f"duplicate {what} {show(getattr(value, 'value', value))}")
+            failed = True
+        else:
+            out.append(value)
+    return None if failed else tuple(out)
