@@ -1,0 +1,667 @@
+"""The tamper-evident audit log: HMAC hash chain, keychain checkpoint, group commit.
+
+Every entry carries ``mac = HMAC-SHA256(key, prev_mac ‖ canonical_json(entry))``
+with ``prev_mac`` of the first entry = 32 zero bytes, so editing, deleting or
+reordering any entry breaks the chain at that entry. Deleting the *tail* keeps
+the chain intact, so after each committed batch the head (seq, mac) is also
+written to the secret store (the keychain), outside the database's reach.
+
+The log lives in its own SQLite file (WAL, ``synchronous=FULL``): an entry is
+acknowledged only after the transaction holding it is committed and synced.
+One writer thread drains a queue of pending entries, assigns seqs and MACs in
+order, writes the whole batch in one transaction (one fsync) and then wakes
+every waiter of that batch — many concurrent writers share each fsync. If the
+batch cannot be made durable every waiter gets :class:`~pacd.errors.AuditError`
+so the action it was logging fails closed.
+
+If at open the checkpoint is ahead of the database (entries were removed) or
+disagrees with it, the log refuses new entries: appending would move the
+checkpoint forward and erase the evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacd.core.canonical import canonical_json
+from pacd.errors import AuditError, InvalidRequest, KeychainError
+from pacd.vault.keychain import SecretStore
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("allow", "deny", "info")
+_GENESIS = bytes(32)
+_DEFAULT_MAX_BATCH = 1024
+_COLUMNS = "seq, time, actor, action, target, decision, reason, details, mac"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    details TEXT NOT NULL,
+    mac BLOB NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time: float
+    actor: str
+    action: str
+    target: str
+    decision: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+    mac: bytes = b""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "decision": self.decision,
+            "reason": self.reason,
+            "details": self.details,
+            "mac": self.mac.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int
+    first_bad_seq: int | None
+    #: human explanation of the first problem ("" when ok)
+    problem: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "entries": self.entries, "first_bad_seq": self.first_bad_seq}
+
+
+def _canonical(  # noqa: PLR0917 - one parameter per MACed column
+    seq: int, when: float, actor: str, action: str, target: str, decision: str, reason: str,
+    details: Any,
+) -> bytes:
+    return canonical_json({
+        "seq": seq, "time": when, "actor": actor, "action": action, "target": target,
+        "decision": decision, "reason": reason, "details": details,
+    })
+
+
+# The same settings as pacd.core.canonical.canonical_json, built once.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _entry_parts(  # noqa: PLR0917 - one parameter per MACed column
+    actor: str, action: str, target: str, decision: str, reason: str, details_text: str
+) -> tuple[str, str]:
+    """The canonical entry around its seq and time, so the writer only splices those in.
+
+    ``prefix + str(seq) + middle + repr(float(time)) + "}"`` is byte for byte
+    ``_canonical(...)`` (keys in sorted order; ``details_text`` is canonical
+    JSON already). Building the parts in the appending thread keeps the single
+    writer's per-entry work small.
+    """
+    enc = _ENCODER.encode
+    prefix = (
+        '{"action":' + enc(action) + ',"actor":' + enc(actor) + ',"decision":' + enc(decision)
+        + ',"details":' + details_text + ',"reason":' + enc(reason) + ',"seq":'
+    )
+    return prefix, ',"target":' + enc(target) + ',"time":'
+
+
+def _splice(prefix: str, seq: int, middle: str, when: float) -> bytes:
+    return (prefix + str(seq) + middle + _ENCODER.encode(when) + "}").encode("utf-8")
+
+
+def _chain(key: bytes, prev_mac: bytes, canonical: bytes) -> bytes:
+    return hmac.digest(key, prev_mac + canonical, "sha256")
+
+
+def checkpoint_name(path: Path) -> str:
+    """The secret-store name holding the checkpoint of the log at ``path``."""
+    digest = hashlib.sha256(os.path.realpath(path).encode("utf-8")).hexdigest()[:16]
+    return f"audit-checkpoint-{digest}"
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    actor: str
+    action: str
+    target: str
+    decision: str
+    reason: str
+    details: dict[str, Any]
+    details_text: str
+    prefix: str
+    middle: str
+    #: set for append_async: the waiter's loop and future
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[AuditEntry] | None = None
+    entry: AuditEntry | None = None
+    error: AuditError | None = None
+    done: bool = False
+
+
+def _resolve(items: list[_Pending]) -> None:
+    """Runs on a waiter's event loop: hand each entry (or error) to its future."""
+    for p in items:
+        if p.waiter is None or p.waiter.done():
+            continue  # timed out or cancelled meanwhile
+        if p.error is not None:
+            p.waiter.set_exception(p.error)
+        else:
+            p.waiter.set_result(p.entry)  # type: ignore[arg-type]
+
+
+class _Checkpointer:
+    """Writes the newest (seq, mac) to the secret store, at most one write in flight.
+
+    Newer heads replace older pending ones, so a burst of batches costs one or
+    two keychain writes, not one per batch.
+    """
+
+    def __init__(self, secrets: SecretStore, name: str) -> None:
+        self._secrets = secrets
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending: tuple[int, bytes] | None = None
+        self._busy = False
+        self._stop = False
+        self.last_error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="pacd-audit-ckpt", daemon=True)
+        self._thread.start()
+
+    def schedule(self, seq: int, mac: bytes) -> None:
+        with self._cond:
+            self._pending = (seq, mac)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                seq, mac = self._pending
+                self._pending = None
+                self._busy = True
+            try:
+                self._secrets.set(self._name, canonical_json({"seq": seq, "mac": mac.hex()}))
+                self.last_error = None
+            except Exception as exc:
+                # The entries are durable in the database; only truncation evidence lags.
+                self.last_error = exc
+                log.warning("audit checkpoint not written (seq %d): %s", seq, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the newest scheduled head is written (or failed)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._pending is None and not self._busy, timeout=timeout
+            )
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+def read_checkpoint(secrets: SecretStore, name: str) -> tuple[int, bytes] | None:
+    raw = secrets.get(name)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        return int(doc["seq"]), bytes.fromhex(doc["mac"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"the audit checkpoint {name!r} in the keychain is unreadable") from exc
+
+
+class AuditLog:
+    """An append-only, HMAC-chained log in its own SQLite file.
+
+    ``checkpoints`` may be None only where truncation detection is not wanted
+    (tests, benchmarks); the daemon always passes its secret store.
+    ``max_batch`` bounds entries per transaction (1 = one fsync per entry).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        checkpoints: SecretStore | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_batch: int = _DEFAULT_MAX_BATCH,
+        append_timeout_s: float = 30.0,
+    ) -> None:
+        if len(key) < 32:
+            raise ValueError("the audit key must be at least 256 bits")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.path = Path(path)
+        self._key = bytes(key)
+        self._clock = clock
+        self._max_batch = max_batch
+        self._append_timeout_s = append_timeout_s
+        self._listeners: list[Callable[[AuditEntry], None]] = []
+        self._cond = threading.Condition()
+        #: notified once per finished batch; blocking appenders wait on it
+        self._done = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._closing = False
+        self._closed = False
+        self._refusal: str | None = None
+        self._resync = False
+        self.checkpoint_name = checkpoint_name(self.path)
+        self._secrets = checkpoints
+        try:
+            self._conn = self._connect()
+            self._conn.execute(_SCHEMA)
+            row = self._conn.execute(
+                "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
+        self._head: tuple[int, bytes] = (0, _GENESIS) if row is None else (
+            int(row[0]), bytes(row[1])
+        )
+        if checkpoints is not None:
+            self._refusal = self._check_against_checkpoint(checkpoints)
+            self._checkpointer: _Checkpointer | None = _Checkpointer(
+                checkpoints, self.checkpoint_name
+            )
+            if self._refusal is None and self._head[0] > 0:
+                # A crash between a commit and its checkpoint write leaves the
+                # checkpoint behind; bring it up to the (consistent) head now.
+                self._checkpointer.schedule(*self._head)
+        else:
+            self._checkpointer = None
+        self._writer = threading.Thread(target=self._run, name="pacd-audit-writer", daemon=True)
+        self._writer.start()
+
+    # --- storage ------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            # Create it owner-only; SQLite gives the -wal/-shm files the same mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise AuditError(f"the audit log {self.path} cannot use WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def _check_against_checkpoint(self, secrets: SecretStore) -> str | None:
+        try:
+            checkpoint = read_checkpoint(secrets, self.checkpoint_name)
+        except KeychainError as exc:
+            raise AuditError(f"cannot read the audit checkpoint: {exc.message}") from exc
+        if checkpoint is None:
+            return None
+        seq, mac = checkpoint
+        head_seq = self._head[0]
+        if seq > head_seq:
+            return (
+                f"the audit log ends at seq {head_seq} but its checkpoint says seq {seq}: "
+                "entries were removed"
+            )
+        row = self._conn.execute("SELECT mac FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+        if row is None or not hmac.compare_digest(bytes(row[0]), mac):
+            return f"audit entry {seq} does not match the checkpoint: the log was rewritten"
+        return None
+
+    # --- appending ------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[AuditEntry], None]) -> None:
+        """Call ``callback(entry)`` after each entry is committed (on the writer thread).
+
+        Callbacks must be quick and must not append; asyncio users hand over with
+        ``loop.call_soon_threadsafe``. A failing callback is logged and ignored.
+        """
+        self._listeners.append(callback)
+
+    def _submit(  # noqa: PLR0917 - mirrors append
+        self, actor: str, action: str, target: str, decision: str, reason: str,
+        details: dict[str, Any] | None, loop: asyncio.AbstractEventLoop | None = None,
+    ) -> _Pending:
+        problems = [
+            f"{name} must be a string"
+            for name, value in (("actor", actor), ("action", action), ("target", target),
+                                ("reason", reason))
+            if not isinstance(value, str)
+        ]
+        if decision not in DECISIONS:
+            problems.append(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        details = {} if details is None else details
+        details_text = "{}"
+        if not isinstance(details, dict):
+            problems.append("details must be a JSON object")
+        elif details:
+            try:
+                details_text = canonical_json(details).decode("utf-8")
+            except (TypeError, ValueError) as exc:
+                problems.append(f"details must be JSON-serialisable: {exc}")
+        if problems:
+            raise InvalidRequest("invalid audit entry: " + "; ".join(problems), errors=problems)
+        prefix, middle = _entry_parts(actor, action, target, decision, reason, details_text)
+        pending = _Pending(actor, action, target, decision, reason, dict(details), details_text,
+                           prefix, middle)
+        if loop is not None:
+            pending.loop = loop
+            pending.waiter = loop.create_future()
+        with self._cond:
+            if self._closing:
+                raise AuditError("the audit log is closed")
+            if self._refusal is not None:
+                raise AuditError(self._refusal + "; run `pacd audit verify` for details")
+            self._queue.append(pending)
+            self._cond.notify()
+        return pending
+
+    def _timeout_error(self) -> AuditError:
+        return AuditError(
+            f"the audit log did not confirm the entry within {self._append_timeout_s:g} s"
+        )
+
+    def append(  # noqa: PLR0917 - one parameter per entry column
+        self, actor: str, action: str, target: str, decision: str, reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Record one entry; returns once it is durable, else raises AuditError."""
+        pending = self._submit(actor, action, target, decision, reason, details)
+        with self._done:
+            if not self._done.wait_for(lambda: pending.done, timeout=self._append_timeout_s):
+                raise self._timeout_error()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.entry is not None
+        return pending.entry
+
+    async def append_async(  # noqa: PLR0917 - mirrors append
+        self, actor: str, action: str, target: str, decision: str, reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Like :meth:`append` without blocking the event loop."""
+        pending = self._submit(actor, action, target, decision, reason, details,
+                               asyncio.get_running_loop())
+        assert pending.waiter is not None
+        try:
+            async with asyncio.timeout(self._append_timeout_s):
+                return await pending.waiter
+        except TimeoutError:
+            raise self._timeout_error() from None
+
+    def _finish(self, batch: list[_Pending]) -> None:
+        """Wake every waiter of a batch: one notify, one hand-off per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        for p in batch:
+            p.done = True
+            if p.loop is not None:
+                by_loop.setdefault(p.loop, []).append(p)
+        with self._done:
+            self._done.notify_all()
+        for loop, items in by_loop.items():
+            # RuntimeError: that loop is closed, so nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, items)
+
+    def _fail(self, batch: list[_Pending], error: AuditError) -> None:
+        for p in batch:
+            if not p.done:
+                p.error = error
+        self._finish([p for p in batch if not p.done])
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                count = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(count)]
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a waiter hanging
+                self._fail(batch, AuditError(
+                    f"the audit writer failed: {type(exc).__name__}: {exc}"))
+                log.exception("audit writer failure")
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        if self._resync:
+            try:
+                self._resync_head()
+            except sqlite3.Error as exc:
+                self._fail(batch, AuditError(
+                    f"the audit log could not record the entry durably: {exc}"))
+                return
+        seq, mac = self._head
+        when = float(self._clock())
+        if not math.isfinite(when):
+            raise AuditError("the clock returned a non-finite time")
+        rows = []
+        entries = []
+        for p in batch:
+            seq += 1
+            canonical = _splice(p.prefix, seq, p.middle, when)
+            mac = _chain(self._key, mac, canonical)
+            rows.append((seq, when, p.actor, p.action, p.target, p.decision, p.reason,
+                         p.details_text, mac))
+            entries.append(AuditEntry(seq, when, p.actor, p.action, p.target, p.decision,
+                                      p.reason, p.details, mac))
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                rows,
+            )
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._recover_after_failure()
+            self._fail(batch, AuditError(
+                f"the audit log could not record the entry durably: {exc}"))
+            return
+        self._head = (seq, mac)
+        for p, entry in zip(batch, entries, strict=True):
+            p.entry = entry
+        self._finish(batch)
+        if self._checkpointer is not None:
+            self._checkpointer.schedule(seq, mac)
+        for entry in entries:
+            for listener in list(self._listeners):
+                try:
+                    listener(entry)
+                except Exception:
+                    log.exception("audit listener failed")
+
+    def _recover_after_failure(self) -> None:
+        """After a failed commit, trust only what the database says it holds.
+
+        The head is re-read before the next batch rather than now: the failure
+        (a full disk, an I/O error) may still be in effect, and the next batch
+        fails closed the same way until it clears.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        self._resync = True
+
+    def _resync_head(self) -> None:
+        # A connection that saw an I/O error may keep stale state: start afresh.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self._conn = self._connect()
+        row = self._conn.execute(
+            "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._head = (0, _GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+        self._resync = False
+
+    # --- reading ----------------------------------------------------------------
+
+    def head(self) -> tuple[int, bytes]:
+        """(seq, mac) of the newest committed entry; (0, 32 zero bytes) when empty."""
+        return self._head
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def entries(self, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Up to ``limit`` entries with seq > ``after``, oldest first."""
+        if limit < 1 or limit > 10_000:
+            raise InvalidRequest("limit must be between 1 and 10000")
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+                (after, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit log: {exc}") from exc
+        finally:
+            conn.close()
+        result = []
+        for seq, when, actor, action, target, decision, reason, details, mac in rows:
+            try:
+                parsed = json.loads(details)
+            except ValueError:
+                parsed = {"unparseable": details}
+            result.append(AuditEntry(int(seq), float(when), actor, action, target, decision,
+                                     reason, parsed, bytes(mac)))
+        return result
+
+    def verify(self) -> VerifyResult:
+        """Check the whole chain and the checkpoint; names the first bad seq."""
+        # Checkpoint first: it is written after commit, so the snapshot read next
+        # contains at least the entries it covers.
+        checkpoint = None
+        if self._secrets is not None:
+            try:
+                checkpoint = read_checkpoint(self._secrets, self.checkpoint_name)
+            except KeychainError as exc:
+                raise AuditError(f"cannot read the audit checkpoint: {exc.message}") from exc
+        conn = self._reader()
+        try:
+            conn.execute("BEGIN")
+            cursor = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq")  # noqa: S608
+            count = 0
+            expected = 1
+            prev = _GENESIS
+            first_bad: int | None = None
+            problem = ""
+            checkpoint_mac: bytes | None = None
+            while True:
+                rows = cursor.fetchmany(4096)
+                if not rows:
+                    break
+                for row in rows:
+                    count += 1
+                    if first_bad is not None:
+                        continue
+                    seq = row[0]
+                    if seq != expected:
+                        first_bad = expected
+                        problem = (f"entry {expected} is missing" if isinstance(seq, int)
+                                   and seq > expected else f"entry {expected} is out of order")
+                        continue
+                    why = self._check_row(row, prev)
+                    if why:
+                        first_bad, problem = expected, f"entry {expected} {why}"
+                        continue
+                    prev = bytes(row[8])
+                    if checkpoint is not None and seq == checkpoint[0]:
+                        checkpoint_mac = prev
+                    expected += 1
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit log: {exc}") from exc
+        finally:
+            conn.close()
+        if first_bad is None and checkpoint is not None and checkpoint[0] > 0:
+            last = expected - 1
+            if checkpoint[0] > last:
+                first_bad = last + 1
+                problem = (f"entries {last + 1}..{checkpoint[0]} were removed from the end "
+                           "(the keychain checkpoint records them)")
+            elif checkpoint_mac is None or not hmac.compare_digest(checkpoint_mac, checkpoint[1]):
+                first_bad = checkpoint[0]
+                problem = f"entry {checkpoint[0]} differs from the keychain checkpoint"
+        return VerifyResult(first_bad is None, count, first_bad, problem)
+
+    def _check_row(self, row: tuple[Any, ...], prev: bytes) -> str:
+        seq, when, actor, action, target, decision, reason, details, mac = row
+        if not isinstance(when, float) or not all(
+            isinstance(v, str) for v in (actor, action, target, decision, reason, details)
+        ) or not isinstance(mac, bytes):
+            return "has a column of the wrong type"
+        if details != "{}":
+            try:
+                parsed = json.loads(details)
+            except ValueError:
+                return "has unparseable details"
+            if not isinstance(parsed, dict) or canonical_json(parsed).decode("utf-8") != details:
+                return "has altered details"
+        prefix, middle = _entry_parts(actor, action, target, decision, reason, details)
+        if not hmac.compare_digest(_chain(self._key, prev, _splice(prefix, seq, middle, when)),
+                                   mac):
+            return "fails its MAC (edited, reordered, or chained to a removed entry)"
+        return ""
+
+    # --- shutdown ---------------------------------------------------------------
+
+    def flush_checkpoint(self, timeout: float | None = None) -> bool:
+        """Wait until the checkpoint covers every committed entry."""
+        return True if self._checkpointer is None else self._checkpointer.flush(timeout)
+
+    def close(self) -> None:
+        """Drain pending appends, write the final checkpoint, close the file."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._writer.join()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        self._conn.close()
+        self._closed = True

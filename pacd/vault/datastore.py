@@ -1,0 +1,81 @@
+"""Concern-domain data at rest: every value sealed by the vault, bound to its place.
+
+A value is sealed with AAD (container, concern, key), so a row copied to
+another container, concern or key fails to open rather than leaking across
+domains. Timestamps are passed in (retention purges compare against them).
+"""
+
+from __future__ import annotations
+
+from pacd.errors import NotFound
+from pacd.store import Store
+from pacd.vault.envelope import Vault
+
+_SCHEMA = """
+CREATE TABLE sealed_data (
+    container TEXT NOT NULL,
+    concern TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (container, concern, key)
+);
+CREATE INDEX sealed_data_updated ON sealed_data (updated)
+"""
+
+
+class SealedData:
+    def __init__(self, store: Store, vault: Vault) -> None:
+        self._store = store
+        self._vault = vault
+        store.migrate("sealed_data", 1, _SCHEMA)
+
+    def put(self, container: str, concern: str, key: str, value: bytes, now: float) -> None:
+        if not key:
+            raise ValueError("data key must not be empty")
+        sealed = self._vault.seal(container, concern, key, value)
+        with self._store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sealed_data (container, concern, key, value, updated)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (container, concern, key)"
+                " DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (container, concern, key, sealed, now),
+            )
+
+    def get(self, container: str, concern: str, key: str) -> bytes:
+        row = self._store.query_one(
+            "SELECT value FROM sealed_data WHERE container = ? AND concern = ? AND key = ?",
+            (container, concern, key),
+        )
+        if row is None:
+            raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
+        return self._vault.open(container, concern, key, bytes(row[0]))
+
+    def delete(self, container: str, concern: str, key: str) -> None:
+        with self._store.transaction() as conn:
+            deleted = conn.execute(
+                "DELETE FROM sealed_data WHERE container = ? AND concern = ? AND key = ?",
+                (container, concern, key),
+            ).rowcount
+        if not deleted:
+            raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
+
+    def keys(self, container: str, concern: str) -> list[str]:
+        rows = self._store.query(
+            "SELECT key FROM sealed_data WHERE container = ? AND concern = ? ORDER BY key",
+            (container, concern),
+        )
+        return [str(r[0]) for r in rows]
+
+    def purge_older_than(self, cutoff: float) -> int:
+        """Delete values last written before ``cutoff``; returns how many."""
+        with self._store.transaction() as conn:
+            cursor = conn.execute("DELETE FROM sealed_data WHERE updated < ?", (cutoff,))
+            return int(cursor.rowcount)
+
+    def delete_container(self, container: str) -> int:
+        """Delete every value of ``container``; returns how many."""
+        with self._store.transaction() as conn:
+            return int(
+                conn.execute("DELETE FROM sealed_data WHERE container = ?", (container,)).rowcount
+            )

@@ -1,0 +1,405 @@
+"""Where pacd keeps its few root secrets: the OS keychain, or an explicit passphrase file.
+
+Two stores implement :class:`SecretStore`:
+
+- :class:`KeyringSecretStore` talks to the OS keychain through python ``keyring``.
+  It refuses every backend that would keep secrets in the clear or drop them
+  (``fail``, ``null``, ``keyrings.alt`` files, anything below the priority
+  keyring itself calls "recommended"), because a silent fallback would turn
+  "sealed at rest" into "readable by any process of this user".
+- :class:`PassphraseSecretStore` is the one documented headless option: a file
+  sealed with AES-GCM under an scrypt-derived key. It is only used when the
+  configuration asks for it; nothing falls back to it.
+
+Keychain calls go to another process over D-Bus (or a platform API) and may
+pop up an unlock prompt, so every call runs in its own daemon thread with a
+timeout: a stuck keychain becomes :class:`~pacd.errors.KeychainLocked` instead
+of a hung daemon. Daemon threads (not an executor) so a call that never
+returns cannot keep the interpreter from exiting.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from pacd.core.canonical import canonical_json
+from pacd.errors import ConfigError, KeychainError, KeychainLocked, KeychainUnavailable
+
+if TYPE_CHECKING:
+    from pacd.config import Config
+
+T = TypeVar("T")
+
+#: keyring documents priority >= 1 as "recommended"; below that it is a last resort
+_MIN_PRIORITY = 1.0
+#: backend modules that never protect a secret (they drop it, fail, or write a file)
+_REFUSED_MODULES = ("keyring.backends.fail", "keyring.backends.null", "keyrings.alt")
+
+_FIX_HINT = (
+    "pacd keeps its master key only in a real OS keychain. Start and unlock a Secret "
+    "Service keychain (on Linux: install and unlock gnome-keyring, e.g. "
+    "`gnome-keyring-daemon --unlock --components=secrets` in your session), or choose "
+    "the explicit passphrase keystore (keystore = \"passphrase\" with passphrase_file "
+    "in config.toml, or PACD_KEYSTORE=passphrase and PACD_PASSPHRASE_FILE)."
+)
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """A small synchronous name → bytes store for root secrets.
+
+    Async callers wrap calls in ``asyncio.to_thread``: implementations may block
+    (D-Bus round trips, scrypt, fsync).
+    """
+
+    @property
+    def backend_name(self) -> str: ...
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def set(self, name: str, value: bytes) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+
+def namespace_for_home(home: Path) -> str:
+    """The keychain namespace of one ``PACD_HOME``; two homes never share secrets."""
+    real = os.path.realpath(home)
+    return "pacd:" + hashlib.sha256(real.encode("utf-8")).hexdigest()[:16]
+
+
+def _run_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run ``fn`` in a daemon thread; give up after ``timeout_s`` with KeychainLocked."""
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def worker() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=worker, name="pacd-keychain", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise KeychainLocked(
+            f"the keychain did not answer {what} within {timeout_s:g} s; it may be locked "
+            "or waiting for an unlock prompt nobody can see. Unlock it and retry."
+        )
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def _translate(exc: BaseException, what: str) -> KeychainError:
+    """Map keyring / secretstorage / D-Bus failures onto pacd's keychain errors."""
+    if isinstance(exc, KeychainError):
+        return exc
+    module = type(exc).__module__ or ""
+    name = type(exc).__name__
+    detail = f"{name}: {exc}" if str(exc) else name
+    if name == "SecretServiceNotAvailableException":
+        return KeychainUnavailable(f"keychain {what} failed: {detail}. {_FIX_HINT}")
+    locked_names = {
+        "KeyringLocked",
+        "InitError",
+        "LockedException",
+        "PromptDismissedException",
+        "DBusErrorResponse",
+    }
+    if name in locked_names or module.startswith(("jeepney", "secretstorage", "dbus")):
+        return KeychainLocked(
+            f"keychain {what} failed ({detail}); the keychain is locked or its unlock "
+            "prompt was dismissed. Unlock it and retry."
+        )
+    return KeychainError(f"keychain {what} failed: {detail}")
+
+
+def _backend_label(backend: Any) -> str:
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def _refusal(backend: Any) -> str | None:
+    """Why ``backend`` must not hold pacd's secrets, or None when it may."""
+    module = type(backend).__module__ or ""
+    label = _backend_label(backend)
+    if module.startswith(_REFUSED_MODULES):
+        return f"keyring chose {label}, which does not keep secrets in a protected keychain"
+    try:
+        priority = float(type(backend).priority)
+    except Exception as exc:
+        return f"keyring backend {label} is not usable here ({exc})"
+    if priority < _MIN_PRIORITY:
+        return f"keyring chose {label} with priority {priority:g}, below the recommended 1"
+    return None
+
+
+def select_backend(candidate: Any) -> Any:
+    """The backend pacd will use given keyring's choice, or KeychainUnavailable.
+
+    A chainer is unwrapped to its best acceptable member: letting the chainer
+    decide per call could write to a plaintext member when the keychain hiccups.
+    """
+    module = type(candidate).__module__ or ""
+    if module.startswith("keyring.backends.chainer"):
+        members = list(getattr(candidate, "backends", []) or [])
+        reasons = []
+        for member in members:
+            why = _refusal(member)
+            if why is None:
+                return member
+            reasons.append(why)
+        found = "; ".join(reasons) if reasons else "keyring found no backend at all"
+        raise KeychainUnavailable(f"no secure keychain: {found}. {_FIX_HINT}")
+    why = _refusal(candidate)
+    if why is not None:
+        raise KeychainUnavailable(f"no secure keychain: {why}. {_FIX_HINT}")
+    return candidate
+
+
+class KeyringSecretStore:
+    """Secrets in the OS keychain, namespaced per ``PACD_HOME``.
+
+    ``backend`` is for callers that already hold a keyring backend instance;
+    by default keyring's own choice is used (and vetted).
+    """
+
+    def __init__(self, namespace: str, timeout_s: float = 10.0, backend: Any = None) -> None:
+        if not namespace:
+            raise ValueError("keychain namespace must not be empty")
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+
+        def choose() -> Any:
+            import keyring
+
+            return select_backend(backend if backend is not None else keyring.get_keyring())
+
+        try:
+            self._backend = _run_with_timeout(choose, timeout_s, "backend discovery")
+        except KeychainError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, "backend discovery") from exc
+
+    @property
+    def backend_name(self) -> str:
+        return _backend_label(self._backend)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return _run_with_timeout(fn, self.timeout_s, what)
+        except KeychainError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, what) from exc
+
+    def get(self, name: str) -> bytes | None:
+        text = self._call("read", lambda: self._backend.get_password(self.namespace, name))
+        if text is None:
+            return None
+        try:
+            return base64.b64decode(str(text).encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise KeychainError(
+                f"keychain entry {name!r} of {self.namespace} is not in pacd's format"
+            ) from exc
+
+    def set(self, name: str, value: bytes) -> None:
+        text = base64.b64encode(value).decode("ascii")
+        self._call("write", lambda: self._backend.set_password(self.namespace, name, text))
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; removing an absent entry is not an error."""
+        from keyring.errors import PasswordDeleteError
+
+        def remove() -> None:
+            with contextlib.suppress(PasswordDeleteError):
+                self._backend.delete_password(self.namespace, name)
+
+        self._call("delete", remove)
+
+
+# --- passphrase keystore ----------------------------------------------------
+
+_SCRYPT_N = 2**15
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_FORMAT = "pacd-passphrase-keystore"
+
+
+def _scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+
+
+class PassphraseSecretStore:
+    """Secrets in one file sealed with AES-256-GCM under scrypt(passphrase).
+
+    The header (format, KDF parameters, salt) is the AAD, so weakening the KDF
+    parameters in the file makes it fail to open rather than easier to attack.
+    Writes are atomic (temp file, fsync, rename, fsync of the directory).
+    """
+
+    def __init__(self, path: Path, passphrase: bytes) -> None:
+        if not passphrase:
+            raise ConfigError("the passphrase keystore needs a non-empty passphrase")
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._secrets: dict[str, bytes] = {}
+        if self.path.exists():
+            self._header, self._key = self._load(passphrase)
+        else:
+            self._header = {
+                "format": _FORMAT,
+                "version": 1,
+                "kdf": {
+                    "name": "scrypt",
+                    "n": _SCRYPT_N,
+                    "r": _SCRYPT_R,
+                    "p": _SCRYPT_P,
+                    "salt": base64.b64encode(os.urandom(16)).decode("ascii"),
+                },
+            }
+            self._key = _scrypt(passphrase, base64.b64decode(self._header["kdf"]["salt"]),
+                                _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+
+    @property
+    def backend_name(self) -> str:
+        return f"passphrase file {self.path}"
+
+    def _load(self, passphrase: bytes) -> tuple[dict[str, Any], bytes]:
+        damaged = KeychainError(f"passphrase keystore {self.path} is damaged or not a keystore")
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except OSError as exc:
+            raise KeychainError(f"cannot read passphrase keystore {self.path}: {exc}") from exc
+        except ValueError as exc:
+            raise damaged from exc
+        try:
+            header = doc["header"]
+            kdf = header["kdf"]
+            if header["format"] != _FORMAT or header["version"] != 1 or kdf["name"] != "scrypt":
+                raise damaged
+            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+            if n < _SCRYPT_N or r < _SCRYPT_R or p < _SCRYPT_P:
+                raise damaged
+            salt = base64.b64decode(kdf["salt"], validate=True)
+            nonce = base64.b64decode(doc["nonce"], validate=True)
+            sealed = base64.b64decode(doc["ciphertext"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise damaged from exc
+        key = _scrypt(passphrase, salt, n, r, p)
+        try:
+            plain = AESGCM(key).decrypt(nonce, sealed, canonical_json(header))
+        except InvalidTag:
+            raise KeychainLocked(
+                f"passphrase keystore {self.path}: wrong passphrase (or the file was altered)"
+            ) from None
+        entries = json.loads(plain)
+        self._secrets = {k: base64.b64decode(v) for k, v in entries.items()}
+        return header, key
+
+    def _save(self) -> None:
+        nonce = os.urandom(12)
+        plain = canonical_json(
+            {k: base64.b64encode(v).decode("ascii") for k, v in self._secrets.items()}
+        )
+        sealed = AESGCM(self._key).encrypt(nonce, plain, canonical_json(self._header))
+        doc = canonical_json({
+            "header": self._header,
+            "nonce": base64.b64encode(nonce).decode("ascii"),
+            "ciphertext": base64.b64encode(sealed).decode("ascii"),
+        })
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+            try:
+                os.write(fd, doc)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise KeychainError(f"cannot write passphrase keystore {self.path}: {exc}") from exc
+
+    def get(self, name: str) -> bytes | None:
+        with self._lock:
+            return self._secrets.get(name)
+
+    def set(self, name: str, value: bytes) -> None:
+        with self._lock:
+            previous = self._secrets.get(name)
+            self._secrets[name] = bytes(value)
+            try:
+                self._save()
+            except BaseException:
+                if previous is None:
+                    self._secrets.pop(name, None)
+                else:
+                    self._secrets[name] = previous
+                raise
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            previous = self._secrets.pop(name, None)
+            if previous is None:
+                return
+            try:
+                self._save()
+            except BaseException:
+                self._secrets[name] = previous
+                raise
+
+
+def _read_passphrase(path: Path) -> bytes:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read passphrase_file {path}: {exc}") from exc
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"passphrase_file {path} is readable by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):o}); run `chmod 600 {path}`"
+        )
+    passphrase = path.read_bytes().rstrip(b"\r\n")
+    if not passphrase:
+        raise ConfigError(f"passphrase_file {path} is empty")
+    return passphrase
+
+
+def open_secret_store(config: Config) -> SecretStore:
+    """The secret store the configuration names; never a silent fallback."""
+    if config.keystore == "keychain":
+        return KeyringSecretStore(namespace_for_home(config.home), config.keychain_timeout_s)
+    if config.keystore == "passphrase":
+        if config.passphrase_file is None:
+            raise ConfigError("keystore 'passphrase' needs passphrase_file (PACD_PASSPHRASE_FILE)")
+        return PassphraseSecretStore(
+            config.home / "keystore.sealed", _read_passphrase(config.passphrase_file)
+        )
+    raise ConfigError(f"keystore must be 'keychain' or 'passphrase', got {config.keystore!r}")

@@ -1,0 +1,467 @@
+"""The audit log on real SQLite files, with the real passphrase keystore for checkpoints.
+
+tests/system/test_keychain_audit.py runs the checkpoint through gnome-keyring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacd.audit import AuditEntry, AuditLog, _canonical, _entry_parts, _splice, checkpoint_name
+from pacd.core.canonical import canonical_json
+from pacd.errors import AuditError, InvalidRequest
+from pacd.vault import PassphraseSecretStore
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> PassphraseSecretStore:
+    return PassphraseSecretStore(tmp_path / "keys.sealed", b"pw")
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.sqlite3"
+
+
+@pytest.fixture
+def audit(log_path: Path, secrets: PassphraseSecretStore) -> Iterator[AuditLog]:
+    log = AuditLog(log_path, KEY, secrets)
+    yield log
+    log.close()
+
+
+def fill(log: AuditLog, n: int) -> list[AuditEntry]:
+    return [
+        log.append(f"agent-{i % 3}", "data.read", f"home/personal/k{i}",
+                   ("allow", "deny", "info")[i % 3], f"reason {i}", {"i": i, "tags": ["a"]})
+        for i in range(n)
+    ]
+
+
+def tamper(path: Path, sql: str, params: tuple[object, ...] = ()) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql, params)
+
+
+def test_append_and_read_back(audit: AuditLog) -> None:
+    entries = fill(audit, 5)
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert audit.head() == (5, entries[-1].mac)
+    read = audit.entries(after=2, limit=2)
+    assert [e.seq for e in read] == [3, 4]
+    assert read[0] == entries[2]
+    doc = read[0].to_json()
+    assert {"seq", "time", "actor", "action", "target", "decision", "reason", "details"} <= set(doc)
+    assert doc["details"] == {"i": 2, "tags": ["a"]}
+    assert audit.verify().ok
+    assert audit.verify().entries == 5
+
+
+def test_entries_survive_reopen_and_chain_continues(
+    log_path: Path, secrets: PassphraseSecretStore
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    fill(log, 3)
+    log.close()
+    log = AuditLog(log_path, KEY, secrets)
+    assert log.head()[0] == 3
+    assert log.append("owner", "container.start", "home", "allow", "ok").seq == 4
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries, result.first_bad_seq) == (True, 4, None)
+
+
+def test_wrong_key_fails_at_the_first_entry(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    fill(log, 3)
+    log.close()
+    other = AuditLog(log_path, bytes(32), None)
+    result = other.verify()
+    other.close()
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+
+
+def test_invalid_entries_are_refused(audit: AuditLog) -> None:
+    with pytest.raises(InvalidRequest, match="decision"):
+        audit.append("a", "b", "c", "maybe", "r")
+    with pytest.raises(InvalidRequest, match="details"):
+        audit.append("a", "b", "c", "allow", "r", {"x": object()})
+    with pytest.raises(InvalidRequest, match="details"):
+        audit.append("a", "b", "c", "allow", "r", {"x": float("nan")})
+    with pytest.raises(InvalidRequest, match="actor"):
+        audit.append(1, "b", "c", "allow", "r")  # type: ignore[arg-type]
+    # refused entries consume no seq
+    assert audit.append("a", "b", "c", "info", "r").seq == 1
+
+
+COLUMN_EDITS = {
+    "actor": "UPDATE audit_log SET actor = 'agent-X' WHERE seq = ?",
+    "action": "UPDATE audit_log SET action = 'data.reaD' WHERE seq = ?",
+    "target": "UPDATE audit_log SET target = target || ' ' WHERE seq = ?",
+    "decision": "UPDATE audit_log SET decision = 'allow' WHERE seq = ? AND decision != 'allow'",
+    "reason": "UPDATE audit_log SET reason = 'reason 99' WHERE seq = ?",
+    "details": "UPDATE audit_log SET details = replace(details, '\"i\":', '\"i\": ') WHERE seq = ?",
+    "details-value": "UPDATE audit_log SET details = replace(details, '[\"a\"]', '[\"b\"]')"
+                     " WHERE seq = ?",
+    "time": "UPDATE audit_log SET time = time + 0.000001 WHERE seq = ?",
+    "mac": "UPDATE audit_log SET mac = zeroblob(32) WHERE seq = ?",
+    "mac-one-bit": "UPDATE audit_log SET mac = (SELECT mac FROM audit_log WHERE seq = 1)"
+                   " WHERE seq = ?",
+}
+
+
+@pytest.mark.parametrize("column", sorted(COLUMN_EDITS))
+def test_edited_column_is_detected_at_its_seq(
+    log_path: Path, secrets: PassphraseSecretStore, column: str
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    fill(log, 10)
+    log.close()
+    target = 5 if column != "decision" else 6  # seq 6 is "deny", so the edit changes it
+    with sqlite3.connect(log_path) as conn:
+        changed = conn.execute(COLUMN_EDITS[column], (target,)).rowcount
+    assert changed == 1
+    log = AuditLog(log_path, KEY, secrets)
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries, result.first_bad_seq) == (False, 10, target)
+    assert str(target) in result.problem
+
+
+def test_single_flipped_byte_anywhere_in_a_row(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    fill(log, 6)
+    log.close()
+    with sqlite3.connect(log_path) as conn:
+        actor, details = conn.execute(
+            "SELECT actor, details FROM audit_log WHERE seq = 4").fetchone()
+    for column, text in (("actor", actor), ("details", details)):
+        for i in range(len(text)):
+            flipped = text[:i] + chr(ord(text[i]) ^ 1) + text[i + 1:]
+            tamper(log_path, f"UPDATE audit_log SET {column} = ? WHERE seq = 4", (flipped,))
+            log = AuditLog(log_path, KEY, None)
+            assert log.verify().first_bad_seq == 4, (column, i)
+            log.close()
+            tamper(log_path, f"UPDATE audit_log SET {column} = ? WHERE seq = 4", (text,))
+    log = AuditLog(log_path, KEY, None)
+    assert log.verify().ok
+    log.close()
+
+
+def test_deleted_middle_entry_names_the_missing_seq(
+    log_path: Path, secrets: PassphraseSecretStore
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    fill(log, 10)
+    log.close()
+    tamper(log_path, "DELETE FROM audit_log WHERE seq = 4")
+    log = AuditLog(log_path, KEY, secrets)
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries, result.first_bad_seq) == (False, 9, 4)
+    assert "missing" in result.problem
+
+
+def test_deleted_and_renumbered_entry_is_detected(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    fill(log, 8)
+    log.close()
+    with sqlite3.connect(log_path) as conn:
+        conn.execute("DELETE FROM audit_log WHERE seq = 3")
+        for seq in range(4, 9):
+            conn.execute("UPDATE audit_log SET seq = ? WHERE seq = ?", (seq - 1, seq))
+    log = AuditLog(log_path, KEY, None)
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+
+
+def test_reordered_entries_are_detected_at_the_first_moved_seq(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    fill(log, 10)
+    log.close()
+    with sqlite3.connect(log_path) as conn:  # swap rows 3 and 7 (contents change places)
+        conn.execute("UPDATE audit_log SET seq = -1 WHERE seq = 3")
+        conn.execute("UPDATE audit_log SET seq = 3 WHERE seq = 7")
+        conn.execute("UPDATE audit_log SET seq = 7 WHERE seq = -1")
+    log = AuditLog(log_path, KEY, None)
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries, result.first_bad_seq) == (False, 10, 3)
+
+
+def test_truncated_tail_is_detected_by_the_checkpoint(
+    log_path: Path, secrets: PassphraseSecretStore
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    entries = fill(log, 10)
+    log.close()
+    stored = secrets.get(checkpoint_name(log_path))
+    assert stored is not None and b'"seq":10' in stored and entries[-1].mac.hex().encode() in stored
+    tamper(log_path, "DELETE FROM audit_log WHERE seq > 7")
+
+    # Without the checkpoint the shortened chain is still a valid chain ...
+    blind = AuditLog(log_path, KEY, None)
+    assert blind.verify().ok
+    blind.close()
+    # ... with it, the removal is named, and the log refuses to paper over it.
+    log = AuditLog(log_path, KEY, secrets)
+    result = log.verify()
+    assert (result.ok, result.entries, result.first_bad_seq) == (False, 7, 8)
+    with pytest.raises(AuditError, match="removed"):
+        log.append("a", "b", "c", "info", "r")
+    log.close()
+
+
+def test_truncate_everything_is_detected(log_path: Path, secrets: PassphraseSecretStore) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    fill(log, 3)
+    log.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(log_path) + suffix).unlink(missing_ok=True)
+    log = AuditLog(log_path, KEY, secrets)
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries, result.first_bad_seq) == (False, 0, 1)
+
+
+def test_group_commit_shares_transactions_and_keeps_seqs_contiguous(log_path: Path) -> None:
+    # Every entry of one batch gets the time read once per batch; a clock that
+    # ticks on every read shows how many batches (transactions) there were.
+    ticks = itertools.count()
+    log = AuditLog(log_path, KEY, None, clock=lambda: float(next(ticks)))
+    per_thread: dict[int, list[int]] = {}
+    start = threading.Barrier(8)
+
+    def writer(n: int) -> None:
+        start.wait()
+        per_thread[n] = [
+            log.append(f"t{n}", "x", "y", "info", str(i)).seq for i in range(150)
+        ]
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_seqs = sorted(s for seqs in per_thread.values() for s in seqs)
+    assert all_seqs == list(range(1, 1201))
+    assert all(seqs == sorted(seqs) for seqs in per_thread.values())
+    entries = [e for after in range(0, 1200, 1000) for e in log.entries(after, 1000)]
+    batches = len({e.time for e in entries})
+    assert batches < 1200  # some transactions carried several entries
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries) == (True, 1200)
+
+
+def test_append_async_does_not_block_the_loop(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+
+    async def main() -> tuple[list[int], int]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        entries = await asyncio.gather(*(
+            log.append_async("agent", "data.read", f"k{i}", "allow", "connected")
+            for i in range(200)
+        ))
+        stop.set()
+        await task
+        return [e.seq for e in entries], ticks
+
+    seqs, ticks = asyncio.run(main())
+    assert sorted(seqs) == list(range(1, 201))
+    assert ticks > 10  # the loop kept running while entries were being made durable
+    assert log.verify().ok
+    log.close()
+
+
+def test_listeners_run_after_commit(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    seen: list[tuple[int, int]] = []
+
+    def listener(entry: AuditEntry) -> None:
+        with sqlite3.connect(log_path) as conn:  # the entry must already be durable
+            count = conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0]
+        seen.append((entry.seq, count))
+
+    def broken(entry: AuditEntry) -> None:
+        raise RuntimeError("listener bug")
+
+    log.add_listener(broken)
+    log.add_listener(listener)
+    fill(log, 3)
+    log.close()
+    assert [s for s, _ in seen] == [1, 2, 3]
+    assert all(count >= seq for seq, count in seen)
+
+
+def test_closed_log_refuses_appends(audit: AuditLog) -> None:
+    audit.close()
+    with pytest.raises(AuditError, match="closed"):
+        audit.append("a", "b", "c", "info", "r")
+
+
+FULL_DISK_WRITER = """
+import asyncio, json, os, resource, signal, sys
+from pathlib import Path
+from pacd.audit import AuditLog
+from pacd.errors import AuditError
+
+path = Path(sys.argv[1])
+log = AuditLog(path, bytes(range(32)), None)
+acked = [log.append("w", "before", str(i), "info", "r").seq for i in range(3)]
+# From here on no file of this process may grow: the next WAL frame cannot be written.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(str(path) + "-wal"), hard))
+errors = []
+for attempt in range(2):
+    try:
+        log.append("owner", "container.create", "home", "allow", "biometric")
+        errors.append(None)
+    except AuditError as exc:
+        errors.append(str(exc))
+try:
+    asyncio.run(log.append_async("owner", "container.create", "home", "allow", "x"))
+    errors.append(None)
+except AuditError as exc:
+    errors.append(str(exc))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+after = log.append("owner", "retry", "home", "info", "after failure").seq
+log.close()
+print(json.dumps({"acked": acked, "errors": errors, "after": after}))
+"""
+
+
+def test_append_that_cannot_be_made_durable_raises(log_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_WRITER, str(log_path)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    report = json.loads(out)
+    assert report["acked"] == [1, 2, 3]
+    assert len(report["errors"]) == 3
+    assert all(e is not None and "durably" in e for e in report["errors"]), report
+    # space is back: the log continues right after the last durable entry
+    assert report["after"] == 4
+    log = AuditLog(log_path, KEY, None)
+    result = log.verify()
+    kept = log.entries()
+    log.close()
+    assert (result.ok, result.entries) == (True, 4)
+    assert [e.action for e in kept] == ["before"] * 3 + ["retry"]
+
+
+CRASH_WRITER = """
+import sys, threading
+from pathlib import Path
+from pacd.audit import AuditLog
+from pacd.vault import PassphraseSecretStore
+
+log = AuditLog(Path(sys.argv[1]), bytes(range(32)),
+               PassphraseSecretStore(Path(sys.argv[2]), b"pw"))
+lock = threading.Lock()
+
+def writer(n):
+    i = 0
+    while True:
+        entry = log.append(f"w{n}", "crash.test", str(i), "info", "r", {"n": n, "i": i})
+        with lock:
+            sys.stdout.write(f"{entry.seq}\\n")
+            sys.stdout.flush()
+        i += 1
+
+for n in range(4):
+    threading.Thread(target=writer, args=(n,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_every_acknowledged_append_survives_kill_9(tmp_path: Path, log_path: Path) -> None:
+    keys = tmp_path / "keys.sealed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_WRITER, str(log_path), str(keys)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    acknowledged: list[int] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 400 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acknowledged.append(int(line))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    acknowledged.extend(int(line) for line in proc.stdout.read().split())
+    assert len(acknowledged) >= 400
+
+    log = AuditLog(log_path, KEY, PassphraseSecretStore(keys, b"pw"))
+    result = log.verify()
+    present = {e.seq for after in range(0, log.head()[0], 1000) for e in log.entries(after, 1000)}
+    # the checkpoint never runs ahead of the database, so the log accepts new entries
+    next_seq = log.append("owner", "after.crash", "", "info", "restart").seq
+    log.close()
+    assert result.ok, result
+    stored = PassphraseSecretStore(keys, b"pw").get(checkpoint_name(log_path))
+    assert stored is not None
+    checkpoint = json.loads(stored)
+    assert checkpoint["seq"] == next_seq  # caught up at reopen, then moved with the append
+    assert set(acknowledged) <= present
+    assert present == set(range(1, len(present) + 1))
+    assert next_seq == len(present) + 1
+
+
+# The writer splices seq and time into a pre-built canonical entry; verify()
+# recomputes the entry with canonical_json. They must agree byte for byte.
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300)
+@given(
+    texts=st.lists(st.text(), min_size=4, max_size=4),
+    decision=st.sampled_from(["allow", "deny", "info"]),
+    details=st.dictionaries(st.text(), json_values, max_size=4),
+    seq=st.integers(min_value=1, max_value=2**62),
+    when=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_spliced_entry_equals_canonical_json(
+    texts: list[str], decision: str, details: dict[str, object], seq: int, when: float
+) -> None:
+    actor, action, target, reason = texts
+    prefix, middle = _entry_parts(actor, action, target, decision, reason,
+                                  canonical_json(details).decode("utf-8"))
+    assert _splice(prefix, seq, middle, when) == _canonical(
+        seq, when, actor, action, target, decision, reason, details)

@@ -1,0 +1,71 @@
+"""Sealed concern data over the real state store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pacd.errors import IntegrityError, NotFound
+from pacd.store import Store
+from pacd.vault import PassphraseSecretStore, SealedData, Vault
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "state.sqlite3")
+
+
+@pytest.fixture
+def data(tmp_path: Path, store: Store) -> SealedData:
+    vault = Vault(store, PassphraseSecretStore(tmp_path / "keys.sealed", b"pw"))
+    vault.initialize()
+    return SealedData(store, vault)
+
+
+def test_put_get_overwrite_delete(data: SealedData) -> None:
+    data.put("home", "personal", "diary", b"day one", now=100.0)
+    assert data.get("home", "personal", "diary") == b"day one"
+    data.put("home", "personal", "diary", b"day two", now=101.0)
+    assert data.get("home", "personal", "diary") == b"day two"
+    assert data.keys("home", "personal") == ["diary"]
+    data.delete("home", "personal", "diary")
+    with pytest.raises(NotFound, match="diary"):
+        data.get("home", "personal", "diary")
+    with pytest.raises(NotFound):
+        data.delete("home", "personal", "diary")
+
+
+def test_values_are_not_stored_in_clear(store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "diary", b"very private words", now=1.0)
+    row = store.query_one("SELECT value FROM sealed_data")
+    assert row is not None and b"very private words" not in bytes(row[0])
+
+
+def test_row_moved_to_another_concern_or_key_fails(store: Store, data: SealedData) -> None:
+    data.put("home", "health", "record", b"blood type", now=1.0)
+    data.put("home", "social", "record", b"public", now=1.0)
+    with sqlite3.connect(store.path) as conn:
+        sealed = conn.execute(
+            "SELECT value FROM sealed_data WHERE concern = 'health'").fetchone()[0]
+        conn.execute("UPDATE sealed_data SET value = ? WHERE concern = 'social'", (sealed,))
+        conn.execute(
+            "INSERT INTO sealed_data VALUES ('home', 'health', 'copy', ?, 1.0)", (sealed,))
+    with pytest.raises(IntegrityError):
+        data.get("home", "social", "record")
+    with pytest.raises(IntegrityError):
+        data.get("home", "health", "copy")
+    assert data.get("home", "health", "record") == b"blood type"
+
+
+def test_purge_and_delete_container(data: SealedData) -> None:
+    data.put("home", "personal", "old", b"1", now=10.0)
+    data.put("home", "personal", "new", b"2", now=20.0)
+    data.put("lab", "work", "x", b"3", now=5.0)
+    data.put("lab", "work", "y", b"4", now=25.0)
+    assert data.purge_older_than(15.0) == 2
+    assert data.keys("home", "personal") == ["new"]
+    assert data.delete_container("lab") == 1
+    assert data.keys("lab", "work") == []
+    assert data.get("home", "personal", "new") == b"2"
