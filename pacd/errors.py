@@ -55,10 +55,29 @@ class PluginRejected(InvalidRequest):
     """A plugin schema failed validation against the policy; ``errors`` has every reason."""
 
 
+class MalformedRequest(InvalidRequest):
+    """The request could not be read at all (bad JSON, wrong content)."""
+
+    status = 400
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request body is larger than the daemon accepts."""
+
+    code = "payload_too_large"
+    status = 413
+
+
 class NotFound(PacdError):
     code = "not_found"
     status = 404
     exit_code = 4
+
+
+class MethodNotAllowed(PacdError):
+    code = "method_not_allowed"
+    status = 405
+    exit_code = 2
 
 
 class Conflict(PacdError):
@@ -236,7 +255,8 @@ class ConfigError(PacdError):
 
 
 ALL_ERRORS: tuple[type[PacdError], ...] = (
-    PacdError, InvalidRequest, SpecError, PluginRejected, NotFound, Conflict, Busy,
+    PacdError, InvalidRequest, SpecError, PluginRejected, MalformedRequest, PayloadTooLarge,
+    NotFound, MethodNotAllowed, Conflict, Busy,
     RateLimited, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
     PresenceFailed, ClonedAuthenticator, PeerRefused, CeremonyError, NoAuthenticator,
     PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,

@@ -1,0 +1,138 @@
+"""Durable inboxes for agent-to-agent messages.
+
+A message accepted for delivery (202 to the sender) is committed to the state
+database before the sender hears back, so a daemon crash loses nothing that
+was acknowledged. The recipient takes messages with ``GET /v1/messages``;
+they are deleted only after the response carrying them has been written out
+completely (see :mod:`pacd.agents.server`). Delivery is therefore
+at-least-once: a daemon that dies between writing the response and deleting
+the rows delivers those messages again, so every message carries a unique
+``id`` a recipient can use to drop duplicates.
+
+:class:`Doorbell` wakes long-polling recipients on the event loop; the
+inbox itself is blocking SQLite work, run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pacd.store import Store
+
+_SCHEMA = """
+CREATE TABLE agent_inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    container TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX agent_inbox_recipient ON agent_inbox (container, agent, id)
+"""
+
+#: the most messages one ``GET /v1/messages`` returns; the rest wait for the next call
+MAX_BATCH = 100
+#: how many undelivered messages one agent may hold before senders are told it is busy
+MAX_PENDING = 1000
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    sender: str
+    body: Any
+    sent_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "from": self.sender, "body": self.body, "sent_at": self.sent_at}
+
+
+class Inbox:
+    """One table of pending messages, keyed by (container, recipient agent)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        store.migrate("agent_inbox", 1, _SCHEMA)
+
+    def put(self, container: str, agent: str, sender: str, body: Any, now: float) -> int:
+        """Store a message for ``agent``; its id. Durable when this returns."""
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        with self._store.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO agent_inbox (container, agent, sender, body, sent_at)"
+                " VALUES (?, ?, ?, ?, ?)", (container, agent, sender, text, now))
+            return int(cur.lastrowid or 0)
+
+    def pending(self, container: str, agent: str) -> int:
+        row = self._store.query_one(
+            "SELECT COUNT(*) FROM agent_inbox WHERE container = ? AND agent = ?",
+            (container, agent))
+        return 0 if row is None else int(row[0])
+
+    def peek(self, container: str, agent: str, limit: int = MAX_BATCH) -> list[Message]:
+        """The oldest messages for ``agent``, without removing them."""
+        rows = self._store.query(
+            "SELECT id, sender, body, sent_at FROM agent_inbox WHERE container = ? AND agent = ?"
+            " ORDER BY id LIMIT ?", (container, agent, limit))
+        return [Message(int(r[0]), str(r[1]), json.loads(r[2]), float(r[3])) for r in rows]
+
+    def remove(self, container: str, agent: str, ids: Sequence[int]) -> int:
+        """Delete delivered messages (only this recipient's); how many were deleted."""
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._store.transaction() as conn:
+            cur = conn.execute(
+                f"DELETE FROM agent_inbox WHERE container = ? AND agent = ? AND id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+                (container, agent, *ids))
+            return int(cur.rowcount)
+
+    def delete_container(self, container: str) -> int:
+        """Drop every pending message of a removed container."""
+        with self._store.transaction() as conn:
+            return int(conn.execute("DELETE FROM agent_inbox WHERE container = ?",
+                                    (container,)).rowcount)
+
+
+class Doorbell:
+    """Wakes recipients waiting on the event loop when their inbox gets mail.
+
+    A waiter arms its own event *before* it reads the inbox, so a message
+    stored between that read and the wait still wakes it. Only a hint: a woken
+    waiter re-reads the inbox, and one that misses a ring (another daemon
+    thread wrote directly) still finds the message when its wait times out.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+
+    def arm(self, container: str, agent: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters.setdefault((container, agent), set()).add(event)
+        return event
+
+    def disarm(self, container: str, agent: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get((container, agent))
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[(container, agent)]
+
+    def ring(self, container: str, agent: str) -> None:
+        for event in self._waiters.get((container, agent), ()):
+            event.set()
+
+    @staticmethod
+    async def wait(event: asyncio.Event, timeout: float) -> bool:
+        """True when rung within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True

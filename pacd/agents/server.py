@@ -1,0 +1,498 @@
+"""The agent sockets: one aiohttp application and one Unix socket per running agent.
+
+Identity is the socket. Each agent gets its own :class:`AgentRoutes` bound to
+its (container, agent) when the socket is opened, and every handler takes the
+caller's identity from there, never from the request: an agent can name any
+container or agent it likes in a path or header and still acts only as
+itself.
+
+Every decision on an agent socket — allowed or refused, including requests
+for routes that do not exist — is one audit entry (actor
+``agent:<container-id>/<agent>``), appended with the audit log's group commit.
+The entry is durable before the agent hears the answer; if it cannot be
+written the request fails with 503 ``audit_unavailable`` and nothing is
+returned or changed. A read's entry is written while the value is fetched and
+the value is sent only after the entry is durable; writes are audited before
+they are made.
+
+Limits: a data value is at most :data:`MAX_VALUE_BYTES`, a message at most
+:data:`MAX_MESSAGE_BYTES`, and an agent has at most the policy's
+``maxConcurrentConnections`` requests in flight.
+
+On disk (``config.agent_socket_dir``, under the owner socket's private 0700
+directory)::
+
+    agents/                      0700  daemon user
+      <container-id>/            0700  daemon user
+        <agent>/                 0711  mounted at /run/pacd in the agent's container
+          agent.sock             0666
+
+The agent's directory, not the socket file, is bind-mounted, so a socket
+re-created by a restarted daemon is visible to a container that kept running
+(a bind mount of the file would keep pointing at the dead socket). Inside
+the container the agent runs as uid 1000 — host uid 1000 with rootful Podman,
+a subordinate uid with rootless Podman — which is never the daemon's uid, so
+it needs "others" permission: search on its directory and write on the socket
+(connecting to a Unix socket needs write permission). That is safe because
+the two directories above are 0700: no other host user can reach the socket,
+and each container sees only its own directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pacd.agents.inbox import MAX_BATCH, MAX_PENDING, Doorbell, Inbox
+from pacd.audit import AuditLog
+from pacd.core.models import PersonalAIContainer
+from pacd.core.rules import can_connect, may_read, may_write
+from pacd.errors import (
+    Busy,
+    ConfigError,
+    Forbidden,
+    InvalidRequest,
+    MalformedRequest,
+    NotFound,
+    PacdError,
+    PayloadTooLarge,
+)
+from pacd.vault import SealedData
+
+log = logging.getLogger("pacd.agents")
+
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_KEY_BYTES = 512
+DEFAULT_WAIT_S = 25.0
+MAX_WAIT_S = 60.0
+#: a stopped agent's in-flight requests (a long poll) get this long to finish
+SHUTDOWN_TIMEOUT_S = 1.0
+#: sockaddr_un.sun_path is 108 bytes including the terminating NUL
+MAX_SOCKET_PATH = 107
+SOCKET_NAME = "agent.sock"
+BODY_TIMEOUT_S = 30.0
+
+# Keys are opaque to pacd but must be printable: no control characters (they end
+# up in audit entries and error messages) and a bounded length.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    container_id: str
+    container_name: str
+    owner_id: str
+    agent: str
+
+    @property
+    def actor(self) -> str:
+        return f"agent:{self.container_id}/{self.agent}"
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """The daemon parts every agent socket uses."""
+
+    data: SealedData
+    audit: AuditLog
+    inbox: Inbox
+    doorbell: Doorbell
+    clock: Callable[[], float] = time.time
+
+
+def socket_path(agent_socket_dir: Path, container_id: str, agent: str) -> Path:
+    """Where an agent's socket lives on the host; ConfigError if the path is too long."""
+    path = agent_socket_dir / container_id / agent / SOCKET_NAME
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"the agent socket path {path} is longer than a Unix socket path may be "
+            f"({MAX_SOCKET_PATH} bytes); choose a shorter PACD_SOCKET directory")
+    return path
+
+
+def _private_dir(path: Path, mode: int) -> None:
+    """Create ``path`` with ``mode``, or check an existing one is ours and set its mode."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()}")
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+
+
+def bind_agent_socket(path: Path) -> socket.socket:
+    """Bind a listening socket at ``path`` with the layout described above."""
+    agents_dir, container_dir, agent_dir = path.parent.parent.parent, path.parent.parent, \
+        path.parent
+    agents_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dir(agents_dir, 0o700)
+    _private_dir(container_dir, 0o700)
+    _private_dir(agent_dir, 0o711)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ConfigError(f"{path} exists and is not a socket")
+        os.unlink(path)  # left by a daemon that died: this daemon owns the directory
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o666)  # noqa: S103 - see the module docstring: private parents
+        sock.listen(64)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return sock
+
+
+def remove_container_sockets(agent_socket_dir: Path, container_id: str) -> None:
+    """Remove a container's socket directories (after its agents are gone)."""
+    target = agent_socket_dir / container_id
+    if target.parent == agent_socket_dir and container_id and "/" not in container_id:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _error(exc: PacdError) -> web.Response:
+    return web.Response(body=json.dumps(exc.to_wire()).encode(), status=exc.status,
+                        content_type="application/json")
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(payload, separators=(",", ":")).encode(),
+                        status=status, content_type="application/json")
+
+
+def _name_problem(what: str, value: str) -> str | None:
+    if not value:
+        return f"{what} must not be empty"
+    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"{what} is longer than {MAX_KEY_BYTES} bytes"
+    if _CONTROL.search(value):
+        return f"{what} must not contain control characters"
+    return None
+
+
+def _float_param(request: web.Request, name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds, got {raw[:40]!r}") from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+    return value
+
+
+class AgentRoutes:
+    """The agent-socket routes of API.md for one agent."""
+
+    def __init__(self, ctx: AgentContext, identity: AgentIdentity,
+                 container: PersonalAIContainer) -> None:
+        member = container.agent(identity.agent)
+        if member is None or container.id != identity.container_id:
+            raise InvalidRequest(f"agent {identity.agent!r} is not part of container "
+                                 f"{identity.container_id}")
+        self.ctx = ctx
+        self.me = identity
+        self.container = container
+        self.agent = member
+        self._in_flight = 0
+        self._max_in_flight = max(1, container.policy.max_concurrent_connections)
+        self._whoami = json.dumps({
+            "container": container.id,
+            "container_name": container.name,
+            "agent": member.name,
+            "capabilities": [c.value for c in member.capabilities],
+            "concerns": [c.name for c in container.concerns_of(member.name)],
+        }, separators=(",", ":")).encode()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_VALUE_BYTES, middlewares=[self._middleware])
+        data = "/v1/data/{concern}/{key:.+}"
+        app.router.add_get("/v1/whoami", self.whoami, allow_head=False)
+        app.router.add_get(data, self.get_data, allow_head=False)
+        app.router.add_put(data, self.put_data)
+        app.router.add_delete(data, self.delete_data)
+        app.router.add_post("/v1/agents/{agent}/messages", self.send_message)
+        app.router.add_get("/v1/messages", self.receive_messages, allow_head=False)
+        app.router.add_post("/v1/plugins/{plugin}/{path:.*}", self.call_plugin)
+        # Last: whatever matched nothing above (any method, any path) is a 404,
+        # and a decision like every other one.
+        app.router.add_route("*", "/{tail:.*}", self.unknown)
+        return app
+
+    # --- plumbing -------------------------------------------------------------
+
+    async def decide(self, action: str, target: str, allowed: bool, reason: str,
+                     details: dict[str, Any] | None = None) -> None:
+        """Record one decision; raises AuditError (503) if it cannot be recorded."""
+        await self.ctx.audit.append_async(self.me.actor, action, target,
+                                          "allow" if allowed else "deny", reason, details)
+
+    async def refuse(self, action: str, target: str, error: PacdError,
+                     details: dict[str, Any] | None = None) -> PacdError:
+        """Audit a refusal and hand back the error to raise."""
+        await self.decide(action, target, False, error.message,
+                          {"code": error.code, **(details or {})})
+        return error
+
+    @web.middleware
+    async def _middleware(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+        try:
+            if self._in_flight >= self._max_in_flight:
+                raise await self.refuse(
+                    "agent.connect", request.path,
+                    Busy(f"agent {self.me.agent!r} already has {self._max_in_flight} requests "
+                         "in flight (the policy's maxConcurrentConnections); retry shortly"))
+            self._in_flight += 1
+            try:
+                return await handler(request)
+            finally:
+                self._in_flight -= 1
+        except PacdError as exc:
+            return _error(exc)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("internal error on agent socket %s: %s %s", self.me.actor,
+                          request.method, request.path)
+            return _error(PacdError("internal error; the daemon logged the details"))
+
+    @staticmethod
+    def _data_target(request: web.Request) -> tuple[str, str, str]:
+        concern = request.match_info["concern"]
+        key = request.match_info["key"]
+        return concern, key, f"{concern}/{key}"
+
+    async def _check_names(self, action: str, target: str, concern: str, key: str) -> None:
+        problems = [p for p in (_name_problem("concern", concern), _name_problem("key", key))
+                    if p is not None]
+        if problems:
+            raise await self.refuse(action, target[:MAX_KEY_BYTES],
+                                    InvalidRequest("; ".join(problems), problems))
+
+    # --- routes ---------------------------------------------------------------
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        await self.decide("agent.whoami", self.me.agent, True, "identity of this socket")
+        return web.Response(body=self._whoami, content_type="application/json")
+
+    async def get_data(self, request: web.Request) -> web.Response:
+        action = "agent.data.read"
+        concern, key, target = self._data_target(request)
+        await self._check_names(action, target, concern, key)
+        if not may_read(self.container, self.me.agent, concern):
+            raise await self.refuse(action, target, Forbidden(
+                f"agent {self.me.agent!r} may not read concern {concern!r}"))
+        # The entry is written while the value is fetched (the fsync it waits for is
+        # most of a read's time); the value leaves only once the entry is durable.
+        logged, fetched = await asyncio.gather(
+            self.decide(action, target, True, "read"),
+            asyncio.to_thread(self.ctx.data.get, self.me.container_id, concern, key),
+            return_exceptions=True)
+        if isinstance(logged, BaseException):
+            raise logged
+        if isinstance(fetched, NotFound):
+            raise NotFound(f"no value {key!r} in concern {concern!r}")
+        if isinstance(fetched, BaseException):
+            raise fetched
+        return web.Response(body=fetched, content_type="application/octet-stream")
+
+    async def put_data(self, request: web.Request) -> web.Response:
+        action = "agent.data.write"
+        concern, key, target = self._data_target(request)
+        await self._check_names(action, target, concern, key)
+        if not may_write(self.container, self.me.agent, concern):
+            raise await self.refuse(action, target, Forbidden(
+                f"agent {self.me.agent!r} may not write concern {concern!r}"))
+        value = await self._read_body(request, action, target, MAX_VALUE_BYTES)
+        await self.decide(action, target, True, "write", {"bytes": len(value)})
+        await asyncio.to_thread(self.ctx.data.put, self.me.container_id, concern, key, value,
+                                self.ctx.clock())
+        return web.Response(status=204)
+
+    async def delete_data(self, request: web.Request) -> web.Response:
+        action = "agent.data.delete"
+        concern, key, target = self._data_target(request)
+        await self._check_names(action, target, concern, key)
+        if not may_write(self.container, self.me.agent, concern):
+            raise await self.refuse(action, target, Forbidden(
+                f"agent {self.me.agent!r} may not delete in concern {concern!r}"))
+        await self.decide(action, target, True, "delete")
+        # Deleting what is not there leaves the same state: 204 either way.
+        with contextlib.suppress(NotFound):
+            await asyncio.to_thread(self.ctx.data.delete, self.me.container_id, concern, key)
+        return web.Response(status=204)
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        action = "agent.message.send"
+        to = request.match_info["agent"]
+        problem = _name_problem("agent", to)
+        if problem is not None:
+            raise await self.refuse(action, to[:MAX_KEY_BYTES], InvalidRequest(problem))
+        if not can_connect(self.container, self.me.agent, to):
+            raise await self.refuse(action, to, Forbidden(
+                f"agent {self.me.agent!r} may not send messages to {to!r}"))
+        raw = await self._read_body(request, action, to, MAX_MESSAGE_BYTES)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise await self.refuse(action, to, MalformedRequest(
+                f"a message must be JSON: {exc}")) from None
+        pending = await asyncio.to_thread(self.ctx.inbox.pending, self.me.container_id, to)
+        if pending >= MAX_PENDING:
+            raise await self.refuse(action, to, Busy(
+                f"agent {to!r} has {pending} undelivered messages; retry later"))
+        await self.decide(action, to, True, "message accepted", {"bytes": len(raw)})
+        message_id = await asyncio.to_thread(self.ctx.inbox.put, self.me.container_id, to,
+                                             self.me.agent, body, self.ctx.clock())
+        self.ctx.doorbell.ring(self.me.container_id, to)
+        return _json({"id": message_id, "to": to, "accepted": True}, 202)
+
+    async def receive_messages(self, request: web.Request) -> web.StreamResponse:
+        action = "agent.messages.receive"
+        try:
+            wait = _float_param(request, "timeout", DEFAULT_WAIT_S, 0.0, MAX_WAIT_S)
+            limit = int(_float_param(request, "limit", MAX_BATCH, 1, MAX_BATCH))
+        except InvalidRequest as exc:
+            raise await self.refuse(action, self.me.agent, exc) from None
+        cid, me = self.me.container_id, self.me.agent
+        bell = self.ctx.doorbell.arm(cid, me)
+        try:
+            messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
+            if not messages and wait > 0 and await self.ctx.doorbell.wait(bell, wait):
+                messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
+        finally:
+            self.ctx.doorbell.disarm(cid, me, bell)
+        await self.decide(action, me, True, f"{len(messages)} messages delivered",
+                          {"ids": [m.id for m in messages]})
+        payload = json.dumps([m.to_json() for m in messages],
+                             separators=(",", ":")).encode()
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = len(payload)
+        await response.prepare(request)
+        await response.write(payload)
+        await response.write_eof()
+        # Only now, with the whole answer written out, are the messages removed: a
+        # failed write above leaves them for the next call (at-least-once).
+        await asyncio.to_thread(self.ctx.inbox.remove, cid, me, [m.id for m in messages])
+        return response
+
+    async def call_plugin(self, request: web.Request) -> web.Response:
+        plugin = request.match_info["plugin"]
+        target = f"{plugin}/{request.match_info['path']}"[:MAX_KEY_BYTES]
+        # Plugins do not run yet: say so, never pretend a call succeeded.
+        raise await self.refuse("agent.plugin.call", target, NotFound(
+            f"plugin {plugin[:100]!r} is not running"))
+
+    async def unknown(self, request: web.Request) -> web.Response:
+        raise await self.refuse("agent.route", request.path[:MAX_KEY_BYTES], NotFound(
+            f"no such route on an agent socket: {request.method} {request.path[:200]}"),
+            {"method": request.method[:16]})
+
+    async def _read_body(self, request: web.Request, action: str, target: str,
+                         limit: int) -> bytes:
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise await self.refuse(action, target, PayloadTooLarge(
+                f"the body is {declared} bytes; at most {limit} are accepted"))
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                while chunk := await request.content.read(65536):
+                    size += len(chunk)
+                    if size > limit:
+                        raise await self.refuse(action, target, PayloadTooLarge(
+                            f"the body is larger than {limit} bytes"))
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise await self.refuse(action, target, MalformedRequest(
+                f"the body did not arrive within {BODY_TIMEOUT_S:g} s")) from None
+        raw = b"".join(chunks)
+        return raw
+
+
+@dataclass
+class _Site:
+    routes: AgentRoutes
+    runner: web.AppRunner
+    path: Path
+    sock: socket.socket
+
+
+class AgentSockets:
+    """Every open agent socket of the daemon. Methods run on the event loop."""
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self._sites: dict[tuple[str, str], _Site] = {}
+        self._lock = asyncio.Lock()
+
+    def is_open(self, container_id: str, agent: str) -> bool:
+        return (container_id, agent) in self._sites
+
+    def open_agents(self) -> list[tuple[str, str]]:
+        return sorted(self._sites)
+
+    async def open(self, identity: AgentIdentity, container: PersonalAIContainer,
+                   path: Path) -> None:
+        """Serve ``identity``'s routes on a new socket at ``path`` (no-op if already open)."""
+        key = (identity.container_id, identity.agent)
+        async with self._lock:
+            if key in self._sites:
+                return
+            routes = AgentRoutes(self.ctx, identity, container)
+            sock = bind_agent_socket(path)
+            runner = web.AppRunner(routes.app(), access_log=None, handle_signals=False,
+                                   shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=30.0)
+            try:
+                await runner.setup()
+                await web.SockSite(runner, sock).start()
+            except BaseException:
+                sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                await runner.cleanup()
+                raise
+            self._sites[key] = _Site(routes, runner, path, sock)
+            log.info("agent socket open: %s at %s", identity.actor, path)
+
+    async def close(self, container_id: str, agent: str) -> bool:
+        """Stop serving an agent and remove its socket file; False if it was not open."""
+        async with self._lock:
+            site = self._sites.pop((container_id, agent), None)
+        if site is None:
+            return False
+        # Unlink first: from this moment no new connection can reach the agent.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(site.path)
+        await site.runner.cleanup()
+        site.sock.close()
+        log.info("agent socket closed: %s", site.routes.me.actor)
+        return True
+
+    async def close_all(self) -> None:
+        for container_id, agent in list(self._sites):
+            await self.close(container_id, agent)

@@ -1,0 +1,1 @@
+"""The owner socket's HTTP API: listener, connection guard, routes and OpenAPI."""

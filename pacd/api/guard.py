@@ -1,0 +1,137 @@
+"""Per-connection admission: peer credentials and the connection limit.
+
+Every accepted connection passes through :class:`GuardedProtocol`, which reads
+the peer's uid from the kernel once, counts the connection and hands the bytes
+to aiohttp's own protocol. Decisions that need an HTTP answer (wrong uid, over
+the limit) are taken by the server's middleware from the :class:`ConnState`
+recorded here, so a refused client still gets a proper JSON error. Beyond a
+hard cap (twice the limit) connections are closed without a word, so a flood
+cannot even make the daemon parse requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from pacd.api.peercred import PeerCred, peer_cred
+
+log = logging.getLogger("pacd.api")
+
+
+@dataclass
+class ConnState:
+    peer: PeerCred | None
+    busy: bool
+    opened: float = field(default_factory=time.monotonic)
+
+
+class ConnectionGuard:
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max(1, max_connections)
+        self.hard_cap = self.max_connections * 2 + 4
+        self._states: dict[asyncio.BaseTransport, ConnState] = {}
+        self._served = 0  # connections within the limit
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._states)
+
+    def admit(self, transport: asyncio.BaseTransport) -> ConnState | None:
+        if len(self._states) >= self.hard_cap:
+            return None
+        sock = transport.get_extra_info("socket")
+        peer = peer_cred(sock) if sock is not None else None
+        busy = self._served >= self.max_connections
+        if not busy:
+            self._served += 1
+        state = ConnState(peer=peer, busy=busy)
+        self._states[transport] = state
+        return state
+
+    def release(self, transport: asyncio.BaseTransport) -> None:
+        state = self._states.pop(transport, None)
+        if state is not None and not state.busy:
+            self._served -= 1
+
+    def state_for(self, transport: asyncio.BaseTransport | None) -> ConnState | None:
+        if transport is None:
+            return None
+        return self._states.get(transport)
+
+    def wrap(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        def make() -> asyncio.Protocol:
+            # What web.Server.__call__ does, with our handler class.
+            handler = JsonErrorHandler(server, loop=server._loop,
+                                       **server._kwargs)
+            return GuardedProtocol(handler, self)
+
+        return make
+
+
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's protocol, answering unparseable requests in pacd's error shape.
+
+    aiohttp's own answer is plain text that echoes the offending bytes back;
+    ours is the usual ``{"error": ...}`` and says nothing about the input.
+    """
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        log.debug("malformed request: %s", exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        code, text = (("invalid_request", "malformed HTTP request") if 400 <= status < 500
+                      else ("internal_error", "internal error; the daemon logged the details"))
+        body = json.dumps({"error": {"code": code, "message": text}}).encode()
+        resp = web.Response(status=status, body=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """Delegates to aiohttp's protocol after admission; releases on close."""
+
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._guard.admit(transport) is None:
+            transport.close()
+            return
+        self._transport = transport
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._transport is None:
+            return None
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return
+        self._guard.release(self._transport)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._inner.resume_writing()

@@ -1,0 +1,613 @@
+"""The owner-socket routes (API.md): handlers, levels, and the authorizer.
+
+Blocking work (SQLite, the keychain, signature checks) runs in worker threads
+so the event loop keeps serving. Every decision is audited: state changes and
+their refusals, failed authentication, and refused plugins. Plain reads at
+basic level (status, listings, audit reading) are not logged one by one: the
+owner's own uid reading their own state is not a decision worth a record, and
+logging it would drown the decisions that are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from aiohttp import web
+
+from pacd import __version__
+from pacd import messages as m
+from pacd.api.openapi import build_openapi
+from pacd.api.route import Call, Json, Principal, Reply, Route
+from pacd.api.services import Services
+from pacd.approvals import Approval, b64url, iso
+from pacd.core.generators import generate_container_config, generate_openapi_spec
+from pacd.core.models import SecurityLevel
+from pacd.core.plugins import parse_plugin_schema, validate_plugin
+from pacd.core.rules import Action, required_level
+from pacd.core.spec import parse_container_spec
+from pacd.errors import (
+    AuditError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    KeychainError,
+    NotFound,
+    PacdError,
+    PluginRejected,
+    PresenceFailed,
+    PresenceRequired,
+    RuntimeFailed,
+    RuntimeUnavailable,
+    SpecError,
+    TokenExpired,
+    TokenRevoked,
+    Unauthorized,
+)
+from pacd.presence.evidence import VerifiedPresence
+from pacd.registry import ContainerRecord
+
+log = logging.getLogger("pacd.api")
+
+T = TypeVar("T")
+PLUGIN_INSTALL = "plugin.install"
+EVENT_POLL_S = 5.0
+EVENT_WRITE_TIMEOUT_S = 5.0
+ACTOR = "owner"
+
+
+async def _thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _level(action: Action) -> str:
+    return required_level(action).value
+
+
+class OwnerApi:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self._last_registration: str | None = None
+        self._status_key: tuple[int, int, tuple[str, ...]] | None = None
+        self._status_json = b""
+        self._owner_version = 0
+        self.routes = self._table()
+        self._openapi = Json(json.dumps(build_openapi(self.routes, __version__)).encode())
+
+    # --- audit & auth -------------------------------------------------------
+
+    async def audit(self, action: str, target: str, decision: str, reason: str,
+                    details: dict[str, Any] | None = None) -> None:
+        await self.s.audit.append_async(ACTOR, action, target, decision, reason, details or {})
+
+    async def on_refusal(self, action: str, reason: str, details: dict[str, Any]) -> None:
+        await self.s.audit.append_async("peer", action, details.get("path", ""), "deny",
+                                        reason, details)
+
+    async def authorize(self, request: web.Request, route: Route) -> Principal:
+        if route.level == SecurityLevel.basic.value:
+            return Principal(level="basic")
+        return await self.require(request, SecurityLevel(route.level), route.operation)
+
+    async def require(self, request: web.Request, level: SecurityLevel,
+                      operation: str) -> Principal:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        try:
+            info = await _thread(self.s.tokens.check, token, level)
+        except (Unauthorized, TokenExpired, TokenRevoked, PresenceRequired) as exc:
+            # Tell the client which ceremony would help, whatever the failure.
+            exc.extra.setdefault("required_level", level.value)
+            await self.audit(f"auth.{operation}", request.path, "deny", exc.message,
+                             {"code": exc.code, "required_level": level.value})
+            raise
+        return Principal(level=info.level.value, token_id=info.token_id, scope=info.scope,
+                         expires_at=info.expires_at)
+
+    # --- status & docs ------------------------------------------------------
+
+    def _status_body(self) -> Json:
+        orphans = self.s.lifecycle.orphans() if self.s.lifecycle is not None else []
+        key = (self._owner_version, self.s.approvals.pending_count,
+               tuple(o["podman_id"] for o in orphans))
+        if key != self._status_key:
+            owner = self.s.owners.get_owner()
+            view = m.StatusView(
+                version=__version__,
+                owner=None if owner is None else m.OwnerView(
+                    id=owner.id, name=owner.name, created_at=iso(owner.created_at) or "",
+                    credentials=len(self.s.owners.list_credentials())),
+                pending_approvals=self.s.approvals.pending_count,
+                keychain_backend=self.s.secrets.backend_name,
+                presence_methods=[
+                    m.PresenceMethodView(name=str(p.get("name", "")),
+                                         available=bool(p.get("available")),
+                                         detail=str(p.get("reason", "")))
+                    for p in self.s.presence_methods
+                ],
+                podman_url=self.s.config.podman_url,
+                socket=str(self.s.config.socket),
+                pid=os.getpid(),
+                started_at=iso(self.s.started_at) or "",
+                orphans=[m.OrphanView(**o) for o in orphans],
+            )
+            self._status_json = json.dumps(m.encode(view), separators=(",", ":")).encode()
+            self._status_key = key
+        return Json(self._status_json)
+
+    def owner_changed(self) -> None:
+        self._owner_version += 1
+
+    async def status(self, call: Call) -> Json:
+        return self._status_body()
+
+    async def openapi(self, call: Call) -> Json:
+        return self._openapi
+
+    # --- owner & credentials ------------------------------------------------
+
+    async def create_owner(self, call: Call) -> Reply:
+        body: m.OwnerCreate = call.body
+
+        def create() -> m.OwnerView:
+            self.s.vault.initialize()
+            with self.s.store.transaction():
+                owner = self.s.owners.create_owner(body.name, self.s.clock.wall())
+                self.s.audit.append(ACTOR, "owner.create", owner.id, "allow",
+                                    "owner identity created", {"name": owner.name})
+            return m.OwnerView(owner.id, owner.name, iso(owner.created_at) or "", 0)
+
+        try:
+            view = await _thread(create)
+        except Conflict as exc:
+            await self.audit("owner.create", "", "deny", exc.message)
+            raise
+        self.owner_changed()
+        return Reply(view, 201)
+
+    async def begin_credential(self, call: Call) -> m.CredentialOptions:
+        body: m.CredentialBegin = call.body
+        if await _thread(self.s.owners.list_credentials):
+            # Adding a key to an enrolled owner is itself a sensitive act.
+            await self.require(call.request, required_level(Action.enroll_credential),
+                               "begin_credential")
+        options = await _thread(self.s.rp.begin_registration, body.label or "security key")
+        self._last_registration = str(options["registration_id"])
+        return m.CredentialOptions(publicKey=options["publicKey"], origin=options["origin"],
+                                   registration_id=str(options["registration_id"]))
+
+    async def complete_credential(self, call: Call) -> Reply:
+        body: m.CredentialComplete = call.body
+        registration = body.registration_id or self._last_registration
+        if registration is None:
+            raise InvalidRequest("no registration in progress: call credentials/begin first")
+        try:
+            cred = await _thread(self.s.rp.complete_registration, registration, body.credential)
+        except PacdError as exc:
+            await self.audit("credential.enroll", registration, "deny", exc.message,
+                             {"code": exc.code})
+            raise
+        await self.audit("credential.enroll", cred.credential_id.hex(), "allow",
+                         "presence credential enrolled",
+                         {"label": cred.label, "uv_capable": cred.uv_capable,
+                          "aaguid": cred.aaguid.hex()})
+        self.owner_changed()
+        return Reply(m.CredentialView(credential_id=cred.credential_id.hex(), label=cred.label,
+                                      user_verifying=cred.uv_capable), 201)
+
+    # --- sessions -----------------------------------------------------------
+
+    async def begin_session(self, call: Call) -> m.SessionOptions:
+        body: m.SessionBegin = call.body
+        options = await _thread(self.s.rp.begin_session, body.level)
+        return m.SessionOptions(session_id=str(options["session_id"]),
+                                publicKey=options["publicKey"], origin=options["origin"])
+
+    async def complete_session(self, call: Call) -> m.SessionToken:
+        body: m.SessionComplete = call.body
+
+        def complete() -> tuple[VerifiedPresence, Any]:
+            presence = self.s.rp.complete_session(body.session_id, body.credential)
+            return presence, self.s.tokens.issue(presence.level)
+
+        try:
+            presence, issued = await _thread(complete)
+        except PacdError as exc:
+            await self.audit("session.create", "", "deny", exc.message, {"code": exc.code})
+            raise
+        await self.audit("session.create", issued.token_id, "allow",
+                         f"{presence.level.value} session opened",
+                         {"credential_id": presence.credential_id.hex(),
+                          "user_verified": presence.user_verified})
+        return m.SessionToken(token=issued.token, level=issued.level.value,
+                              expires_at=iso(issued.expires_at) or "")
+
+    async def current_session(self, call: Call) -> m.SessionView:
+        p = call.principal
+        return m.SessionView(token_id=p.token_id or "", level=cast(m.Level, p.level),
+                             scope=p.scope or "", expires_at=iso(p.expires_at) or "")
+
+    # --- containers ---------------------------------------------------------
+
+    def _record(self, ref: str) -> ContainerRecord:
+        return self.s.registry.get(ref)
+
+    def _view(self, record: ContainerRecord) -> m.ContainerView:
+        model = record.model()
+        states: dict[str, str] = {}
+        if self.s.lifecycle is not None:
+            try:
+                states = self.s.lifecycle.agent_states(record)
+            except (RuntimeUnavailable, RuntimeFailed):
+                states = {a.name: "unknown" for a in model.agents}
+        agents = [
+            m.AgentView(name=a.name, image=a.image,
+                        capabilities=[c.value for c in a.capabilities],
+                        data_access=a.data_access.value, isolation=a.isolation.value,
+                        connections=list(a.allowed_connections),
+                        state=states.get(a.name, "created"))
+            for a in model.agents
+        ]
+        plugins = [
+            m.PluginView(id=p.plugin_id, name=p.name, version=p.version, agent=p.agent,
+                         state=p.state, approval_id=p.approval_id,
+                         approved_at=iso(p.approved_at) or "")
+            for p in self.s.registry.plugins(record.id)
+        ]
+        running = [s for s in (a.state for a in agents) if s == "running"]
+        state = "running" if running and len(running) == len(agents) else (
+            "partial" if running else "stopped" if states else "created")
+        return m.ContainerView(id=record.id, name=record.name, owner_id=record.owner_id,
+                               created_at=iso(record.created_at) or "", state=state,
+                               spec=record.spec, agents=agents, plugins=plugins)
+
+    async def create_container(self, call: Call) -> Reply:
+        spec = parse_container_spec(call.body)
+
+        def create() -> m.ContainerView:
+            owner = self.s.owners.require_owner()
+            with self.s.store.transaction():
+                record = self.s.registry.add(spec, owner.id, self.s.clock.wall())
+                self.s.audit.append(ACTOR, "container.create", record.id, "allow",
+                                    f"container {record.name!r} created",
+                                    {"name": record.name, "token_id": call.principal.token_id})
+            return self._view(record)
+
+        try:
+            view = await _thread(create)
+        except Conflict as exc:
+            await self.audit("container.create", spec.name, "deny", exc.message)
+            raise
+        self.s.events.publish("container.state", id=view.id, name=view.name, state=view.state)
+        return Reply(view, 201)
+
+    async def list_containers(self, call: Call) -> m.ContainerList:
+        def views() -> list[m.ContainerView]:
+            return [self._view(r) for r in self.s.registry.all()]
+
+        return m.ContainerList(containers=await _thread(views))
+
+    async def show_container(self, call: Call) -> m.ContainerView:
+        return await _thread(lambda: self._view(self._record(call.params["id"])))
+
+    def _lifecycle(self) -> Any:
+        if self.s.lifecycle is None:
+            raise RuntimeUnavailable(
+                "no container runtime is connected to this daemon (Podman support is not "
+                "enabled in this build); containers are stored but cannot run yet")
+        return self.s.lifecycle
+
+    async def _lifecycle_call(self, call: Call, verb: str) -> m.ContainerView:
+        record = await _thread(self._record, call.params["id"])
+        try:
+            runtime = self._lifecycle()
+            await _thread(getattr(runtime, verb), record)
+        except PacdError as exc:
+            await self.audit(f"container.{verb}", record.id, "deny", exc.message,
+                             {"code": exc.code})
+            raise
+        await self.audit(f"container.{verb}", record.id, "allow", f"container {verb}",
+                         {"token_id": call.principal.token_id})
+        view = await _thread(self._view, record)
+        self.s.events.publish("container.state", id=view.id, name=view.name, state=view.state)
+        return view
+
+    async def start_container(self, call: Call) -> m.ContainerView:
+        return await self._lifecycle_call(call, "start")
+
+    async def stop_container(self, call: Call) -> m.ContainerView:
+        return await self._lifecycle_call(call, "stop")
+
+    async def delete_container(self, call: Call) -> m.Deleted:
+        record = await _thread(self._record, call.params["id"])
+
+        def remove() -> None:
+            if self.s.lifecycle is not None:
+                self.s.lifecycle.remove(record)
+            with self.s.store.transaction():
+                self.s.registry.remove(record.id)
+                self.s.audit.append(ACTOR, "container.delete", record.id, "allow",
+                                    f"container {record.name!r} deleted",
+                                    {"token_id": call.principal.token_id})
+
+        await _thread(remove)
+        self.s.events.publish("container.state", id=record.id, name=record.name,
+                              state="deleted")
+        return m.Deleted(id=record.id, deleted=True)
+
+    async def container_config(self, call: Call) -> Json:
+        record = await _thread(self._record, call.params["id"])
+        config = generate_container_config(record.model())
+        return Json(json.dumps(config).encode())
+
+    async def container_openapi(self, call: Call) -> Json:
+        def build() -> dict[str, Any]:
+            record = self._record(call.params["id"])
+            plugins = [p.model() for p in self.s.registry.plugins(record.id)]
+            return generate_openapi_spec(record.model(), plugins)
+
+        return Json(json.dumps(await _thread(build)).encode())
+
+    async def build_image(self, call: Call) -> m.ImageBuilt:
+        record = await _thread(self._record, call.params["id"])
+        image, lines = await _thread(self._lifecycle().build_image, record)
+        await self.audit("image.build", record.id, "allow", f"built {image}",
+                         {"token_id": call.principal.token_id})
+        return m.ImageBuilt(image=image, log=lines)
+
+    async def export_kube(self, call: Call) -> m.KubeExport:
+        record = await _thread(self._record, call.params["id"])
+        return m.KubeExport(yaml=await _thread(self._lifecycle().export_kube, record))
+
+    # --- plugins & approvals ------------------------------------------------
+
+    async def submit_plugin(self, call: Call) -> Reply:
+        body: m.PluginSubmit = call.body
+        record = await _thread(self._record, call.params["id"])
+        container = record.model()
+        errors: list[str] = []
+        schema = None
+        try:
+            schema = parse_plugin_schema(body.schema)
+        except SpecError as exc:
+            errors += [f"schema.{e}" if not e.startswith("schema") else e
+                       for e in (exc.errors or [exc.message])]
+        agent = container.agent(body.agent)
+        if agent is None:
+            errors.append(f"agent: container {record.name!r} has no agent {body.agent!r}")
+        if schema is not None:
+            errors += validate_plugin(schema, container.policy, agent)
+        name = schema.name if schema is not None else str(body.schema.get("name", "?"))[:100]
+        if errors:
+            await self.audit("plugin.submit", record.id, "deny",
+                             f"plugin {name!r} rejected ({len(errors)} reasons)",
+                             {"agent": body.agent, "errors": errors})
+            raise PluginRejected(f"plugin {name!r} was rejected: " + "; ".join(errors),
+                                 errors=errors)
+        assert schema is not None
+        summary = (f"install plugin {schema.name} {schema.version} for agent {body.agent} "
+                   f"in container {record.name}")
+        approval = await _thread(
+            self.s.approvals.submit, PLUGIN_INSTALL,
+            {"container_id": record.id, "container_name": record.name, "agent": body.agent,
+             "schema": schema.to_json()},
+            ACTOR, summary, float(self.s.config.approval_ttl_s))
+        return Reply(m.ApprovalAccepted(approval_id=approval.id,
+                                        required_level=approval.required_level.value,
+                                        expires_at=iso(approval.expires_at) or ""), 202)
+
+    def execute_plugin_install(self, conn: Any, approval: Approval) -> dict[str, Any]:
+        body = approval.body
+        record = self.s.registry.get(str(body["container_id"]))
+        container = record.model()
+        schema = parse_plugin_schema(body["schema"])
+        # The policy is checked again at execution: it must still allow this plugin.
+        errors = validate_plugin(schema, container.policy, container.agent(str(body["agent"])))
+        if errors:
+            raise PluginRejected("the plugin no longer passes validation", errors=errors)
+        plugin = self.s.registry.record_plugin(conn, record.id, str(body["agent"]),
+                                               schema=schema, approval_id=approval.id,
+                                               now=self.s.clock.wall())
+        return {"container_id": record.id, "plugin_id": plugin.plugin_id,
+                "agent": plugin.agent, "state": plugin.state}
+
+    @staticmethod
+    def _approval_view(a: Approval) -> m.ApprovalView:
+        return m.ApprovalView(
+            id=a.id, kind=a.kind, state=cast(m.ApprovalState, a.state),
+            required_level=a.required_level.value,
+            summary=a.summary, requester=a.requester, created_at=iso(a.created_at) or "",
+            expires_at=iso(a.expires_at) or "", resolved_at=iso(a.resolved_at),
+            reason=a.reason)
+
+    async def list_approvals(self, call: Call) -> m.ApprovalList:
+        items = await _thread(self.s.approvals.recent)
+        return m.ApprovalList(approvals=[self._approval_view(a) for a in items])
+
+    async def show_approval(self, call: Call) -> m.ApprovalDetail:
+        def detail() -> m.ApprovalDetail:
+            a = self.s.approvals.get(call.params["id"])
+            options: dict[str, Any] | None = None
+            origin = self.s.config.origin
+            if a.state == "pending":
+                try:
+                    opts = self.s.rp.request_options_for_challenge(
+                        a.challenge, a.required_level.satisfies(SecurityLevel.biometric))
+                    options, origin = opts["publicKey"], str(opts["origin"])
+                except NotFound:
+                    options = None  # nothing enrolled: the approval cannot be signed yet
+            v = self._approval_view(a)
+            return m.ApprovalDetail(**{**v.__dict__, "payload": a.payload,
+                                       "challenge": b64url(a.challenge), "publicKey": options,
+                                       "origin": origin})
+
+        return await _thread(detail)
+
+    async def approve(self, call: Call) -> m.ApprovalResolved:
+        body: m.Approve = call.body
+
+        def verify(challenge: bytes, level: SecurityLevel) -> dict[str, Any]:
+            presence = self.s.rp.verify_for_challenge(
+                challenge, body.credential,
+                require_uv=level.satisfies(SecurityLevel.biometric),
+                carbon_proof=level == SecurityLevel.carbonProof)
+            if not presence.level.satisfies(level):
+                raise PresenceFailed(
+                    f"this approval needs {level.value}; the assertion proves "
+                    f"{presence.level.value}")
+            return {"credential_id": presence.credential_id.hex(),
+                    "user_verified": presence.user_verified, "level": presence.level.value}
+
+        done = await _thread(self.s.approvals.approve, call.params["id"], verify, ACTOR,
+                             body.credential)
+        return m.ApprovalResolved(id=done.id, state=cast(m.ApprovalState, done.state),
+                                  result=done.result)
+
+    async def deny(self, call: Call) -> m.ApprovalResolved:
+        body: m.Deny = call.body
+        done = await _thread(self.s.approvals.deny, call.params["id"], body.reason, ACTOR)
+        return m.ApprovalResolved(id=done.id, state=cast(m.ApprovalState, done.state), result=None)
+
+    # --- audit & events -----------------------------------------------------
+
+    async def audit_entries(self, call: Call) -> m.AuditPage:
+        q: m.AuditQuery = call.query
+        entries = await _thread(self.s.audit.entries, q.after, q.limit)
+        return m.AuditPage(entries=[
+            m.AuditEntryView(seq=e.seq, time=iso(e.time) or "", actor=e.actor, action=e.action,
+                             target=e.target, decision=e.decision,  # type: ignore[arg-type]
+                             reason=e.reason, details=e.details)
+            for e in entries
+        ])
+
+    async def audit_verify(self, call: Call) -> m.AuditVerify:
+        result = await _thread(self.s.audit.verify)
+        return m.AuditVerify(ok=result.ok, entries=result.entries,
+                             first_bad_seq=result.first_bad_seq, problem=result.problem)
+
+    async def events(self, call: Call) -> web.StreamResponse:
+        request = call.request
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                           "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        sub = self.s.events.subscribe()
+        try:
+            await resp.write(json.dumps({"type": "subscribed", "time": iso(
+                self.s.clock.wall())}).encode() + b"\n")
+            while True:
+                try:
+                    line = await sub.get(EVENT_POLL_S)
+                except EOFError:
+                    break
+                if line is None:
+                    # Nothing to send: notice a client that went away.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    continue
+                async with asyncio.timeout(EVENT_WRITE_TIMEOUT_S):
+                    await resp.write(line)
+        except (TimeoutError, ConnectionError):
+            # A subscriber that does not read is dropped, not waited for.
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            sub.close()
+        return resp
+
+    # --- the table ----------------------------------------------------------
+
+    def _table(self) -> list[Route]:
+        bio = _level(Action.create_container)
+        common = (NotFound,)
+        return [
+            Route("GET", "/v1/status", "status", "daemon status", self.status,
+                  level=_level(Action.status), response=m.StatusView),
+            Route("GET", "/v1/openapi.json", "openapi", "this document", self.openapi,
+                  response=m.JSON_OBJECT),
+            Route("POST", "/v1/owner", "create_owner", "create the owner identity and master key",
+                  self.create_owner, request=m.OwnerCreate, response=m.OwnerView, status=201,
+                  errors=(Conflict, KeychainError, AuditError)),
+            Route("POST", "/v1/owner/credentials/begin", "begin_credential",
+                  "start enrolling a presence credential (biometric token needed once one "
+                  "is enrolled)", self.begin_credential, request=m.CredentialBegin,
+                  response=m.CredentialOptions,
+                  errors=(NotFound, Unauthorized, PresenceRequired, InvalidRequest)),
+            Route("POST", "/v1/owner/credentials/complete", "complete_credential",
+                  "finish enrolling a presence credential", self.complete_credential,
+                  request=m.CredentialComplete, response=m.CredentialView, status=201,
+                  errors=(PresenceFailed, InvalidRequest, NotFound)),
+            Route("POST", "/v1/sessions/begin", "begin_session",
+                  "request options for an enhanced or biometric session", self.begin_session,
+                  request=m.SessionBegin, response=m.SessionOptions, errors=common),
+            Route("POST", "/v1/sessions/complete", "complete_session",
+                  "verify the assertion and issue a token", self.complete_session,
+                  request=m.SessionComplete, response=m.SessionToken,
+                  errors=(PresenceFailed, InvalidRequest)),
+            Route("GET", "/v1/sessions/current", "current_session",
+                  "the session the presented token belongs to", self.current_session,
+                  # any session will do: the lowest level a token can have
+                  level=SecurityLevel.enhanced.value, response=m.SessionView),
+            Route("POST", "/v1/containers", "create_container", "create a container from a spec",
+                  self.create_container, level=bio, request=m.CONTAINER_SPEC,
+                  response=m.ContainerView, status=201, errors=(Conflict, NotFound, SpecError)),
+            Route("GET", "/v1/containers", "list_containers", "list containers",
+                  self.list_containers, level=_level(Action.list_containers),
+                  response=m.ContainerList),
+            Route("GET", "/v1/containers/{id}", "show_container", "container detail",
+                  self.show_container, level=_level(Action.show_container),
+                  response=m.ContainerView, errors=common),
+            Route("DELETE", "/v1/containers/{id}", "delete_container", "delete a container",
+                  self.delete_container, level=_level(Action.delete_container),
+                  response=m.Deleted, errors=(NotFound, RuntimeFailed)),
+            Route("POST", "/v1/containers/{id}/start", "start_container", "start its agents",
+                  self.start_container, level=_level(Action.start_container),
+                  response=m.ContainerView, errors=(NotFound, RuntimeUnavailable)),
+            Route("POST", "/v1/containers/{id}/stop", "stop_container", "stop its agents",
+                  self.stop_container, level=_level(Action.stop_container),
+                  response=m.ContainerView, errors=(NotFound, RuntimeUnavailable)),
+            Route("GET", "/v1/containers/{id}/config", "container_config",
+                  "the seed's container-config JSON", self.container_config,
+                  level=_level(Action.container_config), response=m.JSON_OBJECT, errors=common),
+            Route("GET", "/v1/containers/{id}/openapi", "container_openapi",
+                  "OpenAPI 3.0 for the container and its plugins", self.container_openapi,
+                  level=_level(Action.container_openapi), response=m.JSON_OBJECT,
+                  errors=common),
+            Route("POST", "/v1/containers/{id}/image", "build_image",
+                  "build the owner's image for the container", self.build_image,
+                  level=_level(Action.build_image), response=m.ImageBuilt,
+                  errors=(NotFound, RuntimeUnavailable, RuntimeFailed)),
+            Route("GET", "/v1/containers/{id}/kube", "export_kube",
+                  "Kubernetes YAML with the same security context", self.export_kube,
+                  level=_level(Action.export_kube), response=m.KubeExport,
+                  errors=(NotFound, RuntimeUnavailable)),
+            Route("POST", "/v1/containers/{id}/plugins", "submit_plugin",
+                  "validate a plugin and queue it for approval", self.submit_plugin,
+                  level=_level(Action.submit_plugin), request=m.PluginSubmit,
+                  response=m.ApprovalAccepted, status=202, errors=(NotFound, PluginRejected)),
+            Route("GET", "/v1/approvals", "list_approvals", "pending and recent approvals",
+                  self.list_approvals, level=_level(Action.list_approvals),
+                  response=m.ApprovalList),
+            Route("GET", "/v1/approvals/{id}", "show_approval",
+                  "the canonical payload and request options over its digest",
+                  self.show_approval, level=_level(Action.list_approvals),
+                  response=m.ApprovalDetail, errors=common),
+            Route("POST", "/v1/approvals/{id}/approve", "approve",
+                  "approve with an assertion over the approval's challenge", self.approve,
+                  request=m.Approve, response=m.ApprovalResolved,
+                  errors=(NotFound, Conflict, PresenceFailed, Forbidden, AuditError)),
+            Route("POST", "/v1/approvals/{id}/deny", "deny", "deny a pending approval",
+                  self.deny, level=_level(Action.deny_approval), request=m.Deny,
+                  response=m.ApprovalResolved, errors=(NotFound, Conflict)),
+            Route("GET", "/v1/audit", "audit_entries", "audit entries in order",
+                  self.audit_entries, level=_level(Action.read_audit), query=m.AuditQuery,
+                  response=m.AuditPage),
+            Route("POST", "/v1/audit/verify", "audit_verify", "verify the audit chain",
+                  self.audit_verify, level=_level(Action.verify_audit),
+                  response=m.AuditVerify),
+            Route("GET", "/v1/events", "events", "a stream of JSON lines", self.events,
+                  response=m.Event, stream=True),
+        ]

@@ -1,0 +1,77 @@
+"""What a route is: method, path, level, message types, handler.
+
+The server registers exactly these and the OpenAPI document is generated from
+exactly these, so "served" and "documented" are one list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from pacd.errors import PacdError
+from pacd.messages import RawBody
+
+LEVELS = ("basic", "enhanced", "biometric", "carbonProof")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """What the caller proved: always the owner's uid, plus a token's level if any."""
+
+    level: str
+    token_id: str | None = None
+    scope: str | None = None
+    expires_at: float | None = None
+
+
+@dataclass
+class Call:
+    request: web.Request
+    params: Mapping[str, str]
+    body: Any
+    query: Any
+    principal: Principal
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A handler result with a status other than the route's default."""
+
+    body: Any
+    status: int
+
+
+@dataclass(frozen=True)
+class Json:
+    """Already-encoded JSON bytes (hot paths precompute their answer)."""
+
+    data: bytes
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    operation: str
+    summary: str
+    handler: Handler
+    level: str = "basic"
+    request: type | RawBody | None = None
+    query: type | None = None
+    response: type | RawBody | None = None
+    status: int = 200
+    errors: tuple[type[PacdError], ...] = ()
+    #: the handler answers with its own StreamResponse of JSON lines
+    stream: bool = False
+    extra_statuses: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"route {self.operation}: unknown level {self.level!r}")

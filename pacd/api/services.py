@@ -1,0 +1,62 @@
+"""The daemon's parts as the routes see them, and the seam for the container runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pacd.approvals import ApprovalQueue
+from pacd.audit import AuditLog
+from pacd.config import Config
+from pacd.events import EventBus
+from pacd.presence.clock import Clock
+from pacd.presence.owner import OwnerRegistry
+from pacd.presence.rp import RelyingParty
+from pacd.presence.tokens import TokenService
+from pacd.registry import ContainerRecord, ContainerRegistry
+from pacd.store import Store
+from pacd.vault import SecretStore, Vault
+
+
+class Lifecycle(Protocol):
+    """What the container runtime offers the API; absent until a runtime is wired in.
+
+    Every method is blocking (the API calls it in a worker thread) and raises
+    errors from :mod:`pacd.errors` (``RuntimeUnavailable``, ``RuntimeFailed``).
+    """
+
+    def agent_states(self, record: ContainerRecord) -> dict[str, str]: ...
+
+    def orphans(self) -> list[dict[str, str]]:
+        """Containers with pacd's labels and this owner's id that pacd does not know
+        (non-blocking: the last reconcile's findings)."""
+        ...
+
+    def start(self, record: ContainerRecord) -> dict[str, str]: ...
+
+    def stop(self, record: ContainerRecord) -> dict[str, str]: ...
+
+    def remove(self, record: ContainerRecord) -> None: ...
+
+    def build_image(self, record: ContainerRecord) -> tuple[str, list[str]]: ...
+
+    def export_kube(self, record: ContainerRecord) -> str: ...
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    secrets: SecretStore
+    vault: Vault
+    audit: AuditLog
+    owners: OwnerRegistry
+    rp: RelyingParty
+    tokens: TokenService
+    registry: ContainerRegistry
+    approvals: ApprovalQueue
+    events: EventBus
+    clock: Clock
+    started_at: float
+    presence_methods: list[dict[str, Any]] = field(default_factory=list)
+    lifecycle: Lifecycle | None = None

@@ -1,0 +1,324 @@
+"""The durable queue of actions waiting for the owner's presence.
+
+An approval is a canonical payload (kind, the full action body, requester,
+creation and expiry time, a random nonce, the level it needs). Its challenge
+is the SHA-256 of that payload, so an assertion over it approves exactly this
+action and nothing else (what you see is what you sign).
+
+Approving is one SQLite transaction: the assertion is verified (the relying
+party records the used challenge and the new sign counter in the same
+transaction), the state moves from ``pending`` to ``approved`` only if it was
+still ``pending``, the kind's executor applies the action, and the audit entry
+(holding the assertion) is made durable — then, and only then, the
+transaction commits. Any failure rolls all of it back, so an action is never
+half-applied and never applied without its audit entry; approving twice finds
+the state no longer ``pending`` and is a ``conflict`` that executes nothing.
+
+Deny, expiry and a daemon restart all end in "not done": pending approvals
+survive a restart (they are rows in the state database) until they expire, and
+nothing is ever executed except by :meth:`ApprovalQueue.approve`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pacd.core.canonical import canonical_json, digest
+from pacd.core.models import SecurityLevel
+from pacd.errors import Conflict, NotFound, PacdError
+from pacd.store import Store
+
+_SCHEMA = """
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending','approved','denied','expired','failed')),
+    required_level TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    challenge BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    resolved_at REAL,
+    reason TEXT,
+    result TEXT
+);
+CREATE INDEX approvals_pending ON approvals (state, expires_at)
+"""
+
+#: resolved approvals older than this are no longer listed (they stay in the audit log)
+RECENT_S = 7 * 86400
+
+
+class AuditSink(Protocol):
+    def append(  # noqa: PLR0917 - the audit log's own signature
+        self, actor: str, action: str, target: str, decision: str, reason: str,
+               details: dict[str, Any] | None = None) -> Any: ...
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class Approval:
+    id: str
+    kind: str
+    state: str
+    required_level: SecurityLevel
+    summary: str
+    requester: str
+    payload: dict[str, Any]
+    challenge: bytes
+    created_at: float
+    expires_at: float
+    resolved_at: float | None
+    reason: str | None
+    result: dict[str, Any] | None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.payload["body"]
+        return body
+
+
+#: applies an approved action inside the approval's transaction; returns a result summary
+Executor = Callable[[sqlite3.Connection, Approval], dict[str, Any]]
+#: checks the owner's proof over (challenge, level); returns evidence for the audit entry
+Verifier = Callable[[bytes, SecurityLevel], Mapping[str, Any]]
+EventSink = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    executor: Executor
+    level: SecurityLevel
+
+
+class ApprovalQueue:
+    def __init__(self, store: Store, audit: AuditSink, now: Callable[[], float],
+                 on_event: EventSink | None = None) -> None:
+        self.store = store
+        self.audit = audit
+        self._now = now
+        self._on_event = on_event or (lambda *_a, **_k: None)
+        self._kinds: dict[str, _Kind] = {}
+        store.migrate("approvals", 1, _SCHEMA)
+        self.pending_count = 0
+        self._recount()
+
+    def register(self, kind: str, level: SecurityLevel, executor: Executor) -> None:
+        """Make ``kind`` approvable; ``level`` is what its approval must prove."""
+        self._kinds[kind] = _Kind(executor, level)
+
+    def level_for(self, kind: str) -> SecurityLevel:
+        return self._kinds[kind].level
+
+    # --- queueing -----------------------------------------------------------
+
+    def submit(self, kind: str, body: dict[str, Any], requester: str, summary: str,
+               ttl_s: float) -> Approval:
+        if kind not in self._kinds:
+            raise NotFound(f"no approval kind {kind!r}")
+        level = self._kinds[kind].level
+        now = self._now()
+        expires = now + ttl_s
+        approval_id = uuid.uuid4().hex
+        payload = {
+            "id": approval_id,
+            "kind": kind,
+            "body": body,
+            "requester": requester,
+            "required_level": level.value,
+            "created_at": iso(now),
+            "expires_at": iso(expires),
+            "nonce": secrets.token_hex(16),
+        }
+        challenge = digest(payload)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO approvals (id, kind, state, required_level, summary, requester,"
+                " payload, challenge, created_at, expires_at) VALUES"
+                " (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                (approval_id, kind, level.value, summary, requester,
+                 canonical_json(payload).decode(), challenge, now, expires),
+            )
+            # Durable before the request is acknowledged, or not queued at all.
+            self.audit.append(requester, f"approval.{kind}.request", approval_id, "info",
+                              summary, {"challenge": challenge.hex(),
+                                        "required_level": level.value})
+        approval = self.get(approval_id, expire=False)
+        self._recount()
+        self._on_event("approval.created", id=approval_id, kind=kind, summary=summary,
+                       required_level=level.value, expires_at=iso(expires))
+        return approval
+
+    def get(self, approval_id: str, expire: bool = True) -> Approval:
+        if expire:
+            self.expire_due()
+        row = self.store.query_one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+        if row is None:
+            raise NotFound(f"no approval {approval_id!r}")
+        return _approval(row)
+
+    def recent(self, limit: int = 200) -> list[Approval]:
+        self.expire_due()
+        rows = self.store.query(
+            "SELECT * FROM approvals WHERE state = 'pending' OR resolved_at >= ?"
+            " ORDER BY created_at DESC LIMIT ?",
+            (self._now() - RECENT_S, limit),
+        )
+        return [_approval(r) for r in rows]
+
+    # --- resolution ---------------------------------------------------------
+
+    def approve(self, approval_id: str, verify: Verifier, actor: str = "owner",
+                assertion: Mapping[str, Any] | None = None) -> Approval:
+        self.expire_due()
+        stage = "check"
+        approval: Approval | None = None
+        try:
+            with self.store.transaction() as conn:
+                approval = self._pending(conn, approval_id)
+                kind = self._kinds.get(approval.kind)
+                if kind is None:
+                    raise Conflict(f"approval kind {approval.kind!r} is not known to this daemon")
+                stage = "verify"
+                evidence = verify(approval.challenge, approval.required_level)
+                stage = "execute"
+                now = self._now()
+                cur = conn.execute(
+                    "UPDATE approvals SET state = 'approved', resolved_at = ? WHERE id = ?"
+                    " AND state = 'pending'", (now, approval_id))
+                if cur.rowcount != 1:
+                    raise Conflict("approval is no longer pending")
+                result = kind.executor(conn, approval)
+                conn.execute("UPDATE approvals SET result = ? WHERE id = ?",
+                             (canonical_json(result).decode(), approval_id))
+                stage = "audit"
+                self.audit.append(actor, f"approval.{approval.kind}.approve", approval_id,
+                                  "allow", approval.summary, {
+                                      "challenge": approval.challenge.hex(),
+                                      "payload": approval.payload,
+                                      "evidence": dict(evidence),
+                                      "assertion": dict(assertion or {}),
+                                      "result": result,
+                                  })
+        except PacdError as exc:
+            self._record_failure(approval_id, approval, stage, exc, actor)
+            raise
+        done = self.get(approval_id, expire=False)
+        self._recount()
+        self._on_event("approval.resolved", id=approval_id, kind=done.kind, state=done.state)
+        return done
+
+    def _record_failure(self, approval_id: str, approval: Approval | None, stage: str,
+                        exc: PacdError, actor: str) -> None:
+        if approval is not None:
+            kind = approval.kind
+        else:
+            row = self.store.query_one("SELECT kind FROM approvals WHERE id = ?", (approval_id,))
+            kind = str(row["kind"]) if row is not None else "unknown"
+        if stage == "execute" and approval is not None:
+            # The action could not be applied (and was rolled back): the approval
+            # is over, so it cannot be retried into a different outcome later.
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "UPDATE approvals SET state = 'failed', resolved_at = ?, reason = ?"
+                    " WHERE id = ? AND state = 'pending'",
+                    (self._now(), exc.message[:500], approval_id))
+                self.audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
+                                  f"execution failed: {exc.message}", {"code": exc.code})
+            self._recount()
+            self._on_event("approval.resolved", id=approval_id, kind=kind, state="failed")
+            return
+        if stage != "audit":
+            self.audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
+                              exc.message, {"code": exc.code, "stage": stage})
+
+    def deny(self, approval_id: str, reason: str | None, actor: str = "owner") -> Approval:
+        self.expire_due()
+        with self.store.transaction() as conn:
+            approval = self._pending(conn, approval_id)
+            conn.execute(
+                "UPDATE approvals SET state = 'denied', resolved_at = ?, reason = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (self._now(), reason or "denied by the owner", approval_id))
+            self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
+                              reason or "denied by the owner")
+        self._recount()
+        self._on_event("approval.resolved", id=approval_id, kind=approval.kind, state="denied")
+        return self.get(approval_id, expire=False)
+
+    def expire_due(self) -> list[str]:
+        """Expire every pending approval past its time; returns their ids."""
+        now = self._now()
+        due = self.store.query(
+            "SELECT id, kind FROM approvals WHERE state = 'pending' AND expires_at <= ?", (now,))
+        if not due:
+            return []
+        expired: list[tuple[str, str]] = []
+        with self.store.transaction() as conn:
+            for row in due:
+                cur = conn.execute(
+                    "UPDATE approvals SET state = 'expired', resolved_at = ?, reason = ?"
+                    " WHERE id = ? AND state = 'pending'", (now, "expired", row["id"]))
+                if cur.rowcount == 1:
+                    expired.append((str(row["id"]), str(row["kind"])))
+            for approval_id, kind in expired:
+                self.audit.append("pacd", f"approval.{kind}.expire", approval_id, "deny",
+                                  "expired before the owner approved it")
+        self._recount()
+        for approval_id, kind in expired:
+            self._on_event("approval.expired", id=approval_id, kind=kind)
+        return [a for a, _ in expired]
+
+    def next_expiry(self) -> float | None:
+        row = self.store.query_one(
+            "SELECT MIN(expires_at) FROM approvals WHERE state = 'pending'")
+        return None if row is None or row[0] is None else float(row[0])
+
+    def _pending(self, conn: sqlite3.Connection, approval_id: str) -> Approval:
+        row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no approval {approval_id!r}")
+        approval = _approval(row)
+        if approval.state != "pending":
+            raise Conflict(f"approval {approval_id} is already {approval.state}",
+                           state=approval.state)
+        if approval.expires_at <= self._now():
+            raise Conflict(f"approval {approval_id} has expired", state="expired")
+        return approval
+
+    def _recount(self) -> None:
+        row = self.store.query_one("SELECT COUNT(*) FROM approvals WHERE state = 'pending'")
+        self.pending_count = int(row[0]) if row is not None else 0
+
+
+def _approval(row: sqlite3.Row) -> Approval:
+    return Approval(
+        id=str(row["id"]), kind=str(row["kind"]), state=str(row["state"]),
+        required_level=SecurityLevel(row["required_level"]), summary=str(row["summary"]),
+        requester=str(row["requester"]), payload=json.loads(row["payload"]),
+        challenge=bytes(row["challenge"]), created_at=float(row["created_at"]),
+        expires_at=float(row["expires_at"]),
+        resolved_at=None if row["resolved_at"] is None else float(row["resolved_at"]),
+        reason=None if row["reason"] is None else str(row["reason"]),
+        result=None if row["result"] is None else json.loads(row["result"]),
+    )

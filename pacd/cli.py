@@ -1,0 +1,419 @@
+"""``pacd``: the command line (API.md). Talks to the daemon only through :mod:`pacd.client`.
+
+Every command takes ``--json`` (one JSON document on stdout) and exits 0 on
+success, or with the error class's exit code and a one-line message on stderr.
+When a command needs more presence than the cached session proves and the
+terminal is interactive, the presence ceremony runs right here ("Touch your
+security key…", PIN by getpass) and the command is retried once.
+
+``--credential-json FILE`` (``approve``) posts an assertion made elsewhere —
+for scripts, and for tests that sign with a software authenticator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fido2.client import UserInteraction
+
+from pacd import __version__
+from pacd.config import load_config
+from pacd.errors import (
+    DaemonUnavailable,
+    IntegrityError,
+    InvalidRequest,
+    PacdError,
+    PresenceRequired,
+    Unauthorized,
+)
+
+Handler = Callable[[argparse.Namespace, "Ctx"], Any]
+
+
+class Ctx:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from pacd.client import Client
+
+        self.args = args
+        self.json = bool(getattr(args, "json", False))
+        self.config = load_config()
+        self.client = Client(self.config)
+
+    def out(self, data: Any, human: Callable[[Any], str] | str | None = None) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        elif callable(human):
+            print(human(data))
+        elif human is not None:
+            print(human)
+        else:
+            print(json.dumps(data, indent=2, sort_keys=True))
+
+    def say(self, text: str) -> None:
+        """Progress for people; stderr so ``--json`` stdout stays one document."""
+        print(text, file=sys.stderr, flush=True)
+
+    # --- presence -------------------------------------------------------------
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """A request that may need a session: run the ceremony once if it does."""
+        try:
+            return self.client.request(method, path, body)
+        except (PresenceRequired, Unauthorized) as exc:
+            level = exc.extra.get("required_level") or getattr(exc, "required_level", "")
+            if not level or not sys.stdin.isatty():
+                raise type(exc)(
+                    f"{exc.message} — open a session first: pacd session --level "
+                    f"{level or 'biometric'}", **exc.extra) from None
+            self.session(str(level))
+            return self.client.request(method, path, body)
+
+    def session(self, level: str) -> dict[str, Any]:
+        from pacd.presence.client import authenticate
+
+        begin = self.client.request("POST", "/v1/sessions/begin", {"level": level}, auth=False)
+        self.say(f"Presence needed for a {level} session.")
+        credential = authenticate(begin["publicKey"], begin["origin"], TerminalInteraction(self))
+        return self.client.complete_session(begin["session_id"], credential)
+
+
+class TerminalInteraction(UserInteraction):
+    """python-fido2's UserInteraction for a terminal."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def prompt_up(self) -> None:
+        self.ctx.say("Touch your security key…")
+
+    def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
+        return getpass.getpass("Security key PIN: ")
+
+    def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
+        self.ctx.say("Verify yourself on the key (fingerprint or PIN)…")
+        return True
+
+
+# --- human formatting ----------------------------------------------------------
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    owner = s.get("owner")
+    lines = [
+        f"daemon:     running (pacd {s['version']}, pid {s['pid']}, socket {s['socket']})",
+        "owner:      " + (f"{owner['name']} ({owner['credentials']} presence credential(s))"
+                          if owner else "none yet — run: pacd init --name NAME"),
+        f"keychain:   {s['keychain_backend']}",
+        f"podman:     {s.get('podman_url') or 'default user socket'}",
+        f"approvals:  {s['pending_approvals']} pending",
+        "presence:",
+    ]
+    for p in s.get("presence_methods", []):
+        mark = "yes" if p["available"] else "no "
+        lines.append(f"  [{mark}] {p['name']}: {p['detail']}")
+    return "\n".join(lines)
+
+
+def _container_text(c: dict[str, Any]) -> str:
+    lines = [f"{c['name']}  id {c['id']}  state {c['state']}  created {c['created_at']}"]
+    for a in c["agents"]:
+        lines.append(f"  agent {a['name']:<12} {a['state']:<9} {a['isolation']:<13} "
+                     f"{a['data_access']:<10} {','.join(a['capabilities'])}")
+    for p in c["plugins"]:
+        lines.append(f"  plugin {p['name']} {p['version']} for {p['agent']}: {p['state']}")
+    return "\n".join(lines)
+
+
+def _approval_line(a: dict[str, Any]) -> str:
+    return (f"{a['id']}  {a['state']:<8} {a['required_level']:<11} expires {a['expires_at']}"
+            f"  {a['summary']}")
+
+
+def _audit_line(e: dict[str, Any]) -> str:
+    return (f"{e['seq']:>6} {e['time']} {e['decision']:<5} {e['actor']:<8} {e['action']} "
+            f"{e['target']} — {e['reason']}")
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def cmd_daemon(args: argparse.Namespace, ctx: Ctx | None) -> int:
+    from pacd.daemon import main as daemon_main
+
+    return daemon_main(load_config())
+
+
+def cmd_status(args: argparse.Namespace, ctx: Ctx) -> None:
+    try:
+        status = ctx.client.status()
+    except DaemonUnavailable as exc:
+        if ctx.json:
+            print(json.dumps({"reachable": False, "message": exc.message}))
+        raise
+    ctx.out({"reachable": True, **status}, _status_text)
+
+
+def cmd_init(args: argparse.Namespace, ctx: Ctx) -> None:
+    owner = ctx.client.request("POST", "/v1/owner", {"name": args.name})
+    ctx.out(owner, f"owner {owner['name']} created (id {owner['id']}); master key is in the "
+                   "keychain. Next: pacd enroll")
+
+
+def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
+    from pacd.presence.client import register
+
+    body = {"label": args.label} if args.label else {}
+    begin = ctx.call("POST", "/v1/owner/credentials/begin", body)
+    ctx.say("Enrolling a presence credential.")
+    credential = register(begin["publicKey"], begin["origin"], TerminalInteraction(ctx))
+    done = ctx.client.request("POST", "/v1/owner/credentials/complete",
+                              {"credential": credential,
+                               "registration_id": begin["registration_id"]})
+    ctx.out(done, f"enrolled {done['label']} ({done['credential_id'][:16]}…, "
+                  f"user verification: {'yes' if done['user_verifying'] else 'no'})")
+
+
+def cmd_session(args: argparse.Namespace, ctx: Ctx) -> None:
+    token = ctx.session(args.level)
+    shown = {k: token[k] for k in ("level", "expires_at")}
+    ctx.out(shown, f"{token['level']} session open until {token['expires_at']}")
+
+
+def _read_document(path: str) -> Any:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+    if p.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{path}: not valid JSON: {exc}") from None
+
+
+def cmd_container(args: argparse.Namespace, ctx: Ctx) -> None:
+    action = args.container_cmd
+    if action == "create":
+        c = ctx.call("POST", "/v1/containers", _read_document(args.spec))
+        ctx.out(c, _container_text)
+    elif action == "list":
+        data = ctx.client.request("GET", "/v1/containers")
+        ctx.out(data, lambda d: "\n".join(
+            f"{c['id']}  {c['name']:<16} {c['state']:<8} {len(c['agents'])} agent(s), "
+            f"{len(c['plugins'])} plugin(s)" for c in d["containers"]) or "no containers")
+    elif action == "show":
+        ctx.out(ctx.client.request("GET", f"/v1/containers/{args.id}"), _container_text)
+    elif action in ("start", "stop"):
+        ctx.out(ctx.call("POST", f"/v1/containers/{args.id}/{action}"), _container_text)
+    elif action == "rm":
+        data = ctx.call("DELETE", f"/v1/containers/{args.id}")
+        ctx.out(data, f"container {data['id']} deleted")
+    elif action == "config":
+        ctx.out(ctx.client.request("GET", f"/v1/containers/{args.id}/config"))
+    elif action == "openapi":
+        ctx.out(ctx.client.request("GET", f"/v1/containers/{args.id}/openapi"))
+
+
+def cmd_plugin(args: argparse.Namespace, ctx: Ctx) -> None:
+    schema = _read_document(args.schema)
+    data = ctx.call("POST", f"/v1/containers/{args.id}/plugins",
+                    {"agent": args.agent, "schema": schema})
+    ctx.out(data, f"queued for approval: {data['approval_id']} (needs {data['required_level']}"
+                  f", expires {data['expires_at']}); approve with: pacd approve "
+                  f"{data['approval_id']}")
+
+
+def cmd_image(args: argparse.Namespace, ctx: Ctx) -> None:
+    ctx.say(f"building the image for {args.id}…")
+    data = ctx.call("POST", f"/v1/containers/{args.id}/image")
+    ctx.out(data, lambda d: "\n".join([*d["log"], f"built {d['image']}"]))
+
+
+def cmd_export(args: argparse.Namespace, ctx: Ctx) -> None:
+    data = ctx.call("GET", f"/v1/containers/{args.id}/kube")
+    ctx.out(data, lambda d: str(d["yaml"]))
+
+
+def cmd_approvals(args: argparse.Namespace, ctx: Ctx) -> None:
+    data = ctx.client.request("GET", "/v1/approvals")
+    ctx.out(data, lambda d: "\n".join(_approval_line(a) for a in d["approvals"])
+            or "no approvals")
+
+
+def cmd_approve(args: argparse.Namespace, ctx: Ctx) -> None:
+    detail = ctx.client.request("GET", f"/v1/approvals/{args.id}")
+    if args.credential_json:
+        credential = _read_document(args.credential_json)
+    else:
+        from pacd.presence.client import authenticate
+
+        if detail["state"] != "pending":
+            raise InvalidRequest(f"approval {args.id} is {detail['state']}, not pending")
+        if detail.get("publicKey") is None:
+            raise InvalidRequest("no presence credential is enrolled: run pacd enroll")
+        ctx.say(f"You are approving: {detail['summary']}")
+        ctx.say(json.dumps(detail["payload"], indent=2, sort_keys=True))
+        credential = authenticate(detail["publicKey"], detail["origin"],
+                                  TerminalInteraction(ctx))
+    done = ctx.client.request("POST", f"/v1/approvals/{args.id}/approve",
+                              {"credential": credential})
+    ctx.out(done, f"approval {done['id']}: {done['state']}")
+
+
+def cmd_deny(args: argparse.Namespace, ctx: Ctx) -> None:
+    body = {"reason": args.reason} if args.reason else {}
+    done = ctx.client.request("POST", f"/v1/approvals/{args.id}/deny", body)
+    ctx.out(done, f"approval {done['id']}: {done['state']}")
+
+
+def cmd_audit(args: argparse.Namespace, ctx: Ctx) -> None:
+    if args.audit_cmd == "tail":
+        after = args.after
+        if after is None:
+            # The last N entries: find the head from the newest page.
+            head = ctx.client.request("POST", "/v1/audit/verify")
+            after = max(0, int(head["entries"]) - args.limit)
+        data = ctx.client.request("GET", f"/v1/audit?after={after}&limit={args.limit}")
+        ctx.out(data, lambda d: "\n".join(_audit_line(e) for e in d["entries"])
+                or "no entries")
+        return
+    result = ctx.client.request("POST", "/v1/audit/verify")
+    if result["ok"]:
+        ctx.out(result, f"audit log ok: {result['entries']} entries verified")
+        return
+    if ctx.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    raise IntegrityError(
+        f"audit log verification FAILED at entry {result['first_bad_seq']}: "
+        f"{result.get('problem') or 'the chain is broken'}")
+
+
+def cmd_doctor(args: argparse.Namespace, ctx: Ctx) -> int:
+    from pacd.doctor import run_checks
+
+    checks = run_checks(ctx.config)
+    failed = any(c["status"] == "fail" for c in checks)
+    ctx.out({"ok": not failed, "checks": checks}, lambda d: "\n".join(
+        f"[{c['status']:>4}] {c['name']}: {c['detail']}"
+        + (f"\n       fix: {c['fix']}" if c.get("fix") else "") for c in d["checks"]))
+    return 1 if failed else 0
+
+
+# --- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine output (one JSON document)")
+    parser = argparse.ArgumentParser(prog="pacd", parents=[common],
+                                     description="personal AI containers behind owner presence")
+    parser.add_argument("--version", action="version", version=f"pacd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    add("daemon", cmd_daemon, "run the daemon in the foreground")
+    add("status", cmd_status, "is the daemon running, and what state it is in")
+    add("init", cmd_init, "create the owner identity and master key").add_argument(
+        "--name", required=True)
+    add("enroll", cmd_enroll, "enrol a presence credential (security key)").add_argument(
+        "--label", help="a name for this key")
+    add("session", cmd_session, "prove presence now and cache the session token").add_argument(
+        "--level", choices=("enhanced", "biometric"), default="biometric")
+
+    cont = add("container", cmd_container, "create and manage containers")
+    csub = cont.add_subparsers(dest="container_cmd", required=True, metavar="ACTION")
+    csub.add_parser("create", parents=[common], help="create from a JSON/TOML spec"
+                    ).add_argument("spec")
+    csub.add_parser("list", parents=[common], help="list containers")
+    for verb, text in (("show", "details"), ("start", "start its agents"),
+                       ("stop", "stop its agents"), ("rm", "delete it"),
+                       ("config", "the seed's container-config JSON"),
+                       ("openapi", "OpenAPI document for it and its plugins")):
+        csub.add_parser(verb, parents=[common], help=text).add_argument("id")
+
+    plug = add("plugin", cmd_plugin, "submit a plugin for approval")
+    psub = plug.add_subparsers(dest="plugin_cmd", required=True, metavar="ACTION")
+    submit = psub.add_parser("submit", parents=[common], help="validate and queue a plugin")
+    submit.add_argument("id")
+    submit.add_argument("schema")
+    submit.add_argument("--agent", required=True)
+
+    image = add("image", cmd_image, "container images")
+    isub = image.add_subparsers(dest="image_cmd", required=True, metavar="ACTION")
+    isub.add_parser("build", parents=[common], help="build the owner's image").add_argument("id")
+
+    export = add("export", cmd_export, "export a container")
+    esub = export.add_subparsers(dest="export_cmd", required=True, metavar="FORMAT")
+    esub.add_parser("kube", parents=[common], help="Kubernetes YAML").add_argument("id")
+
+    add("approvals", cmd_approvals, "pending and recent approvals")
+    approve = add("approve", cmd_approve, "approve (runs the presence ceremony)")
+    approve.add_argument("id")
+    approve.add_argument("--credential-json", metavar="FILE",
+                         help="post this AuthenticationResponseJSON instead of running the "
+                              "ceremony (made over the approval's challenge)")
+    deny = add("deny", cmd_deny, "deny a pending approval")
+    deny.add_argument("id")
+    deny.add_argument("--reason")
+
+    audit = add("audit", cmd_audit, "read or verify the audit log")
+    asub = audit.add_subparsers(dest="audit_cmd", required=True, metavar="ACTION")
+    tail = asub.add_parser("tail", parents=[common], help="the latest entries")
+    tail.add_argument("--after", type=int, default=None, help="entries after this seq")
+    tail.add_argument("--limit", type=int, default=20)
+    asub.add_parser("verify", parents=[common], help="verify the chain and checkpoint")
+
+    add("doctor", cmd_doctor, "check every dependency and say how to fix it")
+    return parser
+
+
+def _fail(exc: PacdError, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps(exc.to_wire()))
+    print(f"pacd: {exc.message}", file=sys.stderr)
+    if isinstance(exc, InvalidRequest) and len(exc.errors) > 1:
+        for err in exc.errors:
+            print(f"  - {err}", file=sys.stderr)
+    raise SystemExit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    try:
+        if args.fn is cmd_daemon:
+            return int(cmd_daemon(args, None))
+        ctx = Ctx(args)
+        result = args.fn(args, ctx)
+        return int(result) if isinstance(result, int) else 0
+    except PacdError as exc:
+        _fail(exc, as_json)
+    except KeyboardInterrupt:
+        print("pacd: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout went away (e.g. `| head`): not an error of ours.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""The one client of the owner socket, shared by the CLI, the tray and scripts.
+
+Synchronous HTTP/1.1 over the Unix socket (``http.client`` with a Unix-socket
+connection). Error bodies come back as the matching :mod:`pacd.errors` class,
+so callers handle ``PresenceRequired`` or ``NotFound`` exactly as the daemon
+raised them.
+
+Session tokens: after a presence ceremony the token is cached in
+``<socket dir>/client-token.json`` (mode 0600, inside the daemon's private
+0700 socket directory under the runtime dir), so consecutive CLI commands
+reuse one session until it expires. ``PACD_TOKEN`` in the environment takes
+precedence (for scripts that obtained a token themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pacd.config import Config, load_config
+from pacd.errors import (
+    DaemonUnavailable,
+    InvalidRequest,
+    PacdError,
+    PresenceRequired,
+    error_for_code,
+)
+
+TOKEN_FILE = "client-token.json"
+START_HINT = "start it with `pacd daemon` (foreground) or `systemctl --user start pacd`"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _error_from(status: int, data: Any) -> PacdError:
+    body = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(body, dict):
+        return PacdError(f"the daemon answered HTTP {status} without an error body")
+    code = str(body.get("code", "internal_error"))
+    message = str(body.get("message", f"HTTP {status}"))
+    extra = {k: v for k, v in body.items() if k not in ("code", "message")}
+    cls = error_for_code(code)
+    exc: PacdError
+    try:
+        if issubclass(cls, PresenceRequired):
+            exc = cls(message, required_level=str(extra.pop("required_level", "")), **extra)
+        elif issubclass(cls, InvalidRequest):
+            errors = extra.pop("errors", None)
+            exc = cls(message, errors=list(errors) if isinstance(errors, list) else None,
+                      **extra)
+        else:
+            exc = cls(message, **extra)
+    except TypeError:  # a class with a fixed signature (e.g. IntegrityError)
+        exc = cls(message)
+    return exc
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class Client:
+    def __init__(self, config: Config | None = None, *, socket_path: Path | None = None,
+                 token: str | None = None, timeout: float = 60.0,
+                 use_token_cache: bool = True) -> None:
+        self.config = config or load_config()
+        self.socket_path = Path(socket_path or self.config.socket)
+        self.timeout = timeout
+        self._explicit_token = token or os.environ.get("PACD_TOKEN") or None
+        self.use_token_cache = use_token_cache
+
+    # --- token cache ----------------------------------------------------------
+
+    @property
+    def token_path(self) -> Path:
+        return self.socket_path.parent / TOKEN_FILE
+
+    def cached_token(self) -> dict[str, Any] | None:
+        if not self.use_token_cache:
+            return None
+        try:
+            st = os.lstat(self.token_path)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                return None  # not ours or readable by others: do not trust it
+            data = json.loads(self.token_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        if _parse_time(str(data.get("expires_at", ""))) <= time.time():
+            return None
+        return data
+
+    def save_token(self, token: dict[str, Any]) -> None:
+        if not self.use_token_cache:
+            return
+        tmp = self.token_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({k: token[k] for k in ("token", "level", "expires_at")}, fh)
+        os.replace(tmp, self.token_path)
+
+    def forget_token(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.token_path.unlink()
+
+    def token(self) -> str | None:
+        if self._explicit_token:
+            return self._explicit_token
+        cached = self.cached_token()
+        return str(cached["token"]) if cached else None
+
+    # --- requests -------------------------------------------------------------
+
+    def _connection(self, timeout: float | None) -> UnixHTTPConnection:
+        return UnixHTTPConnection(str(self.socket_path), timeout)
+
+    def _unavailable(self, exc: OSError) -> DaemonUnavailable:
+        if isinstance(exc, FileNotFoundError) or not self.socket_path.exists():
+            why = f"no daemon socket at {self.socket_path}"
+        elif isinstance(exc, ConnectionRefusedError):
+            why = f"nothing is listening on {self.socket_path} (a stale socket)"
+        elif isinstance(exc, PermissionError):
+            why = f"permission denied on {self.socket_path}"
+        else:
+            why = f"cannot reach {self.socket_path}: {exc}"
+        return DaemonUnavailable(f"the pacd daemon is not reachable ({why}); {START_HINT}")
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                auth: bool = True) -> Any:
+        """Send one request; returns the decoded JSON body or raises a PacdError."""
+        headers = {"Accept": "application/json"}
+        data: bytes | None = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        token = self.token() if auth else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn = self._connection(self.timeout)
+        try:
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except OSError as exc:
+                raise self._unavailable(exc) from None
+            except http.client.HTTPException as exc:
+                raise DaemonUnavailable(f"the daemon closed the connection: {exc!r}") from None
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            raise PacdError(f"the daemon answered HTTP {resp.status} with non-JSON") from None
+        if resp.status >= 400:
+            error = _error_from(resp.status, parsed)
+            if error.code in ("token_expired", "token_revoked") and not self._explicit_token:
+                self.forget_token()
+            raise error
+        return parsed
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield events from ``GET /v1/events`` until the daemon ends the stream."""
+        conn = self._connection(timeout)
+        try:
+            try:
+                conn.request("GET", "/v1/events", headers={"Accept": "application/x-ndjson"})
+                resp = conn.getresponse()
+            except OSError as exc:
+                raise self._unavailable(exc) from None
+            if resp.status >= 400:
+                raw = resp.read()
+                raise _error_from(resp.status, json.loads(raw) if raw else None)
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
+
+    # --- convenience ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/v1/status", auth=False)
+        return result
+
+    def complete_session(self, session_id: str, credential: dict[str, Any]) -> dict[str, Any]:
+        token: dict[str, Any] = self.request(
+            "POST", "/v1/sessions/complete",
+            {"session_id": session_id, "credential": credential}, auth=False)
+        self.save_token(token)
+        return token

@@ -1,0 +1,434 @@
+"""Container lifecycle: agent domains as hardened Podman containers, each with its socket.
+
+:class:`ContainerLifecycle` is the daemon's ``Lifecycle`` (see
+:mod:`pacd.api.services`). Its public methods block (Podman calls) and run in
+worker threads; agent sockets live on the event loop and are opened and
+closed there through :meth:`_on_loop`.
+
+Podman is the truth about what runs. pacd keeps it in step three ways:
+
+* at start-up (and after every reconnect) :meth:`reconcile` lists the
+  containers carrying pacd's labels and this owner's id: the ones pacd knows
+  get their socket opened or closed to match their state; the ones it does not
+  know are *orphans* — reported (``orphans()``, the audit log, an event) and
+  left alone, never adopted;
+* a watcher thread follows Podman's event stream; any start/stop/death/removal
+  of one of our containers re-inspects that agent, closes the socket of an
+  agent that stopped, and publishes ``container.state``;
+* every ``agent_states`` call asks Podman directly.
+
+If Podman cannot be reached, lifecycle calls raise ``RuntimeUnavailable``
+(503, with the adapter's explanation of how to start Podman) while the rest of
+the daemon keeps working; the watcher retries in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from pacd.agents.inbox import Doorbell, Inbox
+from pacd.agents.server import (
+    AgentContext,
+    AgentIdentity,
+    AgentSockets,
+    remove_container_sockets,
+    socket_path,
+)
+from pacd.api.services import Services
+from pacd.core.models import PersonalAIContainer
+from pacd.errors import NotFound, PacdError, RuntimeUnavailable
+from pacd.registry import ContainerRecord
+from pacd.runtime.hardening import (
+    LABEL_AGENT,
+    LABEL_CONTAINER_ID,
+    LABEL_OWNER_ID,
+    PACD_LABELS,
+    agent_run_spec,
+    container_name,
+)
+from pacd.runtime.images import build_owner_image, owner_image_tag
+from pacd.runtime.kube import export_kube
+from pacd.runtime.podman import PodmanRuntime, RuntimeEvent, connect_podman
+from pacd.vault import SealedData
+
+log = logging.getLogger("pacd.containers")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+RUNNING = "running"
+STOPPED = "stopped"
+MISSING = "missing"
+#: how long a worker thread waits for the event loop to open or close a socket
+LOOP_CALL_TIMEOUT_S = 30.0
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 10.0
+ACTOR = "pacd"
+
+
+def agent_state(podman_state: str) -> str:
+    """Podman's container state as an agent state: running, stopped or missing."""
+    if podman_state == "missing":
+        return MISSING
+    return RUNNING if podman_state == "running" else STOPPED
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A container with pacd's labels and this owner's id that pacd does not know."""
+
+    podman_id: str
+    name: str
+    state: str
+    container_id: str
+    agent: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"podman_id": self.podman_id, "name": self.name, "state": self.state,
+                "container_id": self.container_id, "agent": self.agent}
+
+
+@dataclass
+class _Locks:
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    per_container: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def of(self, container_id: str) -> threading.Lock:
+        with self.guard:
+            return self.per_container.setdefault(container_id, threading.Lock())
+
+
+class ContainerLifecycle:
+    def __init__(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
+        self.s = services
+        self.loop = loop
+        self.inbox = Inbox(services.store)
+        self.data = SealedData(services.store, services.vault)
+        self.sockets = AgentSockets(AgentContext(
+            data=self.data, audit=services.audit, inbox=self.inbox, doorbell=Doorbell(),
+            clock=services.clock.wall))
+        self._runtime_lock = threading.Lock()
+        self._runtime: PodmanRuntime | None = None
+        #: the last state pacd saw per agent, so each change is reported once
+        self._known: dict[tuple[str, str], str] = {}
+        self._known_lock = threading.Lock()
+        self._locks = _Locks()
+        self._orphans: dict[str, Orphan] = {}
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        #: why the watcher is not following Podman right now ("" when it is)
+        self.runtime_problem = "not connected yet"
+
+    # --- Podman connection -----------------------------------------------------
+
+    def runtime(self) -> PodmanRuntime:
+        """The Podman adapter, connecting on first use; RuntimeUnavailable if none answers."""
+        with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = connect_podman(self.s.config.podman_url, os.environ)
+            return self._runtime
+
+    def _lost_runtime(self, runtime: PodmanRuntime) -> None:
+        # Forget the adapter so the next call looks for Podman again (the rootless
+        # socket may appear, or the owner may have started podman.socket).
+        with self._runtime_lock:
+            if self._runtime is runtime:
+                self._runtime = None
+        with contextlib.suppress(Exception):
+            runtime.close()
+
+    def _with_runtime(self, fn: Callable[Concatenate[PodmanRuntime, P], T],
+                      *args: P.args, **kwargs: P.kwargs) -> T:
+        runtime = self.runtime()
+        try:
+            return fn(runtime, *args, **kwargs)
+        except RuntimeUnavailable:
+            self._lost_runtime(runtime)
+            raise
+
+    # --- the event loop ------------------------------------------------------------
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the daemon's loop from a worker thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(LOOP_CALL_TIMEOUT_S)
+
+    def _open_socket(self, record: ContainerRecord, model: PersonalAIContainer,
+                     agent: str) -> None:
+        identity = AgentIdentity(record.id, record.name, record.owner_id, agent)
+        path = socket_path(self.s.config.agent_socket_dir, record.id, agent)
+        self._on_loop(self.sockets.open(identity, model, path))
+
+    def _close_socket(self, container_id: str, agent: str) -> bool:
+        return self._on_loop(self.sockets.close(container_id, agent))
+
+    # --- Lifecycle ---------------------------------------------------------------------
+
+    def agent_states(self, record: ContainerRecord) -> dict[str, str]:
+        """Per agent: running, stopped or missing, as Podman sees it now."""
+        return self._with_runtime(self._states, record)
+
+    def _states(self, runtime: PodmanRuntime, record: ContainerRecord) -> dict[str, str]:
+        model = record.model()
+        found = {c.name.lstrip("/"): c for c in runtime.list_labelled(
+            {**PACD_LABELS, LABEL_OWNER_ID: record.owner_id, LABEL_CONTAINER_ID: record.id})}
+        states: dict[str, str] = {}
+        for agent in model.agents:
+            item = found.get(container_name(record.id, agent.name))
+            states[agent.name] = MISSING if item is None else agent_state(item.state)
+        return states
+
+    def start(self, record: ContainerRecord) -> dict[str, str]:
+        """Create and start every agent that is not running; all or nothing."""
+        with self._locks.of(record.id):
+            return self._with_runtime(self._start, record)
+
+    def _start(self, runtime: PodmanRuntime, record: ContainerRecord) -> dict[str, str]:
+        model = record.model()
+        states = self._states(runtime, record)
+        started: list[str] = []
+        try:
+            for agent in model.agents:
+                if states[agent.name] == RUNNING:
+                    # Running already (e.g. across a daemon restart): just serve it.
+                    self._open_socket(record, model, agent.name)
+                    continue
+                # The socket exists before the agent does, so its first request works.
+                self._open_socket(record, model, agent.name)
+                started.append(agent.name)
+                path = socket_path(self.s.config.agent_socket_dir, record.id, agent.name)
+                spec = agent_run_spec(model, agent, record.owner_id, path,
+                                      socket_dir=path.parent)
+                runtime.run_agent(spec, replace=True)
+                self._note(record.id, agent.name, RUNNING)
+        except BaseException:
+            # All or nothing: a container whose agents half run is worse than one
+            # that is plainly stopped.
+            for name in started:
+                with contextlib.suppress(PacdError):
+                    runtime.remove(container_name(record.id, name), force=True,
+                                   missing_ok=True)
+                with contextlib.suppress(Exception):
+                    self._close_socket(record.id, name)
+                self._note(record.id, name, MISSING)
+            raise
+        return self._states(runtime, record)
+
+    def stop(self, record: ContainerRecord) -> dict[str, str]:
+        with self._locks.of(record.id):
+            return self._with_runtime(self._stop_agents, record)
+
+    def _stop_agents(self, runtime: PodmanRuntime, record: ContainerRecord) -> dict[str, str]:
+        for agent in record.model().agents:
+            with contextlib.suppress(NotFound):
+                runtime.stop(container_name(record.id, agent.name))
+            self._close_socket(record.id, agent.name)
+        states = self._states(runtime, record)
+        for name, state in states.items():
+            # Noted under the container lock, so the watcher sees no change to report:
+            # the owner's stop is audited by the API already.
+            self._note(record.id, name, state)
+        return states
+
+    def remove(self, record: ContainerRecord) -> None:
+        """Remove the agents' containers, sockets, sealed data, keys and inboxes."""
+        with self._locks.of(record.id):
+            self._with_runtime(self._remove, record)
+
+    def _remove(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
+        for agent in record.model().agents:
+            runtime.remove(container_name(record.id, agent.name), force=True, missing_ok=True)
+            self._close_socket(record.id, agent.name)
+        remove_container_sockets(self.s.config.agent_socket_dir, record.id)
+        self.data.delete_container(record.id)
+        self.s.vault.forget_container(record.id)
+        self.inbox.delete_container(record.id)
+        with self._known_lock:
+            for key in [k for k in self._known if k[0] == record.id]:
+                del self._known[key]
+
+    def build_image(self, record: ContainerRecord) -> tuple[str, list[str]]:
+        model = record.model()
+        tag = owner_image_tag(record.owner_id, self.s.config.image_repository)
+
+        def build(runtime: PodmanRuntime) -> list[str]:
+            return list(build_owner_image(runtime, model, record.owner_id,
+                                          repository=self.s.config.image_repository))
+
+        return tag, self._with_runtime(build)
+
+    def export_kube(self, record: ContainerRecord) -> str:
+        return export_kube(record.model(), record.owner_id)
+
+    # --- orphans & reconciling ---------------------------------------------------------
+
+    def orphans(self) -> list[dict[str, str]]:
+        with self._known_lock:
+            return [o.to_json() for o in sorted(self._orphans.values(), key=lambda o: o.name)]
+
+    def _known_state(self, container_id: str, agent: str) -> str:
+        with self._known_lock:
+            return self._known.get((container_id, agent), MISSING)
+
+    def _note(self, container_id: str, agent: str, state: str) -> bool:
+        """Remember an agent's state; True if it changed."""
+        with self._known_lock:
+            changed = self._known.get((container_id, agent), MISSING) != state
+            self._known[(container_id, agent)] = state
+            return changed
+
+    def reconcile(self) -> list[Orphan]:
+        """Bring sockets in line with Podman and report orphans; the orphans found."""
+        return self._with_runtime(self._reconcile)
+
+    def _reconcile(self, runtime: PodmanRuntime) -> list[Orphan]:
+        owner = self.s.owners.get_owner()
+        if owner is None:
+            return []  # no owner, so no container can be ours
+        records = {r.id: r for r in self.s.registry.all()}
+        found: dict[str, Orphan] = {}
+        for item in runtime.list_labelled({**PACD_LABELS, LABEL_OWNER_ID: owner.id}):
+            cid = item.labels.get(LABEL_CONTAINER_ID, "")
+            agent = item.labels.get(LABEL_AGENT, "")
+            record = records.get(cid)
+            name = item.name.lstrip("/")
+            if (record is None or record.model().agent(agent) is None
+                    or name != container_name(cid, agent)):
+                found[item.id] = Orphan(item.id, name, item.state, cid, agent)
+        for record in records.values():
+            with self._locks.of(record.id):
+                # Listed again under the lock: a listing taken before a start or stop
+                # that was in progress would undo it.
+                for agent, state in self._states(runtime, record).items():
+                    self._sync_agent(record, agent, state)
+        self._report_orphans(found)
+        return list(found.values())
+
+    def _report_orphans(self, found: dict[str, Orphan]) -> None:
+        with self._known_lock:
+            new = [o for pid, o in found.items() if pid not in self._orphans]
+            self._orphans = found
+        for orphan in new:
+            log.warning("orphan container %s (%s): carries pacd's labels but pacd does "
+                        "not know it; left alone", orphan.name, orphan.podman_id[:12])
+            with contextlib.suppress(PacdError):
+                self.s.audit.append(
+                    ACTOR, "container.orphan", orphan.podman_id, "info",
+                    "a container with pacd's labels that pacd does not know; not adopted",
+                    orphan.to_json())
+            self.s.events.publish("container.orphan", **orphan.to_json())
+
+    def _sync_agent(self, record: ContainerRecord, agent: str, state: str) -> None:
+        """Open or close one agent's socket to match ``state`` (Podman's view, seen
+        by the watcher or a reconcile; the caller holds the container's lock), and
+        report a change pacd did not make itself."""
+        if state == RUNNING:
+            try:
+                self._open_socket(record, record.model(), agent)
+            except PacdError as exc:
+                log.error("cannot open the socket of %s/%s: %s", record.id, agent, exc.message)
+        else:
+            self._close_socket(record.id, agent)
+        if not self._note(record.id, agent, state):
+            return
+        if state != RUNNING:
+            with contextlib.suppress(PacdError):
+                self.s.audit.append(ACTOR, "container.agent_state", record.id, "info",
+                                    f"agent {agent!r} is {state} (not stopped by pacd)",
+                                    {"agent": agent, "state": state})
+        self._publish(record, agent, state)
+
+    def _publish(self, record: ContainerRecord, agent: str, state: str) -> None:
+        states = {a.name: self._known_state(record.id, a.name) for a in record.model().agents}
+        running = sum(1 for s in states.values() if s == RUNNING)
+        overall = RUNNING if running == len(states) else "partial" if running else STOPPED
+        self.s.events.publish("container.state", id=record.id, name=record.name,
+                              state=overall, agent=agent, agent_state=state)
+
+    # --- the Podman event watcher ------------------------------------------------------
+
+    def start_watching(self) -> None:
+        self._watcher = threading.Thread(target=self._watch, name="pacd-podman-events",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        delay = RETRY_MIN_S
+        since: float | None = None
+        while not self._stop.is_set():
+            runtime: PodmanRuntime | None = None
+            try:
+                runtime = self.runtime()
+                # Replay from just before the reconcile: nothing between the listing
+                # and the subscription is missed (handling an event twice is harmless).
+                since = (since or time.time()) - 1.0
+                self._reconcile(runtime)
+                self.runtime_problem = ""
+                delay = RETRY_MIN_S
+                for event in runtime.events(since, self._stop, label_filter=PACD_LABELS):
+                    since = max(since, event.time)
+                    self._on_event(runtime, event)
+            except RuntimeUnavailable as exc:
+                if self._stop.is_set():
+                    break
+                self.runtime_problem = exc.message
+                log.warning("following Podman: %s (retrying in %.1f s)", exc.message, delay)
+                if runtime is not None:
+                    self._lost_runtime(runtime)
+            except Exception as exc:  # the watcher must survive anything and retry
+                if self._stop.is_set():
+                    break
+                self.runtime_problem = str(exc)
+                log.exception("following Podman failed; retrying in %.1f s", delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    def _on_event(self, runtime: PodmanRuntime, event: RuntimeEvent) -> None:
+        cid = event.labels.get(LABEL_CONTAINER_ID, "")
+        agent = event.labels.get(LABEL_AGENT, "")
+        owner = self.s.owners.get_owner()
+        if owner is None or event.labels.get(LABEL_OWNER_ID) != owner.id:
+            return  # another pacd's container (another PACD_HOME on the same Podman)
+        try:
+            record = self.s.registry.get(cid) if cid else None
+        except NotFound:
+            record = None
+        if record is None or record.model().agent(agent) is None:
+            self._reconcile(runtime)  # an unknown container came or went: orphans changed
+            return
+        # The event says *something* happened; Podman's current state says what is
+        # true now (events of a replaced container may arrive after the new one runs).
+        # The lock keeps this from acting on a start or stop that is half done.
+        with self._locks.of(cid):
+            state = agent_state(runtime.state(container_name(cid, agent)))
+            self._sync_agent(record, agent, state)
+
+    async def close(self) -> None:
+        """Stop following Podman and close every agent socket (agents keep running)."""
+        self._stop.set()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, 10.0)
+        await self.sockets.close_all()
+        with self._runtime_lock:
+            runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            runtime.close()
+
+
+async def attach_lifecycle(services: Services) -> ContainerLifecycle:
+    """Build the lifecycle on the running loop, make it the daemon's, start following Podman.
+
+    Podman need not be reachable: the daemon starts regardless, lifecycle calls
+    answer 503 until it is, and the watcher connects when it can.
+    """
+    lifecycle = ContainerLifecycle(services, asyncio.get_running_loop())
+    services.lifecycle = lifecycle
+    lifecycle.start_watching()
+    return lifecycle

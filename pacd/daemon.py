@@ -1,0 +1,229 @@
+"""The daemon: wires the parts together and serves the owner socket until told to stop.
+
+Start-up fails closed: without a usable keychain (or the explicitly configured
+passphrase keystore) there is no master key, hence no audit key, hence no
+daemon — it exits with the keychain's own explanation instead of running
+without protection.
+
+Shutdown (SIGTERM, SIGINT): a ``daemon.stopping`` event goes out, event
+streams end, the listener stops accepting, in-flight requests run to
+completion (their work is in worker threads and their audit entries are
+durable before they answer), then the audit log drains and writes its final
+checkpoint. Nothing acknowledged is lost: every acknowledgement comes after
+a synced commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pacd import __version__
+from pacd.api.activation import activated_socket, sd_notify
+from pacd.api.listener import SocketLock, bind_owner_socket, check_activated_socket
+from pacd.api.owner_routes import PLUGIN_INSTALL, OwnerApi
+from pacd.api.server import OwnerServer
+from pacd.api.services import Services
+from pacd.approvals import ApprovalQueue
+from pacd.audit import AuditEntry, AuditLog
+from pacd.config import Config
+from pacd.containers import attach_lifecycle
+from pacd.core.rules import Action, required_level
+from pacd.errors import PacdError
+from pacd.events import EventBus
+from pacd.presence.clock import SystemClock
+from pacd.presence.owner import OwnerRegistry
+from pacd.presence.rp import RelyingParty
+from pacd.presence.tokens import TokenService
+from pacd.registry import ContainerRegistry
+from pacd.store import Store
+from pacd.vault import Vault, open_secret_store
+
+log = logging.getLogger("pacd.daemon")
+
+EXPIRY_TICK_S = 1.0
+PRESENCE_REPORT_TIMEOUT_S = 5.0
+
+
+def _presence_report() -> list[dict[str, Any]]:
+    """Which presence methods work here; bounded in time (it may ask D-Bus)."""
+    result: list[dict[str, Any]] = []
+
+    def run() -> None:
+        try:
+            from pacd.presence.verifiers import presence_methods_report
+
+            result.extend(a.to_json() for a in presence_methods_report())
+        except Exception as exc:  # a diagnostic: never a reason not to start
+            log.warning("presence methods report failed: %s", exc)
+
+    worker = threading.Thread(target=run, name="pacd-presence-report", daemon=True)
+    worker.start()
+    worker.join(PRESENCE_REPORT_TIMEOUT_S)
+    return list(result)
+
+
+def build_services(config: Config) -> Services:
+    """Open every part; raises the part's own error (keychain, audit) on failure."""
+    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secrets = open_secret_store(config)
+    store = Store(config.state_db)
+    vault = Vault(store, secrets)
+    vault.initialize()
+    audit = AuditLog(config.audit_db, vault.derive_subkey("audit"), secrets)
+    clock = SystemClock()
+    owners = OwnerRegistry(store)
+    events = EventBus()
+
+    def on_refusal(action: str, details: dict[str, Any]) -> None:
+        audit.append("presence", action, str(details.get("credential_id", "")), "deny",
+                     "presence refused", details)
+
+    rp = RelyingParty(store, owners, config.rp_id, config.origin, clock,
+                      challenge_ttl_s=config.challenge_ttl_s, on_refusal=on_refusal,
+                      carbon_proof_max_age_s=config.carbon_proof_max_age_s)
+    tokens = TokenService(store, clock, config.token_lifetime_s)
+    approvals = ApprovalQueue(store, audit, clock.wall, events.publish)
+    return Services(
+        config=config, store=store, secrets=secrets, vault=vault, audit=audit, owners=owners,
+        rp=rp, tokens=tokens, registry=ContainerRegistry(store), approvals=approvals,
+        events=events, clock=clock, started_at=clock.wall(),
+    )
+
+
+@dataclass
+class _Listener:
+    sock: socket.socket
+    lock: SocketLock | None
+    path: Path | None  # set when we bound it (and so must remove it)
+
+
+def _listen(config: Config) -> _Listener:
+    inherited = activated_socket()
+    if inherited is not None:
+        check_activated_socket(inherited)
+        return _Listener(inherited, None, None)
+    sock, lock = bind_owner_socket(config.socket)
+    return _Listener(sock, lock, config.socket)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The socket (and its lock) first: a second daemon must be turned away
+        # before it opens the state and audit databases.
+        listener = _listen(self.config)
+        try:
+            services = await asyncio.to_thread(build_services, self.config)
+        except BaseException:
+            self._close_listener(listener)
+            raise
+        try:
+            await self._serve(loop, services, listener)
+        finally:
+            with contextlib.suppress(PacdError):
+                await asyncio.to_thread(services.audit.append, "pacd", "daemon.stop",
+                                        str(self.config.socket), "info", "pacd stopped", {})
+            await asyncio.to_thread(services.audit.close)
+            services.store.close()
+            self._close_listener(listener)
+
+    @staticmethod
+    def _close_listener(listener: _Listener) -> None:
+        if listener.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listener.path)
+        if listener.lock is not None:
+            listener.lock.release()
+        listener.sock.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, services: Services,
+                     listener: _Listener) -> None:
+        services.events.bind(loop)
+        services.presence_methods = await asyncio.to_thread(_presence_report)
+        api = OwnerApi(services)
+        services.approvals.register(PLUGIN_INSTALL, required_level(Action.install_plugin),
+                                    api.execute_plugin_install)
+
+        def on_audit(entry: AuditEntry) -> None:
+            services.events.publish("audit.appended", seq=entry.seq, action=entry.action,
+                                    decision=entry.decision, target=entry.target)
+
+        services.audit.add_listener(on_audit)
+        server = OwnerServer(
+            api.routes, api.authorize, api.on_refusal,
+            max_connections=self.config.max_connections,
+            max_body_bytes=self.config.max_body_bytes,
+            header_timeout_s=self.config.header_timeout_s,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        expiry = asyncio.create_task(self._expire(services))
+        # Containers: agent sockets and Podman (which need not be reachable to start).
+        lifecycle = await attach_lifecycle(services)
+        try:
+            await server.start(listener.sock)
+            await asyncio.to_thread(services.audit.append, "pacd", "daemon.start",
+                                    str(self.config.socket), "info",
+                                    f"pacd {__version__} listening", {"pid": os.getpid()})
+            sd_notify("READY=1")
+            log.info("pacd %s listening on %s", __version__, self.config.socket)
+            await self._stop.wait()
+            sd_notify("STOPPING=1")
+            log.info("stopping")
+            services.events.publish("daemon.stopping")
+            await asyncio.sleep(0)  # let streams take the last event
+            services.events.close_all()
+            await server.stop()
+        finally:
+            await lifecycle.close()
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+
+    async def _expire(self, services: Services) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_TICK_S)
+            try:
+                await asyncio.to_thread(services.approvals.expire_due)
+            except PacdError as exc:  # e.g. the audit log is unavailable: retry next tick
+                log.warning("approval expiry: %s", exc.message)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop where available (a faster event loop for the socket hot path)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def main(config: Config) -> int:
+    """Run the daemon in the foreground; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s pacd[%(process)d] %(levelname)s %(message)s")
+    try:
+        _run(Daemon(config).run())
+    except PacdError as exc:
+        print(f"pacd daemon: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    return 0

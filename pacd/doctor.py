@@ -1,0 +1,115 @@
+"""``pacd doctor``: check every dependency here and say how to fix each.
+
+Each check is ``{"name", "status": ok|warn|fail, "detail", "fix"}``. ``fail``
+means pacd cannot work as configured (no keychain, unsafe socket directory);
+``warn`` means a feature is missing (no Podman, no presence method yet).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from pacd.config import Config
+from pacd.errors import PacdError
+
+Check = dict[str, Any]
+
+
+def _check(name: str, status: str, detail: str, fix: str = "") -> Check:
+    return {"name": name, "status": status, "detail": detail, "fix": fix}
+
+
+def check_keychain(config: Config) -> Check:
+    from pacd.vault.keychain import open_secret_store
+
+    try:
+        store = open_secret_store(config)
+        store.get("pacd-doctor-probe")
+    except PacdError as exc:
+        return _check("keychain", "fail", exc.message,
+                      "unlock or start your OS keychain, or configure the passphrase keystore")
+    return _check("keychain", "ok", f"{store.backend_name} ({config.keystore})")
+
+
+def check_socket(config: Config) -> list[Check]:
+    from pacd.client import Client
+
+    checks: list[Check] = []
+    directory = config.socket.parent
+    if directory.exists():
+        st = os.lstat(directory)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISDIR(st.st_mode):
+            checks.append(_check("socket directory", "fail",
+                                 f"{directory} is mode {stat.S_IMODE(st.st_mode):04o}, uid "
+                                 f"{st.st_uid}", f"chmod 700 {directory} (and own it)"))
+        else:
+            checks.append(_check("socket directory", "ok", f"{directory} (0700, yours)"))
+    else:
+        checks.append(_check("socket directory", "ok",
+                             f"{directory} will be created 0700 by the daemon"))
+    try:
+        status = Client(config, use_token_cache=False, timeout=5).status()
+        checks.append(_check("daemon", "ok", f"pacd {status['version']} on {config.socket}"))
+    except PacdError as exc:
+        checks.append(_check("daemon", "warn", exc.message,
+                             "pacd daemon   (or: systemctl --user start pacd)"))
+    return checks
+
+
+def podman_socket(config: Config) -> Path | None:
+    url = config.podman_url
+    if url:
+        return Path(url.removeprefix("unix://")) if url.startswith(("unix://", "/")) else None
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    candidates = [Path(runtime) / "podman" / "podman.sock"] if runtime else []
+    candidates.append(Path("/run/podman/podman.sock"))
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def check_podman(config: Config) -> Check:
+    path = podman_socket(config)
+    fix = "systemctl --user enable --now podman.socket (or set PACD_PODMAN_URL)"
+    if path is None:
+        return _check("podman", "warn", f"unsupported PACD_PODMAN_URL {config.podman_url}", fix)
+    conn = http.client.HTTPConnection("localhost", timeout=5)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect(str(path))
+        conn.sock = sock
+        conn.request("GET", "/_ping")
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+    except OSError as exc:
+        return _check("podman", "warn", f"no Podman service at {path}: {exc.strerror or exc}",
+                      fix)
+    finally:
+        conn.close()
+    if resp.status != 200:
+        return _check("podman", "warn", f"{path} answered HTTP {resp.status}", fix)
+    return _check("podman", "ok", f"{path} ({body.strip()})")
+
+
+def check_presence() -> list[Check]:
+    try:
+        from pacd.presence.verifiers import presence_methods_report
+
+        report = presence_methods_report()
+    except Exception as exc:  # a broken probe is itself a finding
+        return [_check("presence", "warn", f"cannot list presence methods: {exc}")]
+    checks = [_check(f"presence: {a.name}", "ok" if a.available else "warn", a.reason)
+              for a in report]
+    if not any(a.available for a in report):
+        checks.append(_check("presence", "warn", "no presence method is available here",
+                             "plug in a FIDO2 security key"))
+    return checks
+
+
+def run_checks(config: Config) -> list[Check]:
+    return [check_keychain(config), *check_socket(config), check_podman(config),
+            *check_presence()]

@@ -1,0 +1,162 @@
+"""The owner's containers as the daemon knows them: spec, identity, approved plugins.
+
+This is the durable record; the runtime (Podman) state of each agent lives
+elsewhere and is looked up when needed. The spec is stored as the canonical
+JSON of the *parsed* spec, so what is stored is exactly what was validated, and
+the :class:`PersonalAIContainer` is rebuilt from it on demand.
+
+Writes that belong to a larger decision (e.g. an approval) take the caller's
+``sqlite3.Connection`` so they commit or roll back with it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pacd.core.canonical import canonical_json
+from pacd.core.models import PersonalAIContainer, PluginAPISchema
+from pacd.core.plugins import parse_plugin_schema
+from pacd.core.spec import ContainerSpec, build_container, parse_container_spec
+from pacd.errors import Conflict, NotFound
+from pacd.store import Store
+
+_SCHEMA = """
+CREATE TABLE registry_containers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    owner_id TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE registry_plugins (
+    container_id TEXT NOT NULL REFERENCES registry_containers(id) ON DELETE CASCADE,
+    plugin_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    schema TEXT NOT NULL,
+    approval_id TEXT NOT NULL,
+    approved_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'approved',
+    PRIMARY KEY (container_id, plugin_id, agent)
+)
+"""
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    id: str
+    name: str
+    owner_id: str
+    spec: dict[str, Any]
+    created_at: float
+
+    def model(self) -> PersonalAIContainer:
+        return build_container(parse_container_spec(self.spec), self.id, self.owner_id,
+                               self.created_at)
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    container_id: str
+    plugin_id: str
+    agent: str
+    name: str
+    version: str
+    schema: dict[str, Any]
+    approval_id: str
+    approved_at: float
+    state: str
+
+    def model(self) -> PluginAPISchema:
+        return parse_plugin_schema(self.schema)
+
+
+class ContainerRegistry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.migrate("registry", 1, _SCHEMA)
+
+    def add(self, spec: ContainerSpec, owner_id: str, now: float) -> ContainerRecord:
+        record = ContainerRecord(
+            id=uuid.uuid4().hex, name=spec.name, owner_id=owner_id,
+            spec=spec.to_json(), created_at=now,
+        )
+        with self.store.transaction() as conn:
+            taken = conn.execute("SELECT 1 FROM registry_containers WHERE name = ?",
+                                 (spec.name,)).fetchone()
+            if taken is not None:
+                raise Conflict(f"a container named {spec.name!r} already exists")
+            conn.execute(
+                "INSERT INTO registry_containers (id, name, owner_id, spec, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.name, record.owner_id,
+                 canonical_json(record.spec).decode(), record.created_at),
+            )
+        return record
+
+    def get(self, ref: str) -> ContainerRecord:
+        """A container by id or by name."""
+        row = self.store.query_one(
+            "SELECT * FROM registry_containers WHERE id = ? OR name = ? ORDER BY id = ? DESC",
+            (ref, ref, ref),
+        )
+        if row is None:
+            raise NotFound(f"no container {ref!r}")
+        return _container(row)
+
+    def all(self) -> list[ContainerRecord]:
+        rows = self.store.query("SELECT * FROM registry_containers ORDER BY created_at, id")
+        return [_container(r) for r in rows]
+
+    def remove(self, container_id: str) -> None:
+        """Delete a container record (joins the caller's transaction if there is one)."""
+        with self.store.transaction() as conn:
+            cur = conn.execute("DELETE FROM registry_containers WHERE id = ?", (container_id,))
+            if cur.rowcount != 1:
+                raise NotFound(f"no container {container_id!r}")
+
+    def plugins(self, container_id: str) -> list[PluginRecord]:
+        rows = self.store.query(
+            "SELECT * FROM registry_plugins WHERE container_id = ? ORDER BY approved_at, name",
+            (container_id,),
+        )
+        return [_plugin(r) for r in rows]
+
+    def record_plugin(self, conn: sqlite3.Connection, container_id: str, agent: str, *,
+                      schema: PluginAPISchema, approval_id: str, now: float) -> PluginRecord:
+        """Record an approved plugin inside the caller's transaction."""
+        exists = conn.execute("SELECT 1 FROM registry_containers WHERE id = ?",
+                              (container_id,)).fetchone()
+        if exists is None:
+            raise NotFound(f"container {container_id!r} no longer exists")
+        dup = conn.execute(
+            "SELECT 1 FROM registry_plugins WHERE container_id = ? AND plugin_id = ?"
+            " AND agent = ?", (container_id, schema.id, agent),
+        ).fetchone()
+        if dup is not None:
+            raise Conflict(f"plugin {schema.name!r} is already approved for agent {agent!r}")
+        record = PluginRecord(container_id, schema.id, agent, schema.name, schema.version,
+                              schema.to_json(), approval_id, now, "approved")
+        conn.execute(
+            "INSERT INTO registry_plugins (container_id, plugin_id, agent, name, version, schema,"
+            " approval_id, approved_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (container_id, schema.id, agent, schema.name, schema.version,
+             canonical_json(record.schema).decode(), approval_id, now, record.state),
+        )
+        return record
+
+
+def _container(row: sqlite3.Row) -> ContainerRecord:
+    return ContainerRecord(str(row["id"]), str(row["name"]), str(row["owner_id"]),
+                           json.loads(row["spec"]), float(row["created_at"]))
+
+
+def _plugin(row: sqlite3.Row) -> PluginRecord:
+    return PluginRecord(str(row["container_id"]), str(row["plugin_id"]), str(row["agent"]),
+                        str(row["name"]), str(row["version"]), json.loads(row["schema"]),
+                        str(row["approval_id"]), float(row["approved_at"]), str(row["state"]))

@@ -1,0 +1,260 @@
+"""The owner socket itself: permissions, one daemon per socket, limits, activation."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from pacd.errors import DaemonUnavailable
+from tests.integration.harness import ROOT, DaemonProcess, EventCollector
+
+
+def _raw(path: object, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, return everything the daemon answers until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks) and b"Connection: close" not in chunks[0]:
+                # keep-alive answer: stop once the body is complete
+                head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")]
+                if length and len(body) >= length[0]:
+                    break
+        return b"".join(chunks)
+
+
+def _error(answer: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    return status, json.loads(body)["error"]
+
+
+def test_socket_and_directory_are_private(daemon: DaemonProcess) -> None:
+    assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    assert stat.S_ISSOCK(os.stat(daemon.socket).st_mode)
+
+
+def test_loose_socket_directory_refused(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(start=False)
+    d.socket.parent.mkdir(mode=0o755)
+    os.chmod(d.socket.parent, 0o755)
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(30) != 0
+    assert "chmod 700" in d.log()
+    assert not d.socket.exists()
+
+
+def test_second_daemon_on_same_socket_refused(daemon: DaemonProcess,
+                                              make_daemon: Callable[..., DaemonProcess]) -> None:
+    other = make_daemon("other", start=False)
+    other.env["PACD_SOCKET"] = str(daemon.socket)
+    other.start(wait=False)
+    assert other.proc is not None
+    assert other.proc.wait(30) == 5
+    assert "already running" in other.log()
+    assert daemon.client().status()["version"]
+
+
+def test_two_daemons_side_by_side(daemon: DaemonProcess,
+                                  make_daemon: Callable[..., DaemonProcess]) -> None:
+    other = make_daemon("other")
+    daemon.client().request("POST", "/v1/owner", {"name": "one"})
+    other.client().request("POST", "/v1/owner", {"name": "two"})
+    assert daemon.client().status()["owner"]["name"] == "one"
+    assert other.client().status()["owner"]["name"] == "two"
+
+
+def test_stale_socket_replaced_after_kill(daemon: DaemonProcess) -> None:
+    daemon.client().request("POST", "/v1/owner", {"name": "Alice"})
+    daemon.kill()
+    assert daemon.socket.exists()  # left behind by the dead daemon
+    with pytest.raises(DaemonUnavailable) as down:
+        daemon.client().status()
+    assert "pacd daemon" in down.value.message and "systemctl --user start pacd" in \
+        down.value.message
+    daemon.start()
+    assert daemon.client().status()["owner"]["name"] == "Alice"
+
+
+def test_browser_headers_refused_and_audited(daemon: DaemonProcess) -> None:
+    for header in (b"Origin: http://evil.example", b"Referer: http://evil.example/page"):
+        answer = _raw(daemon.socket, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n" + header +
+                      b"\r\nConnection: close\r\n\r\n")
+        status, err = _error(answer)
+        assert (status, err["code"]) == (403, "forbidden")
+    refused = [e for e in daemon.audit() if e["action"] == "browser_refused"]
+    assert len(refused) == 2 and all(e["decision"] == "deny" for e in refused)
+
+
+def test_errors_have_the_common_shape(daemon: DaemonProcess) -> None:
+    status, err = _error(_raw(daemon.socket, b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\n"
+                                             b"Connection: close\r\n\r\n"))
+    assert (status, err["code"]) == (404, "not_found")
+    status, err = _error(_raw(daemon.socket, b"PUT /v1/status HTTP/1.1\r\nHost: x\r\n"
+                                             b"Content-Length: 0\r\nConnection: close\r\n\r\n"))
+    assert (status, err["code"]) == (405, "method_not_allowed")
+    body = b"{not json"
+    status, err = _error(_raw(daemon.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                              + body))
+    assert (status, err["code"]) == (400, "invalid_request")
+    body = json.dumps({"name": 5, "extra": True}).encode()
+    status, err = _error(_raw(daemon.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                              + body))
+    assert (status, err["code"]) == (422, "invalid_request")
+    assert err["errors"] == ["body.extra: unknown field", "body.name: expected string"]
+
+
+def test_body_size_cap(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(settings={"max_body_bytes": 1024})
+    body = json.dumps({"name": "x" * 4096}).encode()
+    status, err = _error(_raw(d.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                              + body))
+    assert (status, err["code"]) == (413, "payload_too_large")
+    assert d.client().status()["owner"] is None
+
+
+def test_connection_limit_answers_busy(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(settings={"max_connections": 2, "header_timeout_s": 5.0})
+    holders = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(d.socket))
+        holders.append(s)
+    time.sleep(0.2)
+    status, err = _error(_raw(d.socket, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert (status, err["code"]) == (503, "busy")
+    for s in holders:
+        s.close()
+    time.sleep(0.2)
+    assert d.client().status()["pending_approvals"] == 0
+
+
+def test_slow_client_is_dropped(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(settings={"header_timeout_s": 1.0})
+    request = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(d.socket))
+        s.settimeout(0.3)
+        dropped = False
+        for byte in request[:-1]:
+            try:
+                s.sendall(bytes([byte]))
+                if s.recv(1) == b"":
+                    dropped = True
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+                break
+    assert dropped, "a client sending one byte at a time was never dropped"
+    assert time.monotonic() - started < 5.0
+    assert d.client().status()["version"]
+
+
+def test_slow_body_is_dropped(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(settings={"header_timeout_s": 1.0})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(d.socket))
+        s.settimeout(5)
+        s.sendall(b"POST /v1/owner HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        answer = s.recv(65536)
+    assert time.monotonic() - started < 4.0
+    assert answer == b"" or b"408" in answer.split(b"\r\n")[0]
+    assert d.client().status()["owner"] is None
+
+
+def test_garbage_does_not_hurt(daemon: DaemonProcess) -> None:
+    for junk in (b"\x00\xff" * 100 + b"\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+                 b"GET /v1/status HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n"):
+        answer = _raw(daemon.socket, junk)
+        if answer:
+            status, err = _error(answer)
+            assert 400 <= status < 500 and err["code"] == "invalid_request"
+            assert b"\xff" not in answer and b"aaaa" not in answer  # input is not echoed
+    assert daemon.client().status()["version"]
+
+
+def test_sigterm_is_graceful(daemon: DaemonProcess) -> None:
+    events = EventCollector(daemon.client())
+    daemon.client().request("POST", "/v1/owner", {"name": "Alice"})
+    assert daemon.stop() == 0
+    events.wait_for("daemon.stopping")
+    events.thread.join(10)
+    assert not events.thread.is_alive(), "the event stream did not end at shutdown"
+    assert not daemon.socket.exists()
+    daemon.start()
+    assert daemon.client().request("POST", "/v1/audit/verify")["ok"] is True
+    actions = [e["action"] for e in daemon.audit()]
+    assert actions.count("daemon.stop") == 1 and "owner.create" in actions
+
+
+def test_keychain_unavailable_refuses_to_start(
+        make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(start=False, env={"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(30) == 8
+    assert "keychain" in d.log().lower()
+    assert not d.socket.exists()
+
+
+def test_systemd_socket_activation_and_notify(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon(start=False)
+    d.socket.parent.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(d.socket))
+    finally:
+        os.umask(old)
+    listener.listen(16)
+    notify_path = d.base / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(30)
+    env = {**d.env, "LISTEN_FDS": "1", "NOTIFY_SOCKET": str(notify_path)}
+    # Like systemd: the socket as fd 3 and LISTEN_PID naming the daemon's own pid.
+    launcher = (
+        "import os, sys\n"
+        f"os.dup2({listener.fileno()}, 3)\n"
+        "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'pacd', 'daemon'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], env=env, cwd=ROOT,
+                            pass_fds=(listener.fileno(),), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        listener.close()  # only the daemon holds it now
+        assert d.client().status()["version"]
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        notify.close()

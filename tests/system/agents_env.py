@@ -1,0 +1,167 @@
+"""Shared plumbing for the agent-socket and lifecycle system tests.
+
+A real daemon (subprocess, own PACD_HOME/PACD_SOCKET) pointed at the real
+Podman service of ``tests.podman_env``, an owner with the software
+authenticator, and a host-side client for agent sockets (the host may talk
+to an agent socket directly: identity is the socket, whoever connects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacd.client import UnixHTTPConnection
+from pacd.runtime.hardening import LABEL_OWNER_ID, container_name
+from pacd.runtime.podman import PodmanRuntime
+from tests.integration.harness import DaemonProcess, Owner
+from tests.podman_env import remove_labelled
+
+PYTHON = "/usr/bin/python3"
+AGENT = "/agent/agent.py"
+
+
+@dataclass
+class AgentReply:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def agent_request(path: Path, method: str, url: str, body: bytes | None = None,
+                  timeout: float = 30.0) -> AgentReply:
+    """One HTTP request on an agent socket, from the host."""
+    conn = UnixHTTPConnection(str(path), timeout)
+    try:
+        conn.request(method, url, body=body)
+        response = conn.getresponse()
+        return AgentReply(response.status, response.read())
+    finally:
+        conn.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until true; the seconds it took. Fails the test on timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+class Deployment:
+    """A daemon with an owner holding a biometric session, on the test Podman."""
+
+    def __init__(self, daemon: DaemonProcess, runtime: PodmanRuntime) -> None:
+        self.daemon = daemon
+        self.runtime = runtime
+        self.owner = Owner(daemon)
+        self.owner_id = str(self.owner.init("Alice")["id"])
+        self.owner.enroll()
+        self.owner.session("biometric")
+
+    def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.owner.authed().request("POST", "/v1/containers", spec)
+        return result
+
+    def start(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.owner.authed().request(
+            "POST", f"/v1/containers/{cid}/start")
+        return result
+
+    def stop(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.owner.authed().request(
+            "POST", f"/v1/containers/{cid}/stop")
+        return result
+
+    def show(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.daemon.client().request("GET", f"/v1/containers/{cid}")
+        return result
+
+    def agent_states(self, cid: str) -> dict[str, str]:
+        return {a["name"]: a["state"] for a in self.show(cid)["agents"]}
+
+    def socket(self, cid: str, agent: str) -> Path:
+        return self.daemon.socket.parent / "agents" / cid / agent / "agent.sock"
+
+    def podman_name(self, cid: str, agent: str) -> str:
+        return container_name(cid, agent)
+
+    def exec_agent(self, cid: str, agent: str, *args: str) -> tuple[int, Any]:
+        """Run the reference agent inside the agent's container: (exit code, its JSON)."""
+        code, out = self.runtime.exec_run(self.podman_name(cid, agent), [PYTHON, AGENT, *args],
+                                          timeout=60)
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        return code, json.loads(lines[-1]) if lines else out
+
+    def audit(self, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.daemon.audit()
+                if all(e.get(k) == v for k, v in match.items())]
+
+
+def make_spec(name: str, agents: list[dict[str, Any]],
+              concerns: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": name, "policy": "default", "agents": agents, "concerns": concerns}
+
+
+def agent_spec(name: str, image: str, *, data_access: str = "readWrite",
+               isolation: str = "managed", connections: tuple[str, ...] = (),
+               capabilities: tuple[str, ...] = ("textGeneration",)) -> dict[str, Any]:
+    return {"name": name, "image": image, "capabilities": list(capabilities),
+            "data_access": data_access, "isolation": isolation,
+            "connections": list(connections)}
+
+
+@pytest.fixture
+def short_base() -> Iterator[Path]:
+    # Agent socket paths must fit in 107 bytes: keep the base short.
+    with tempfile.TemporaryDirectory(prefix="pacd-ag-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def make_deployment(real_keychain: str, short_base: Path, podman_service: str,
+                    podman_runtime: PodmanRuntime
+                    ) -> Iterator[Callable[..., Deployment]]:
+    made: list[Deployment] = []
+    daemons: list[DaemonProcess] = []
+
+    def make(name: str = "d", env: dict[str, str] | None = None) -> Deployment:
+        base = short_base / name
+        base.mkdir()
+        daemon = DaemonProcess(base, env={"PACD_PODMAN_URL": podman_service, **(env or {})})
+        daemons.append(daemon)
+        daemon.start()
+        deployment = Deployment(daemon, podman_runtime)
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for daemon in daemons:
+        # Shown by pytest only when the test failed.
+        print(f"--- daemon log {daemon.log_path} ---\n{daemon.log()[-20000:]}")
+        if daemon.alive():
+            with contextlib.suppress(Exception):
+                daemon.stop(timeout=30)
+        if daemon.alive():
+            daemon.kill()
+    for deployment in made:
+        remove_labelled(podman_runtime, {LABEL_OWNER_ID: deployment.owner_id})
+
+
+def restart(daemon: DaemonProcess) -> None:
+    assert daemon.stop(timeout=30) == 0, daemon.log()
+    daemon.start()
+
+

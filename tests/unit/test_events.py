@@ -1,0 +1,83 @@
+"""The event bus: fan-out, bounded buffers, overflow, shutdown, thread hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from pacd.events import EventBus
+
+
+async def _drain(sub: object) -> list[dict[str, object]]:
+    lines = []
+    while True:
+        try:
+            line = await sub.get(0.05)  # type: ignore[attr-defined]
+        except EOFError:
+            return lines
+        if line is None:
+            return lines
+        lines.append(json.loads(line))
+
+
+def test_every_subscriber_gets_every_event() -> None:
+    async def run() -> None:
+        bus = EventBus()
+        a, b = bus.subscribe(), bus.subscribe()
+        bus.publish("approval.created", id="x")
+        bus.publish("approval.resolved", id="x", state="denied")
+        for sub in (a, b):
+            got = await _drain(sub)
+            assert [e["type"] for e in got] == ["approval.created", "approval.resolved"]
+            assert got[1]["state"] == "denied" and "time" in got[1]
+
+    asyncio.run(run())
+
+
+def test_slow_subscriber_is_dropped_with_overflow_marker() -> None:
+    async def run() -> None:
+        bus = EventBus(buffer=3)
+        slow, fast = bus.subscribe(), bus.subscribe()
+        for i in range(3):
+            bus.publish("audit.appended", seq=i)
+            assert [e["seq"] for e in await _drain(fast)] == [i]
+        bus.publish("audit.appended", seq=99)  # the slow one's buffer is full
+        got = await _drain(slow)
+        assert [e["type"] for e in got] == ["audit.appended"] * 3 + ["overflow"]
+        assert slow.closed and bus.subscriber_count == 1
+        bus.publish("audit.appended", seq=100)
+        assert [e["seq"] for e in await _drain(fast)] == [99, 100]
+
+    asyncio.run(run())
+
+
+def test_close_all_ends_streams_after_buffered_events() -> None:
+    async def run() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        bus.publish("daemon.stopping")
+        bus.close_all()
+        assert await sub.get(1) is not None
+        try:
+            await sub.get(1)
+        except EOFError:
+            return
+        raise AssertionError("stream did not end")
+
+    asyncio.run(run())
+
+
+def test_publish_from_another_thread() -> None:
+    async def run() -> None:
+        bus = EventBus()
+        bus.bind(asyncio.get_running_loop())
+        sub = bus.subscribe()
+        worker = threading.Thread(target=bus.publish, args=("container.state",),
+                                  kwargs={"state": "running"})
+        worker.start()
+        worker.join()
+        line = await sub.get(2)
+        assert line is not None and json.loads(line)["state"] == "running"
+
+    asyncio.run(run())
