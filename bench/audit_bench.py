@@ -1,16 +1,25 @@
 """Audit appends/s with group commit vs one fsync per append; verify time for 100k entries.
 
-Both runs use the same AuditLog code on the same disk (a temporary directory);
-the baseline only sets ``max_batch=1`` so every entry gets its own transaction
-and fsync. No checkpoint store: the keychain write is off the append path (one
-in flight, coalesced), so it does not change append throughput. No keychain
-is needed.
+Baseline and group commit run the same AuditLog code on the same disk (one
+temporary directory) under the same load; the baseline only sets
+``max_batch=1``, so every append is its own ``BEGIN IMMEDIATE … COMMIT`` with
+its own fsync (``synchronous=FULL``) before its caller is released. Group
+commit shares one transaction and one fsync among all the entries queued when
+the writer starts a batch. No checkpoint store: the keychain write is off the
+append path (one in flight, coalesced), so it does not change either rate.
 
 Two loads, each with 4 writer threads:
-  - blocking: each thread appends and waits (at most 4 entries in flight);
-  - concurrent: each thread runs an event loop with 16 concurrent requests
-    awaiting ``append_async`` (64 in flight), the daemon's situation when
-    agents read data in parallel and every read is audited.
+  - concurrent (the target): each thread runs an event loop with 16
+    concurrent requests awaiting ``append_async`` (64 in flight), the daemon's
+    situation when agents read data in parallel and every read is audited;
+  - blocking: each thread appends and waits, so at most 4 entries are ever in
+    flight and at most 4 can share an fsync: the ratio there stays near 4 at best
+    whatever the implementation, and is shown for what it is.
+
+Baseline and group-commit rounds alternate, so both see the same moments of a
+shared machine; each rate is the best of its rounds (noise only slows a run
+down) and the ratio is taken between those. The load average is printed
+because other work on the machine moves both numbers.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import tempfile
 import threading
 import time
@@ -31,7 +41,8 @@ KEY = bytes(range(32))
 THREADS = 4
 PER_TASK_CONCURRENCY = 16
 VERIFY_ENTRIES = 100_000
-ROUNDS = 3
+ROUNDS = 5
+TARGET_RATIO = 10.0
 
 
 def run_blocking(path: Path, max_batch: int, per_thread: int) -> float:
@@ -110,29 +121,50 @@ def verify_timing(path: Path) -> tuple[float, float]:
     return elapsed, time.perf_counter() - started
 
 
-def best(rounds: int, fn: Callable[[int], float]) -> float:
-    """Best rate of ``rounds`` runs: the machine's noise only ever slows a run down."""
-    return max(fn(i) for i in range(rounds))
+def alternate(
+    rounds: int, baseline: Callable[[int], float], grouped: Callable[[int], float]
+) -> tuple[float, float]:
+    """Best rate of each over ``rounds`` alternating runs (baseline first in each round)."""
+    base: list[float] = []
+    group: list[float] = []
+    for i in range(rounds):
+        base.append(baseline(i))
+        group.append(grouped(i))
+    return max(base), max(group)
+
+
+def load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
+    print(f"load average before: {load()} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print(f"disk: {root} (a temporary directory; best of {ROUNDS} runs each)")
-        base_blocking = best(ROUNDS, lambda i: run_blocking(root / f"b1-{i}.sqlite3", 1, 150))
-        group_blocking = best(ROUNDS, lambda i: run_blocking(root / f"b2-{i}.sqlite3", 1024, 600))
-        base_conc = best(ROUNDS, lambda i: run_concurrent(root / f"c1-{i}.sqlite3", 1, 15))
-        group_conc = best(ROUNDS, lambda i: run_concurrent(root / f"c2-{i}.sqlite3", 1024, 200))
+        print(f"disk: {root} (a temporary directory); best of {ROUNDS} alternating rounds")
+        base_conc, group_conc = alternate(
+            ROUNDS,
+            lambda i: run_concurrent(root / f"c1-{i}.sqlite3", 1, 15),
+            lambda i: run_concurrent(root / f"c2-{i}.sqlite3", 1024, 200),
+        )
+        base_blocking, group_blocking = alternate(
+            ROUNDS,
+            lambda i: run_blocking(root / f"b1-{i}.sqlite3", 1, 150),
+            lambda i: run_blocking(root / f"b2-{i}.sqlite3", 1024, 600),
+        )
         verify_s, hmac_s = verify_timing(root / "v.sqlite3")
-    print(f"4 threads, blocking appends (<= 4 in flight): one fsync/append "
-          f"{base_blocking:8.0f}/s  group commit {group_blocking:8.0f}/s  "
-          f"ratio {group_blocking / base_blocking:.1f}x")
-    print(f"4 threads x {PER_TASK_CONCURRENCY} concurrent append_async (64 in flight): "
+    ratio = group_conc / base_conc
+    print(f"{THREADS} threads x {PER_TASK_CONCURRENCY} concurrent append_async (64 in flight): "
           f"one fsync/append {base_conc:8.0f}/s  group commit {group_conc:8.0f}/s  "
-          f"ratio {group_conc / base_conc:.1f}x (target >= 10x)")
+          f"ratio {ratio:.1f}x (target >= {TARGET_RATIO:g}x: "
+          f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    print(f"{THREADS} threads, blocking appends (<= 4 in flight, so <= 4 per fsync; ratio "
+          f"near 4 at best): one fsync/append {base_blocking:8.0f}/s  group commit "
+          f"{group_blocking:8.0f}/s  ratio {group_blocking / base_blocking:.1f}x")
     print(f"verify {VERIFY_ENTRIES} entries: {verify_s:.2f} s "
           f"({VERIFY_ENTRIES / verify_s:.0f} entries/s); bare HMAC chain {hmac_s:.2f} s; "
           f"ratio {verify_s / hmac_s:.1f}x")
+    print(f"load average after: {load()}")
 
 
 if __name__ == "__main__":

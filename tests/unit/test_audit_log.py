@@ -6,6 +6,8 @@ tests/system/test_keychain_audit.py runs the checkpoint through gnome-keyring.
 from __future__ import annotations
 
 import asyncio
+import enum
+import hmac
 import itertools
 import json
 import os
@@ -22,7 +24,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacd.audit import AuditEntry, AuditLog, _canonical, _entry_parts, _splice, checkpoint_name
+from pacd.audit import (
+    AuditEntry,
+    AuditLog,
+    _canonical,
+    _ChainKey,
+    _entry_parts,
+    _splice,
+    checkpoint_name,
+)
 from pacd.core.canonical import canonical_json
 from pacd.errors import AuditError, InvalidRequest
 from pacd.vault import PassphraseSecretStore
@@ -465,3 +475,200 @@ def test_spliced_entry_equals_canonical_json(
                                   canonical_json(details).decode("utf-8"))
     assert _splice(prefix, seq, middle, when) == _canonical(
         seq, when, actor, action, target, decision, reason, details)
+
+
+@settings(max_examples=200)
+@given(key=st.binary(min_size=32, max_size=200), prev=st.binary(min_size=32, max_size=32),
+       canonical=st.binary(max_size=3000))
+def test_writer_mac_equals_the_standard_hmac(key: bytes, prev: bytes, canonical: bytes) -> None:
+    # The writer keys HMAC once per log; verify() uses hmac.digest. Any
+    # divergence would make verify reject every entry the writer made.
+    assert _ChainKey(key).link(prev, canonical) == hmac.digest(key, prev + canonical, "sha256")
+
+
+def reference_rows(n: int, key: bytes) -> list[tuple[object, ...]]:
+    """Rows as the format defines them, computed without pacd.audit's writer."""
+    rows: list[tuple[object, ...]] = []
+    mac = bytes(32)
+    for seq in range(1, n + 1):
+        entry = {"seq": seq, "time": 1_700_000_000.25 + seq, "actor": f"agent-{seq % 3}",
+                 "action": "data.read", "target": f"home/\u00e9t\u00e9/{seq}",
+                 "decision": ("allow", "deny", "info")[seq % 3], "reason": 'quote " and \\',
+                 "details": {"n": seq, "x": [1.5, None, "\u2603"]} if seq % 2 else {}}
+        mac = hmac.digest(key, mac + canonical_json(entry), "sha256")
+        rows.append((seq, entry["time"], entry["actor"], entry["action"], entry["target"],
+                     entry["decision"], entry["reason"],
+                     canonical_json(entry["details"]).decode("utf-8"), mac))
+    return rows
+
+
+def test_log_written_by_the_format_definition_verifies_and_continues(log_path: Path) -> None:
+    AuditLog(log_path, KEY, None).close()  # creates the table
+    with sqlite3.connect(log_path) as conn:
+        conn.executemany("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         reference_rows(40, KEY))
+    log = AuditLog(log_path, KEY, None)
+    assert log.verify().ok
+    assert log.append("owner", "after", "x", "info", "r").seq == 41
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries) == (True, 41)
+
+
+def test_writer_rows_match_an_independent_recomputation(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+
+    async def many() -> None:
+        await asyncio.gather(*(
+            log.append_async(f"a{i % 5}", "data.read", f"k\u00e9{i}", "allow", "r",
+                             {"i": i, "f": i / 7} if i % 2 else None)
+            for i in range(300)))
+
+    asyncio.run(many())
+    log.close()
+    with sqlite3.connect(log_path) as conn:
+        rows = conn.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == list(range(1, 301))
+    mac = bytes(32)
+    for seq, when, actor, action, target, decision, reason, details, stored in rows:
+        entry = {"seq": seq, "time": when, "actor": actor, "action": action, "target": target,
+                 "decision": decision, "reason": reason, "details": json.loads(details)}
+        mac = hmac.digest(KEY, mac + canonical_json(entry), "sha256")
+        assert stored == mac, seq
+
+
+def block_writes(path: Path) -> sqlite3.Connection:
+    """Hold the database's write lock from another connection, as a stuck writer would."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_one_batch_larger_than_an_insert_chunk(log_path: Path) -> None:
+    ticks = itertools.count()
+    log = AuditLog(log_path, KEY, None, clock=lambda: float(next(ticks)))
+    blocker = block_writes(log_path)
+
+    async def many() -> list[AuditEntry]:
+        tasks = [asyncio.create_task(log.append_async("a", "b", str(i), "info", "r"))
+                 for i in range(700)]
+        await asyncio.sleep(0.3)  # all queued behind the held lock
+        blocker.execute("COMMIT")
+        return await asyncio.gather(*tasks)
+
+    entries = asyncio.run(many())
+    blocker.close()
+    assert sorted(e.seq for e in entries) == list(range(1, 701))
+    assert [e.seq for e in entries] == sorted(e.seq for e in entries)  # submission order
+    # one clock read per batch: the one stuck behind the lock, then the rest (> 256) at once
+    assert len({e.time for e in entries}) <= 2
+    result = log.verify()
+    log.close()
+    assert (result.ok, result.entries) == (True, 700)
+
+
+def test_append_async_times_out_oldest_first_while_the_writer_is_stuck(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None, append_timeout_s=0.8)
+    blocker = block_writes(log_path)
+
+    async def main() -> tuple[str, bool, str]:
+        first = asyncio.create_task(log.append_async("a", "first", "", "info", "r"))
+        await asyncio.sleep(0.5)
+        second = asyncio.create_task(log.append_async("a", "second", "", "info", "r"))
+        with pytest.raises(AuditError, match="did not confirm") as exc:
+            await first
+        still_waiting = not second.done()  # its own deadline is 0.5 s later
+        with pytest.raises(AuditError, match="did not confirm") as exc2:
+            await second
+        return str(exc.value), still_waiting, str(exc2.value)
+
+    first_error, second_was_waiting, _ = asyncio.run(main())
+    assert "0.8 s" in first_error
+    assert second_was_waiting
+    assert log._loop_waiters == {}  # the timer and the loop's registration are gone
+    blocker.execute("COMMIT")
+    blocker.close()
+    # Timing out abandons the wait, not the entry: both land, in order, before this one.
+    assert log.append("a", "third", "", "info", "r").seq == 3
+    assert [e.action for e in log.entries()] == ["first", "second", "third"]
+    assert log.verify().ok
+    log.close()
+
+
+def test_blocking_append_times_out_while_the_writer_is_stuck(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None, append_timeout_s=0.3)
+    blocker = block_writes(log_path)
+    with pytest.raises(AuditError, match="did not confirm"):
+        log.append("a", "stuck", "", "info", "r")
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert log.append("a", "after", "", "info", "r").seq == 2
+    assert log.verify().ok
+    log.close()
+
+
+def test_cancelled_waiter_leaves_the_others_alone(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    blocker = block_writes(log_path)
+
+    async def main() -> list[AuditEntry | BaseException]:
+        tasks = [asyncio.create_task(log.append_async("a", "b", str(i), "info", "r"))
+                 for i in range(10)]
+        await asyncio.sleep(0.1)
+        tasks[3].cancel()
+        blocker.execute("COMMIT")
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.close()
+    assert isinstance(results[3], asyncio.CancelledError)
+    done = [r for r in results if isinstance(r, AuditEntry)]
+    assert len(done) == 9
+    assert log._loop_waiters == {}
+    # the cancelled caller stopped waiting; its entry was still made durable
+    assert log.verify().entries == 10
+    log.close()
+
+
+def test_a_closed_loop_with_a_waiter_is_forgotten(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    blocker = block_writes(log_path)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(log.append_async("a", "b", "c", "info", "r"))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert loop in log._loop_waiters
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    loop.close()
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert log.append("a", "next", "", "info", "r").seq == 2  # the writer handled seq 1
+    assert log._loop_waiters == {}
+    log.close()
+
+
+def test_str_subclasses_are_stored_as_their_value(log_path: Path) -> None:
+    class Decision(enum.StrEnum):
+        ALLOW = "allow"
+
+    class Loud(str):
+        def __str__(self) -> str:
+            return "not what was passed"
+
+    log = AuditLog(log_path, KEY, None)
+    entry = log.append(Loud("agent"), "data.read", "t", Decision.ALLOW, "r")
+    assert (type(entry.actor), entry.actor, type(entry.decision)) == (str, "agent", str)
+    stored = log.entries()[0]
+    assert (stored.actor, stored.decision) == ("agent", "allow")
+    assert log.verify().ok
+    log.close()
+
+
+def test_listeners_get_the_entry_the_appender_gets(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    seen: list[AuditEntry] = []
+    log.add_listener(seen.append)
+    returned = log.append("a", "b", "c", "info", "r")
+    log.close()
+    assert seen == [returned]
+    assert seen[0] is returned
