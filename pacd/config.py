@@ -132,11 +132,17 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     for var, name in _ENV.items():
         if env.get(var):
             values[name] = _coerce(name, env[var])
-    if "home" in values and "socket" not in values and not env.get("XDG_RUNTIME_DIR"):
-        values["socket"] = values["home"] / "run" / "pacd.sock"
+    if "socket" not in values:
+        # The default socket follows the environment given, not the process's own.
+        if env.get("XDG_RUNTIME_DIR"):
+            values["socket"] = Path(env["XDG_RUNTIME_DIR"]) / APP / "pacd.sock"
+        else:
+            values["socket"] = values.get("home", _default_home()) / "run" / "pacd.sock"
     cfg = Config(**values)
     if cfg.keystore not in ("keychain", "passphrase"):
-        raise ConfigError(f"config: keystore must be 'keychain' or 'passphrase', got {cfg.keystore!r}")
+        raise ConfigError(
+            f"config: keystore must be 'keychain' or 'passphrase', got {cfg.keystore!r}"
+        )
     if cfg.keystore == "passphrase" and cfg.passphrase_file is None:
         raise ConfigError(
             "config: keystore 'passphrase' needs passphrase_file (PACD_PASSPHRASE_FILE)"

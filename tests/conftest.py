@@ -35,8 +35,8 @@ def real_keychain() -> str:
 
         backend = keyring.get_keyring()
         if not isinstance(backend, SecretService.Keyring):
-            require_system(f"Secret Service keychain (keyring chose {backend!r}); run via make test")
+            require_system(f"Secret Service keychain (keyring chose {backend!r}); use make test")
         backend.get_password("pacd-test-probe", "probe")
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no keychain"
+    except Exception as exc:  # any failure here means "no keychain"
         require_system(f"unlocked keychain: {exc}")
     return "SecretService"

@@ -61,7 +61,8 @@ def test_initialize_is_idempotent_and_creates_one_master_key(
 def test_seal_open_roundtrip(vault: Vault) -> None:
     for value in (b"", b"x", os.urandom(5000)):
         sealed = vault.seal("home", "personal", "diary", value)
-        assert value not in sealed or value == b""
+        # A 1-byte value may appear in random ciphertext by chance; longer ones must not.
+        assert len(value) < 16 or value not in sealed
         assert vault.open("home", "personal", "diary", sealed) == value
 
 

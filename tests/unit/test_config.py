@@ -1,0 +1,65 @@
+"""Configuration layering: defaults < config.toml < PACD_* environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pacd.config import Config, load_config
+from pacd.errors import ConfigError
+
+
+def test_defaults_without_file_or_env(tmp_path: Path) -> None:
+    cfg = load_config({"PACD_CONFIG": str(tmp_path / "absent.toml"),
+                       "XDG_RUNTIME_DIR": str(tmp_path / "rt")})
+    assert cfg.keystore == "keychain"
+    assert cfg.token_lifetime_s == 3600
+    assert cfg.socket == tmp_path / "rt" / "pacd" / "pacd.sock"
+    assert cfg.origin == "https://pacd.localhost"
+
+
+def test_file_then_environment_override(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text('token_lifetime_s = 60\nimage_repository = "localhost/mine"\n')
+    cfg = load_config({"PACD_CONFIG": str(conf), "PACD_TOKEN_LIFETIME": "120",
+                       "PACD_HOME": str(tmp_path / "home")})
+    assert cfg.token_lifetime_s == 120  # env beats file
+    assert cfg.image_repository == "localhost/mine"  # file beats default
+    assert cfg.home == tmp_path / "home"
+    assert cfg.state_db == tmp_path / "home" / "state.sqlite3"
+
+
+def test_home_without_runtime_dir_keeps_socket_under_home(tmp_path: Path) -> None:
+    cfg = load_config({"PACD_CONFIG": str(tmp_path / "x.toml"), "PACD_HOME": str(tmp_path)})
+    assert cfg.socket == tmp_path / "run" / "pacd.sock"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("tokn_lifetime_s = 3\n", "unknown key 'tokn_lifetime_s'"),
+        ('token_lifetime_s = "soon"\n', "token_lifetime_s must be int"),
+        ("token_lifetime_s = true\n", "token_lifetime_s must be int"),
+        ("rp_id = 5\n", "rp_id must be str"),
+        ('keystore = "plaintext"\n', "keystore must be 'keychain' or 'passphrase'"),
+        ('keystore = "passphrase"\n', "needs passphrase_file"),
+        ("config_path = '/x'\n", "unknown key 'config_path'"),
+        ("not toml = = \n", "cannot read"),
+    ],
+)
+def test_bad_config_is_refused_with_its_reason(tmp_path: Path, text: str, fragment: str) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config({"PACD_CONFIG": str(conf)})
+    assert fragment in info.value.message
+
+
+def test_passphrase_keystore_only_when_asked(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'keystore = "passphrase"\npassphrase_file = "{tmp_path / "pw"}"\n')
+    cfg = load_config({"PACD_CONFIG": str(conf)})
+    assert cfg.keystore == "passphrase"
+    assert cfg.passphrase_file == tmp_path / "pw"
+    assert Config().keystore == "keychain"
