@@ -348,12 +348,19 @@ class _Checkpointer:
     """Writes the newest (seq, mac) to the secret store, at most one write in flight.
 
     Newer heads replace older pending ones, so a burst of batches costs one or
-    two keychain writes, not one per batch.
+    two keychain writes, not one per batch. Writes are also spaced at least
+    ``min_interval_s`` apart: a keychain write is a D-Bus round trip with a key
+    exchange, and under a steady load of audited reads back-to-back writes would
+    take a core. The cost is that the last ``min_interval_s`` of entries may be
+    missing from the checkpoint after a crash; ``flush`` and ``close`` skip the wait.
     """
 
-    def __init__(self, secrets: SecretStore, name: str) -> None:
+    def __init__(self, secrets: SecretStore, name: str, min_interval_s: float = 0.25) -> None:
         self._secrets = secrets
         self._name = name
+        self._min_interval_s = min_interval_s
+        self._last_write = float("-inf")
+        self._urgent = False
         self._cond = threading.Condition()
         self._pending: tuple[int, bytes] | None = None
         self._busy = False
@@ -374,6 +381,12 @@ class _Checkpointer:
                     self._cond.wait()
                 if self._pending is None:
                     return
+                # Space writes out unless someone waits for this one (flush/close).
+                while not (self._stop or self._urgent):
+                    wait = self._last_write + self._min_interval_s - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
                 seq, mac = self._pending
                 self._pending = None
                 self._busy = True
@@ -386,15 +399,23 @@ class _Checkpointer:
                 log.warning("audit checkpoint not written (seq %d): %s", seq, exc)
             finally:
                 with self._cond:
+                    self._last_write = time.monotonic()
                     self._busy = False
+                    if self._pending is None:
+                        self._urgent = False
                     self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the newest scheduled head is written (or failed)."""
         with self._cond:
-            return self._cond.wait_for(
+            self._urgent = True
+            self._cond.notify_all()
+            done = self._cond.wait_for(
                 lambda: self._pending is None and not self._busy, timeout=timeout
             )
+            if done:
+                self._urgent = False
+            return done
 
     def close(self) -> None:
         with self._cond:

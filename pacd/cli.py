@@ -13,10 +13,12 @@ for scripts, and for tests that sign with a software authenticator.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -153,8 +155,8 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> None:
     try:
         status = ctx.client.status()
     except DaemonUnavailable as exc:
-        if ctx.json:
-            print(json.dumps({"reachable": False, "message": exc.message}))
+        # One JSON document either way: the error document says "reachable": false.
+        exc.extra["reachable"] = False
         raise
     ctx.out({"reachable": True, **status}, _status_text)
 
@@ -236,15 +238,71 @@ def cmd_plugin(args: argparse.Namespace, ctx: Ctx) -> None:
                   f"{data['approval_id']}")
 
 
+def _open_stream(ctx: Ctx, method: str, path: str, body: Any) -> Iterator[dict[str, Any]]:
+    """:meth:`Ctx.call` for an answer streamed as JSON lines: the request is refused
+    (or accepted) before any line arrives, so the ceremony-and-retry happens there."""
+    try:
+        return ctx.client.stream(method, path, body)
+    except (PresenceRequired, Unauthorized) as exc:
+        level = exc.extra.get("required_level") or getattr(exc, "required_level", "")
+        if not level or not sys.stdin.isatty():
+            raise type(exc)(
+                f"{exc.message} — open a session first: pacd session --level "
+                f"{level or 'biometric'}", **exc.extra) from None
+        ctx.session(str(level))
+        return ctx.client.stream(method, path, body)
+
+
 def cmd_image(args: argparse.Namespace, ctx: Ctx) -> None:
+    from pacd.client import stream_error
+
+    body = {"base_image": args.base} if args.base else {}
     ctx.say(f"building the image for {args.id}…")
-    data = ctx.call("POST", f"/v1/containers/{args.id}/image")
-    ctx.out(data, lambda d: "\n".join([*d["log"], f"built {d['image']}"]))
+    log: list[str] = []
+    for item in _open_stream(ctx, "POST", f"/v1/containers/{args.id}/image", body):
+        kind = item.get("type")
+        if kind == "progress":
+            line = str(item.get("line", ""))
+            log.append(line)
+            if not ctx.json:
+                print(line, flush=True)  # as it happens, not when the build ends
+        elif kind == "error":
+            raise stream_error(item)
+        elif kind == "done":
+            image = str(item.get("image", ""))
+            if ctx.json:
+                ctx.out({"image": image, "log": log})
+            elif not log or log[-1] != f"built {image}":
+                print(f"built {image}")
+            return
+    raise DaemonUnavailable("the daemon ended the build stream without a result (was it "
+                            "stopped?); the image may not have been built")
+
+
+def _write_output(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temp file, then a rename)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def cmd_export(args: argparse.Namespace, ctx: Ctx) -> None:
     data = ctx.call("GET", f"/v1/containers/{args.id}/kube")
-    ctx.out(data, lambda d: str(d["yaml"]))
+    text = str(data["yaml"])
+    if args.output and args.output != "-":
+        _write_output(args.output, text)
+        ctx.out({"file": args.output, "bytes": len(text.encode())},
+                f"wrote Kubernetes YAML for {args.id} to {args.output}")
+    elif ctx.json:
+        ctx.out(data)
+    else:
+        sys.stdout.write(text)
 
 
 def cmd_approvals(args: argparse.Namespace, ctx: Ctx) -> None:
@@ -358,11 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = add("image", cmd_image, "container images")
     isub = image.add_subparsers(dest="image_cmd", required=True, metavar="ACTION")
-    isub.add_parser("build", parents=[common], help="build the owner's image").add_argument("id")
+    build = isub.add_parser("build", parents=[common],
+                            help="build the owner's image (progress as it happens)")
+    build.add_argument("id")
+    build.add_argument("--base", metavar="IMAGE",
+                       help="the base image; must already be in local Podman storage "
+                            "(default: base_image from the daemon's config)")
 
     export = add("export", cmd_export, "export a container")
     esub = export.add_subparsers(dest="export_cmd", required=True, metavar="FORMAT")
-    esub.add_parser("kube", parents=[common], help="Kubernetes YAML").add_argument("id")
+    kube = esub.add_parser("kube", parents=[common], help="Kubernetes YAML")
+    kube.add_argument("id")
+    kube.add_argument("-o", "--output", metavar="FILE",
+                      help="write the YAML to FILE (default: standard output)")
 
     add("approvals", cmd_approvals, "pending and recent approvals")
     approve = add("approve", cmd_approve, "approve (runs the presence ceremony)")

@@ -77,6 +77,12 @@ def _error_from(status: int, data: Any) -> PacdError:
     return exc
 
 
+def stream_error(line: dict[str, Any]) -> PacdError:
+    """The error a stream's ``{"type": "error", "error": {code, message}}`` line reports,
+    as its PacdError class (so it has the same exit code as a refused request)."""
+    return _error_from(200, {"error": line.get("error")})
+
+
 def _parse_time(text: str) -> float:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -203,6 +209,73 @@ class Client:
                     return
                 if line.strip():
                     yield json.loads(line)
+        finally:
+            conn.close()
+
+    def stream(self, method: str, path: str, body: Any = None, *,
+               timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Send one request whose answer is JSON lines (e.g. an image build).
+
+        The request is made now, so a refusal raises here as its PacdError;
+        the returned iterator yields each line's object as it arrives and
+        closes the connection when exhausted or closed. ``timeout`` bounds
+        the wait for each line (None: as long as the daemon keeps the stream
+        open).
+        """
+        headers = {"Accept": "application/x-ndjson"}
+        data: bytes | None = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        token = self.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn = self._connection(timeout)
+        try:
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+            except OSError as exc:
+                raise self._unavailable(exc) from None
+            except http.client.HTTPException as exc:
+                raise DaemonUnavailable(f"the daemon closed the connection: {exc!r}") from None
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    parsed = json.loads(raw) if raw else None
+                except ValueError:
+                    parsed = None
+                error = _error_from(resp.status, parsed)
+                if error.code in ("token_expired", "token_revoked") and not self._explicit_token:
+                    self.forget_token()
+                raise error
+        except BaseException:
+            conn.close()
+            raise
+        return self._lines(conn, resp)
+
+    def _lines(self, conn: UnixHTTPConnection,
+               resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+        try:
+            while True:
+                try:
+                    line = resp.readline()
+                except OSError as exc:
+                    raise DaemonUnavailable(
+                        f"the daemon stream broke off: {exc!r}") from None
+                except http.client.HTTPException as exc:
+                    raise DaemonUnavailable(
+                        f"the daemon closed the connection: {exc!r}") from None
+                if not line:
+                    return
+                if line.strip():
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        raise PacdError("the daemon sent a stream line that is not JSON"
+                                        ) from None
+                    if isinstance(item, dict):
+                        yield item
         finally:
             conn.close()
 

@@ -56,9 +56,14 @@ class Config:
     challenge_ttl_s: int = 120
     rp_id: str = "pacd.localhost"
     image_repository: str = "localhost/personal-ai"
+    #: the FROM of the owner's image; must already be in local Podman storage (never pulled)
+    base_image: str = "localhost/pacd-base:latest"
     max_body_bytes: int = 16 * 1024 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 10
+    #: how often the retention task purges data older than each container's
+    #: policy.data_retention_days (it also runs once at start-up)
+    retention_interval_s: float = 3600.0
 
     @property
     def origin(self) -> str:
@@ -88,6 +93,8 @@ _ENV = {
     "PACD_APPROVAL_TTL": "approval_ttl_s",
     "PACD_RP_ID": "rp_id",
     "PACD_IMAGE_REPOSITORY": "image_repository",
+    "PACD_RETENTION_INTERVAL": "retention_interval_s",
+    "PACD_BASE_IMAGE": "base_image",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -142,6 +149,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if cfg.keystore not in ("keychain", "passphrase"):
         raise ConfigError(
             f"config: keystore must be 'keychain' or 'passphrase', got {cfg.keystore!r}"
+        )
+    if cfg.retention_interval_s <= 0:
+        raise ConfigError(
+            f"config: retention_interval_s must be positive, got {cfg.retention_interval_s!r}"
         )
     if cfg.keystore == "passphrase" and cfg.passphrase_file is None:
         raise ConfigError(

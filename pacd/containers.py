@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -43,6 +43,7 @@ from pacd.agents.server import (
     socket_path,
 )
 from pacd.api.services import Services
+from pacd.core.generators import generate_containerfile
 from pacd.core.models import PersonalAIContainer
 from pacd.errors import NotFound, PacdError, RuntimeUnavailable
 from pacd.registry import ContainerRecord
@@ -122,6 +123,8 @@ class ContainerLifecycle:
         self._known_lock = threading.Lock()
         self._locks = _Locks()
         self._orphans: dict[str, Orphan] = {}
+        #: bumped whenever the set of orphans changes, so readers can cache orphans()
+        self.orphans_generation = 0
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         #: why the watcher is not following Podman right now ("" when it is)
@@ -254,15 +257,39 @@ class ContainerLifecycle:
             for key in [k for k in self._known if k[0] == record.id]:
                 del self._known[key]
 
-    def build_image(self, record: ContainerRecord) -> tuple[str, list[str]]:
+    def build_image(self, record: ContainerRecord, base_image: str
+                    ) -> tuple[str, Generator[str, None, None]]:
+        """The owner's image tag, and its build as a generator of progress lines.
+
+        Whatever can be refused is refused here, before anything is built (a bad
+        base reference, no Podman, a base image not in local storage), so the
+        caller can still answer with a plain error. The generator blocks on
+        Podman and is meant to be drained in a worker thread; closing it early
+        closes the connection to Podman.
+        """
         model = record.model()
-        tag = owner_image_tag(record.owner_id, self.s.config.image_repository)
+        repository = self.s.config.image_repository
+        tag = owner_image_tag(record.owner_id, repository)
+        generate_containerfile(model, base_image)  # the reference is checked before Podman
+        if not self._with_runtime(PodmanRuntime.image_exists, base_image):
+            raise NotFound(
+                f"base image {base_image} is not in local Podman storage, and pacd builds "
+                "without registry access. Put a base image there first (`podman load -i "
+                f"IMAGE.tar`, `podman import ROOTFS.tar {base_image}` or `podman build -t "
+                f"{base_image} DIR`), or name one that is there: `pacd image build ID --base "
+                "IMAGE` (request member base_image), or base_image in config.toml "
+                "(PACD_BASE_IMAGE)")
+        runtime = self.runtime()
 
-        def build(runtime: PodmanRuntime) -> list[str]:
-            return list(build_owner_image(runtime, model, record.owner_id,
-                                          repository=self.s.config.image_repository))
+        def lines() -> Generator[str, None, None]:
+            try:
+                yield from build_owner_image(runtime, model, record.owner_id,
+                                             repository=repository, base_image=base_image)
+            except RuntimeUnavailable:
+                self._lost_runtime(runtime)
+                raise
 
-        return tag, self._with_runtime(build)
+        return tag, lines()
 
     def export_kube(self, record: ContainerRecord) -> str:
         return export_kube(record.model(), record.owner_id)
@@ -314,6 +341,8 @@ class ContainerLifecycle:
     def _report_orphans(self, found: dict[str, Orphan]) -> None:
         with self._known_lock:
             new = [o for pid, o in found.items() if pid not in self._orphans]
+            if found != self._orphans:
+                self.orphans_generation += 1
             self._orphans = found
         for orphan in new:
             log.warning("orphan container %s (%s): carries pacd's labels but pacd does "

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from pacd import __version__
+from pacd.agents.inbox import Inbox
 from pacd.api.activation import activated_socket, sd_notify
+from pacd.api.decisions import DecisionLog
 from pacd.api.listener import SocketLock, bind_owner_socket, check_activated_socket
 from pacd.api.owner_routes import PLUGIN_INSTALL, OwnerApi
 from pacd.api.server import OwnerServer
@@ -46,8 +48,9 @@ from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
 from pacd.presence.tokens import TokenService
 from pacd.registry import ContainerRegistry
+from pacd.retention import Retention, run_periodically
 from pacd.store import Store
-from pacd.vault import Vault, open_secret_store
+from pacd.vault import SealedData, Vault, open_secret_store
 
 log = logging.getLogger("pacd.daemon")
 
@@ -93,7 +96,8 @@ def build_services(config: Config) -> Services:
                       challenge_ttl_s=config.challenge_ttl_s, on_refusal=on_refusal,
                       carbon_proof_max_age_s=config.carbon_proof_max_age_s)
     tokens = TokenService(store, clock, config.token_lifetime_s)
-    approvals = ApprovalQueue(store, audit, clock.wall, events.publish)
+    # Through DecisionLog: an approval's entry is the entry of the request resolving it.
+    approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish)
     return Services(
         config=config, store=store, secrets=secrets, vault=vault, audit=audit, owners=owners,
         rp=rp, tokens=tokens, registry=ContainerRegistry(store), approvals=approvals,
@@ -168,7 +172,7 @@ class Daemon:
 
         services.audit.add_listener(on_audit)
         server = OwnerServer(
-            api.routes, api.authorize, api.on_refusal,
+            api.routes, api.authorize, services.audit,
             max_connections=self.config.max_connections,
             max_body_bytes=self.config.max_body_bytes,
             header_timeout_s=self.config.header_timeout_s,
@@ -176,6 +180,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         expiry = asyncio.create_task(self._expire(services))
+        retention = asyncio.create_task(run_periodically(
+            Retention(services.store, services.registry,
+                      SealedData(services.store, services.vault), Inbox(services.store),
+                      services.audit, services.clock.wall),
+            self.config.retention_interval_s))
         # Containers: agent sockets and Podman (which need not be reachable to start).
         lifecycle = await attach_lifecycle(services)
         try:
@@ -194,9 +203,10 @@ class Daemon:
             await server.stop()
         finally:
             await lifecycle.close()
-            expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expiry
+            for task in (expiry, retention):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _expire(self, services: Services) -> None:
         while True:

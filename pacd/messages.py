@@ -257,6 +257,29 @@ class ImageBuilt:
 
 
 @dataclass(frozen=True)
+class ImageBuildRequest:
+    base_image: str | None = field(
+        default=None,
+        metadata=_meta("the FROM image; must be in local Podman storage (never pulled); "
+                       "defaults to base_image in the daemon's config",
+                       min_length=1, max_length=255),
+    )
+
+
+@dataclass(frozen=True)
+class ImageBuildLine:
+    """One JSON line of an image build: progress lines, then one done or error line."""
+
+    # {"type": "progress", "line"} as Podman reports them, then exactly one
+    # {"type": "done", "image"} or {"type": "error", "error": {"code", "message"}};
+    # a stream that ends without either was cut off.
+    type: Literal["progress", "done", "error"]
+    line: str | None = None
+    image: str | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class KubeExport:
     yaml: str
 

@@ -193,6 +193,11 @@ def _python_debs() -> list[Path]:
             require_system("apt-get (to fetch Python packages for the test image)")
         result = subprocess.run(["apt-get", "download", *missing], cwd=cache,
                                 capture_output=True, text=True, check=False)
+        if result.returncode != 0 and os.geteuid() == 0:
+            # A machine whose package lists were cleaned: refresh them once and retry.
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+            result = subprocess.run(["apt-get", "download", *missing], cwd=cache,
+                                    capture_output=True, text=True, check=False)
         if result.returncode != 0:
             require_system(f"apt-get download {' '.join(missing)}: {result.stderr.strip()}")
         have = {p.name.split("_")[0]: p for p in cache.glob("*.deb")}

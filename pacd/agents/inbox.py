@@ -92,6 +92,17 @@ class Inbox:
                 (container, agent, *ids))
             return int(cur.rowcount)
 
+    def purge_older_than(self, container: str, cutoff: float) -> int:
+        """Drop ``container``'s undelivered messages sent before ``cutoff`` (retention).
+
+        Delivered messages are already gone (deleted once handed over). Joins the
+        caller's transaction, so a purge can commit together with its audit entry.
+        """
+        with self._store.transaction() as conn:
+            return int(conn.execute(
+                "DELETE FROM agent_inbox WHERE container = ? AND sent_at < ?",
+                (container, cutoff)).rowcount)
+
     def delete_container(self, container: str) -> int:
         """Drop every pending message of a removed container."""
         with self._store.transaction() as conn:

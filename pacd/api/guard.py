@@ -6,7 +6,10 @@ to aiohttp's own protocol. Decisions that need an HTTP answer (wrong uid, over
 the limit) are taken by the server's middleware from the :class:`ConnState`
 recorded here, so a refused client still gets a proper JSON error. Beyond a
 hard cap (twice the limit) connections are closed without a word, so a flood
-cannot even make the daemon parse requests.
+cannot even make the daemon parse requests. Both kinds of refusal that never
+reach a route — dropped connections and unparseable requests — are reported
+through the ``on_dropped``/``on_malformed`` hooks, which the server records
+coalesced.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -34,8 +38,19 @@ class ConnState:
     opened: float = field(default_factory=time.monotonic)
 
 
+MalformedHook = Callable[[PeerCred | None, int], None]
+DroppedHook = Callable[[], None]
+
+
+def _ignore(*_args: Any) -> None:
+    return None
+
+
 class ConnectionGuard:
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, *, on_malformed: MalformedHook = _ignore,
+                 on_dropped: DroppedHook = _ignore) -> None:
+        self.on_malformed = on_malformed
+        self.on_dropped = on_dropped
         self.max_connections = max(1, max_connections)
         self.hard_cap = self.max_connections * 2 + 4
         self._states: dict[asyncio.BaseTransport, ConnState] = {}
@@ -72,6 +87,7 @@ class ConnectionGuard:
             # What web.Server.__call__ does, with our handler class.
             handler = JsonErrorHandler(server, loop=server._loop,
                                        **server._kwargs)
+            handler.guard = self
             return GuardedProtocol(handler, self)
 
         return make
@@ -84,10 +100,15 @@ class JsonErrorHandler(RequestHandler):
     ours is the usual ``{"error": ...}`` and says nothing about the input.
     """
 
+    guard: ConnectionGuard | None = None
+
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         log.debug("malformed request: %s", exc)
+        if 400 <= status < 500 and self.guard is not None:
+            state = self.guard.state_for(self.transport)
+            self.guard.on_malformed(state.peer if state is not None else None, status)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
         code, text = (("invalid_request", "malformed HTTP request") if 400 <= status < 500
@@ -109,6 +130,7 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._guard.admit(transport) is None:
             transport.close()
+            self._guard.on_dropped()
             return
         self._transport = transport
         self._inner.connection_made(transport)

@@ -28,6 +28,10 @@ def build_openapi(routes: Iterable[Route], version: str) -> dict[str, Any]:
             "operationId": route.operation,
             "summary": route.summary,
             "x-pacd-level": route.level,
+            # Whether each request is an audit entry (false only for the documented
+            # exemptions), and the action generic entries of this route carry.
+            "x-pacd-audited": route.audited,
+            "x-pacd-audit-action": route.action,
         }
         params = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}

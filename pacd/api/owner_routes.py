@@ -1,11 +1,13 @@
 """The owner-socket routes (API.md): handlers, levels, and the authorizer.
 
 Blocking work (SQLite, the keychain, signature checks) runs in worker threads
-so the event loop keeps serving. Every decision is audited: state changes and
-their refusals, failed authentication, and refused plugins. Plain reads at
-basic level (status, listings, audit reading) are not logged one by one: the
-owner's own uid reading their own state is not a decision worth a record, and
-logging it would drown the decisions that are.
+so the event loop keeps serving. Every request that reaches a route is one
+audit entry (see :mod:`pacd.api.decisions`): handlers that change state write
+theirs in the same transaction as the change, through :attr:`OwnerApi.sink`,
+and the server writes a generic allow or deny for the rest — reads included,
+failed authentication included. The only exemptions are ``GET /v1/status``
+and ``GET /v1/openapi.json`` (``audited=False``): liveness and the API's own
+description, polled by every client, revealing nothing of the owner's data.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
 from pacd import __version__
 from pacd import messages as m
+from pacd.api.decisions import DecisionLog, actor_for
 from pacd.api.openapi import build_openapi
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.api.services import Services
@@ -57,7 +62,23 @@ T = TypeVar("T")
 PLUGIN_INSTALL = "plugin.install"
 EVENT_POLL_S = 5.0
 EVENT_WRITE_TIMEOUT_S = 5.0
-ACTOR = "owner"
+#: who owner-socket requests act as: the peer uid was checked to be the daemon's own
+ACTOR = actor_for(os.getuid())
+#: audit action names of routes whose operation id is not already one
+ACTIONS = {
+    "create_owner": "owner.create", "begin_credential": "credential.begin",
+    "complete_credential": "credential.enroll", "begin_session": "session.begin",
+    "complete_session": "session.create", "current_session": "session.current",
+    "create_container": "container.create", "list_containers": "container.list",
+    "show_container": "container.show", "delete_container": "container.delete",
+    "start_container": "container.start", "stop_container": "container.stop",
+    "container_config": "container.config", "container_openapi": "container.openapi",
+    "build_image": "image.build", "export_kube": "container.kube",
+    "submit_plugin": "plugin.submit", "list_approvals": "approval.list",
+    "show_approval": "approval.show", "approve": "approval.approve", "deny": "approval.deny",
+    "audit_entries": "audit.read", "audit_verify": "audit.verify",
+    "events": "events.subscribe",
+}
 
 
 async def _thread(fn: Callable[..., T], *args: Any) -> T:
@@ -71,9 +92,11 @@ def _level(action: Action) -> str:
 class OwnerApi:
     def __init__(self, services: Services) -> None:
         self.s = services
+        #: the audit log as handlers write to it: entries here count as the request's own
+        self.sink = DecisionLog(services.audit)
         self._last_registration: str | None = None
-        self._status_key: tuple[int, int, tuple[str, ...]] | None = None
-        self._status_json = b""
+        self._status_key: tuple[int, int, int] | None = None
+        self._status_json = Json(b"")
         self._owner_version = 0
         self.routes = self._table()
         self._openapi = Json(json.dumps(build_openapi(self.routes, __version__)).encode())
@@ -82,11 +105,7 @@ class OwnerApi:
 
     async def audit(self, action: str, target: str, decision: str, reason: str,
                     details: dict[str, Any] | None = None) -> None:
-        await self.s.audit.append_async(ACTOR, action, target, decision, reason, details or {})
-
-    async def on_refusal(self, action: str, reason: str, details: dict[str, Any]) -> None:
-        await self.s.audit.append_async("peer", action, details.get("path", ""), "deny",
-                                        reason, details)
+        await self.sink.append_async(ACTOR, action, target, decision, reason, details or {})
 
     async def authorize(self, request: web.Request, route: Route) -> Principal:
         if route.level == SecurityLevel.basic.value:
@@ -100,10 +119,9 @@ class OwnerApi:
         try:
             info = await _thread(self.s.tokens.check, token, level)
         except (Unauthorized, TokenExpired, TokenRevoked, PresenceRequired) as exc:
-            # Tell the client which ceremony would help, whatever the failure.
+            # Tell the client which ceremony would help, whatever the failure; the
+            # server records the refusal (with this level) as the request's entry.
             exc.extra.setdefault("required_level", level.value)
-            await self.audit(f"auth.{operation}", request.path, "deny", exc.message,
-                             {"code": exc.code, "required_level": level.value})
             raise
         return Principal(level=info.level.value, token_id=info.token_id, scope=info.scope,
                          expires_at=info.expires_at)
@@ -111,10 +129,13 @@ class OwnerApi:
     # --- status & docs ------------------------------------------------------
 
     def _status_body(self) -> Json:
-        orphans = self.s.lifecycle.orphans() if self.s.lifecycle is not None else []
+        # The hot path is one tuple compare: the body is rebuilt only when one of
+        # its inputs says it changed (the rest of the status is fixed at start-up).
+        lifecycle = self.s.lifecycle
         key = (self._owner_version, self.s.approvals.pending_count,
-               tuple(o["podman_id"] for o in orphans))
+               -1 if lifecycle is None else lifecycle.orphans_generation)
         if key != self._status_key:
+            orphans = lifecycle.orphans() if lifecycle is not None else []
             owner = self.s.owners.get_owner()
             view = m.StatusView(
                 version=__version__,
@@ -135,9 +156,9 @@ class OwnerApi:
                 started_at=iso(self.s.started_at) or "",
                 orphans=[m.OrphanView(**o) for o in orphans],
             )
-            self._status_json = json.dumps(m.encode(view), separators=(",", ":")).encode()
+            self._status_json = Json(json.dumps(m.encode(view), separators=(",", ":")).encode())
             self._status_key = key
-        return Json(self._status_json)
+        return self._status_json
 
     def owner_changed(self) -> None:
         self._owner_version += 1
@@ -157,7 +178,7 @@ class OwnerApi:
             self.s.vault.initialize()
             with self.s.store.transaction():
                 owner = self.s.owners.create_owner(body.name, self.s.clock.wall())
-                self.s.audit.append(ACTOR, "owner.create", owner.id, "allow",
+                self.sink.append(ACTOR, "owner.create", owner.id, "allow",
                                     "owner identity created", {"name": owner.name})
             return m.OwnerView(owner.id, owner.name, iso(owner.created_at) or "", 0)
 
@@ -272,7 +293,7 @@ class OwnerApi:
             owner = self.s.owners.require_owner()
             with self.s.store.transaction():
                 record = self.s.registry.add(spec, owner.id, self.s.clock.wall())
-                self.s.audit.append(ACTOR, "container.create", record.id, "allow",
+                self.sink.append(ACTOR, "container.create", record.id, "allow",
                                     f"container {record.name!r} created",
                                     {"name": record.name, "token_id": call.principal.token_id})
             return self._view(record)
@@ -330,7 +351,7 @@ class OwnerApi:
                 self.s.lifecycle.remove(record)
             with self.s.store.transaction():
                 self.s.registry.remove(record.id)
-                self.s.audit.append(ACTOR, "container.delete", record.id, "allow",
+                self.sink.append(ACTOR, "container.delete", record.id, "allow",
                                     f"container {record.name!r} deleted",
                                     {"token_id": call.principal.token_id})
 
@@ -352,12 +373,105 @@ class OwnerApi:
 
         return Json(json.dumps(await _thread(build)).encode())
 
-    async def build_image(self, call: Call) -> m.ImageBuilt:
+    async def build_image(self, call: Call) -> web.StreamResponse:
+        """Stream the build as JSON lines (``m.ImageBuildLine``) while it runs.
+
+        Refusals (unknown container, no Podman, a base image not in local
+        storage) are plain HTTP errors; once the stream has begun, the outcome
+        is its last line. The blocking build runs on a thread of its own that
+        hands lines to the loop; when the client goes away the thread stops at
+        Podman's next line (closing the build connection), so it lives at most
+        as long as the build.
+        """
+        body: m.ImageBuildRequest = call.body
+        request = call.request
         record = await _thread(self._record, call.params["id"])
-        image, lines = await _thread(self._lifecycle().build_image, record)
-        await self.audit("image.build", record.id, "allow", f"built {image}",
-                         {"token_id": call.principal.token_id})
-        return m.ImageBuilt(image=image, log=lines)
+        base = body.base_image or self.s.config.base_image
+        details = {"base_image": base, "token_id": call.principal.token_id}
+        try:
+            tag, lines = await _thread(self._lifecycle().build_image, record, base)
+        except PacdError as exc:
+            await self.audit("image.build", record.id, "deny", exc.message,
+                             {**details, "code": exc.code})
+            raise
+        await self.audit("image.build", record.id, "allow", f"building {tag} from {base}",
+                         {**details, "image": tag})
+
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                           "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def send(item: dict[str, Any] | None) -> None:
+            data = None if item is None else json.dumps(item).encode() + b"\n"
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+            except RuntimeError:  # the loop is closed: the daemon is stopping
+                stop.set()
+
+        worker = threading.Thread(
+            target=self._run_build, args=(record.id, tag, lines),
+            kwargs={"stop": stop, "send": send, "details": details},
+            name=f"pacd-image-build-{record.id[:8]}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(queue.get(), EVENT_POLL_S)
+                except TimeoutError:
+                    # Quiet build step: notice a client that went away meanwhile.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    continue
+                if data is None:
+                    break
+                async with asyncio.timeout(EVENT_WRITE_TIMEOUT_S):
+                    await resp.write(data)
+        except (TimeoutError, ConnectionError):
+            # A client that does not read is dropped; the build stops with it.
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            stop.set()
+        return resp
+
+    def _run_build(self, container_id: str, tag: str, lines: Generator[str, None, None], *,
+                   stop: threading.Event, send: Callable[[dict[str, Any] | None], None],
+                   details: dict[str, Any]) -> None:
+        """Drain the build on a worker thread; audit and send its outcome."""
+        error: PacdError | None = None
+        try:
+            try:
+                for line in lines:
+                    if stop.is_set():
+                        break
+                    send({"type": "progress", "line": line})
+            finally:
+                lines.close()  # an abandoned build lets go of its Podman connection
+        except PacdError as exc:
+            error = exc
+        except Exception:
+            log.exception("image build %s failed", tag)
+            error = RuntimeFailed(f"the build of {tag} failed unexpectedly (see the daemon log)")
+        if error is not None:
+            decision, reason = "deny", f"build of {tag} failed: {error.message}"
+        elif stop.is_set():
+            decision, reason = "deny", f"build of {tag} abandoned: the client went away"
+        else:
+            decision, reason = "allow", f"built {tag}"
+        try:
+            # The log itself, not the request's sink: the request's decision was the
+            # "image.build" entry; this outcome may come after the client has left.
+            self.s.audit.append(ACTOR, "image.build.result", container_id, decision, reason,
+                                {**details, "image": tag,
+                                 **({"code": error.code} if error is not None else {})})
+        except PacdError as exc:
+            error = error or exc  # an unrecorded success is not reported as one
+        send({"type": "done", "image": tag} if error is None
+             else {"type": "error", "error": error.to_wire()["error"]})
+        send(None)
 
     async def export_kube(self, call: Call) -> m.KubeExport:
         record = await _thread(self._record, call.params["id"])
@@ -521,13 +635,18 @@ class OwnerApi:
     # --- the table ----------------------------------------------------------
 
     def _table(self) -> list[Route]:
+        return [replace(r, action=ACTIONS.get(r.operation, r.action)) for r in self._routes()]
+
+    def _routes(self) -> list[Route]:
         bio = _level(Action.create_container)
         common = (NotFound,)
         return [
+            # Not audited per request: liveness and the API's own description, polled
+            # by every client and the tray; they reveal nothing of the owner's data.
             Route("GET", "/v1/status", "status", "daemon status", self.status,
-                  level=_level(Action.status), response=m.StatusView),
+                  level=_level(Action.status), response=m.StatusView, audited=False),
             Route("GET", "/v1/openapi.json", "openapi", "this document", self.openapi,
-                  response=m.JSON_OBJECT),
+                  response=m.JSON_OBJECT, audited=False),
             Route("POST", "/v1/owner", "create_owner", "create the owner identity and master key",
                   self.create_owner, request=m.OwnerCreate, response=m.OwnerView, status=201,
                   errors=(Conflict, KeychainError, AuditError)),
@@ -577,9 +696,11 @@ class OwnerApi:
                   level=_level(Action.container_openapi), response=m.JSON_OBJECT,
                   errors=common),
             Route("POST", "/v1/containers/{id}/image", "build_image",
-                  "build the owner's image for the container", self.build_image,
-                  level=_level(Action.build_image), response=m.ImageBuilt,
-                  errors=(NotFound, RuntimeUnavailable, RuntimeFailed)),
+                  "build the owner's image from a local base image, streaming progress as "
+                  "JSON lines (ImageBuildLine) that end with done or error", self.build_image,
+                  level=_level(Action.build_image), request=m.ImageBuildRequest,
+                  response=m.ImageBuildLine, stream=True,
+                  errors=(NotFound, RuntimeUnavailable, RuntimeFailed, InvalidRequest)),
             Route("GET", "/v1/containers/{id}/kube", "export_kube",
                   "Kubernetes YAML with the same security context", self.export_kube,
                   level=_level(Action.export_kube), response=m.KubeExport,

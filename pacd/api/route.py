@@ -71,7 +71,13 @@ class Route:
     #: the handler answers with its own StreamResponse of JSON lines
     stream: bool = False
     extra_statuses: dict[int, str] = field(default_factory=dict)
+    #: the audit action of this route's decision entry (default: the operation)
+    action: str = ""
+    #: False only for the documented exemptions (liveness and metadata)
+    audited: bool = True
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ValueError(f"route {self.operation}: unknown level {self.level!r}")
+        if not self.action:
+            object.__setattr__(self, "action", self.operation)

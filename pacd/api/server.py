@@ -1,13 +1,23 @@
 """The owner-socket HTTP server (aiohttp) with its admission rules.
 
 Per request, in this order: the connection's peer uid must be the daemon's uid
-(``peer_refused``, audited); the connection must be within the limit
-(``busy``); no ``Origin``/``Referer`` header (no browser may reach us, audited);
-then the route's level is checked by the authorizer, the body is read within
-the size cap and the read timeout, decoded into the route's message type, and
-the handler runs. Every failure becomes ``{"error": {...}}`` from the error
-hierarchy; anything unexpected is logged and answered ``internal_error``
-without details, and the daemon carries on.
+(``peer_refused``); the connection must be within the limit (``busy``); no
+``Origin``/``Referer`` header (no browser may reach us); the path must name a
+route; then the route's level is checked by the authorizer, the body is read
+within the size cap and the read timeout, decoded into the route's message
+type, and the handler runs. Every failure becomes ``{"error": {...}}`` from
+the error hierarchy; anything unexpected is logged and answered
+``internal_error`` without details, and the daemon carries on.
+
+Audit: every routed request ends in exactly one entry, allow or deny, written
+before the answer leaves (see :mod:`pacd.api.decisions`). If that write
+fails the request fails with ``audit_unavailable`` instead — a read whose
+record cannot be kept is not served. Refusals a client can repeat for free
+(another uid, over the limit, no such route, not HTTP at all) are coalesced
+into at most one entry per second per kind, each carrying its count. The
+exemptions are the routes marked ``audited=False``: ``GET /v1/status`` and
+``GET /v1/openapi.json`` say nothing about the owner's data and are the
+liveness probe every client polls, so they stay free of per-request writes.
 
 Slow clients: aiohttp's keep-alive timer runs from the moment a connection is
 accepted until a complete request head has arrived and is not extended by
@@ -27,9 +37,19 @@ from typing import Any
 
 from aiohttp import web
 
+from pacd.api.decisions import (
+    AuditAppender,
+    Coalescer,
+    RequestDecision,
+    actor_for,
+    begin_request,
+    end_request,
+)
 from pacd.api.guard import ConnectionGuard
+from pacd.api.peercred import PeerCred
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.errors import (
+    AuditError,
     Busy,
     Forbidden,
     InvalidRequest,
@@ -44,8 +64,10 @@ from pacd.messages import RawBody, decode, decode_query, encode
 
 log = logging.getLogger("pacd.api")
 
+#: request key of a stream whose decision entry is due when its headers go out
+_STREAM_KEY = "pacd.stream_decision"
+
 Authorizer = Callable[[web.Request, Route], Awaitable[Principal]]
-RefusalHook = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 class RequestTimeout(InvalidRequest):
@@ -71,7 +93,7 @@ class OwnerServer:
         self,
         routes: Iterable[Route],
         authorize: Authorizer,
-        on_refusal: RefusalHook,
+        audit: AuditAppender,
         *,
         max_connections: int,
         max_body_bytes: int,
@@ -81,12 +103,16 @@ class OwnerServer:
     ) -> None:
         self.routes = list(routes)
         self._authorize = authorize
-        self._on_refusal = on_refusal
+        self._audit = audit
         self._uid = os.getuid()
+        self.actor = actor_for(self._uid)
         self._read_timeout = read_timeout_s or header_timeout_s
-        self.guard = ConnectionGuard(max_connections)
+        self.refusals = Coalescer(audit)
+        self.guard = ConnectionGuard(max_connections, on_malformed=self._malformed,
+                                     on_dropped=self._dropped)
         self.app = web.Application(client_max_size=max_body_bytes,
                                    middlewares=[self._middleware])
+        self.app.on_response_prepare.append(self._before_stream)
         for route in self.routes:
             self.app.router.add_route(route.method, route.path, self._endpoint(route),
                                       name=route.operation)
@@ -109,6 +135,7 @@ class OwnerServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, close idle connections."""
         await self._runner.cleanup()
+        await self.refusals.close()
 
     # -- per request ---------------------------------------------------------
 
@@ -120,22 +147,35 @@ class OwnerServer:
             state = self.guard.state_for(request.transport)
             if state is None or state.peer is None or state.peer.uid != self._uid:
                 peer = state.peer if state is not None else None
-                await self._refuse("peer_refused", "peer uid differs from the daemon's", {
-                    "peer_uid": peer.uid if peer else None,
-                    "peer_pid": peer.pid if peer else None,
-                    "path": request.path,
-                })
+                await self.refusals.record(
+                    actor_for(peer.uid if peer else None), "peer_refused", request.path,
+                    "peer uid differs from the daemon's",
+                    {"peer_uid": peer.uid if peer else None,
+                     "peer_pid": peer.pid if peer else None, "path": request.path})
                 raise PeerRefused("connections are accepted only from the owner's own user id")
             if state.busy:
+                await self.refusals.record(
+                    self.actor, "connection.busy", request.path,
+                    "over the connection limit",
+                    {"max_connections": self.guard.max_connections})
                 raise Busy(
                     f"the daemon is serving its maximum of {self.guard.max_connections} "
                     "connections; retry shortly"
                 )
             if "Origin" in request.headers or "Referer" in request.headers:
-                await self._refuse("browser_refused", "request carried Origin/Referer", {
-                    "path": request.path,
-                })
+                try:
+                    await self._audit.append_async(
+                        self.actor, "browser_refused", request.path, "deny",
+                        "request carried Origin/Referer", {"path": request.path})
+                except Exception:
+                    # The refusal stands whether or not it could be recorded.
+                    log.exception("could not audit a browser refusal")
                 raise Forbidden("requests from web pages are refused (Origin or Referer header)")
+            if request.match_info.http_exception is not None:
+                await self.refusals.record(
+                    self.actor, "request.unrouted", request.path, "no such route",
+                    {"method": request.method[:16], "path": request.path[:200],
+                     "status": request.match_info.http_exception.status})
             return await handler(request)
         except PacdError as exc:
             return self._finish_error(request, exc)
@@ -154,17 +194,21 @@ class OwnerServer:
             resp.force_close()  # no keep-alive for refused connections
         return resp
 
-    async def _refuse(self, action: str, reason: str, details: dict[str, Any]) -> None:
-        try:
-            await self._on_refusal(action, reason, details)
-        except Exception:
-            # The refusal stands whether or not it could be recorded.
-            log.exception("could not audit refusal %s", action)
+    def _malformed(self, peer: PeerCred | None, status: int) -> None:
+        self.refusals.note(actor_for(peer.uid if peer else None), "request.malformed", "",
+                           "not a valid HTTP request", {"status": status})
+
+    def _dropped(self) -> None:
+        # Beyond the hard cap nothing is read, so not even the peer is known.
+        self.refusals.note("peer:uid=unknown", "connection.dropped", "",
+                           "over the hard connection cap; closed unanswered",
+                           {"hard_cap": self.guard.hard_cap})
 
     def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         basic = Principal(level="basic") if route.level == "basic" else None
 
-        async def endpoint(request: web.Request) -> web.StreamResponse:
+        async def answer(request: web.Request, decision: RequestDecision | None = None
+                         ) -> web.StreamResponse:
             # Basic routes need nothing beyond the peer check: no await on the hot path.
             principal = basic or await self._authorize(request, route)
             body: Any = None
@@ -173,14 +217,77 @@ class OwnerServer:
             query = decode_query(route.query, request.query) if route.query else None
             call = Call(request=request, params=request.match_info, body=body, query=query,
                         principal=principal)
+            if route.stream and decision is not None:
+                # A stream answers before its handler returns: unless the handler
+                # records its own decision first, the entry is written as the
+                # stream's headers are about to go out (see _before_stream).
+                request[_STREAM_KEY] = (route, decision, principal)
             result = await route.handler(call)
+            if decision is not None and not decision.recorded:
+                await self._record(route, request, decision, "allow", route.summary,
+                                   _token_details(principal))
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, Reply):
                 return _json_response(result.body, result.status)
             return _json_response(result, route.status)
 
+        if not route.audited:
+            return answer  # the documented exemptions: no entry, no extra frame
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            decision, token = begin_request(self.actor)
+            try:
+                return await answer(request, decision)
+            except PacdError as exc:
+                await self._record_refusal(route, request, decision, exc)
+                raise
+            except web.HTTPException as exc:
+                error = _from_http(exc, request)
+                await self._record_refusal(route, request, decision, error)
+                raise error from None
+            except (asyncio.CancelledError, ConnectionError):
+                raise
+            except Exception:
+                log.exception("internal error on %s %s", request.method, request.path)
+                error = PacdError("internal error; the daemon logged the details")
+                await self._record_refusal(route, request, decision, error)
+                raise error from None
+            finally:
+                end_request(token)
+
         return endpoint
+
+    async def _before_stream(self, request: web.Request,
+                             response: web.StreamResponse) -> None:
+        pending = request.pop(_STREAM_KEY, None)
+        if pending is None:
+            return
+        route, decision, principal = pending
+        if not decision.recorded:
+            await self._record(route, request, decision, "allow", route.summary,
+                               _token_details(principal))
+
+    async def _record(self, route: Route, request: web.Request, decision: RequestDecision,  # noqa: PLR0917 - one parameter per entry part
+                      verdict: str, reason: str, details: dict[str, Any]) -> None:
+        """Write the request's entry; a request whose entry cannot be written fails."""
+        target = request.match_info.get("id") or request.path
+        try:
+            await self._audit.append_async(decision.actor, route.action, target, verdict,
+                                           reason, details)
+        except AuditError:
+            raise
+        except Exception as exc:
+            log.exception("audit write failed for %s", route.operation)
+            raise AuditError("the audit log could not record this request") from exc
+        decision.recorded = True
+
+    async def _record_refusal(self, route: Route, request: web.Request,
+                              decision: RequestDecision, exc: PacdError) -> None:
+        if decision.recorded or isinstance(exc, AuditError):
+            return  # the handler recorded it, or there is no audit log to record it in
+        details: dict[str, Any] = {"code": exc.code, "status": exc.status, **exc.extra}
+        await self._record(route, request, decision, "deny", exc.message, details)
 
     async def _read_body(self, request: web.Request, kind: type | RawBody) -> Any:
         try:
@@ -202,6 +309,12 @@ class OwnerServer:
                 raise InvalidRequest(f"body: expected a {kind.name} object")
             return data
         return decode(kind, data)
+
+
+def _token_details(principal: Principal) -> dict[str, Any]:
+    if principal.token_id is None:
+        return {}
+    return {"token_id": principal.token_id, "level": principal.level}
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> PacdError:

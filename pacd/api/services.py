@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,9 @@ class Lifecycle(Protocol):
     errors from :mod:`pacd.errors` (``RuntimeUnavailable``, ``RuntimeFailed``).
     """
 
+    #: changes whenever orphans() would answer differently (a cheap cache key)
+    orphans_generation: int
+
     def agent_states(self, record: ContainerRecord) -> dict[str, str]: ...
 
     def orphans(self) -> list[dict[str, str]]:
@@ -38,7 +42,11 @@ class Lifecycle(Protocol):
 
     def remove(self, record: ContainerRecord) -> None: ...
 
-    def build_image(self, record: ContainerRecord) -> tuple[str, list[str]]: ...
+    def build_image(self, record: ContainerRecord, base_image: str
+                    ) -> tuple[str, Generator[str, None, None]]:
+        """Refuse up front (raise) or return the tag and a blocking generator of
+        progress lines; the image exists once the generator is exhausted."""
+        ...
 
     def export_kube(self, record: ContainerRecord) -> str: ...
 

@@ -19,6 +19,9 @@ DEFAULT_BASE_IMAGE = "alpine:3.19"
 CONTAINER_USER = "1000:1000"
 LABEL_PERSONAL_AI = "com.luciverse.personal-ai"
 LABEL_CARBON_BASED = "com.luciverse.carbon-based"
+# Image labels carry the "personal-ai." prefix on purpose: a container inherits
+# its image's labels, and the container labels (com.luciverse.owner-id, ...,
+# set by the runtime) must only ever mean "pacd created this container".
 LABEL_OWNER_ID = "com.luciverse.personal-ai.owner-id"
 LABEL_CONTAINER_ID = "com.luciverse.personal-ai.container-id"
 LABEL_AGENT_ID = "com.luciverse.personal-ai.agent-id"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from pacd.core.generators import generate_container_config
+from pacd.core.generators import LABEL_CARBON_BASED, LABEL_PERSONAL_AI, generate_container_config
 from pacd.core.models import (
     EXTERNAL_CAPABILITIES,
     AgentDomain,
@@ -25,8 +25,8 @@ from pacd.core.models import (
 )
 from pacd.errors import InvalidRequest
 
-LABEL_PERSONAL_AI = "com.luciverse.personal-ai"
-LABEL_CARBON_BASED = "com.luciverse.carbon-based"
+# Container labels: only containers pacd creates carry these (see generators.py for
+# why image labels use other names).
 LABEL_OWNER_ID = "com.luciverse.owner-id"
 LABEL_CONTAINER_ID = "com.luciverse.container-id"
 LABEL_AGENT = "com.luciverse.agent"

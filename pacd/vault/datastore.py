@@ -73,6 +73,17 @@ class SealedData:
             cursor = conn.execute("DELETE FROM sealed_data WHERE updated < ?", (cutoff,))
             return int(cursor.rowcount)
 
+    def purge_container_older_than(self, container: str, cutoff: float) -> int:
+        """Delete ``container``'s values last written before ``cutoff``; returns how many.
+
+        Per container because retention is a per-container policy; joins the
+        caller's transaction, so a purge can commit together with its audit entry.
+        """
+        with self._store.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM sealed_data WHERE container = ? AND updated < ?", (container, cutoff))
+            return int(cursor.rowcount)
+
     def delete_container(self, container: str) -> int:
         """Delete every value of ``container``; returns how many."""
         with self._store.transaction() as conn:

@@ -20,8 +20,11 @@ def test_daemon_not_running_says_how_to_start(
     assert "pacd daemon" in out.stderr and "systemctl --user start pacd" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     out = d.cli("status", "--json")
-    assert json.loads(out.stdout.splitlines()[0]) == {
-        "reachable": False, "message": out.stderr.strip().removeprefix("pacd: ")}
+    assert out.returncode == 11
+    assert len(out.stdout.strip().splitlines()) == 1  # exactly one JSON document
+    assert json.loads(out.stdout) == {"error": {
+        "code": "daemon_unavailable", "reachable": False,
+        "message": out.stderr.strip().removeprefix("pacd: ")}}
 
 
 def test_cli_end_to_end(daemon: DaemonProcess, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_served_routes_equal_documented_routes(real_keychain: str, tmp_path: Pat
     services = build_services(load_config(env))
     try:
         api = OwnerApi(services)
-        server = OwnerServer(api.routes, api.authorize, api.on_refusal, max_connections=4,
+        server = OwnerServer(api.routes, api.authorize, services.audit, max_connections=4,
                              max_body_bytes=1024, header_timeout_s=1.0)
         served = {(r.method, r.resource.canonical) for r in server.app.router.routes()
                   if r.resource is not None and r.method != "HEAD"}

@@ -32,6 +32,7 @@ from pacd.audit import (
     _entry_parts,
     _splice,
     checkpoint_name,
+    read_checkpoint,
 )
 from pacd.core.canonical import canonical_json
 from pacd.errors import AuditError, InvalidRequest
@@ -672,3 +673,35 @@ def test_listeners_get_the_entry_the_appender_gets(log_path: Path) -> None:
     log.close()
     assert seen == [returned]
     assert seen[0] is returned
+
+
+class CountingStore(PassphraseSecretStore):
+    """The real passphrase store, counting checkpoint writes."""
+
+    def __init__(self, path: Path, passphrase: bytes) -> None:
+        super().__init__(path, passphrase)
+        self.writes: list[float] = []
+
+    def set(self, name: str, value: bytes) -> None:
+        self.writes.append(time.monotonic())
+        super().set(name, value)
+
+
+def test_checkpoint_writes_are_spaced_but_flush_catches_up(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "keys.sealed", b"pw")
+    log = AuditLog(tmp_path / "audit.sqlite3", KEY, store)
+    try:
+        started = time.monotonic()
+        for i in range(300):
+            log.append("owner", "probe", f"t{i}", "allow", "spacing")
+        elapsed = time.monotonic() - started
+        # One write may start at once; the rest are at least 0.25 s apart.
+        assert len(store.writes) <= 2 + elapsed / 0.25
+        gaps = [b - a for a, b in zip(store.writes, store.writes[1:], strict=False)]
+        assert all(gap >= 0.2 for gap in gaps)
+        assert log.flush_checkpoint(timeout=10)
+        seq, mac = log.head()
+        stored = read_checkpoint(store, checkpoint_name(tmp_path / "audit.sqlite3"))
+        assert stored == (seq, mac) and seq == 300
+    finally:
+        log.close()
