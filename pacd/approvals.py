@@ -13,6 +13,10 @@ still ``pending``, the kind's executor applies the action, and the audit entry
 transaction commits. Any failure rolls all of it back, so an action is never
 half-applied and never applied without its audit entry; approving twice finds
 the state no longer ``pending`` and is a ``conflict`` that executes nothing.
+The audit log is a separate file, so the one thing this order cannot prevent
+is a COMMIT that fails after the approval's entry is durable: the approval is
+then followed in the log by an ``approval.<kind>.rolled_back`` entry naming
+the earlier seq, and stays pending.
 
 Deny, expiry and a daemon restart all end in "not done": pending approvals
 survive a restart (they are rows in the state database) until they expire, and
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import sqlite3
 import uuid
@@ -54,6 +59,8 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_pending ON approvals (state, expires_at)
 """
+
+log = logging.getLogger("pacd.approvals")
 
 #: resolved approvals older than this are no longer listed (they stay in the audit log)
 RECENT_S = 7 * 86400
@@ -193,8 +200,11 @@ class ApprovalQueue:
         self.expire_due()
         stage = "check"
         approval: Approval | None = None
+        audited: Any = None
+        tx: sqlite3.Connection | None = None
         try:
             with self.store.transaction() as conn:
+                tx = conn
                 approval = self._pending(conn, approval_id)
                 kind = self._kinds.get(approval.kind)
                 if kind is None:
@@ -212,21 +222,45 @@ class ApprovalQueue:
                 conn.execute("UPDATE approvals SET result = ? WHERE id = ?",
                              (canonical_json(result).decode(), approval_id))
                 stage = "audit"
-                self.audit.append(actor, f"approval.{approval.kind}.approve", approval_id,
-                                  "allow", approval.summary, {
-                                      "challenge": approval.challenge.hex(),
-                                      "payload": approval.payload,
-                                      "evidence": dict(evidence),
-                                      "assertion": dict(assertion or {}),
-                                      "result": result,
-                                  })
-        except PacdError as exc:
-            self._record_failure(approval_id, approval, stage, exc, actor)
+                audited = self.audit.append(
+                    actor, f"approval.{approval.kind}.approve", approval_id, "allow",
+                    approval.summary, {
+                        "challenge": approval.challenge.hex(),
+                        "payload": approval.payload,
+                        "evidence": dict(evidence),
+                        "assertion": dict(assertion or {}),
+                        "result": result,
+                    })
+                stage = "commit"
+        except Exception as exc:
+            if stage == "commit" and approval is not None:
+                self._record_rollback(tx, approval, audited, exc, actor)
+            elif isinstance(exc, PacdError):
+                self._record_failure(approval_id, approval, stage, exc, actor)
             raise
         done = self.get(approval_id, expire=False)
         self._recount()
         self._on_event("approval.resolved", id=approval_id, kind=done.kind, state=done.state)
         return done
+
+    def _record_rollback(self, tx: sqlite3.Connection | None, approval: Approval,
+                         audited: Any, exc: Exception, actor: str) -> None:
+        """The COMMIT failed after the approval's audit entry was made durable.
+
+        The audit log already says the action was approved and executed; the
+        follow-up entry says it was not, so the log does not claim an action
+        the state database never saw. The approval stays pending.
+        """
+        # Store.transaction() has already rolled the failed COMMIT back.
+        seq = getattr(audited, "seq", None)
+        try:
+            self.audit.append(
+                actor, f"approval.{approval.kind}.rolled_back", approval.id, "deny",
+                f"not committed ({type(exc).__name__}); the approved action did not happen",
+                {"approve_seq": seq, "error": type(exc).__name__})
+        except Exception:
+            log.exception("approval %s: audit entry %s is not followed by its rollback",
+                          approval.id, seq)
 
     def _record_failure(self, approval_id: str, approval: Approval | None, stage: str,
                         exc: PacdError, actor: str) -> None:

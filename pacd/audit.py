@@ -19,6 +19,13 @@ kept small: callers pre-encode their entry, the writer splices in only seq and
 time, and each event loop is woken once per batch with all of its results
 (its waiters' timeouts share one timer instead of one timer each).
 
+An appender that stops waiting (its timeout passed, or it was cancelled) has
+failed, so its action does not happen. Its entry is then withdrawn if the
+writer has not taken it yet; if it was already being written it is durable
+anyway, and the writer follows it with an ``audit.abandoned`` entry naming its
+seq, so the log never shows an "allow" for an action that was not done without
+also saying so.
+
 If at open the checkpoint is ahead of the database (entries were removed) or
 disagrees with it, the log refuses new entries: appending would move the
 checkpoint forward and erase the evidence.
@@ -221,7 +228,7 @@ class _Pending:
 
     __slots__ = ("action", "actor", "decision", "details", "details_text", "done", "entry",
                  "error", "future", "middle", "owner", "prefix", "reason", "row", "target",
-                 "waker")
+                 "ticket", "waker")
 
     def __init__(  # noqa: PLR0917 - one parameter per entry column
         self, actor: str, action: str, target: str, decision: str, reason: str,
@@ -247,6 +254,8 @@ class _Pending:
         self.entry: AuditEntry | None = None
         self.error: AuditError | None = None
         self.done = False
+        #: submission order, set under the queue lock (see AuditLog._give_up)
+        self.ticket = -1
 
     def committed(self) -> AuditEntry:
         """The entry as committed (call once ``done`` and no ``error``).
@@ -271,23 +280,25 @@ class _LoopWaiters:
     thread touches this object, except :meth:`abandon` once the loop is closed.
     """
 
-    __slots__ = ("_registry", "_timeout_s", "_timer", "_waiting", "loop")
+    __slots__ = ("_give_up", "_registry", "_timeout_s", "_timer", "_waiting", "loop")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop,
         registry: dict[asyncio.AbstractEventLoop, _LoopWaiters], timeout_s: float,
+        give_up: Callable[[_Pending, bool], bool],
     ) -> None:
         self.loop = loop
         self._registry = registry
         self._timeout_s = timeout_s
+        self._give_up = give_up
         self._timer: asyncio.TimerHandle | None = None
-        #: (deadline on the loop's clock, future), oldest first
-        self._waiting: deque[tuple[float, asyncio.Future[AuditEntry]]] = deque()
+        #: (deadline on the loop's clock, entry), oldest first
+        self._waiting: deque[tuple[float, _Pending]] = deque()
 
-    def watch(self, future: asyncio.Future[AuditEntry]) -> None:
+    def watch(self, pending: _Pending) -> None:
         """Start the timeout of a waiter whose entry is queued."""
         deadline = self.loop.time() + self._timeout_s
-        self._waiting.append((deadline, future))
+        self._waiting.append((deadline, pending))
         if self._timer is None:
             self._timer = self.loop.call_at(deadline, self._expire)
             self._registry[self.loop] = self
@@ -303,7 +314,7 @@ class _LoopWaiters:
             else:
                 future.set_result(p.committed())
         waiting = self._waiting
-        while waiting and waiting[0][1].done():
+        while waiting and _settled(waiting[0][1]):
             waiting.popleft()
         if not waiting:
             self._retire()
@@ -313,12 +324,18 @@ class _LoopWaiters:
         now = self.loop.time()
         waiting = self._waiting
         while waiting:
-            deadline, future = waiting[0]
-            if not future.done():
+            deadline, pending = waiting[0]
+            future = pending.future
+            if future is not None and not future.done():
                 if deadline > now:
                     break
-                future.set_exception(AuditError(
-                    f"the audit log did not confirm the entry within {self._timeout_s:g} s"))
+                if self._give_up(pending, False):
+                    future.set_exception(AuditError(
+                        f"the audit log did not confirm the entry within {self._timeout_s:g} s"))
+                elif pending.error is not None:  # finished just now; its wake-up is on the way
+                    future.set_exception(pending.error)
+                else:
+                    future.set_result(pending.committed())
             waiting.popleft()
         if waiting:
             self._timer = self.loop.call_at(waiting[0][0], self._expire)
@@ -342,6 +359,10 @@ class _LoopWaiters:
         self._waiting.clear()
         if self._registry.get(self.loop) is self:
             self._registry.pop(self.loop, None)
+
+
+def _settled(pending: _Pending) -> bool:
+    return pending.future is None or pending.future.done()
 
 
 class _Checkpointer:
@@ -497,6 +518,13 @@ class AuditLog:
         self._cond = threading.Condition(self._lock)
         self._writer_sleeping = False
         self._queue: deque[_Pending] = deque()
+        #: tickets below _taken have left the queue for the writer; below
+        #: _finished their batch is over (committed or failed)
+        self._next_ticket = 0
+        self._taken = 0
+        self._finished = 0
+        #: entries whose appenders gave up while the writer had them
+        self._gave_up: list[_Pending] = []
         #: the append_async waiters of each event loop that has some
         self._loop_waiters: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
         self._closing = False
@@ -609,9 +637,43 @@ class AuditLog:
                 raise AuditError("the audit log is closed")
             if self._refusal is not None:
                 raise AuditError(self._refusal + "; run `pacd audit verify` for details")
+            pending.ticket = self._next_ticket
+            self._next_ticket += 1
             self._queue.append(pending)
             if self._writer_sleeping:
                 self._cond.notify()
+
+    def _give_up(self, pending: _Pending, note_if_finished: bool) -> bool:
+        """The appender of ``pending`` stops waiting: True if its entry had not finished.
+
+        Decided under the queue lock, against the writer's own bookkeeping: an
+        entry still queued is withdrawn and never written; one the writer has
+        taken may be committed regardless, so it is noted and, once its batch is
+        over, followed by an ``audit.abandoned`` entry if it was made durable.
+        False means the writer finished the entry first: a timed-out appender
+        then takes that outcome instead; a cancelled one (``note_if_finished``)
+        has it noted all the same, since its caller goes no further.
+        """
+        with self._lock:
+            ticket = pending.ticket
+            if ticket >= self._taken:
+                self._queue.remove(pending)
+                return True
+            if ticket >= self._finished:
+                self._gave_up.append(pending)
+                return True
+            if note_if_finished and pending.error is None:
+                self._gave_up.append(pending)
+                if self._writer_sleeping:
+                    self._cond.notify()
+            return False
+
+    def _abandoned_note(self, seqs: list[int]) -> _Pending:
+        """The entry naming durable entries whose appenders had already failed."""
+        return self._prepare(
+            "pacd", "audit.abandoned", "audit", "info",
+            "the appenders of these entries stopped waiting before they were confirmed, "
+            "so the actions they record failed", {"seqs": sorted(seqs)})
 
     def _timeout_error(self) -> AuditError:
         return AuditError(
@@ -629,7 +691,7 @@ class AuditLog:
         pending.waker = waker = threading.Lock()
         waker.acquire()
         self._enqueue(pending)
-        if not waker.acquire(timeout=self._append_timeout_s):
+        if not waker.acquire(timeout=self._append_timeout_s) and self._give_up(pending, False):
             raise self._timeout_error()
         if pending.error is not None:
             raise pending.error
@@ -644,14 +706,19 @@ class AuditLog:
         pending = self._prepare(actor, action, target, decision, reason, details)
         owner = self._loop_waiters.get(loop)
         if owner is None:
-            owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s)
+            owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s,
+                                 self._give_up)
         pending.owner = owner
         future: asyncio.Future[AuditEntry] = loop.create_future()
         pending.future = future
         self._enqueue(pending)
         # Resolution is scheduled onto this loop, so it cannot run before this line.
-        owner.watch(future)
-        return await future
+        owner.watch(pending)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._give_up(pending, True)
+            raise
 
     def _finish(self, batch: list[_Pending]) -> None:
         """Wake every waiter of a batch: one hand-off per event loop, one release per thread.
@@ -684,6 +751,12 @@ class AuditLog:
         self._finish([p for p in batch if not p.done])
 
     def _run(self) -> None:
+        #: seqs of durable entries whose appenders gave up, not yet named by an
+        #: audit.abandoned entry; ``note_due``: write that entry without waiting
+        #: for the next batch (not again after a failed attempt, so a failing
+        #: disk is not retried in a busy loop: the note rides with the next batch)
+        abandoned: list[int] = []
+        note_due = False
         while True:
             # Yield the GIL once per batch: the appenders the last batch just woke
             # get to resubmit now, so their entries join the next batch instead of
@@ -691,34 +764,58 @@ class AuditLog:
             # would delay a lone appender.
             time.sleep(0)
             with self._lock:
-                while not self._queue and not self._closing:
+                # The previous batch is over: from here on an appender that gives
+                # up finds its entry finished (see _give_up).
+                self._finished = self._taken
+                while True:
+                    if self._gave_up:
+                        # Their batches are over, so ``error`` says whether each is durable.
+                        fresh = [p.row[0] for p in self._gave_up if p.error is None and p.row]
+                        self._gave_up = []
+                        if fresh:
+                            abandoned += fresh
+                            note_due = True
+                    if self._queue or self._closing or note_due:
+                        break
                     self._writer_sleeping = True
                     try:
                         self._cond.wait()
                     finally:
                         self._writer_sleeping = False
-                if not self._queue:
+                if not self._queue and not abandoned:
                     return
                 if len(self._queue) <= self._max_batch:
                     batch = list(self._queue)
                     self._queue.clear()
                 else:
                     batch = [self._queue.popleft() for _ in range(self._max_batch)]
+                if batch:
+                    self._taken = batch[-1].ticket + 1
+            if abandoned:
+                batch.insert(0, self._abandoned_note(abandoned))
+            committed = False
             try:
-                self._commit(batch)
+                committed = self._commit(batch)
             except BaseException as exc:  # never leave a waiter hanging
                 self._fail(batch, AuditError(
                     f"the audit writer failed: {type(exc).__name__}: {exc}"))
                 log.exception("audit writer failure")
+            note_due = False
+            if abandoned and (committed or (self._closing and not self._queue)):
+                if not committed:
+                    log.error("audit: could not record that the appenders of entries %s "
+                              "gave up", abandoned)
+                abandoned = []
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending]) -> bool:
+        """Write one batch and wake its waiters; True if it was committed."""
         if self._resync:
             try:
                 self._resync_head()
             except sqlite3.Error as exc:
                 self._fail(batch, AuditError(
                     f"the audit log could not record the entry durably: {exc}"))
-                return
+                return False
         seq, mac = self._head
         when = float(self._clock())
         if not math.isfinite(when):
@@ -743,7 +840,7 @@ class AuditLog:
             self._recover_after_failure()
             self._fail(batch, AuditError(
                 f"the audit log could not record the entry durably: {exc}"))
-            return
+            return False
         self._head = (seq, mac)
         listeners = list(self._listeners)
         if listeners:
@@ -759,6 +856,7 @@ class AuditLog:
                         listener(entry)
                     except Exception:
                         log.exception("audit listener failed")
+        return True
 
     def _recover_after_failure(self) -> None:
         """After a failed commit, trust only what the database says it holds.

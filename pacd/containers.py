@@ -111,7 +111,7 @@ class ContainerLifecycle:
     def __init__(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
         self.s = services
         self.loop = loop
-        self.inbox = Inbox(services.store)
+        self.inbox = Inbox(services.store, services.vault)
         self.data = SealedData(services.store, services.vault)
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=Doorbell(),

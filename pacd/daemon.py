@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Coroutine
@@ -41,7 +43,7 @@ from pacd.audit import AuditEntry, AuditLog
 from pacd.config import Config
 from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
-from pacd.errors import PacdError
+from pacd.errors import ConfigError, PacdError
 from pacd.events import EventBus
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
@@ -58,7 +60,7 @@ EXPIRY_TICK_S = 1.0
 PRESENCE_REPORT_TIMEOUT_S = 5.0
 
 
-def _presence_report() -> list[dict[str, Any]]:
+def _presence_report(config: Config) -> list[dict[str, Any]]:
     """Which presence methods work here; bounded in time (it may ask D-Bus)."""
     result: list[dict[str, Any]] = []
 
@@ -66,7 +68,8 @@ def _presence_report() -> list[dict[str, Any]]:
         try:
             from pacd.presence.verifiers import presence_methods_report
 
-            result.extend(a.to_json() for a in presence_methods_report())
+            result.extend(a.to_json() for a in presence_methods_report(
+                config.fprintd_bus_address, config.platform_presence))
         except Exception as exc:  # a diagnostic: never a reason not to start
             log.warning("presence methods report failed: %s", exc)
 
@@ -76,9 +79,53 @@ def _presence_report() -> list[dict[str, Any]]:
     return list(result)
 
 
+def ensure_private_home(home: Path) -> None:
+    """Create PACD_HOME 0700, or refuse an existing one that is not private to us.
+
+    It holds the state and audit databases: a directory others may enter or
+    write to would let them read those files' names and sizes, or replace them.
+    """
+    if not home.exists():
+        home.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            home.mkdir(mode=0o700)
+            os.chmod(home, 0o700)  # mkdir's mode is filtered by the umask
+    st = os.lstat(home)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"PACD_HOME {home} is not a directory (or is a symlink)")
+    if st.st_uid != os.getuid():
+        raise ConfigError(
+            f"PACD_HOME {home} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
+            "choose another PACD_HOME")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"PACD_HOME {home} has mode {stat.S_IMODE(st.st_mode):04o}; pacd keeps its "
+            f"databases only in a private directory: run `chmod 700 {home}`")
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; the new soft limit.
+
+    Every agent socket's connections, the databases and the audit log share
+    one descriptor table; the common soft default (1024) is reached long
+    before the per-socket connection caps would be.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit still has the kernel's nr_open ceiling: ask for 2^20.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
 def build_services(config: Config) -> Services:
     """Open every part; raises the part's own error (keychain, audit) on failure."""
-    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_home(config.home)
     secrets = open_secret_store(config)
     store = Store(config.state_db)
     vault = Vault(store, secrets)
@@ -161,7 +208,7 @@ class Daemon:
     async def _serve(self, loop: asyncio.AbstractEventLoop, services: Services,
                      listener: _Listener) -> None:
         services.events.bind(loop)
-        services.presence_methods = await asyncio.to_thread(_presence_report)
+        services.presence_methods = await asyncio.to_thread(_presence_report, services.config)
         api = OwnerApi(services)
         services.approvals.register(PLUGIN_INSTALL, required_level(Action.install_plugin),
                                     api.execute_plugin_install)
@@ -182,7 +229,8 @@ class Daemon:
         expiry = asyncio.create_task(self._expire(services))
         retention = asyncio.create_task(run_periodically(
             Retention(services.store, services.registry,
-                      SealedData(services.store, services.vault), Inbox(services.store),
+                      SealedData(services.store, services.vault),
+                      Inbox(services.store, services.vault),
                       services.audit, services.clock.wall),
             self.config.retention_interval_s))
         # Containers: agent sockets and Podman (which need not be reachable to start).
@@ -231,6 +279,10 @@ def main(config: Config) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s pacd[%(process)d] %(levelname)s %(message)s")
+    # Whatever the daemon creates (databases, their WAL files, directories) is
+    # private unless it sets a wider mode on purpose (the agent sockets do).
+    os.umask(0o077)
+    raise_open_file_limit()
     try:
         _run(Daemon(config).run())
     except PacdError as exc:

@@ -8,6 +8,11 @@ values last written, and the undelivered agent messages sent, before
 data is never removed without a record (if the audit write fails, nothing is
 purged and the next run tries again).
 
+A failure never stops enforcement: a container whose record or purge fails
+is skipped (logged, and audited as ``retention.error`` when the audit log
+takes it) while the others are purged, and the periodic task survives any
+exception and runs again at the next interval.
+
 :func:`plan` — which containers, up to which instant — is pure and takes the
 time as an argument; :class:`Retention` applies a plan with a clock it is
 given, so tests can move time instead of waiting for it.
@@ -16,13 +21,13 @@ given, so tests can move time instead of waiting for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pacd.agents.inbox import Inbox
-from pacd.errors import PacdError
 from pacd.registry import ContainerRegistry
 from pacd.store import Store
 from pacd.vault import SealedData
@@ -80,29 +85,63 @@ class Retention:
         self._audit = audit
         self._clock = clock
 
-    def policies(self) -> list[tuple[str, int]]:
-        return [(r.id, r.model().policy.data_retention_days) for r in self._registry.all()]
+    def policies(self, failures: list[Exception] | None = None) -> list[tuple[str, int]]:
+        """(container id, retention days) of every container whose record is readable.
+
+        A record that cannot be read (``model()`` raises) is reported through
+        :meth:`record_error` and appended to ``failures``; it must not stop
+        the other containers' retention.
+        """
+        result = []
+        for record in self._registry.all():
+            try:
+                days = record.model().policy.data_retention_days
+            except Exception as exc:
+                self.record_error(record.id, exc)
+                if failures is not None:
+                    failures.append(exc)
+                continue
+            result.append((record.id, days))
+        return result
 
     def run(self) -> list[Purged]:
         """Purge every container's expired data now (blocking); what was purged.
 
-        A container whose purge fails (its audit entry could not be written) is
-        left as it was and the error is raised after the others have run.
+        A container whose record or purge fails (e.g. its audit entry could not
+        be written) is left as it was, and the first error is raised after the
+        others have run. Every failure is logged and audited before that, so
+        callers need not report it again.
         """
         done: list[Purged] = []
-        failure: PacdError | None = None
-        for purge in plan(self.policies(), self._clock()):
+        failures: list[Exception] = []
+        try:
+            purges = plan(self.policies(failures), self._clock())
+        except Exception as exc:
+            self.record_error("", exc)
+            raise
+        for purge in purges:
             try:
                 result = self._purge(purge)
-            except PacdError as exc:
-                log.warning("retention purge of %s failed: %s", purge.container_id, exc.message)
-                failure = failure or exc
+            except Exception as exc:
+                self.record_error(purge.container_id, exc)
+                failures.append(exc)
                 continue
             if result.count:
                 done.append(result)
-        if failure is not None:
-            raise failure
+        if failures:
+            raise failures[0]
         return done
+
+    def record_error(self, container_id: str, exc: BaseException) -> None:
+        """Log a retention failure with its traceback and audit it if the log takes it."""
+        log.error("retention of %s failed: %s: %s", container_id or "all containers",
+                  type(exc).__name__, exc, exc_info=exc)
+        # The failure may be the audit log itself; the log line above then stands alone.
+        with contextlib.suppress(Exception):
+            self._audit.append(
+                ACTOR, "retention.error", container_id, "info",
+                f"retention not enforced this run: {type(exc).__name__}",
+                {"error": type(exc).__name__, "message": str(exc)[:500]})
 
     def _purge(self, purge: Purge) -> Purged:
         with self._store.transaction():
@@ -120,12 +159,17 @@ class Retention:
 
 
 async def run_periodically(retention: Retention, interval_s: float) -> None:
-    """Run now, then every ``interval_s`` seconds until cancelled."""
+    """Run now, then every ``interval_s`` seconds until cancelled.
+
+    No failure ends the task: if it did, ``data_retention_days`` would silently
+    stop being enforced. ``run`` has already logged and audited what failed.
+    """
     while True:
         try:
             purged = await asyncio.to_thread(retention.run)
-        except PacdError as exc:  # e.g. the audit log is unavailable: try again next time
-            log.warning("retention: %s", exc.message)
+        except Exception as exc:
+            log.warning("retention: run incomplete (%s), next run in %g s",
+                        type(exc).__name__, interval_s)
         else:
             for p in purged:
                 log.info("retention: purged %d item(s) of container %s", p.count,

@@ -7,10 +7,15 @@ guarded by a lock; SQLite work is short, and async callers run it through
 
 ``synchronous=FULL``: an acknowledged write survives power loss, which is what
 "nothing acknowledged is lost" requires.
+
+The file is created 0600 before SQLite opens it (and an existing one is set
+to 0600), whatever the process umask: SQLite gives its ``-wal`` and ``-shm``
+files the database file's mode, so all three are private.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,6 +29,7 @@ class Store:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _create_private(self.path)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30.0
@@ -73,7 +79,15 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._depth = 0
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # SQLite keeps the transaction open after some failed COMMITs (a
+                # deferred constraint, a busy database): end it here, or its writes
+                # would ride along with the next commit on this shared connection.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -89,3 +103,12 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` 0600 if missing; make an existing regular file 0600."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

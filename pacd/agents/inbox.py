@@ -9,6 +9,13 @@ at-least-once: a daemon that dies between writing the response and deleting
 the rows delivers those messages again, so every message carries a unique
 ``id`` a recipient can use to drop duplicates.
 
+Bodies are sealed by the vault like concern data (nothing an agent sends is
+stored in clear): domain ``inbox:<recipient>`` of the container, key name the
+message id, so a sealed body copied to another row, recipient or container
+fails to open. The id is therefore chosen before the row is written; puts
+are serialised by the inbox's own lock, which is taken before the vault's and
+the store's, never while holding them.
+
 :class:`Doorbell` wakes long-polling recipients on the event loop; the
 inbox itself is blocking SQLite work, run in worker threads.
 """
@@ -17,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pacd.store import Store
+from pacd.vault import Vault
 
 _SCHEMA = """
 CREATE TABLE agent_inbox (
@@ -29,7 +38,7 @@ CREATE TABLE agent_inbox (
     container TEXT NOT NULL,
     agent TEXT NOT NULL,
     sender TEXT NOT NULL,
-    body TEXT NOT NULL,
+    body BLOB NOT NULL,
     sent_at REAL NOT NULL
 );
 CREATE INDEX agent_inbox_recipient ON agent_inbox (container, agent, id)
@@ -39,6 +48,16 @@ CREATE INDEX agent_inbox_recipient ON agent_inbox (container, agent, id)
 MAX_BATCH = 100
 #: how many undelivered messages one agent may hold before senders are told it is busy
 MAX_PENDING = 1000
+
+_NEXT_ID = """
+SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'agent_inbox'), 0),
+           COALESCE((SELECT MAX(id) FROM agent_inbox), 0)) + 1
+"""
+
+
+def inbox_domain(agent: str) -> str:
+    """The vault domain sealing ``agent``'s inbox."""
+    return f"inbox:{agent}"
 
 
 @dataclass(frozen=True)
@@ -55,18 +74,41 @@ class Message:
 class Inbox:
     """One table of pending messages, keyed by (container, recipient agent)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, vault: Vault) -> None:
         self._store = store
+        self._vault = vault
+        self._put_lock = threading.Lock()
         store.migrate("agent_inbox", 1, _SCHEMA)
+        self._seal_clear_rows()
+
+    def _seal(self, container: str, agent: str, message_id: int, text: str) -> bytes:
+        return self._vault.seal(container, inbox_domain(agent), str(message_id),
+                                text.encode("utf-8"))
+
+    def _seal_clear_rows(self) -> None:
+        """Seal bodies a version that stored them in clear left behind."""
+        rows = self._store.query(
+            "SELECT id, container, agent, body FROM agent_inbox WHERE typeof(body) = 'text'")
+        for row in rows:
+            sealed = self._seal(str(row[1]), str(row[2]), int(row[0]), str(row[3]))
+            with self._store.transaction() as conn:
+                conn.execute("UPDATE agent_inbox SET body = ? WHERE id = ?", (sealed, row[0]))
 
     def put(self, container: str, agent: str, sender: str, body: Any, now: float) -> int:
         """Store a message for ``agent``; its id. Durable when this returns."""
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        with self._store.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO agent_inbox (container, agent, sender, body, sent_at)"
-                " VALUES (?, ?, ?, ?, ?)", (container, agent, sender, text, now))
-            return int(cur.lastrowid or 0)
+        with self._put_lock:
+            # The only writer of new rows is here, under this lock, so the id read
+            # now is still free when the row is inserted.
+            row = self._store.query_one(_NEXT_ID)
+            message_id = int(row[0]) if row is not None else 1
+            sealed = self._seal(container, agent, message_id, text)
+            with self._store.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO agent_inbox (id, container, agent, sender, body, sent_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (message_id, container, agent, sender, sealed,
+                                                   now))
+            return message_id
 
     def pending(self, container: str, agent: str) -> int:
         row = self._store.query_one(
@@ -79,7 +121,12 @@ class Inbox:
         rows = self._store.query(
             "SELECT id, sender, body, sent_at FROM agent_inbox WHERE container = ? AND agent = ?"
             " ORDER BY id LIMIT ?", (container, agent, limit))
-        return [Message(int(r[0]), str(r[1]), json.loads(r[2]), float(r[3])) for r in rows]
+        # A body that fails to open (IntegrityError) fails the read: never delivered
+        # unverified, never silently dropped.
+        return [Message(int(r[0]), str(r[1]),
+                        json.loads(self._vault.open(container, inbox_domain(agent), str(r[0]),
+                                                    bytes(r[2]))),
+                        float(r[3])) for r in rows]
 
     def remove(self, container: str, agent: str, ids: Sequence[int]) -> int:
         """Delete delivered messages (only this recipient's); how many were deleted."""

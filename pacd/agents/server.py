@@ -17,7 +17,16 @@ they are made.
 
 Limits: a data value is at most :data:`MAX_VALUE_BYTES`, a message at most
 :data:`MAX_MESSAGE_BYTES`, and an agent has at most the policy's
-``maxConcurrentConnections`` requests in flight.
+``maxConcurrentConnections`` requests in flight. Connections are admitted by
+the owner socket's connection guard: up to the policy's limit they are
+served, a few more get a ``busy`` answer, and beyond twice the limit plus
+four they are closed as they are accepted, so an agent holding idle
+connections cannot use up the daemon's file descriptors. A connection that
+has not sent a complete request head within :data:`HEADER_TIMEOUT_S` is
+closed (aiohttp's keep-alive timer runs until the head is complete, and
+partial data does not extend it). Refusals that never reach a route —
+dropped or busy connections, unparseable requests — are audited coalesced,
+one entry per kind and second carrying its count.
 
 On disk (``config.agent_socket_dir``, under the owner socket's private 0700
 directory)::
@@ -58,6 +67,9 @@ from typing import Any
 from aiohttp import web
 
 from pacd.agents.inbox import MAX_BATCH, MAX_PENDING, Doorbell, Inbox
+from pacd.api.decisions import Coalescer
+from pacd.api.guard import ConnectionGuard
+from pacd.api.peercred import PeerCred
 from pacd.audit import AuditLog
 from pacd.core.models import PersonalAIContainer
 from pacd.core.rules import can_connect, may_read, may_write
@@ -86,6 +98,8 @@ SHUTDOWN_TIMEOUT_S = 1.0
 MAX_SOCKET_PATH = 107
 SOCKET_NAME = "agent.sock"
 BODY_TIMEOUT_S = 30.0
+#: an idle connection, or one still sending its request head, is closed after this long
+HEADER_TIMEOUT_S = 10.0
 
 # Keys are opaque to pacd but must be printable: no control characters (they end
 # up in audit entries and error messages) and a bounded length.
@@ -217,6 +231,9 @@ class AgentRoutes:
         self.agent = member
         self._in_flight = 0
         self._max_in_flight = max(1, container.policy.max_concurrent_connections)
+        self.refusals = Coalescer(ctx.audit)
+        self.guard = ConnectionGuard(self._max_in_flight, on_malformed=self._malformed,
+                                     on_dropped=self._dropped)
         self._whoami = json.dumps({
             "container": container.id,
             "container_name": container.name,
@@ -255,11 +272,30 @@ class AgentRoutes:
                           {"code": error.code, **(details or {})})
         return error
 
+    def _malformed(self, _peer: PeerCred | None, status: int) -> None:
+        self.refusals.note(self.me.actor, "agent.request.malformed", "",
+                           "not a valid HTTP request", {"status": status})
+
+    def _dropped(self) -> None:
+        self.refusals.note(self.me.actor, "agent.connection.dropped", "",
+                           "over the hard connection cap; closed unanswered",
+                           {"hard_cap": self.guard.hard_cap})
+
     @web.middleware
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
         try:
+            state = self.guard.state_for(request.transport)
+            if state is None or state.busy:
+                await self.refusals.record(
+                    self.me.actor, "agent.connection.busy", request.path[:MAX_KEY_BYTES],
+                    "over the connection limit", {"max_connections": self._max_in_flight})
+                busy = _error(Busy(
+                    f"agent {self.me.agent!r} already has {self._max_in_flight} connections "
+                    "open (the policy's maxConcurrentConnections); retry shortly"))
+                busy.force_close()
+                return busy
             if self._in_flight >= self._max_in_flight:
                 raise await self.refuse(
                     "agent.connect", request.path,
@@ -277,6 +313,12 @@ class AgentRoutes:
         except Exception:
             log.exception("internal error on agent socket %s: %s %s", self.me.actor,
                           request.method, request.path)
+            # A failed request is a decision too: recorded, or 503 if it cannot be.
+            try:
+                await self.decide("agent.request", request.path[:MAX_KEY_BYTES], False,
+                                  "internal error", {"method": request.method[:16]})
+            except PacdError as exc:
+                return _error(exc)
             return _error(PacdError("internal error; the daemon logged the details"))
 
     @staticmethod
@@ -360,6 +402,9 @@ class AgentRoutes:
         except (ValueError, UnicodeDecodeError) as exc:
             raise await self.refuse(action, to, MalformedRequest(
                 f"a message must be JSON: {exc}")) from None
+        except RecursionError:
+            raise await self.refuse(action, to, MalformedRequest(
+                "a message must be JSON nested less deeply")) from None
         pending = await asyncio.to_thread(self.ctx.inbox.pending, self.me.container_id, to)
         if pending >= MAX_PENDING:
             raise await self.refuse(action, to, Busy(
@@ -434,6 +479,24 @@ class AgentRoutes:
         return raw
 
 
+class _GuardedSockSite(web.SockSite):
+    """A SockSite whose connections pass through the agent's connection guard."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket,
+                 guard: ConnectionGuard) -> None:
+        super().__init__(runner, sock)
+        self._guard = guard
+        self._listening = sock
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site; SockSite.start would serve unguarded
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the agent socket's runner is not set up")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._guard.wrap(server), sock=self._listening)
+
+
 @dataclass
 class _Site:
     routes: AgentRoutes
@@ -466,10 +529,11 @@ class AgentSockets:
             routes = AgentRoutes(self.ctx, identity, container)
             sock = bind_agent_socket(path)
             runner = web.AppRunner(routes.app(), access_log=None, handle_signals=False,
-                                   shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=30.0)
+                                   shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                                   keepalive_timeout=HEADER_TIMEOUT_S)
             try:
                 await runner.setup()
-                await web.SockSite(runner, sock).start()
+                await _GuardedSockSite(runner, sock, routes.guard).start()
             except BaseException:
                 sock.close()
                 with contextlib.suppress(FileNotFoundError):
@@ -490,6 +554,7 @@ class AgentSockets:
             os.unlink(site.path)
         await site.runner.cleanup()
         site.sock.close()
+        await site.routes.refusals.close()
         log.info("agent socket closed: %s", site.routes.me.actor)
         return True
 

@@ -214,7 +214,7 @@ def test_retention_purges_at_start_and_on_its_timer(
     vault = Vault(store, open_secret_store(config))
     vault.initialize()
     data = SealedData(store, vault)
-    inbox = Inbox(store)
+    inbox = Inbox(store, vault)
     now = time.time()
     data.put(short, "personal", "old", b"stale", now - 2 * DAY_S)
     data.put(short, "personal", "soon", b"ages", now - DAY_S + 12)  # old 12 s from now

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +226,76 @@ def test_socket_layout_and_isolation_between_agents(home: tuple[Deployment, str]
     # The reader's socket answers as the reader, whatever the request claims.
     who = agent_request(d.socket(cid, "reader"), "GET", "/v1/whoami").json()
     assert who["agent"] == "reader"
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _connect(path: Path) -> socket.socket:
+    """A connection, retried while the listen backlog is full (the daemon drains it)."""
+    deadline = time.monotonic() + 10
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        return s
+
+
+def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, str]) -> None:
+    d, cid = home
+    assert d.daemon.proc is not None
+    pid = d.daemon.proc.pid
+    path = d.socket(cid, "writer")
+    before = _open_fds(pid)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            held.append(_connect(path))
+        time.sleep(0.5)  # let the daemon accept (and drop) what is queued
+        # Default policy: 10 served, up to 2 * 10 + 4 = 24 held; every other one closed.
+        assert _open_fds(pid) - before <= 24 + 4, _open_fds(pid) - before
+        assert d.daemon.client().status()["version"]
+        # Connections that never send a request head are closed after the header timeout.
+        start = time.monotonic()
+        for s in held:
+            s.settimeout(max(0.1, 20 - (time.monotonic() - start)))  # blocking, bounded
+            assert s.recv(1) == b""
+        assert time.monotonic() - start < 15
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: _open_fds(pid) <= before + 2, 10, "the daemon closing the connections")
+    assert agent_request(path, "GET", "/v1/whoami").json()["agent"] == "writer"
+    dropped = d.audit(actor=f"agent:{cid}/writer", action="agent.connection.dropped")
+    assert sum(e["details"]["count"] for e in dropped) >= 300 - 24
+
+
+def test_deeply_nested_message_is_refused_and_audited(home: tuple[Deployment, str]) -> None:
+    d, cid = home
+    path = d.socket(cid, "writer")
+    reply = agent_request(path, "POST", "/v1/agents/reader/messages", b"[" * 60000)
+    assert reply.status == 400, reply
+    assert reply.json()["error"]["code"] == "invalid_request"
+    refused = deny_entries(d, cid, "writer", "agent.message.send")
+    assert [e["target"] for e in refused] == ["reader"]
+
+
+def test_message_bodies_are_not_stored_in_clear(home: tuple[Deployment, str]) -> None:
+    d, cid = home
+    mark = "okapi-umbrella-5521-in-clear"
+    reply = agent_request(d.socket(cid, "writer"), "POST", "/v1/agents/reader/messages",
+                          json.dumps({"text": mark}).encode())
+    assert reply.status == 202, reply
+    raw = b"".join(p.read_bytes() for p in d.daemon.home.glob("state.sqlite3*"))
+    assert raw  # the files exist and were read
+    assert mark.encode() not in raw
+    messages = agent_request(d.socket(cid, "reader"), "GET", "/v1/messages?timeout=0").json()
+    assert [m["body"] for m in messages] == [{"text": mark}]

@@ -168,3 +168,35 @@ def test_pending_survives_restart(tmp_path: Path) -> None:
     finally:
         second.close()
     assert os.path.exists(tmp_path / "state.sqlite3")
+
+
+def test_commit_failure_after_the_audit_entry_is_followed_by_a_rollback_entry(
+        world: World) -> None:
+    # A deferred foreign key is checked only at COMMIT: the executor's write is
+    # accepted, the approval's audit entry is made durable, then COMMIT fails.
+    world.store.migrate("t_deferred", 1,
+                        "CREATE TABLE parent (id TEXT PRIMARY KEY);"
+                        "CREATE TABLE child (parent TEXT NOT NULL REFERENCES parent(id)"
+                        " DEFERRABLE INITIALLY DEFERRED)")
+
+    def orphan(conn: sqlite3.Connection, approval: Approval) -> dict[str, Any]:
+        conn.execute("INSERT INTO child (parent) VALUES ('missing')")
+        return {"ok": True}
+
+    world.queue.register("thing.orphan", SecurityLevel.biometric, orphan)
+    a = world.queue.submit("thing.orphan", {}, "owner", "s", 60)
+    with pytest.raises(sqlite3.IntegrityError):
+        world.queue.approve(a.id, _verifier(world, _sign(world, a)))
+
+    entries = [e for e in world.audit.entries() if e.target == a.id]
+    assert [(e.action, e.decision) for e in entries] == [
+        ("approval.thing.orphan.request", "info"),
+        ("approval.thing.orphan.approve", "allow"),
+        ("approval.thing.orphan.rolled_back", "deny")]
+    assert entries[2].details == {"approve_seq": entries[1].seq, "error": "IntegrityError"}
+    assert world.queue.get(a.id).state == "pending" and world.queue.pending_count == 1
+    assert world.store.query("SELECT * FROM child") == []
+    # the failed transaction is over: the store takes the next approval normally
+    b = world.queue.submit("thing.do", {}, "owner", "s", 60)
+    assert world.queue.approve(b.id, _verifier(world, _sign(world, b))).state == "approved"
+    assert world.store.query("SELECT * FROM child") == [] and world.done() == [b.id]

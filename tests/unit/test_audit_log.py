@@ -589,9 +589,12 @@ def test_append_async_times_out_oldest_first_while_the_writer_is_stuck(log_path:
     assert log._loop_waiters == {}  # the timer and the loop's registration are gone
     blocker.execute("COMMIT")
     blocker.close()
-    # Timing out abandons the wait, not the entry: both land, in order, before this one.
+    # "first" was being written when its waiter gave up: it lands, followed by the
+    # entry saying so. "second" was still queued: withdrawn, never written.
     assert log.append("a", "third", "", "info", "r").seq == 3
-    assert [e.action for e in log.entries()] == ["first", "second", "third"]
+    entries = log.entries()
+    assert [e.action for e in entries] == ["first", "audit.abandoned", "third"]
+    assert entries[1].details == {"seqs": [1]} and entries[1].decision == "info"
     assert log.verify().ok
     log.close()
 
@@ -603,7 +606,9 @@ def test_blocking_append_times_out_while_the_writer_is_stuck(log_path: Path) -> 
         log.append("a", "stuck", "", "info", "r")
     blocker.execute("COMMIT")
     blocker.close()
-    assert log.append("a", "after", "", "info", "r").seq == 2
+    assert log.append("a", "after", "", "info", "r").seq == 3
+    assert [(e.action, e.details) for e in log.entries()] == [
+        ("stuck", {}), ("audit.abandoned", {"seqs": [1]}), ("after", {})]
     assert log.verify().ok
     log.close()
 
@@ -613,8 +618,11 @@ def test_cancelled_waiter_leaves_the_others_alone(log_path: Path) -> None:
     blocker = block_writes(log_path)
 
     async def main() -> list[AuditEntry | BaseException]:
-        tasks = [asyncio.create_task(log.append_async("a", "b", str(i), "info", "r"))
-                 for i in range(10)]
+        # The first is taken by the writer (stuck behind the lock); the rest stay queued.
+        tasks = [asyncio.create_task(log.append_async("a", "b", "0", "info", "r"))]
+        await asyncio.sleep(0.1)
+        tasks += [asyncio.create_task(log.append_async("a", "b", str(i), "info", "r"))
+                  for i in range(1, 10)]
         await asyncio.sleep(0.1)
         tasks[3].cancel()
         blocker.execute("COMMIT")
@@ -626,8 +634,9 @@ def test_cancelled_waiter_leaves_the_others_alone(log_path: Path) -> None:
     done = [r for r in results if isinstance(r, AuditEntry)]
     assert len(done) == 9
     assert log._loop_waiters == {}
-    # the cancelled caller stopped waiting; its entry was still made durable
-    assert log.verify().entries == 10
+    # the cancelled caller's entry was still queued: withdrawn, the others contiguous
+    assert [e.target for e in log.entries()] == ["0", "1", "2", "4", "5", "6", "7", "8", "9"]
+    assert log.verify().entries == 9
     log.close()
 
 
@@ -643,9 +652,73 @@ def test_a_closed_loop_with_a_waiter_is_forgotten(log_path: Path) -> None:
     loop.close()
     blocker.execute("COMMIT")
     blocker.close()
-    assert log.append("a", "next", "", "info", "r").seq == 2  # the writer handled seq 1
+    # the writer handled seq 1 and noted that its waiter had gone
+    assert log.append("a", "next", "", "info", "r").seq == 3
+    assert [e.action for e in log.entries()] == ["b", "audit.abandoned", "next"]
     assert log._loop_waiters == {}
     log.close()
+
+
+def test_timed_out_appends_queued_behind_a_stuck_writer_never_appear(log_path: Path) -> None:
+    # The writer has taken "held" and is stuck behind another connection's
+    # write lock; everything submitted after it waits in the queue. Those
+    # appenders fail on timeout, so their "allow"s must never reach the log.
+    log = AuditLog(log_path, KEY, None, append_timeout_s=0.4)
+    blocker = block_writes(log_path)
+    held_outcome: list[BaseException | AuditEntry] = []
+
+    def hold() -> None:
+        try:
+            held_outcome.append(log.append("a", "held", "", "allow", "r"))
+        except AuditError as exc:
+            held_outcome.append(exc)
+
+    held = threading.Thread(target=hold)
+    held.start()
+    time.sleep(0.1)
+
+    async def queued() -> list[BaseException | AuditEntry]:
+        return await asyncio.gather(
+            log.append_async("a", "queued-async-1", "", "allow", "r"),
+            log.append_async("a", "queued-async-2", "", "allow", "r"),
+            return_exceptions=True)
+
+    with pytest.raises(AuditError, match="did not confirm"):
+        log.append("a", "queued-sync", "", "allow", "r")
+    results = asyncio.run(queued())
+    assert all(isinstance(r, AuditError) for r in results), results
+    held.join()
+    assert len(held_outcome) == 1 and isinstance(held_outcome[0], AuditError)
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert log.append("a", "after", "", "info", "r").seq == 3
+    entries = log.entries()
+    assert [e.action for e in entries] == ["held", "audit.abandoned", "after"]
+    assert entries[1].details == {"seqs": [1]}
+    assert log.verify().ok
+    log.close()
+
+
+def test_cancelled_waiter_of_an_entry_being_written_is_noted(log_path: Path) -> None:
+    log = AuditLog(log_path, KEY, None)
+    blocker = block_writes(log_path)
+
+    async def main() -> None:
+        task = asyncio.create_task(log.append_async("a", "held", "", "allow", "r"))
+        await asyncio.sleep(0.1)  # taken by the writer, which is stuck behind the lock
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    blocker.execute("COMMIT")
+    blocker.close()
+    log.close()  # drains the note
+    reopened = AuditLog(log_path, KEY, None)
+    assert [(e.seq, e.action, e.details) for e in reopened.entries()] == [
+        (1, "held", {}), (2, "audit.abandoned", {"seqs": [1]})]
+    assert reopened.verify().ok
+    reopened.close()
 
 
 def test_str_subclasses_are_stored_as_their_value(log_path: Path) -> None:

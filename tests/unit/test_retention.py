@@ -5,8 +5,9 @@ Time is injected: the purge is driven by a clock the test moves, not by waiting.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import pytest
 from pacd.agents.inbox import Inbox
 from pacd.audit import AuditLog
 from pacd.core.spec import parse_container_spec
-from pacd.errors import AuditError, NotFound
+from pacd.errors import AuditError, NotFound, SpecError
 from pacd.registry import ContainerRegistry
-from pacd.retention import DAY_S, Purge, Retention, plan
+from pacd.retention import DAY_S, Purge, Retention, plan, run_periodically
 from pacd.store import Store
 from pacd.vault import PassphraseSecretStore, SealedData, Vault
 
@@ -69,7 +70,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     vault.initialize()
     audit = AuditLog(tmp_path / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
     registry = ContainerRegistry(store)
-    data, inbox, clock = SealedData(store, vault), Inbox(store), Clock(T0)
+    data, inbox, clock = SealedData(store, vault), Inbox(store, vault), Clock(T0)
     retention = Retention(store, registry, data, inbox, audit, clock)
     yield World(store, data, inbox, audit, clock, retention,
                 _container(registry, "short", 1), _container(registry, "long", 30))
@@ -136,3 +137,68 @@ def test_no_purge_without_its_audit_entry(world: World) -> None:
     with pytest.raises(AuditError):
         w.retention.run()
     assert w.data.get(w.short, "personal", "k") == b"a"
+
+
+def _store_spec_text(w: World, container_id: str, text: str) -> str:
+    """Overwrite a container's stored spec (damage on disk); returns the old text."""
+    row = w.store.query_one("SELECT spec FROM registry_containers WHERE id = ?", (container_id,))
+    assert row is not None
+    with w.store.transaction() as conn:
+        conn.execute("UPDATE registry_containers SET spec = ? WHERE id = ?", (text, container_id))
+    return str(row["spec"])
+
+
+def _errors(audit: AuditLog) -> list[tuple[str, str]]:
+    return [(e.target, str(e.details["error"])) for e in audit.entries(0, 1000)
+            if e.action == "retention.error"]
+
+
+def test_a_broken_record_does_not_stop_the_other_containers_purge(world: World) -> None:
+    w = world
+    w.data.put(w.short, "personal", "k", b"a", now=T0)
+    w.data.put(w.long, "personal", "k", b"b", now=T0)
+    _store_spec_text(w, w.short, json.dumps({"name": "short"}))  # model() now fails
+    w.clock.now = T0 + 31 * DAY_S
+
+    with pytest.raises(SpecError):  # reported after the others have run
+        w.retention.run()
+
+    with pytest.raises(NotFound):
+        w.data.get(w.long, "personal", "k")
+    assert _purges(w.audit) == [(w.long, 1)]
+    assert _errors(w.audit) == [(w.short, "SpecError")]
+    assert w.data.get(w.short, "personal", "k") == b"a"  # skipped, not guessed at
+
+
+async def _until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None:
+    """Poll until ``condition`` holds; fail if the task ends or it never does."""
+    for _ in range(500):
+        if condition():
+            return
+        assert not task.done(), task.exception() if not task.cancelled() else "cancelled"
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_periodic_task_survives_an_unexpected_error_and_keeps_enforcing(world: World) -> None:
+    w = world
+    w.data.put(w.short, "personal", "k", b"a", now=T0)
+    w.clock.now = T0 + 2 * DAY_S
+    # Not JSON at all: listing the containers raises ValueError, not a PacdError.
+    good = _store_spec_text(w, w.long, "{not json")
+
+    async def main() -> None:
+        task = asyncio.create_task(run_periodically(w.retention, 0.02))
+        try:
+            await _until(lambda: len(_errors(w.audit)) >= 2, task)  # failed twice, still going
+            assert w.data.get(w.short, "personal", "k") == b"a"
+            _store_spec_text(w, w.long, good)  # repaired: the next run enforces again
+            await _until(lambda: _purges(w.audit) == [(w.short, 1)], task)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert set(_errors(w.audit)) == {("", "JSONDecodeError")}
+    with pytest.raises(NotFound):
+        w.data.get(w.short, "personal", "k")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,39 @@ def test_failed_transaction_rolls_back_including_nested(tmp_path: Path) -> None:
         conn.execute("INSERT INTO t VALUES (3)")
     reopened = Store(tmp_path / "s.sqlite3")
     assert reopened.query_one("SELECT x FROM t")[0] == 3
+
+
+def test_database_and_its_wal_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "s.sqlite3")
+        store.migrate("t", 1, "CREATE TABLE t (x INTEGER)")
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        # An existing file with a looser mode is made private on open.
+        loose = tmp_path / "loose.sqlite3"
+        loose.touch(mode=0o644)
+        os.chmod(loose, 0o644)
+        Store(loose).close()
+    finally:
+        os.umask(old)
+    files = [tmp_path / n for n in ("s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm")]
+    assert all(f.exists() for f in files)
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in [*files, loose]} == {
+        f.name: 0o600 for f in [*files, loose]}
+    store.close()
+
+
+def test_failed_commit_is_rolled_back(tmp_path: Path) -> None:
+    # A deferred foreign key is only checked at COMMIT; the failed COMMIT must not
+    # leave the transaction open for the next caller of the shared connection.
+    store = Store(tmp_path / "s.sqlite3")
+    store.migrate("t", 1, "CREATE TABLE p (id INTEGER PRIMARY KEY); "
+                          "CREATE TABLE c (pid INTEGER REFERENCES p(id) "
+                          "DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(Exception, match="FOREIGN KEY"), store.transaction() as conn:
+        conn.execute("INSERT INTO c VALUES (42)")
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO p VALUES (1)")
+    assert store.query_one("SELECT count(*) FROM c")[0] == 0
+    assert store.query_one("SELECT count(*) FROM p")[0] == 1
