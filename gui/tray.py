@@ -34,11 +34,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from pacd.client import Client
+from pacd.client import Client, approval_challenge_matches
 from pacd.errors import PacdError
 
 ICONS = Path(__file__).resolve().parent / "icons"
 POLL_INTERVAL_MS = 2000
+#: why an approval is not offered for signing
+MISMATCH = ("the challenge the daemon asks you to sign is not the digest of the payload it "
+            "shows; not signed")
 
 
 @dataclass
@@ -221,6 +224,10 @@ class Tray(QObject):
         except PacdError as exc:
             QMessageBox.warning(None, "pacd", exc.message)
             return
+        if not approval_challenge_matches(detail):
+            # What the key would sign is not what the dialog would show: no dialog.
+            QMessageBox.warning(None, "pacd", MISMATCH)
+            return
         dialog = ApprovalDialog(detail)
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.approve(approval_id, detail)
@@ -239,6 +246,9 @@ class Tray(QObject):
         self.icon.showMessage("pacd", "Touch your security key to approve.")
 
         def ceremony() -> None:
+            if not approval_challenge_matches(detail):
+                self._ceremony_done.emit(approval_id, MISMATCH)
+                return
             try:
                 credential = self._run_ceremony(detail)
                 self.client.request(

@@ -182,7 +182,16 @@ def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
 
 
 def cmd_session(args: argparse.Namespace, ctx: Ctx) -> None:
-    token = ctx.session(args.level)
+    if args.platform:
+        # The daemon runs this ceremony itself; the reader waits for the person.
+        ctx.say("Touch the fingerprint reader…")
+        ctx.client.timeout = max(ctx.client.timeout,
+                                 ctx.config.platform_presence_timeout_s + 30)
+        token = ctx.client.request("POST", "/v1/sessions/platform",
+                                   {"method": args.platform, "level": args.level}, auth=False)
+        ctx.client.save_token(token)
+    else:
+        token = ctx.session(args.level)
     shown = {k: token[k] for k in ("level", "expires_at")}
     ctx.out(shown, f"{token['level']} session open until {token['expires_at']}")
 
@@ -316,12 +325,17 @@ def cmd_approve(args: argparse.Namespace, ctx: Ctx) -> None:
     if args.credential_json:
         credential = _read_document(args.credential_json)
     else:
+        from pacd.client import approval_challenge_matches
         from pacd.presence.client import authenticate
 
         if detail["state"] != "pending":
             raise InvalidRequest(f"approval {args.id} is {detail['state']}, not pending")
         if detail.get("publicKey") is None:
             raise InvalidRequest("no presence credential is enrolled: run pacd enroll")
+        if not approval_challenge_matches(detail):
+            raise InvalidRequest(
+                f"approval {args.id}: the challenge the daemon asks you to sign is not the "
+                "SHA-256 of the payload it shows; refusing to sign")
         ctx.say(f"You are approving: {detail['summary']}")
         ctx.say(json.dumps(detail["payload"], indent=2, sort_keys=True))
         credential = authenticate(detail["publicKey"], detail["origin"],
@@ -393,8 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", required=True)
     add("enroll", cmd_enroll, "enrol a presence credential (security key)").add_argument(
         "--label", help="a name for this key")
-    add("session", cmd_session, "prove presence now and cache the session token").add_argument(
-        "--level", choices=("enhanced", "biometric"), default="biometric")
+    session = add("session", cmd_session, "prove presence now and cache the session token")
+    session.add_argument("--level", choices=("enhanced", "biometric"), default="biometric")
+    session.add_argument("--platform", choices=("fprintd",),
+                         help="let the daemon verify you with this machine's fingerprint "
+                              "reader (enable with platform_presence in config.toml)")
 
     cont = add("container", cmd_container, "create and manage containers")
     csub = cont.add_subparsers(dest="container_cmd", required=True, metavar="ACTION")

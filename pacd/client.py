@@ -14,10 +14,14 @@ precedence (for scripts that obtained a token themselves).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hmac
 import http.client
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pacd.config import Config, load_config
+from pacd.core.canonical import digest
 from pacd.errors import (
     DaemonUnavailable,
     InvalidRequest,
@@ -83,6 +88,31 @@ def stream_error(line: dict[str, Any]) -> PacdError:
     return _error_from(200, {"error": line.get("error")})
 
 
+def _b64url_decode(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("expected base64url text")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def approval_challenge_matches(detail: Any) -> bool:
+    """Whether the request options of an approval sign exactly the payload it shows.
+
+    An approval's challenge is the SHA-256 of the canonical JSON of its payload
+    (see :mod:`pacd.approvals`). The key signs ``publicKey.challenge`` while the
+    owner reads ``payload``: before signing, a client checks that both that
+    challenge and the advertised ``challenge`` are the payload's digest, so
+    what is signed is what was shown. Anything missing or malformed is a no.
+    """
+    try:
+        expected = digest(detail["payload"])
+        options = detail["publicKey"]
+        signed = _b64url_decode(options["challenge"])
+        advertised = _b64url_decode(detail["challenge"])
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(signed, expected) and hmac.compare_digest(advertised, expected)
+
+
 def _parse_time(text: str) -> float:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -125,11 +155,24 @@ class Client:
     def save_token(self, token: dict[str, Any]) -> None:
         if not self.use_token_cache:
             return
-        tmp = self.token_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({k: token[k] for k in ("token", "level", "expires_at")}, fh)
-        os.replace(tmp, self.token_path)
+        # A fresh, unguessable name created exclusively: nothing that already sits
+        # in the directory (a planted file or symlink) can receive the token.
+        tmp = self.token_path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask did
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fd = -1
+                json.dump({k: token[k] for k in ("token", "level", "expires_at")}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.token_path)
+        except BaseException:
+            if fd != -1:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def forget_token(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -20,6 +20,8 @@ import platformdirs
 from pacd.errors import ConfigError
 
 APP = "pacd"
+#: presence methods the daemon itself can run (the owner enables each explicitly)
+PLATFORM_PRESENCE_METHODS = ("fprintd",)
 
 
 def _default_home() -> Path:
@@ -61,9 +63,19 @@ class Config:
     max_body_bytes: int = 16 * 1024 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 10
+    #: trusted_domains cannot be enforced yet (no egress proxy): agents get external
+    #: network only when the owner accepts unrestricted egress here
+    unrestricted_egress: bool = False
     #: how often the retention task purges data older than each container's
     #: policy.data_retention_days (it also runs once at start-up)
     retention_interval_s: float = 3600.0
+    #: presence methods the daemon runs itself that may open sessions
+    #: (``POST /v1/sessions/platform``); none unless the owner lists them
+    platform_presence: tuple[str, ...] = ()
+    #: D-Bus address fprintd is reached on; None: the system bus
+    fprintd_bus_address: str | None = None
+    #: how long the daemon waits for a finger on the reader
+    platform_presence_timeout_s: float = 30.0
 
     @property
     def origin(self) -> str:
@@ -93,8 +105,11 @@ _ENV = {
     "PACD_APPROVAL_TTL": "approval_ttl_s",
     "PACD_RP_ID": "rp_id",
     "PACD_IMAGE_REPOSITORY": "image_repository",
+    "PACD_UNRESTRICTED_EGRESS": "unrestricted_egress",
     "PACD_RETENTION_INTERVAL": "retention_interval_s",
     "PACD_BASE_IMAGE": "base_image",
+    "PACD_PLATFORM_PRESENCE": "platform_presence",
+    "PACD_FPRINTD_BUS": "fprintd_bus_address",
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -104,6 +119,12 @@ def _coerce(name: str, value: Any) -> Any:
     f = _FIELDS[name]
     kind = str(f.type)
     try:
+        if kind == "tuple[str, ...]":
+            # A TOML array, or a comma-separated list from the environment.
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError(value)
+            return tuple(i.strip() for i in items if i.strip())
         if "Path" in kind:
             return None if value in (None, "") else Path(str(value)).expanduser()
         if kind == "int":
@@ -112,6 +133,12 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+                return value.lower() in ("1", "true", "yes")
+            raise ValueError(value)
         if kind.startswith("str"):
             if value is None or isinstance(value, str):
                 return value
@@ -153,6 +180,17 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if cfg.retention_interval_s <= 0:
         raise ConfigError(
             f"config: retention_interval_s must be positive, got {cfg.retention_interval_s!r}"
+        )
+    unknown = [m for m in cfg.platform_presence if m not in PLATFORM_PRESENCE_METHODS]
+    if unknown:
+        raise ConfigError(
+            f"config: platform_presence: unknown method(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(PLATFORM_PRESENCE_METHODS)}"
+        )
+    if cfg.platform_presence_timeout_s <= 0:
+        raise ConfigError(
+            "config: platform_presence_timeout_s must be positive, got "
+            f"{cfg.platform_presence_timeout_s!r}"
         )
     if cfg.keystore == "passphrase" and cfg.passphrase_file is None:
         raise ConfigError(

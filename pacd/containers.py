@@ -208,7 +208,8 @@ class ContainerLifecycle:
                 started.append(agent.name)
                 path = socket_path(self.s.config.agent_socket_dir, record.id, agent.name)
                 spec = agent_run_spec(model, agent, record.owner_id, path,
-                                      socket_dir=path.parent)
+                                      socket_dir=path.parent,
+                                      unrestricted_egress=self.s.config.unrestricted_egress)
                 runtime.run_agent(spec, replace=True)
                 self._note(record.id, agent.name, RUNNING)
         except BaseException:
@@ -292,7 +293,8 @@ class ContainerLifecycle:
         return tag, lines()
 
     def export_kube(self, record: ContainerRecord) -> str:
-        return export_kube(record.model(), record.owner_id)
+        return export_kube(record.model(), record.owner_id,
+                           unrestricted_egress=self.s.config.unrestricted_egress)
 
     # --- orphans & reconciling ---------------------------------------------------------
 

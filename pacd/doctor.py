@@ -95,11 +95,12 @@ def check_podman(config: Config) -> Check:
     return _check("podman", "ok", f"{path} ({body.strip()})")
 
 
-def check_presence() -> list[Check]:
+def check_presence(config: Config | None = None) -> list[Check]:
     try:
         from pacd.presence.verifiers import presence_methods_report
 
-        report = presence_methods_report()
+        report = (presence_methods_report() if config is None else
+                  presence_methods_report(config.fprintd_bus_address, config.platform_presence))
     except Exception as exc:  # a broken probe is itself a finding
         return [_check("presence", "warn", f"cannot list presence methods: {exc}")]
     checks = [_check(f"presence: {a.name}", "ok" if a.available else "warn", a.reason)
@@ -112,4 +113,4 @@ def check_presence() -> list[Check]:
 
 def run_checks(config: Config) -> list[Check]:
     return [check_keychain(config), *check_socket(config), check_podman(config),
-            *check_presence()]
+            *check_presence(config)]

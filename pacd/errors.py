@@ -186,6 +186,14 @@ class PresenceUnavailable(CeremonyError):
     code = "presence_unavailable"
 
 
+class PresenceMethodUnavailable(PresenceUnavailable):
+    """A presence method the daemon runs itself (fprintd) cannot be used right now:
+    not installed, its reader busy or gone. The daemon cannot serve the request
+    at the moment; the request itself is not wrong (503, not the client's 400)."""
+
+    status = 503
+
+
 # --- storage, keys, integrity --------------------------------------------
 
 
@@ -260,6 +268,7 @@ ALL_ERRORS: tuple[type[PacdError], ...] = (
     RateLimited, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
     PresenceFailed, ClonedAuthenticator, PeerRefused, CeremonyError, NoAuthenticator,
     PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,
+    PresenceMethodUnavailable,
     KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
     RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
 )

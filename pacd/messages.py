@@ -26,6 +26,8 @@ T = TypeVar("T")
 
 Level = Literal["basic", "enhanced", "biometric", "carbonProof"]
 SessionLevel = Literal["enhanced", "biometric"]
+#: presence methods the daemon runs itself (config ``platform_presence``)
+PlatformMethod = Literal["fprintd"]
 ApprovalState = Literal["pending", "approved", "denied", "expired", "failed"]
 
 
@@ -81,6 +83,16 @@ class SessionBegin:
 class SessionComplete:
     session_id: str = field(metadata=_meta(min_length=1, max_length=200))
     credential: dict[str, Any] = field(metadata=WEBAUTHN)
+
+
+@dataclass(frozen=True)
+class PlatformSession:
+    """Open a session with a presence method the daemon runs itself: the person
+    uses the machine's own reader. A fingerprint match signs nothing, so such a
+    session is biometric at most."""
+
+    method: PlatformMethod
+    level: SessionLevel = "biometric"
 
 
 @dataclass(frozen=True)

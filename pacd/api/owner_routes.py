@@ -27,6 +27,7 @@ from pacd import __version__
 from pacd import messages as m
 from pacd.api.decisions import DecisionLog, actor_for
 from pacd.api.openapi import build_openapi
+from pacd.api.platform_routes import PlatformSessions
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.api.services import Services
 from pacd.approvals import Approval, b64url, iso
@@ -54,6 +55,8 @@ from pacd.errors import (
     Unauthorized,
 )
 from pacd.presence.evidence import VerifiedPresence
+from pacd.presence.owner import Credential
+from pacd.presence.rp import FIRST_CREDENTIAL
 from pacd.registry import ContainerRecord
 
 log = logging.getLogger("pacd.api")
@@ -192,11 +195,17 @@ class OwnerApi:
 
     async def begin_credential(self, call: Call) -> m.CredentialOptions:
         body: m.CredentialBegin = call.body
+        authorised = FIRST_CREDENTIAL
         if await _thread(self.s.owners.list_credentials):
             # Adding a key to an enrolled owner is itself a sensitive act.
-            await self.require(call.request, required_level(Action.enroll_credential),
-                               "begin_credential")
-        options = await _thread(self.s.rp.begin_registration, body.label or "security key")
+            principal = await self.require(call.request,
+                                           required_level(Action.enroll_credential),
+                                           "begin_credential")
+            authorised = principal.level
+        # A begin without a session counts only while no key exists: the relying
+        # party checks that again when the registration completes.
+        options = await _thread(self.s.rp.begin_registration, body.label or "security key",
+                                False, authorised)
         self._last_registration = str(options["registration_id"])
         return m.CredentialOptions(publicKey=options["publicKey"], origin=options["origin"],
                                    registration_id=str(options["registration_id"]))
@@ -206,16 +215,23 @@ class OwnerApi:
         registration = body.registration_id or self._last_registration
         if registration is None:
             raise InvalidRequest("no registration in progress: call credentials/begin first")
+
+        def record(cred: Credential) -> None:
+            # Inside the transaction that stores the key: no entry, no key.
+            self.sink.append(ACTOR, "credential.enroll", cred.credential_id.hex(), "allow",
+                             "presence credential enrolled",
+                             {"label": cred.label, "uv_capable": cred.uv_capable,
+                              "aaguid": cred.aaguid.hex()})
+
         try:
-            cred = await _thread(self.s.rp.complete_registration, registration, body.credential)
+            cred = await _thread(self.s.rp.complete_registration, registration,
+                                 body.credential, record)
+        except AuditError:
+            raise  # nothing was stored, and there is no log to record the refusal in
         except PacdError as exc:
             await self.audit("credential.enroll", registration, "deny", exc.message,
-                             {"code": exc.code})
+                             {"code": exc.code, **exc.extra})
             raise
-        await self.audit("credential.enroll", cred.credential_id.hex(), "allow",
-                         "presence credential enrolled",
-                         {"label": cred.label, "uv_capable": cred.uv_capable,
-                          "aaguid": cred.aaguid.hex()})
         self.owner_changed()
         return Reply(m.CredentialView(credential_id=cred.credential_id.hex(), label=cred.label,
                                       user_verifying=cred.uv_capable), 201)
@@ -322,17 +338,32 @@ class OwnerApi:
                 "enabled in this build); containers are stored but cannot run yet")
         return self.s.lifecycle
 
+    def _failed_outcome(self, action: str, target: str, reason: str, exc: PacdError) -> None:
+        """Record that an allowed act then failed (the request's entry, an allow, is
+        already written). The error stands whether or not this can be recorded."""
+        try:
+            self.s.audit.append(ACTOR, action, target, "deny", reason, {"code": exc.code})
+        except PacdError:
+            log.exception("could not audit the failure of %s on %s", action, target)
+
     async def _lifecycle_call(self, call: Call, verb: str) -> m.ContainerView:
         record = await _thread(self._record, call.params["id"])
+        action = f"container.{verb}"
         try:
             runtime = self._lifecycle()
+        except PacdError as exc:
+            await self.audit(action, record.id, "deny", exc.message, {"code": exc.code})
+            raise
+        # The decision is on record before anything runs: if it cannot be written
+        # (AuditError, 503) nothing is started or stopped.
+        await self.audit(action, record.id, "allow", f"container {verb}",
+                         {"token_id": call.principal.token_id})
+        try:
             await _thread(getattr(runtime, verb), record)
         except PacdError as exc:
-            await self.audit(f"container.{verb}", record.id, "deny", exc.message,
-                             {"code": exc.code})
+            await _thread(self._failed_outcome, f"{action}.result", record.id,
+                          f"container {verb} failed: {exc.message}", exc)
             raise
-        await self.audit(f"container.{verb}", record.id, "allow", f"container {verb}",
-                         {"token_id": call.principal.token_id})
         view = await _thread(self._view, record)
         self.s.events.publish("container.state", id=view.id, name=view.name, state=view.state)
         return view
@@ -347,13 +378,23 @@ class OwnerApi:
         record = await _thread(self._record, call.params["id"])
 
         def remove() -> None:
-            if self.s.lifecycle is not None:
-                self.s.lifecycle.remove(record)
-            with self.s.store.transaction():
+            # The decision is durably on record before anything is erased: if it
+            # cannot be written (AuditError, 503) the container is untouched. The
+            # record goes last, so an erase that fails half-way (Podman down) or a
+            # crash leaves a container the owner can simply delete again — not
+            # data and keys that no record points to any more.
+            self.sink.append(ACTOR, "container.delete", record.id, "allow",
+                             f"container {record.name!r} deleted",
+                             {"token_id": call.principal.token_id})
+            try:
+                if self.s.lifecycle is not None:
+                    self.s.lifecycle.remove(record)
                 self.s.registry.remove(record.id)
-                self.sink.append(ACTOR, "container.delete", record.id, "allow",
-                                    f"container {record.name!r} deleted",
-                                    {"token_id": call.principal.token_id})
+            except PacdError as exc:
+                self._failed_outcome("container.delete.result", record.id,
+                                     f"deleting container {record.name!r} failed: "
+                                     f"{exc.message}", exc)
+                raise
 
         await _thread(remove)
         self.s.events.publish("container.state", id=record.id, name=record.name,
@@ -658,7 +699,8 @@ class OwnerApi:
             Route("POST", "/v1/owner/credentials/complete", "complete_credential",
                   "finish enrolling a presence credential", self.complete_credential,
                   request=m.CredentialComplete, response=m.CredentialView, status=201,
-                  errors=(PresenceFailed, InvalidRequest, NotFound)),
+                  errors=(PresenceFailed, PresenceRequired, InvalidRequest, NotFound,
+                          AuditError)),
             Route("POST", "/v1/sessions/begin", "begin_session",
                   "request options for an enhanced or biometric session", self.begin_session,
                   request=m.SessionBegin, response=m.SessionOptions, errors=common),
@@ -666,6 +708,7 @@ class OwnerApi:
                   "verify the assertion and issue a token", self.complete_session,
                   request=m.SessionComplete, response=m.SessionToken,
                   errors=(PresenceFailed, InvalidRequest)),
+            PlatformSessions(self.s, self.sink).route(),
             Route("GET", "/v1/sessions/current", "current_session",
                   "the session the presented token belongs to", self.current_session,
                   # any session will do: the lowest level a token can have

@@ -168,8 +168,11 @@ class OwnerServer:
                         self.actor, "browser_refused", request.path, "deny",
                         "request carried Origin/Referer", {"path": request.path})
                 except Exception:
-                    # The refusal stands whether or not it could be recorded.
-                    log.exception("could not audit a browser refusal")
+                    # The refusal stands whether or not it could be recorded; the
+                    # unrecorded refusal is reported in the daemon's log instead.
+                    log.exception("could not audit a browser refusal of %s %s: the request "
+                                  "was refused but is not in the audit log",
+                                  request.method[:16], request.path[:200])
                 raise Forbidden("requests from web pages are refused (Origin or Referer header)")
             if request.match_info.http_exception is not None:
                 await self.refusals.record(
@@ -304,6 +307,9 @@ class OwnerServer:
                 data = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+            except RecursionError:
+                # Nesting deeper than the parser's stack: no request needs that.
+                raise MalformedRequest("the body is nested too deeply to be read") from None
         if isinstance(kind, RawBody):
             if not isinstance(data, dict):
                 raise InvalidRequest(f"body: expected a {kind.name} object")

@@ -16,6 +16,14 @@ challenge in memory, keyed by an unguessable id, with a monotonic deadline. A
 ceremony cannot outlive the process that began it — after a restart the client
 simply begins again — so nothing stale can be completed later, a crash leaves no
 usable challenge on disk, and a wall-clock change cannot stretch a deadline.
+
+A registration remembers how its begin was authorised: by a session of some
+level, or by nothing because no credential existed yet (:data:`FIRST_CREDENTIAL`,
+how the very first key is enrolled). The latter is honoured only while the
+owner still has no credential: it is checked again at completion, in the
+transaction that adds the key, and enrolling any key drops every such pending
+registration — otherwise a process that began while nothing was enrolled could
+keep its registration alive and add a key of its own after the owner's.
 Approval challenges are different: they are not random but the digest of the
 action, so the record that one was *used* is written to the state database in
 the same transaction that advances the counter, and a replay is refused even
@@ -56,15 +64,22 @@ from pacd.errors import (
     InvalidRequest,
     NotFound,
     PresenceFailed,
+    PresenceRequired,
 )
 from pacd.presence.clock import Clock
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import MAX_LABEL, Credential, CredentialKind, OwnerRegistry, check_text
 from pacd.store import Store
 
-__all__ = ["RefusalHook", "RelyingParty", "VerifiedPresence"]
+__all__ = ["FIRST_CREDENTIAL", "EnrolmentHook", "RefusalHook", "RelyingParty",
+           "VerifiedPresence"]
 
 RefusalHook = Callable[[str, dict[str, Any]], None]
+#: called with the new credential inside the transaction that stores it (its audit entry)
+EnrolmentHook = Callable[[Credential], None]
+
+#: how a registration begun with no session was authorised: only as the owner's first key
+FIRST_CREDENTIAL = "first_credential"
 
 RP_NAME = "pacd"
 MAX_PENDING = 64
@@ -87,6 +102,8 @@ class _Pending:
     level: SecurityLevel | None = None
     label: str = ""
     credential_kind: CredentialKind = "fido2"
+    #: registrations: the session level that authorised begin, or FIRST_CREDENTIAL
+    authorised: str = FIRST_CREDENTIAL
 
 
 class RelyingParty:
@@ -127,11 +144,19 @@ class RelyingParty:
 
     # --- registration -------------------------------------------------------
 
-    def begin_registration(self, label: str, platform: bool = False) -> dict[str, Any]:
+    def begin_registration(self, label: str, platform: bool = False,
+                           authorised: str = FIRST_CREDENTIAL) -> dict[str, Any]:
         """Creation options for a new credential; ``platform`` asks for a built-in
-        authenticator (Windows Hello, Touch ID) and requires user verification."""
+        authenticator (Windows Hello, Touch ID) and requires user verification.
+
+        ``authorised`` is how the caller allowed this enrolment: the level of the
+        session it checked, or :data:`FIRST_CREDENTIAL` (the default, the one that
+        allows least) when no credential existed and none was needed.
+        """
         owner = self.owners.require_owner()
         label = check_text(label, "credential label", MAX_LABEL)
+        if not isinstance(authorised, str) or not authorised:
+            raise InvalidRequest("a registration must say how it was authorised")
         existing = [_descriptor(c) for c in self.owners.list_credentials()]
         options, state = self._server.register_begin(
             PublicKeyCredentialUserEntity(
@@ -152,6 +177,7 @@ class RelyingParty:
                 deadline=0.0,
                 label=label,
                 credential_kind="platform" if platform else "fido2",
+                authorised=authorised,
             )
         )
         return {
@@ -161,8 +187,14 @@ class RelyingParty:
         }
 
     def complete_registration(
-        self, registration_id: str, credential: Mapping[str, Any]
+        self, registration_id: str, credential: Mapping[str, Any],
+        on_enrolled: EnrolmentHook | None = None,
     ) -> Credential:
+        """Verify the attestation and store the credential.
+
+        ``on_enrolled`` runs inside the transaction that stores it (the daemon
+        writes the enrolment's audit entry there): if it raises, nothing is stored.
+        """
         pending = self._take(registration_id, "registration")
         try:
             response = RegistrationResponse.from_dict(credential)
@@ -179,18 +211,31 @@ class RelyingParty:
             raise PresenceFailed("registration refused: no attested credential data")
         if isinstance(attested.public_key, UnsupportedKey):
             raise PresenceFailed("registration refused: unsupported key algorithm")
-        return self.owners.add_credential(
-            Credential(
-                credential_id=attested.credential_id,
-                public_key=cbor.encode(dict(attested.public_key)),
-                sign_count=auth_data.counter,
-                aaguid=bytes(attested.aaguid),
-                uv_capable=auth_data.is_user_verified(),
-                label=pending.label,
-                created_at=self.clock.wall(),
-                kind=pending.credential_kind,
-            )
+        candidate = Credential(
+            credential_id=attested.credential_id,
+            public_key=cbor.encode(dict(attested.public_key)),
+            sign_count=auth_data.counter,
+            aaguid=bytes(attested.aaguid),
+            uv_capable=auth_data.is_user_verified(),
+            label=pending.label,
+            created_at=self.clock.wall(),
+            kind=pending.credential_kind,
         )
+        with self.store.transaction():
+            # Checked in the transaction that adds the key, so two first-key
+            # registrations cannot both see an empty list.
+            if pending.authorised == FIRST_CREDENTIAL and self.owners.list_credentials():
+                raise PresenceRequired(
+                    "a presence credential was enrolled after this registration began: "
+                    "adding another key needs a biometric session (pacd session "
+                    "--level biometric), then begin again",
+                    required_level=SecurityLevel.biometric.value,
+                )
+            stored = self.owners.add_credential(candidate)
+            if on_enrolled is not None:
+                on_enrolled(stored)
+        self._drop_unauthorised_registrations()
+        return stored
 
     # --- sessions (enhanced / biometric) -----------------------------------
 
@@ -308,6 +353,13 @@ class RelyingParty:
                 raise Busy("too many presence ceremonies in progress; finish or wait for one")
             self._pending[ceremony_id] = pending
         return ceremony_id
+
+    def _drop_unauthorised_registrations(self) -> None:
+        """A key is enrolled: no registration begun without a session may finish."""
+        with self._lock:
+            for key in [k for k, p in self._pending.items()
+                        if p.kind == "registration" and p.authorised == FIRST_CREDENTIAL]:
+                del self._pending[key]
 
     def _take(self, ceremony_id: str, kind: str) -> _Pending:
         """Single use: the state is gone after this call, whatever the outcome."""

@@ -9,7 +9,8 @@ Each one can say whether it is usable here and, if not, why.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from pacd.presence.evidence import VerifiedPresence
@@ -48,8 +49,14 @@ def fido2_usb_availability() -> Availability:
     return Availability(False, "no security key connected; plug one in", name)
 
 
-def presence_methods_report(fprintd_bus_address: str | None = None) -> list[Availability]:
-    """Every presence method pacd knows, whether it works here, and why not."""
+def presence_methods_report(fprintd_bus_address: str | None = None,
+                            platform_enabled: Collection[str] | None = None,
+                            ) -> list[Availability]:
+    """Every presence method pacd knows, whether it works here, and why not.
+
+    With ``platform_enabled`` (the config's ``platform_presence``) the methods
+    the daemon runs itself also say whether the owner enabled them for sessions.
+    """
     from pacd.presence.fprintd import FprintdVerifier
     from pacd.presence.macos import TouchIdVerifier
     from pacd.presence.windows import windows_hello_availability
@@ -59,6 +66,17 @@ def presence_methods_report(fprintd_bus_address: str | None = None) -> list[Avai
         report.append(FprintdVerifier(bus_address=fprintd_bus_address).availability())
     else:
         report.append(Availability(False, "fprintd is Linux only", FprintdVerifier.name))
+    if platform_enabled is not None:
+        report[-1] = _with_enablement(report[-1], platform_enabled)
     report.append(TouchIdVerifier.probe())
     report.append(windows_hello_availability())
     return report
+
+
+def _with_enablement(entry: Availability, enabled: Collection[str]) -> Availability:
+    if entry.name in enabled:
+        note = f"enabled for sessions (pacd session --platform {entry.name})"
+    else:
+        note = (f"not enabled for sessions (platform_presence = [\"{entry.name}\"] in "
+                "config.toml enables it)")
+    return replace(entry, reason=f"{entry.reason}; {note}")

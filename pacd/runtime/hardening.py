@@ -172,9 +172,20 @@ def seed_env(container: PersonalAIContainer, owner_id: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def network_allowed(container: PersonalAIContainer, agent: AgentDomain) -> bool:
+def network_allowed(
+    container: PersonalAIContainer, agent: AgentDomain, *, unrestricted_egress: bool = False
+) -> bool:
     """External network only when the policy allows external APIs, the agent holds a
-    network capability, and its isolation is not strict (DESIGN.md §5)."""
+    network capability, and its isolation is not strict (DESIGN.md §5).
+
+    DESIGN.md also limits that network to the policy's ``trusted_domains``, which
+    needs an egress proxy pacd does not have yet. Rather than hand out network
+    that reaches everywhere, it is withheld unless the owner has said, in the
+    daemon's configuration (``unrestricted_egress = true``), that unrestricted
+    egress is acceptable: fail closed until the restriction can be enforced.
+    """
+    if not unrestricted_egress:
+        return False
     if agent.isolation is IsolationLevel.strict:
         return False
     if not container.policy.allow_external_apis:
@@ -194,6 +205,7 @@ def agent_run_spec(
     pids_limit: int = DEFAULT_PIDS_LIMIT,
     memory_limit_bytes: int = DEFAULT_MEMORY_BYTES,
     tmp_bytes: int = DEFAULT_TMP_BYTES,
+    unrestricted_egress: bool = False,
 ) -> AgentRunSpec:
     """The hardened run spec for one agent of a container.
 
@@ -219,7 +231,7 @@ def agent_run_spec(
         mount = BindMount(str(socket_dir), AGENT_SOCKET_DIR_IN_CONTAINER)
     else:
         mount = BindMount(str(socket_path), AGENT_SOCKET_IN_CONTAINER)
-    network = network_allowed(container, agent)
+    network = network_allowed(container, agent, unrestricted_egress=unrestricted_egress)
     ports = (
         tuple(PortPublish(p) for p in sorted(container.policy.allowed_network_ports))
         if network else ()

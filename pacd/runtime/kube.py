@@ -48,7 +48,7 @@ def _security_context() -> dict[str, Any]:
 
 
 def agent_pod(container: PersonalAIContainer, agent_name: str, owner_id: str,
-              image: str) -> dict[str, Any]:
+              image: str, *, unrestricted_egress: bool = False) -> dict[str, Any]:
     agent = container.agent(agent_name)
     if agent is None:
         raise InvalidRequest(f"no agent {agent_name!r} in container {container.id}")
@@ -58,7 +58,7 @@ def agent_pod(container: PersonalAIContainer, agent_name: str, owner_id: str,
     ports = (
         [{"containerPort": p, "protocol": "TCP"}
          for p in sorted(container.policy.allowed_network_ports)]
-        if network_allowed(container, agent) else []
+        if network_allowed(container, agent, unrestricted_egress=unrestricted_egress) else []
     )
     spec_container: dict[str, Any] = {
         # Podman names it <pod>-<container>: pacd-<id>-<agent>-agent.
@@ -98,7 +98,7 @@ def agent_pod(container: PersonalAIContainer, agent_name: str, owner_id: str,
 
 
 def agent_network_policy(container: PersonalAIContainer, agent_name: str,
-                         owner_id: str) -> dict[str, Any]:
+                         owner_id: str, *, unrestricted_egress: bool = False) -> dict[str, Any]:
     """Deny-all for agents without network (strict isolation, or no external APIs /
     no network capability). Agents with network get egress, and ingress only on
     the policy's ports; agent-to-agent traffic goes through pacd, never pod to pod."""
@@ -110,7 +110,7 @@ def agent_network_policy(container: PersonalAIContainer, agent_name: str,
         "podSelector": {"matchLabels": labels},
         "policyTypes": ["Ingress", "Egress"],
     }
-    if network_allowed(container, agent):
+    if network_allowed(container, agent, unrestricted_egress=unrestricted_egress):
         spec["egress"] = [{}]
         if container.policy.allowed_network_ports:
             spec["ingress"] = [{"ports": [{"protocol": "TCP", "port": p}
@@ -127,7 +127,7 @@ def agent_network_policy(container: PersonalAIContainer, agent_name: str,
 
 def export_kube(container: PersonalAIContainer, owner_id: str,
                 image_for_agent: Callable[[str], str] | None = None,
-                *, network_policies: bool = True) -> str:
+                *, network_policies: bool = True, unrestricted_egress: bool = False) -> str:
     """Multi-document Kubernetes YAML: a Pod per agent, then a NetworkPolicy per agent.
 
     ``image_for_agent(agent_name)`` picks each agent's image (default: the
@@ -137,7 +137,10 @@ def export_kube(container: PersonalAIContainer, owner_id: str,
     docs: list[dict[str, Any]] = []
     for agent in container.agents:
         image = image_for_agent(agent.name) if image_for_agent else agent.image
-        docs.append(agent_pod(container, agent.name, owner_id, image))
+        docs.append(agent_pod(container, agent.name, owner_id, image,
+                              unrestricted_egress=unrestricted_egress))
     if network_policies:
-        docs.extend(agent_network_policy(container, a.name, owner_id) for a in container.agents)
+        docs.extend(agent_network_policy(container, a.name, owner_id,
+                                         unrestricted_egress=unrestricted_egress)
+                    for a in container.agents)
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)

@@ -127,6 +127,17 @@ def test_errors_have_the_common_shape(daemon: DaemonProcess) -> None:
     assert err["errors"] == ["body.extra: unknown field", "body.name: expected string"]
 
 
+def test_deeply_nested_json_is_a_bad_request(daemon: DaemonProcess) -> None:
+    # Nesting deeper than the JSON parser's stack: a client error, not a 500.
+    for body in (b"[" * 100_000, b"[" * 50_000 + b"]" * 50_000, b'{"a":' * 30_000):
+        status, err = _error(_raw(daemon.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\n"
+                                  b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                                  % len(body) + body))
+        assert (status, err["code"]) == (400, "invalid_request"), err
+        assert "nested too deeply" in str(err["message"])
+    assert daemon.client().status()["owner"] is None
+
+
 def test_body_size_cap(make_daemon: Callable[..., DaemonProcess]) -> None:
     d = make_daemon(settings={"max_body_bytes": 1024})
     body = json.dumps({"name": "x" * 4096}).encode()

@@ -74,8 +74,11 @@ def run(runtime: PodmanRuntime, container: PersonalAIContainer, name: str, sock:
         **limits: int) -> tuple[str, AgentRunSpec]:
     member = container.agent(name)
     assert member is not None
+    # These tests exercise the runtime as configured by an owner who accepted
+    # unrestricted egress; the unit tests show network is withheld otherwise.
     spec = tag_for_run(agent_run_spec(container, member, container.owner_id, sock, image,
-                                      command=command, **limits), run_label)
+                                      command=command, unrestricted_egress=True, **limits),
+                       run_label)
     return runtime.run_agent(spec), spec
 
 

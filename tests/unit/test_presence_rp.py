@@ -17,6 +17,7 @@ import pytest
 from pacd.core.canonical import digest
 from pacd.core.models import SecurityLevel
 from pacd.errors import (
+    AuditError,
     CeremonyCancelled,
     CeremonyError,
     CeremonyTimeout,
@@ -27,12 +28,13 @@ from pacd.errors import (
     PinBlocked,
     PinInvalid,
     PresenceFailed,
+    PresenceRequired,
 )
 from pacd.presence import client
 from pacd.presence.clock import SettableClock
 from pacd.presence.levels import level_for
 from pacd.presence.owner import Credential, OwnerRegistry
-from pacd.presence.rp import RelyingParty
+from pacd.presence.rp import FIRST_CREDENTIAL, RelyingParty
 from pacd.store import Store
 from tests.softauthn import SOFT_AAGUID, ScriptedUser, SoftAuthenticator
 
@@ -60,8 +62,9 @@ class World:
             on_refusal=lambda kind, details: self.refusals.append((kind, details)),
         )
 
-    def enroll(self, label: str = "blue key", key: SoftAuthenticator | None = None) -> Credential:
-        begun = self.rp.begin_registration(label)
+    def enroll(self, label: str = "blue key", key: SoftAuthenticator | None = None,
+               authorised: str = FIRST_CREDENTIAL) -> Credential:
+        begun = self.rp.begin_registration(label, authorised=authorised)
         assert begun["origin"] == ORIGIN
         response = client.register(begun["publicKey"], begun["origin"], self.user,
                                    device=key or self.key)
@@ -257,16 +260,56 @@ def test_session_needs_enrolled_credential_and_valid_level(world: World) -> None
 def test_same_key_cannot_enrol_twice(world: World) -> None:
     world.enroll()
     with pytest.raises(CeremonyError, match="already enrolled"):
-        world.enroll("again")
+        world.enroll("again", authorised="biometric")
 
 
 def test_second_key_enrols_and_both_work(world: World) -> None:
     first = world.enroll()
     spare = SoftAuthenticator()
-    second = world.enroll("spare", key=spare)
+    second = world.enroll("spare", key=spare, authorised="biometric")
     assert first.credential_id != second.credential_id
     sid, response = world.sign_session("biometric", device=spare)
     assert world.rp.complete_session(sid, response).credential_id == second.credential_id
+
+
+def _register(world: World, begun: dict[str, Any], key: SoftAuthenticator) -> dict[str, Any]:
+    return wire(client.register(begun["publicKey"], begun["origin"], world.user, device=key))
+
+
+def test_a_first_key_registration_is_void_once_any_key_is_enrolled(world: World) -> None:
+    early = world.rp.begin_registration("early")  # nothing enrolled: no session needed
+    early_response = _register(world, early, SoftAuthenticator())
+    world.enroll("owner's key")
+    # Dropped when the first key was enrolled.
+    with pytest.raises(PresenceFailed, match="unknown, used or expired"):
+        world.rp.complete_registration(early["registration_id"], early_response)
+    assert len(world.owners.list_credentials()) == 1
+
+
+def test_a_first_key_registration_is_checked_again_when_it_completes(world: World) -> None:
+    late = world.rp.begin_registration("late")
+    # A key enrolled by another path (this relying party never saw it) still counts.
+    other = world.new_rp()
+    begun = other.begin_registration("owner's key")
+    other.complete_registration(begun["registration_id"], _register(world, begun, world.key))
+    with pytest.raises(PresenceRequired) as refused:
+        world.rp.complete_registration(late["registration_id"],
+                                       _register(world, late, SoftAuthenticator()))
+    assert refused.value.extra["required_level"] == "biometric"
+    assert [c.label for c in world.owners.list_credentials()] == ["owner's key"]
+
+
+def test_a_failing_enrolment_hook_stores_nothing(world: World) -> None:
+    begun = world.rp.begin_registration("blue key")
+    response = _register(world, begun, world.key)
+
+    def refuse(credential: Credential) -> None:
+        assert world.owners.find_credential(credential.credential_id) is not None
+        raise AuditError("the audit log could not record this request")
+
+    with pytest.raises(AuditError):
+        world.rp.complete_registration(begun["registration_id"], response, refuse)
+    assert world.owners.list_credentials() == []
 
 
 # --- approvals and carbonProof ---------------------------------------------

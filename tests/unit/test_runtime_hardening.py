@@ -92,11 +92,18 @@ def test_network_only_with_policy_capability_and_non_strict_isolation(
         isolation: IsolationLevel, allow: bool, caps: tuple[Capability, ...]) -> None:
     a = agent(isolation=isolation, caps=caps)
     policy = SecurityPolicy.custom(allow_external_apis=allow, allowed_network_ports=[8080, 443])
-    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK)
+    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK,
+                          unrestricted_egress=True)
     expected = (isolation is not IsolationLevel.strict and allow
                 and bool(set(caps) & EXTERNAL_CAPABILITIES))
     assert spec.network is expected
-    assert network_allowed(container_of(a, policy=policy), a) is expected
+    assert network_allowed(container_of(a, policy=policy), a,
+                           unrestricted_egress=True) is expected
+    # trusted_domains cannot be enforced yet: without the owner's explicit
+    # acceptance of unrestricted egress, no agent gets network at all.
+    withheld = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK)
+    assert withheld.network is False and withheld.published_ports == ()
+    assert network_allowed(container_of(a, policy=policy), a) is False
     assert [p.container_port for p in spec.published_ports] == ([443, 8080] if expected else [])
     assert all(p.host_ip == "127.0.0.1" for p in spec.published_ports)
     body = create_body(spec, "bridge")
@@ -108,7 +115,8 @@ def test_network_only_with_policy_capability_and_non_strict_isolation(
 def test_strict_preset_publishes_nothing_even_with_network() -> None:
     a = agent(isolation=IsolationLevel.managed, caps=(Capability.networkAccess,))
     policy = SecurityPolicy.custom(allow_external_apis=True, allowed_network_ports=[])
-    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK)
+    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK,
+                          unrestricted_egress=True)
     assert spec.network is True and spec.published_ports == ()
 
 
@@ -180,7 +188,11 @@ def test_kube_export_pods_and_network_policies() -> None:
     c = container_of(strict, scout,
                      policy=SecurityPolicy.custom(allow_external_apis=True,
                                                   allowed_network_ports=[8443]))
-    docs = list(yaml.safe_load_all(export_kube(c, "owner-1", lambda n: f"localhost/{n}:1")))
+    closed = list(yaml.safe_load_all(export_kube(c, "owner-1")))
+    # Without accepted unrestricted egress every agent's policy denies everything.
+    assert all("egress" not in d["spec"] for d in closed if d["kind"] == "NetworkPolicy")
+    docs = list(yaml.safe_load_all(export_kube(c, "owner-1", lambda n: f"localhost/{n}:1",
+                                               unrestricted_egress=True)))
     pods = {d["metadata"]["labels"]["com.luciverse.agent"]: d for d in docs if d["kind"] == "Pod"}
     policies = {d["metadata"]["labels"]["com.luciverse.agent"]: d
                 for d in docs if d["kind"] == "NetworkPolicy"}
