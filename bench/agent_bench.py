@@ -68,7 +68,7 @@ def _serve(base: str, conn: Connection) -> None:
             concerns=(ConcernDomain(id="c", name=CONCERN, category=ConcernCategory.personal,
                                     connected_agents=AGENTS),),
             policy=SecurityPolicy.default())
-        sockets = AgentSockets(AgentContext(SealedData(store, vault), audit, Inbox(store),
+        sockets = AgentSockets(AgentContext(SealedData(store, vault), audit, Inbox(store, vault),
                                             Doorbell()))
         agent_socks = [socket_path(root / "agents", CONTAINER_ID, name) for name in AGENTS]
         for name, path in zip(AGENTS, agent_socks, strict=True):
