@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from fido2.client import UserInteraction
 
@@ -36,6 +36,8 @@ from pacd.errors import (
 )
 
 Handler = Callable[[argparse.Namespace, "Ctx"], Any]
+
+T = TypeVar("T")
 
 
 class Ctx:
@@ -65,8 +67,15 @@ class Ctx:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """A request that may need a session: run the ceremony once if it does."""
+        return self.with_session(lambda: self.client.request(method, path, body))
+
+    def with_session(self, send: Callable[[], T]) -> T:
+        """Run ``send``; if the daemon wants a higher level, prove it once and retry.
+
+        Without a terminal there is nobody to touch a key: say which session to open.
+        """
         try:
-            return self.client.request(method, path, body)
+            return send()
         except (PresenceRequired, Unauthorized) as exc:
             level = exc.extra.get("required_level") or getattr(exc, "required_level", "")
             if not level or not sys.stdin.isatty():
@@ -74,7 +83,7 @@ class Ctx:
                     f"{exc.message} — open a session first: pacd session --level "
                     f"{level or 'biometric'}", **exc.extra) from None
             self.session(str(level))
-            return self.client.request(method, path, body)
+            return send()
 
     def session(self, level: str) -> dict[str, Any]:
         from pacd.presence.client import authenticate
@@ -250,16 +259,7 @@ def cmd_plugin(args: argparse.Namespace, ctx: Ctx) -> None:
 def _open_stream(ctx: Ctx, method: str, path: str, body: Any) -> Iterator[dict[str, Any]]:
     """:meth:`Ctx.call` for an answer streamed as JSON lines: the request is refused
     (or accepted) before any line arrives, so the ceremony-and-retry happens there."""
-    try:
-        return ctx.client.stream(method, path, body)
-    except (PresenceRequired, Unauthorized) as exc:
-        level = exc.extra.get("required_level") or getattr(exc, "required_level", "")
-        if not level or not sys.stdin.isatty():
-            raise type(exc)(
-                f"{exc.message} — open a session first: pacd session --level "
-                f"{level or 'biometric'}", **exc.extra) from None
-        ctx.session(str(level))
-        return ctx.client.stream(method, path, body)
+    return ctx.with_session(lambda: ctx.client.stream(method, path, body))
 
 
 def cmd_image(args: argparse.Namespace, ctx: Ctx) -> None:

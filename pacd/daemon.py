@@ -22,7 +22,6 @@ import os
 import resource
 import signal
 import socket
-import stat
 import sys
 import threading
 from collections.abc import Coroutine
@@ -34,7 +33,12 @@ from pacd import __version__
 from pacd.agents.inbox import Inbox
 from pacd.api.activation import activated_socket, sd_notify
 from pacd.api.decisions import DecisionLog
-from pacd.api.listener import SocketLock, bind_owner_socket, check_activated_socket
+from pacd.api.listener import (
+    SocketLock,
+    bind_owner_socket,
+    check_activated_socket,
+    ensure_private_dir,
+)
 from pacd.api.owner_routes import PLUGIN_INSTALL, OwnerApi
 from pacd.api.server import OwnerServer
 from pacd.api.services import Services
@@ -43,7 +47,7 @@ from pacd.audit import AuditEntry, AuditLog
 from pacd.config import Config
 from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
-from pacd.errors import ConfigError, PacdError
+from pacd.errors import PacdError
 from pacd.events import EventBus
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
@@ -85,22 +89,7 @@ def ensure_private_home(home: Path) -> None:
     It holds the state and audit databases: a directory others may enter or
     write to would let them read those files' names and sizes, or replace them.
     """
-    if not home.exists():
-        home.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileExistsError):
-            home.mkdir(mode=0o700)
-            os.chmod(home, 0o700)  # mkdir's mode is filtered by the umask
-    st = os.lstat(home)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"PACD_HOME {home} is not a directory (or is a symlink)")
-    if st.st_uid != os.getuid():
-        raise ConfigError(
-            f"PACD_HOME {home} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
-            "choose another PACD_HOME")
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"PACD_HOME {home} has mode {stat.S_IMODE(st.st_mode):04o}; pacd keeps its "
-            f"databases only in a private directory: run `chmod 700 {home}`")
+    ensure_private_dir(home, "PACD_HOME", "choose another PACD_HOME")
 
 
 def raise_open_file_limit() -> int:

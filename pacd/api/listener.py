@@ -24,25 +24,29 @@ class AlreadyRunning(PacdError):
     exit_code = 5
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` 0700, or refuse it if it exists and is not private to us."""
+def ensure_private_dir(path: Path, what: str = "socket directory",
+                       instead: str = "choose another PACD_SOCKET") -> None:
+    """Create ``path`` 0700, or refuse it if it exists and is not private to us.
+
+    ``what`` names the directory in messages, ``instead`` says what else to do.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"socket directory {path} is not a directory (or is a symlink)")
+        raise ConfigError(f"{what} {path} is not a directory (or is a symlink)")
     if st.st_uid != os.getuid():
         raise ConfigError(
-            f"socket directory {path} belongs to uid {st.st_uid}, not to you "
-            f"(uid {os.getuid()}); choose another PACD_SOCKET"
+            f"{what} {path} belongs to uid {st.st_uid}, not to you "
+            f"(uid {os.getuid()}); {instead}"
         )
     if st.st_mode & 0o077:
         raise ConfigError(
-            f"socket directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; pacd needs a "
-            f"private directory: run `chmod 700 {path}` or choose another PACD_SOCKET"
+            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}; pacd needs a "
+            f"private directory: run `chmod 700 {path}` or {instead}"
         )
 
 
