@@ -100,6 +100,23 @@ class Store:
             row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
             return row
 
+    def query_one_if_free(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> tuple[bool, sqlite3.Row | None]:
+        """:meth:`query_one` only if no other thread is using the connection right now.
+
+        ``(False, None)`` when it is busy (a write transaction may be waiting on its
+        fsync). For the event loop: a point read on a free connection costs less
+        than a hop to a worker thread, and a busy one is never waited for.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+            return True, row
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -24,6 +24,13 @@ CREATE INDEX sealed_data_updated ON sealed_data (updated)
 """
 
 
+_GET = "SELECT value FROM sealed_data WHERE container = ? AND concern = ? AND key = ?"
+
+#: values up to this size are opened on the caller's thread by get_if_quick
+#: (tens of microseconds); larger ones go to a worker thread
+QUICK_OPEN_BYTES = 64 * 1024
+
+
 class SealedData:
     def __init__(self, store: Store, vault: Vault) -> None:
         self._store = store
@@ -43,13 +50,26 @@ class SealedData:
             )
 
     def get(self, container: str, concern: str, key: str) -> bytes:
-        row = self._store.query_one(
-            "SELECT value FROM sealed_data WHERE container = ? AND concern = ? AND key = ?",
-            (container, concern, key),
-        )
+        row = self._store.query_one(_GET, (container, concern, key))
         if row is None:
             raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
         return self._vault.open(container, concern, key, bytes(row[0]))
+
+    def get_if_quick(self, container: str, concern: str, key: str) -> bytes | None:
+        """:meth:`get` if it needs no waiting; None if the store is busy or the value large.
+
+        For the event loop, which must not block: on None, run :meth:`get` in a
+        worker thread instead. Raises NotFound like :meth:`get`.
+        """
+        free, row = self._store.query_one_if_free(_GET, (container, concern, key))
+        if not free:
+            return None
+        if row is None:
+            raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
+        sealed = bytes(row[0])
+        if len(sealed) > QUICK_OPEN_BYTES:
+            return None
+        return self._vault.open(container, concern, key, sealed)
 
     def delete(self, container: str, concern: str, key: str) -> None:
         with self._store.transaction() as conn:

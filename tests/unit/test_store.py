@@ -75,3 +75,28 @@ def test_failed_commit_is_rolled_back(tmp_path: Path) -> None:
         conn.execute("INSERT INTO p VALUES (1)")
     assert store.query_one("SELECT count(*) FROM c")[0] == 0
     assert store.query_one("SELECT count(*) FROM p")[0] == 1
+
+
+def test_query_one_if_free_never_waits_for_another_thread(tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path / "s.sqlite3")
+    assert store.query_one_if_free("SELECT 1 + ?", (1,))[0] is True
+    free, row = store.query_one_if_free("SELECT 1 + ?", (1,))
+    assert free and row is not None and row[0] == 2
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.transaction():
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        assert store.query_one_if_free("SELECT 1") == (False, None)
+    finally:
+        release.set()
+        holder.join(10)
+    assert store.query_one_if_free("SELECT 1")[0] is True

@@ -69,3 +69,34 @@ def test_purge_and_delete_container(data: SealedData) -> None:
     assert data.delete_container("lab") == 1
     assert data.keys("lab", "work") == []
     assert data.get("home", "personal", "new") == b"2"
+
+
+def test_get_if_quick_reads_small_values_and_defers_when_busy_or_large(
+        store: Store, data: SealedData) -> None:
+    import threading
+
+    from pacd.vault.datastore import QUICK_OPEN_BYTES
+
+    data.put("home", "personal", "small", b"note", now=1.0)
+    data.put("home", "personal", "large", b"x" * (QUICK_OPEN_BYTES + 1), now=1.0)
+    assert data.get_if_quick("home", "personal", "small") == b"note"
+    with pytest.raises(NotFound, match="absent"):
+        data.get_if_quick("home", "personal", "absent")
+    assert data.get_if_quick("home", "personal", "large") is None  # left to a worker thread
+    # While another thread holds the store (a write transaction), nothing waits.
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.transaction():
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        assert data.get_if_quick("home", "personal", "small") is None
+    finally:
+        release.set()
+        holder.join(10)
+    assert data.get_if_quick("home", "personal", "small") == b"note"
