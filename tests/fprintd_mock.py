@@ -17,12 +17,16 @@ import asyncio
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from typing import Annotated
 
+import pytest
 from dbus_fast import BusType, DBusError
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_signal
+
+from tests.conftest import require_system
 
 BUS_NAME = "net.reactivated.Fprint"
 MANAGER_PATH = "/net/reactivated/Fprint/Manager"
@@ -174,3 +178,22 @@ class FprintdMock:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(5)
+
+
+# --- fixtures: a private bus with the mock on it, for any test module -------
+
+
+@pytest.fixture
+def bus() -> Iterator[PrivateBus]:
+    if shutil.which("dbus-daemon") is None:
+        require_system("dbus-daemon (apt install dbus)")
+    private = PrivateBus()
+    yield private
+    private.close()
+
+
+@pytest.fixture
+def fprintd(bus: PrivateBus) -> Iterator[FprintdMock]:
+    mock = FprintdMock(bus.address)
+    yield mock
+    mock.close()

@@ -7,10 +7,9 @@ mock; only fprintd and the fingerprint reader behind it are simulated.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,29 +26,14 @@ from pacd.errors import (
     Unauthorized,
 )
 from pacd.presence.levels import require
-from tests.conftest import require_system
-from tests.fprintd_mock import FprintdMock, PrivateBus
+from tests.fprintd_mock import FprintdMock, PrivateBus, bus, fprintd
 from tests.integration.harness import EXAMPLES, DaemonProcess, Owner, plugin, spec_with_plugins
+
+__all__ = ["bus", "fprintd"]  # the shared fixtures this module uses
 
 PLATFORM = "/v1/sessions/platform"
 FPRINTD = {"method": "fprintd", "level": "biometric"}
 ENABLED = {"platform_presence": ["fprintd"], "platform_presence_timeout_s": 2.0}
-
-
-@pytest.fixture
-def bus() -> Iterator[PrivateBus]:
-    if shutil.which("dbus-daemon") is None:
-        require_system("dbus-daemon (apt install dbus)")
-    private = PrivateBus()
-    yield private
-    private.close()
-
-
-@pytest.fixture
-def fprintd(bus: PrivateBus) -> Iterator[FprintdMock]:
-    mock = FprintdMock(bus.address)
-    yield mock
-    mock.close()
 
 
 def _daemon(make: Callable[..., DaemonProcess], bus_address: str,

@@ -6,9 +6,7 @@ only fprintd itself (and the fingerprint reader behind it) is simulated.
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,26 +15,11 @@ from pacd.errors import CeremonyTimeout, PresenceFailed, PresenceUnavailable
 from pacd.presence.fprintd import FprintdVerifier
 from pacd.presence.levels import level_for
 from pacd.presence.verifiers import presence_methods_report
-from tests.conftest import require_system
-from tests.fprintd_mock import FprintdMock, PrivateBus
+from tests.fprintd_mock import FprintdMock, PrivateBus, bus, fprintd
+
+__all__ = ["bus", "fprintd"]  # the shared fixtures this module uses
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture
-def bus() -> Iterator[PrivateBus]:
-    if shutil.which("dbus-daemon") is None:
-        require_system("dbus-daemon (apt install dbus)")
-    private = PrivateBus()
-    yield private
-    private.close()
-
-
-@pytest.fixture
-def fprintd(bus: PrivateBus) -> Iterator[FprintdMock]:
-    mock = FprintdMock(bus.address)
-    yield mock
-    mock.close()
 
 
 def test_match_gives_biometric_and_releases_the_reader(fprintd: FprintdMock) -> None:
