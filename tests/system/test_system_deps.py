@@ -84,15 +84,18 @@ def _merged_usr_aliases(path: str) -> list[str]:
 
 def owning_package(path: Path) -> str | None:
     """The Debian package whose file list has ``path`` (or the file a link resolves to)."""
-    spellings = [*_merged_usr_aliases(str(path)), *_merged_usr_aliases(os.path.realpath(path))]
-    for spelling in dict.fromkeys(spellings):
-        out = subprocess.run(["dpkg-query", "-S", spelling], capture_output=True, text=True,
-                             check=False)
-        for line in out.stdout.splitlines():
-            packages, _, file = line.partition(": ")
-            if file == spelling and not line.startswith("diversion by"):
-                return packages.split(",")[0].strip().split(":")[0]
-    return None
+    spellings = list(dict.fromkeys(
+        [*_merged_usr_aliases(str(path)), *_merged_usr_aliases(os.path.realpath(path))]))
+    # One query for all spellings (dpkg reads every file list each time); it exits
+    # non-zero when any spelling is unknown, which is expected here.
+    out = subprocess.run(["dpkg-query", "-S", *spellings], capture_output=True, text=True,
+                         check=False)
+    owners: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        packages, _, file = line.partition(": ")
+        if not line.startswith("diversion by"):
+            owners[file] = packages.split(",")[0].strip().split(":")[0]
+    return next((owners[s] for s in spellings if s in owners), None)
 
 
 @cache
