@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: test run bench lint system-deps doctor-deps clean
+.PHONY: test run bench lint system-deps doctor-deps package test-deb clean
 
 system-deps:
 	@scripts/install-system-deps
@@ -34,6 +34,14 @@ run: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	scripts/dev-session $(PY) -m bench
+
+# dist/pacd_<version>_<arch>.deb (the wheel in a private venv under /usr/lib/pacd)
+package: system-deps $(STAMP)
+	packaging/linux/build-deb
+
+# Builds, lints, installs, socket-activates and purges the .deb on this host (root).
+test-deb: system-deps $(STAMP)
+	scripts/dev-session packaging/linux/test-deb
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_system
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: what a source checkout has that is not source (the copy to build from leaves them out)
@@ -84,7 +86,7 @@ def test_the_wheel_installed_with_pipx_runs_a_daemon_its_own_cli_reaches(
         entry_points = next(wheel.read(n).decode() for n in wheel.namelist()
                             if n.endswith(".dist-info/entry_points.txt"))
         assert "pacd = pacd.cli:main" in entry_points
-        assert "pacd-tray = gui.tray:main" in entry_points
+        assert "pacd-tray = gui.launch:main" in entry_points
         assert "gui/icons/pacd.svg" in wheel.namelist()
 
     pipx_home = tmp_path / "pipx"
@@ -104,6 +106,11 @@ def test_the_wheel_installed_with_pipx_runs_a_daemon_its_own_cli_reaches(
                             capture_output=True, text=True, timeout=60, check=True,
                             cwd=tmp_path).stdout.strip()
     assert origin.startswith(str(pipx_home)), origin
+    # without the gui extra the tray says what to install instead of a traceback
+    tray = subprocess.run([str(bin_dir / "pacd-tray")], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert tray.returncode == 2, tray.stdout + tray.stderr
+    assert "pacd[gui]" in tray.stderr and "Traceback" not in tray.stderr
 
     home = tmp_path / "home"
     config = tmp_path / "config.toml"
@@ -131,3 +138,22 @@ def test_the_wheel_installed_with_pipx_runs_a_daemon_its_own_cli_reaches(
 def _version() -> str:
     from pacd import __version__
     return __version__
+
+
+CANNOT_RUN_HERE = 77  # packaging/linux/test-deb: not root, not Debian, or pacd already installed
+
+
+@pytest.mark.system
+def test_the_deb_installs_answers_from_its_activated_socket_and_purges_without_a_trace(
+        real_keychain: str) -> None:
+    """packaging/linux/test-deb: build, lintian (no errors), install, systemd-analyze
+    --user verify, the bundled Qt, socket activation answering the installed
+    ``pacd status``, purge leaving no unit enabled and no file installed."""
+    if shutil.which("dpkg") is None or os.geteuid() != 0:
+        require_system("root on a Debian system (the test installs and purges the .deb)")
+    result = subprocess.run([str(ROOT / "packaging" / "linux" / "test-deb")],
+                            capture_output=True, text=True, timeout=900, check=False)
+    if result.returncode == CANNOT_RUN_HERE:
+        require_system(result.stderr.strip())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== passed" in result.stdout

@@ -57,6 +57,12 @@ PROGRAMS: tuple[Program, ...] = (
     Program("ip", "Podman (container network setup)"),
     Program("fuse-overlayfs", "rootless Podman on kernels without native overlay"),
     Program("Xvfb", "the tray on a machine without a display (make run)"),
+    Program("dpkg-deb", "packaging/linux/build-deb (make package)"),
+    Program("strip", "packaging/linux/build-deb (the bundled shared objects)"),
+    Program("ldd", "packaging/linux/trim-qt (the Qt libraries the tray needs)"),
+    Program("lintian", "packaging/linux/test-deb"),
+    Program("systemd-analyze", "packaging/linux/test-deb (verifies the user units)"),
+    Program("systemd-socket-activate", "packaging/linux/test-deb (socket activation)"),
 )
 
 #: everything the test resolves, by name: the tests' programs and Podman's helpers
