@@ -34,6 +34,7 @@ from pacd.agents.inbox import Inbox
 from pacd.api.activation import activated_socket, sd_notify
 from pacd.api.decisions import DecisionLog
 from pacd.api.listener import (
+    HomeLock,
     SocketLock,
     bind_owner_socket,
     check_activated_socket,
@@ -171,8 +172,16 @@ class Daemon:
         # before it opens the state and audit databases.
         listener = _listen(self.config)
         try:
+            # Then the home: one daemon per PACD_HOME whatever socket it serves.
+            ensure_private_home(self.config.home)
+            home_lock = HomeLock(self.config.home)
+        except BaseException:
+            self._close_listener(listener)
+            raise
+        try:
             services = await asyncio.to_thread(build_services, self.config)
         except BaseException:
+            home_lock.release()
             self._close_listener(listener)
             raise
         try:
@@ -183,6 +192,7 @@ class Daemon:
                                         str(self.config.socket), "info", "pacd stopped", {})
             await asyncio.to_thread(services.audit.close)
             services.store.close()
+            home_lock.release()
             self._close_listener(listener)
 
     @staticmethod

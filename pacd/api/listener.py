@@ -87,6 +87,42 @@ class SocketLock:
             self._fd = -1
 
 
+class HomeLock:
+    """An exclusive ``flock`` on ``daemon.lock`` in PACD_HOME, held for the daemon's life.
+
+    The socket lock only keeps two daemons off one socket; two daemons with
+    different sockets on one home would interleave writes to one audit chain
+    and one state database. The file holds the holder's pid so the second
+    daemon can name it; the lock itself (not the pid) is what decides.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "daemon.lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another pacd daemon (pid {holder}) is already using PACD_HOME {home}; "
+                "stop it first or set another PACD_HOME"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            # Emptied before unlocking: a pid left behind would name a dead process.
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = -1
+
+
 def bind_owner_socket(path: Path, backlog: int = 128) -> tuple[socket.socket, SocketLock]:
     """Bind the owner socket at ``path``, returning it and the lock that guards it."""
     ensure_private_dir(path.parent)
