@@ -154,6 +154,34 @@ def _entry_parts(  # noqa: PLR0917 - one parameter per MACed column
     return prefix, ',"target":' + enc(target) + ',"time":'
 
 
+#: an entry's details (canonical JSON) take at most this many bytes, and its reason
+#: at most MAX_REASON_CHARS characters: what an entry records must not grow with
+#: what a request sent. Longer ones are cut and name the SHA-256 of the full text.
+MAX_DETAILS_BYTES = 4096
+MAX_REASON_CHARS = 1024
+
+
+def _capped_details(text: str) -> tuple[dict[str, Any], str]:
+    """Details too long to keep: a summary (size, SHA-256, the start) within the cap."""
+    data = text.encode("utf-8")
+    summary: dict[str, Any] = {"truncated": True, "bytes": len(data),
+                               "sha256": hashlib.sha256(data).hexdigest(), "head": ""}
+    head = text[:MAX_DETAILS_BYTES]
+    while True:
+        summary["head"] = head
+        out = canonical_json(summary)
+        if len(out) <= MAX_DETAILS_BYTES:
+            return summary, out.decode("utf-8")
+        # Escapes and multi-byte characters make the text longer than its slice.
+        head = head[: max(0, len(head) - (len(out) - MAX_DETAILS_BYTES))]
+
+
+def _capped_reason(reason: str) -> str:
+    full = reason.encode("utf-8", "surrogatepass")
+    note = f" … (cut from {len(reason)} characters; sha256 {hashlib.sha256(full).hexdigest()})"
+    return reason[: MAX_REASON_CHARS - len(note)] + note
+
+
 def _splice(prefix: str, seq: int, middle: str, when: float) -> bytes:
     return (prefix + str(seq) + middle + _json_float(when) + "}").encode("utf-8")
 
@@ -621,6 +649,11 @@ class AuditLog:
             details = dict(details)
         else:
             details_problem = "details must be a JSON object"
+        if len(details_text) > MAX_DETAILS_BYTES // 4 and (
+                len(details_text.encode("utf-8")) > MAX_DETAILS_BYTES):
+            details, details_text = _capped_details(details_text)
+        if type(reason) is str and len(reason) > MAX_REASON_CHARS:
+            reason = _capped_reason(reason)
         if details_problem or not (
             type(actor) is str and type(action) is str and type(target) is str
             and type(reason) is str and type(decision) is str and decision in DECISIONS

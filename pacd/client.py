@@ -73,8 +73,11 @@ def _error_from(status: int, data: Any) -> PacdError:
             exc = cls(message, required_level=str(extra.pop("required_level", "")), **extra)
         elif issubclass(cls, InvalidRequest):
             errors = extra.pop("errors", None)
-            exc = cls(message, errors=list(errors) if isinstance(errors, list) else None,
-                      **extra)
+            exc = cls(message, **extra)
+            if isinstance(errors, list):
+                # As the daemon sent it: already capped, with its own "and N more".
+                exc.errors = [str(e) for e in errors]
+                exc.extra["errors"] = exc.errors
         else:
             exc = cls(message, **extra)
     except TypeError:  # a class with a fixed signature (e.g. IntegrityError)

@@ -61,6 +61,8 @@ class Config:
     #: the FROM of the owner's image; must already be in local Podman storage (never pulled)
     base_image: str = "localhost/pacd-base:latest"
     max_body_bytes: int = 16 * 1024 * 1024
+    #: the body cap of routes reachable without a token (level basic)
+    max_tokenless_body_bytes: int = 64 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 10
     #: trusted_domains cannot be enforced yet (no egress proxy): agents get external

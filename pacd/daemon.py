@@ -221,6 +221,7 @@ class Daemon:
             api.routes, api.authorize, services.audit,
             max_connections=self.config.max_connections,
             max_body_bytes=self.config.max_body_bytes,
+            max_tokenless_body_bytes=self.config.max_tokenless_body_bytes,
             header_timeout_s=self.config.header_timeout_s,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -33,18 +33,42 @@ class PacdError(Exception):
 # --- request / input ------------------------------------------------------
 
 
+#: reasons an error list carries at most; the rest are counted ("and N more")
+MAX_REASONS = 50
+
+
+def capped_reasons(errors: list[str], omitted: int = 0) -> list[str]:
+    """The first :data:`MAX_REASONS` reasons, plus ``"and N more"`` for the rest.
+
+    Hostile input can have any number of problems: the answer (and its audit
+    entry) must not grow with it. ``omitted`` counts reasons already dropped.
+    """
+    kept = errors[:MAX_REASONS]
+    more = omitted + len(errors) - len(kept)
+    return [*kept, f"and {more} more"] if more > 0 else list(kept)
+
+
 class InvalidRequest(PacdError):
-    """Bad input. ``errors`` lists every problem when there are several."""
+    """Bad input. ``errors`` lists the problems (capped) when there are several.
+
+    ``omitted`` counts problems the caller found but did not keep.
+    """
 
     code = "invalid_request"
     status = 422
     exit_code = 2
 
-    def __init__(self, message: str, errors: list[str] | None = None, **extra: Any) -> None:
-        if errors:
-            extra["errors"] = list(errors)
+    def __init__(self, message: str, errors: list[str] | None = None, omitted: int = 0,
+                 **extra: Any) -> None:
+        shown = capped_reasons(list(errors or []), omitted)
+        if shown:
+            extra["errors"] = shown
         super().__init__(message, **extra)
-        self.errors: list[str] = list(errors or [])
+        #: what the wire carries: the kept reasons, then "and N more" if any were dropped
+        self.errors: list[str] = shown
+        #: the kept reasons alone, and how many more there were
+        self.reasons: list[str] = list(errors or [])[:MAX_REASONS]
+        self.omitted: int = omitted + max(0, len(errors or []) - MAX_REASONS)
 
 
 class SpecError(InvalidRequest):

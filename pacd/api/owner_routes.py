@@ -65,6 +65,8 @@ T = TypeVar("T")
 PLUGIN_INSTALL = "plugin.install"
 EVENT_POLL_S = 5.0
 EVENT_WRITE_TIMEOUT_S = 5.0
+#: reasons quoted in a rejection's message (all kept ones are in its ``errors``)
+MESSAGE_REASONS = 10
 #: who owner-socket requests act as: the peer uid was checked to be the daemon's own
 ACTOR = actor_for(os.getuid())
 #: audit action names of routes whose operation id is not already one
@@ -525,12 +527,14 @@ class OwnerApi:
         record = await _thread(self._record, call.params["id"])
         container = record.model()
         errors: list[str] = []
+        omitted = 0
         schema = None
         try:
             schema = parse_plugin_schema(body.schema)
         except SpecError as exc:
             errors += [f"schema.{e}" if not e.startswith("schema") else e
-                       for e in (exc.errors or [exc.message])]
+                       for e in (exc.reasons or [exc.message])]
+            omitted = exc.omitted
         agent = container.agent(body.agent)
         if agent is None:
             errors.append(f"agent: container {record.name!r} has no agent {body.agent!r}")
@@ -538,11 +542,15 @@ class OwnerApi:
             errors += validate_plugin(schema, container.policy, agent)
         name = schema.name if schema is not None else str(body.schema.get("name", "?"))[:100]
         if errors:
+            rejected = PluginRejected("", errors=errors, omitted=omitted)
+            count = len(rejected.reasons) + rejected.omitted
+            shown = "; ".join(rejected.errors[:MESSAGE_REASONS])
+            more = "; …" if len(rejected.errors) > MESSAGE_REASONS else ""
             await self.audit("plugin.submit", record.id, "deny",
-                             f"plugin {name!r} rejected ({len(errors)} reasons)",
-                             {"agent": body.agent, "errors": errors})
-            raise PluginRejected(f"plugin {name!r} was rejected: " + "; ".join(errors),
-                                 errors=errors)
+                             f"plugin {name!r} rejected ({count} reasons)",
+                             {"agent": body.agent, "errors": rejected.errors})
+            raise PluginRejected(f"plugin {name!r} was rejected ({count} reasons): "
+                                 f"{shown}{more}", errors=errors, omitted=omitted)
         assert schema is not None
         summary = (f"install plugin {schema.name} {schema.version} for agent {body.agent} "
                    f"in container {record.name}")

@@ -100,8 +100,11 @@ class OwnerServer:
         header_timeout_s: float,
         read_timeout_s: float | None = None,
         shutdown_timeout_s: float = 30.0,
+        max_tokenless_body_bytes: int = 64 * 1024,
     ) -> None:
         self.routes = list(routes)
+        self._max_body = max_body_bytes
+        self._max_tokenless_body = min(max_tokenless_body_bytes, max_body_bytes)
         self._authorize = authorize
         self._audit = audit
         self._uid = os.getuid()
@@ -209,6 +212,9 @@ class OwnerServer:
 
     def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         basic = Principal(level="basic") if route.level == "basic" else None
+        # Whoever can reach a route without a token gets the small cap.
+        body_cap = min(route.max_body_bytes or self._max_body,
+                       self._max_tokenless_body if basic else self._max_body)
 
         async def answer(request: web.Request, decision: RequestDecision | None = None
                          ) -> web.StreamResponse:
@@ -216,7 +222,7 @@ class OwnerServer:
             principal = basic or await self._authorize(request, route)
             body: Any = None
             if route.request is not None:
-                body = await self._read_body(request, route.request)
+                body = await self._read_body(request, route.request, body_cap)
             query = decode_query(route.query, request.query) if route.query else None
             call = Call(request=request, params=request.match_info, body=body, query=query,
                         principal=principal)
@@ -292,10 +298,10 @@ class OwnerServer:
         details: dict[str, Any] = {"code": exc.code, "status": exc.status, **exc.extra}
         await self._record(route, request, decision, "deny", exc.message, details)
 
-    async def _read_body(self, request: web.Request, kind: type | RawBody) -> Any:
+    async def _read_body(self, request: web.Request, kind: type | RawBody, cap: int) -> Any:
         try:
             async with asyncio.timeout(self._read_timeout):
-                raw = await request.read()
+                raw = await _read_capped(request, cap)
         except TimeoutError:
             if request.transport is not None:
                 request.transport.close()
@@ -315,6 +321,20 @@ class OwnerServer:
                 raise InvalidRequest(f"body: expected a {kind.name} object")
             return data
         return decode(kind, data)
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed ``cap`` bytes."""
+    if request.content_length is not None and request.content_length > cap:
+        raise PayloadTooLarge(f"the request body is larger than this route accepts "
+                              f"({cap} bytes)", max_body_bytes=cap)
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > cap:
+            raise PayloadTooLarge(f"the request body is larger than this route accepts "
+                                  f"({cap} bytes)", max_body_bytes=cap)
+    return bytes(body)
 
 
 def _token_details(principal: Principal) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, Final, TypeVar
 
-from pacd.errors import SpecError
+from pacd.errors import MAX_REASONS, SpecError
 
 E = TypeVar("E", bound=Enum)
 T = TypeVar("T")
@@ -103,26 +103,40 @@ def one_of(values: Iterable[str]) -> str:
 
 
 class Problems:
-    """Collects path-prefixed problems; ``root`` names the document itself."""
+    """Collects path-prefixed problems; ``root`` names the document itself.
+
+    Every problem is counted (``count``), but only the first
+    :data:`~pacd.errors.MAX_REASONS` are kept: a hostile document may have
+    any number of mistakes, and neither memory nor the answer grows with them.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.errors: list[str] = []
+        self.count = 0
 
     def add(self, path: str, message: str) -> None:
+        self.count += 1
+        if len(self.errors) >= MAX_REASONS:
+            return
         # a path that starts with a subscript hangs off the document itself
         where = self.root + path if path.startswith("[") else path or self.root
         self.errors.append(f"{where}: {message}")
 
+    def extend(self, messages: list[str]) -> None:
+        """Problems already prefixed with their path."""
+        self.count += len(messages)
+        self.errors.extend(messages[: max(0, MAX_REASONS - len(self.errors))])
+
     def __bool__(self) -> bool:
-        return bool(self.errors)
+        return self.count > 0
 
     def raise_if_any(self, what: str) -> None:
-        if self.errors:
-            count = len(self.errors)
-            noun = "problem" if count == 1 else "problems"
+        if self.count:
+            noun = "problem" if self.count == 1 else "problems"
             raise SpecError(
-                f"{what} is invalid ({count} {noun}): {self.errors[0]}", errors=self.errors
+                f"{what} is invalid ({self.count} {noun}): {self.errors[0]}",
+                errors=self.errors, omitted=self.count - len(self.errors),
             )
 
 
@@ -196,13 +210,14 @@ class Obj:
             return default
         return read_enum(self.data[key], self.at(key), self.problems, enum)
 
-    def array(self, key: str, default: list[Any] | None = None) -> list[tuple[str, Any]] | None:
-        """The items of an array field, each paired with its path."""
+    def array(self, key: str, default: list[Any] | None = None,
+              max_items: int | None = None) -> list[tuple[str, Any]] | None:
+        """The items of an array field, each paired with its path (see :func:`read_array`)."""
         if key not in self.data:
             if default is None:
                 return None
             return [(index(self.at(key), i), v) for i, v in enumerate(default)]
-        return read_array(self.data[key], self.at(key), self.problems)
+        return read_array(self.data[key], self.at(key), self.problems, max_items)
 
 
 def read_string(
@@ -248,10 +263,16 @@ def read_enum(value: Any, path: str, problems: Problems, enum: type[E]) -> E | N
     return enum(value)
 
 
-def read_array(value: Any, path: str, problems: Problems) -> list[tuple[str, Any]] | None:
+def read_array(value: Any, path: str, problems: Problems,
+               max_items: int | None = None) -> list[tuple[str, Any]] | None:
+    """The items, each paired with its path; beyond ``max_items`` one problem, and
+    only the first ``max_items`` are read (work does not grow with hostile input)."""
     if not isinstance(value, list | tuple):
         problems.add(path, f"expected an array, got {json_type(value)}")
         return None
+    if max_items is not None and len(value) > max_items:
+        problems.add(path, f"has {len(value)} items, at most {max_items}")
+        value = value[:max_items]
     return [(index(path, i), item) for i, item in enumerate(value)]
 
 

@@ -85,8 +85,10 @@ class Action(StrEnum):
     weaken_policy = "weaken_policy"
 
 
-# DESIGN.md §2. Submitting a plugin only queues it (installing is the approval),
-# and denying can only make things safer, so both stay at basic.
+# DESIGN.md §2. Denying can only make things safer, so it stays at basic.
+# Submitting a plugin only queues it (installing is the approval), but every
+# queued approval takes the owner's attention: it needs a touch (enhanced), so a
+# script of the owner's uid cannot fill the queue on its own.
 _REQUIRED: dict[Action, SecurityLevel] = {
     Action.status: SecurityLevel.basic,
     Action.list_containers: SecurityLevel.basic,
@@ -97,12 +99,12 @@ _REQUIRED: dict[Action, SecurityLevel] = {
     Action.container_config: SecurityLevel.basic,
     Action.container_openapi: SecurityLevel.basic,
     Action.export_kube: SecurityLevel.basic,
-    Action.submit_plugin: SecurityLevel.basic,
     Action.deny_approval: SecurityLevel.basic,
     Action.start_container: SecurityLevel.enhanced,
     Action.stop_container: SecurityLevel.enhanced,
     Action.read_owner_data: SecurityLevel.enhanced,
     Action.build_image: SecurityLevel.enhanced,
+    Action.submit_plugin: SecurityLevel.enhanced,
     Action.create_container: SecurityLevel.biometric,
     Action.delete_container: SecurityLevel.biometric,
     Action.install_plugin: SecurityLevel.biometric,

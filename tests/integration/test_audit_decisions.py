@@ -114,8 +114,8 @@ def test_every_routed_request_is_exactly_one_entry(daemon: DaemonProcess) -> Non
     expected += [("session.begin", "allow"), ("session.create", "allow")]
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
     expected.append(("container.create", "allow"))
-    queued = c.request("POST", f"/v1/containers/{container['id']}/plugins",
-                       {"agent": "writer", "schema": plugin("text-formatter")})
+    queued = owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                                    {"agent": "writer", "schema": plugin("text-formatter")})
     expected.append(("approval.plugin.install.request", "info"))
     c.request("POST", f"/v1/approvals/{queued['approval_id']}/deny", {"reason": "no"})
     expected.append(("approval.plugin.install.deny", "deny"))

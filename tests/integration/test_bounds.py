@@ -1,0 +1,99 @@
+"""Bounded: no single request makes the answer, the audit log or the work grow with it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import pytest
+
+from pacd.core.canonical import canonical_json
+from pacd.errors import InvalidRequest, PayloadTooLarge, Unauthorized
+from tests.integration.harness import DaemonProcess, Owner, plugin, spec_with_plugins
+
+#: the audit caps (pacd.audit): details bytes and reason characters
+DETAILS_CAP = 4096
+REASON_CAP = 1024
+
+
+def _ready(daemon: DaemonProcess) -> tuple[Owner, dict[str, Any]]:
+    owner = Owner(daemon)
+    owner.init()
+    owner.enroll()
+    owner.session("biometric")
+    container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
+    return owner, container
+
+
+def _entry_size(entry: dict[str, Any]) -> int:
+    return len(canonical_json({k: entry[k] for k in (
+        "actor", "action", "target", "decision", "reason", "details")}))
+
+
+def test_a_huge_invalid_plugin_is_answered_fast_with_capped_reasons_and_a_capped_audit_entry(
+        daemon: DaemonProcess) -> None:
+    owner, container = _ready(daemon)
+    path = f"/v1/containers/{container['id']}/plugins"
+    schema = plugin("text-formatter") | {"required_capabilities": ["x"] * 300000}
+    body = {"agent": "writer", "schema": schema}
+    assert len(json.dumps(body)) > 1_400_000  # the 1.5 MB submission
+    start = time.monotonic()
+    with pytest.raises(InvalidRequest) as rejected:
+        owner.authed().request("POST", path, body)
+    elapsed = time.monotonic() - start
+    print(f"1.5 MB invalid plugin submission answered in {elapsed * 1000:.0f} ms")
+    assert elapsed < 1.0
+    errors = rejected.value.errors
+    assert errors[0] == "schema.required_capabilities: has 300000 items, at most 9"
+    assert len(errors) <= 51
+    assert len(rejected.value.message) < 4096
+
+    # A document with thousands of distinct mistakes: the first 50 and a count.
+    many = plugin("text-formatter") | {f"extra{i}": i for i in range(3000)}
+    with pytest.raises(InvalidRequest) as flood:
+        owner.authed().request("POST", path, {"agent": "writer", "schema": many})
+    assert len(flood.value.errors) == 51
+    assert flood.value.errors[-1] == "and 2950 more"
+    assert all(e.startswith("schema.extra") for e in flood.value.errors[:50])
+
+    entries = [e for e in daemon.audit() if e["action"] == "plugin.submit"]
+    assert [e["decision"] for e in entries] == ["deny", "deny"]
+    huge, flooded = entries
+    assert huge["details"]["errors"] == errors
+    # The flood's details exceed the cap: cut to a summary naming the full text's digest.
+    assert flooded["details"]["truncated"] is True
+    full = canonical_json({"agent": "writer", "errors": flood.value.errors})
+    assert flooded["details"]["sha256"] == hashlib.sha256(full).hexdigest()
+    assert flooded["details"]["bytes"] == len(full)
+    for entry in entries:
+        assert len(canonical_json(entry["details"])) <= DETAILS_CAP
+        assert len(entry["reason"]) <= REASON_CAP
+        assert _entry_size(entry) <= DETAILS_CAP + REASON_CAP + 512
+    assert owner.authed().request("POST", "/v1/audit/verify")["ok"] is True
+
+
+def test_routes_without_a_token_read_at_most_64_kib(daemon: DaemonProcess) -> None:
+    owner, container = _ready(daemon)
+    padding = "p" * (70 * 1024)
+    # A route anyone of the owner's uid reaches without a token: the small cap.
+    with pytest.raises(PayloadTooLarge) as refused:
+        daemon.client().request("POST", "/v1/sessions/begin",
+                                {"level": "enhanced", "pad": padding})
+    assert refused.value.extra["max_body_bytes"] == 64 * 1024
+    # A plugin submission needs a session at all: refused before its body is read.
+    with pytest.raises(Unauthorized):
+        daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
+                                {"agent": "writer", "schema": plugin("text-formatter"),
+                                 "pad": padding})
+    # With a session the same size is read (and judged on its content).
+    with pytest.raises(InvalidRequest) as judged:
+        owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                               {"agent": "writer", "schema": plugin("text-formatter"),
+                                "pad": padding})
+    assert judged.value.code == "invalid_request"
+    denied = [(e["action"], e["details"].get("code")) for e in daemon.audit()
+              if e["decision"] == "deny"]
+    assert ("session.begin", "payload_too_large") in denied
+    assert ("plugin.submit", "unauthorized") in denied
