@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import uuid
@@ -38,7 +39,7 @@ from typing import Any, Protocol
 
 from pacd.core.canonical import canonical_json, digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import Conflict, NotFound, PacdError
+from pacd.errors import Conflict, InvalidRequest, NotFound, PacdError, TooMany
 from pacd.store import Store
 
 _SCHEMA = """
@@ -119,9 +120,13 @@ class _Kind:
 
 
 class ApprovalQueue:
-    def __init__(self, store: Store, audit: AuditSink, now: Callable[[], float],
-                 on_event: EventSink | None = None) -> None:
+    def __init__(self, store: Store, audit: AuditSink, now: Callable[[], float],  # noqa: PLR0917 - limits are optional
+                 on_event: EventSink | None = None, max_pending: int | None = None,
+                 max_pending_per_kind: int | None = None) -> None:
         self.store = store
+        #: pending approvals are the owner's attention: at most this many wait at once
+        self.max_pending = max_pending
+        self.max_pending_per_kind = max_pending_per_kind
         self.audit = audit
         self._now = now
         self._on_event = on_event or (lambda *_a, **_k: None)
@@ -158,7 +163,9 @@ class ApprovalQueue:
             "nonce": secrets.token_hex(16),
         }
         challenge = digest(payload)
+        self.expire_due()  # an expired approval does not count against the limits
         with self.store.transaction() as conn:
+            self._check_limits(conn, kind)
             conn.execute(
                 "INSERT INTO approvals (id, kind, state, required_level, summary, requester,"
                 " payload, challenge, created_at, expires_at) VALUES"
@@ -176,6 +183,19 @@ class ApprovalQueue:
                        required_level=level.value, expires_at=iso(expires))
         return approval
 
+    def _check_limits(self, conn: sqlite3.Connection, kind: str) -> None:
+        total, same = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(kind = ?), 0) FROM approvals WHERE state = 'pending'",
+            (kind,)).fetchone()
+        if self.max_pending_per_kind is not None and same >= self.max_pending_per_kind:
+            raise TooMany(f"{same} {kind} approvals are already waiting (at most "
+                          f"{self.max_pending_per_kind}); approve or deny some first",
+                          limit="max_pending_approvals_per_kind")
+        if self.max_pending is not None and total >= self.max_pending:
+            raise TooMany(f"{total} approvals are already waiting (at most "
+                          f"{self.max_pending}); approve or deny some first",
+                          limit="max_pending_approvals")
+
     def get(self, approval_id: str, expire: bool = True) -> Approval:
         if expire:
             self.expire_due()
@@ -185,13 +205,29 @@ class ApprovalQueue:
         return _approval(row)
 
     def recent(self, limit: int = 200) -> list[Approval]:
+        return self.page(limit)[0]
+
+    def page(self, limit: int = 200, cursor: str = "") -> tuple[list[Approval], str | None]:
+        """Pending and recent approvals, newest first, from ``cursor`` on; and the
+        cursor of the next page (None on the last), so every one can be reached."""
         self.expire_due()
+        after_time, after_id = math.inf, ""
+        if cursor:
+            try:
+                text_time, after_id = cursor.split("_", 1)
+                after_time = float(text_time)
+            except ValueError:
+                raise InvalidRequest(f"cursor {cursor[:40]!r} is not a next_cursor this "
+                                     "daemon gave") from None
         rows = self.store.query(
-            "SELECT * FROM approvals WHERE state = 'pending' OR resolved_at >= ?"
-            " ORDER BY created_at DESC LIMIT ?",
-            (self._now() - RECENT_S, limit),
+            "SELECT * FROM approvals WHERE (state = 'pending' OR resolved_at >= ?)"
+            " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (self._now() - RECENT_S, after_time, after_time, after_id or "g" * 32, limit + 1),
         )
-        return [_approval(r) for r in rows]
+        items = [_approval(r) for r in rows[:limit]]
+        last = items[-1] if len(rows) > limit else None
+        return items, None if last is None else f"{last.created_at!r}_{last.id}"
 
     # --- resolution ---------------------------------------------------------
 

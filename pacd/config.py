@@ -63,6 +63,11 @@ class Config:
     max_body_bytes: int = 16 * 1024 * 1024
     #: the body cap of routes reachable without a token (level basic)
     max_tokenless_body_bytes: int = 64 * 1024
+    #: count limits: what one owner can make the daemon hold (429 too_many past them)
+    max_containers: int = 64
+    max_agents_per_container: int = 16
+    max_pending_approvals: int = 64
+    max_pending_approvals_per_kind: int = 32
     header_timeout_s: float = 10.0
     max_connections: int = 10
     #: trusted_domains cannot be enforced yet (no egress proxy): agents get external

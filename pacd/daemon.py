@@ -134,7 +134,9 @@ def build_services(config: Config) -> Services:
                       carbon_proof_max_age_s=config.carbon_proof_max_age_s)
     tokens = TokenService(store, clock, config.token_lifetime_s)
     # Through DecisionLog: an approval's entry is the entry of the request resolving it.
-    approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish)
+    approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish,
+                              max_pending=config.max_pending_approvals,
+                              max_pending_per_kind=config.max_pending_approvals_per_kind)
     return Services(
         config=config, store=store, secrets=secrets, vault=vault, audit=audit, owners=owners,
         rp=rp, tokens=tokens, registry=ContainerRegistry(store), approvals=approvals,

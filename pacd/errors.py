@@ -116,6 +116,14 @@ class Busy(PacdError):
     exit_code = 6
 
 
+class TooMany(PacdError):
+    """A count limit (containers, agents, pending approvals, quota) would be passed."""
+
+    code = "too_many"
+    status = 429
+    exit_code = 6
+
+
 class RateLimited(PacdError):
     code = "rate_limited"
     status = 429
@@ -289,7 +297,7 @@ class ConfigError(PacdError):
 ALL_ERRORS: tuple[type[PacdError], ...] = (
     PacdError, InvalidRequest, SpecError, PluginRejected, MalformedRequest, PayloadTooLarge,
     NotFound, MethodNotAllowed, Conflict, Busy,
-    RateLimited, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
+    RateLimited, TooMany, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
     PresenceFailed, ClonedAuthenticator, PeerRefused, CeremonyError, NoAuthenticator,
     PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,
     PresenceMethodUnavailable,

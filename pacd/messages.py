@@ -116,6 +116,15 @@ class AuditQuery:
     after: int = field(default=0, metadata=_meta("entries with seq greater than this",
                                                  minimum=0, maximum=2**63 - 1))
     limit: int = field(default=100, metadata=_meta(minimum=1, maximum=1000))
+    cursor: str = field(default="", metadata=_meta(
+        "the next_cursor of the previous page (overrides after)", max_length=32))
+
+
+@dataclass(frozen=True)
+class ApprovalQuery:
+    cursor: str = field(default="", metadata=_meta(
+        "the next_cursor of the previous page", max_length=128))
+    limit: int = field(default=200, metadata=_meta(minimum=1, maximum=1000))
 
 
 CONTAINER_SPEC = RawBody(
@@ -320,6 +329,8 @@ class ApprovalView:
 @dataclass(frozen=True)
 class ApprovalList:
     approvals: list[ApprovalView]
+    next_cursor: str | None = field(default=None, metadata=_meta(
+        "pass as ?cursor= for the next (older) page; null on the last page"))
 
 
 @dataclass(frozen=True)
@@ -354,6 +365,8 @@ class AuditEntryView:
 @dataclass(frozen=True)
 class AuditPage:
     entries: list[AuditEntryView]
+    next_cursor: str | None = field(default=None, metadata=_meta(
+        "pass as ?cursor= for the next page; null when this page was not full"))
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,10 @@ class ContainerRegistry:
             raise NotFound(f"no container {ref!r}")
         return _container(row)
 
+    def count(self) -> int:
+        row = self.store.query_one("SELECT COUNT(*) FROM registry_containers")
+        return 0 if row is None else int(row[0])
+
     def all(self) -> list[ContainerRecord]:
         rows = self.store.query("SELECT * FROM registry_containers ORDER BY created_at, id")
         return [_container(r) for r in rows]

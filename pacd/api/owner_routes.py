@@ -52,6 +52,7 @@ from pacd.errors import (
     SpecError,
     TokenExpired,
     TokenRevoked,
+    TooMany,
     Unauthorized,
 )
 from pacd.presence.evidence import VerifiedPresence
@@ -307,9 +308,19 @@ class OwnerApi:
     async def create_container(self, call: Call) -> Reply:
         spec = parse_container_spec(call.body)
 
+        limits = self.s.config
+        if len(spec.agents) > limits.max_agents_per_container:
+            raise TooMany(f"the spec has {len(spec.agents)} agents; a container has at most "
+                          f"{limits.max_agents_per_container} (max_agents_per_container)",
+                          limit="max_agents_per_container")
+
         def create() -> m.ContainerView:
             owner = self.s.owners.require_owner()
             with self.s.store.transaction():
+                if self.s.registry.count() >= limits.max_containers:
+                    raise TooMany(f"there are already {limits.max_containers} containers "
+                                  "(max_containers); delete one first",
+                                  limit="max_containers")
                 record = self.s.registry.add(spec, owner.id, self.s.clock.wall())
                 self.sink.append(ACTOR, "container.create", record.id, "allow",
                                     f"container {record.name!r} created",
@@ -588,8 +599,10 @@ class OwnerApi:
             reason=a.reason)
 
     async def list_approvals(self, call: Call) -> m.ApprovalList:
-        items = await _thread(self.s.approvals.recent)
-        return m.ApprovalList(approvals=[self._approval_view(a) for a in items])
+        q: m.ApprovalQuery = call.query
+        items, next_cursor = await _thread(self.s.approvals.page, q.limit, q.cursor)
+        return m.ApprovalList(approvals=[self._approval_view(a) for a in items],
+                              next_cursor=next_cursor)
 
     async def show_approval(self, call: Call) -> m.ApprovalDetail:
         def detail() -> m.ApprovalDetail:
@@ -639,8 +652,15 @@ class OwnerApi:
 
     async def audit_entries(self, call: Call) -> m.AuditPage:
         q: m.AuditQuery = call.query
-        entries = await _thread(self.s.audit.entries, q.after, q.limit)
-        return m.AuditPage(entries=[
+        after = q.after
+        if q.cursor:
+            if not q.cursor.isdigit():
+                raise InvalidRequest(f"cursor {q.cursor!r} is not a next_cursor this daemon "
+                                     "gave")
+            after = int(q.cursor)
+        entries = await _thread(self.s.audit.entries, after, q.limit)
+        return m.AuditPage(next_cursor=str(entries[-1].seq) if len(entries) == q.limit
+                           else None, entries=[
             m.AuditEntryView(seq=e.seq, time=iso(e.time) or "", actor=e.actor, action=e.action,
                              target=e.target, decision=e.decision,  # type: ignore[arg-type]
                              reason=e.reason, details=e.details)
@@ -723,7 +743,8 @@ class OwnerApi:
                   level=SecurityLevel.enhanced.value, response=m.SessionView),
             Route("POST", "/v1/containers", "create_container", "create a container from a spec",
                   self.create_container, level=bio, request=m.CONTAINER_SPEC,
-                  response=m.ContainerView, status=201, errors=(Conflict, NotFound, SpecError)),
+                  response=m.ContainerView, status=201,
+                  errors=(Conflict, NotFound, SpecError, TooMany)),
             Route("GET", "/v1/containers", "list_containers", "list containers",
                   self.list_containers, level=_level(Action.list_containers),
                   response=m.ContainerList),
@@ -759,10 +780,11 @@ class OwnerApi:
             Route("POST", "/v1/containers/{id}/plugins", "submit_plugin",
                   "validate a plugin and queue it for approval", self.submit_plugin,
                   level=_level(Action.submit_plugin), request=m.PluginSubmit,
-                  response=m.ApprovalAccepted, status=202, errors=(NotFound, PluginRejected)),
+                  response=m.ApprovalAccepted, status=202,
+                  errors=(NotFound, PluginRejected, TooMany)),
             Route("GET", "/v1/approvals", "list_approvals", "pending and recent approvals",
                   self.list_approvals, level=_level(Action.list_approvals),
-                  response=m.ApprovalList),
+                  query=m.ApprovalQuery, response=m.ApprovalList),
             Route("GET", "/v1/approvals/{id}", "show_approval",
                   "the canonical payload and request options over its digest",
                   self.show_approval, level=_level(Action.list_approvals),

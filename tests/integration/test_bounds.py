@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pacd.core.canonical import canonical_json
-from pacd.errors import InvalidRequest, PayloadTooLarge, Unauthorized
+from pacd.errors import InvalidRequest, PayloadTooLarge, TooMany, Unauthorized
 from tests.integration.harness import DaemonProcess, Owner, plugin, spec_with_plugins
 
 #: the audit caps (pacd.audit): details bytes and reason characters
@@ -97,3 +98,61 @@ def test_routes_without_a_token_read_at_most_64_kib(daemon: DaemonProcess) -> No
               if e["decision"] == "deny"]
     assert ("session.begin", "payload_too_large") in denied
     assert ("plugin.submit", "unauthorized") in denied
+
+
+def test_containers_agents_and_pending_approvals_are_capped_and_every_item_is_reachable(
+        make_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = make_daemon(settings={"max_containers": 2, "max_agents_per_container": 2,
+                                   "max_pending_approvals_per_kind": 7})
+    owner, container = _ready(daemon)
+    authed = owner.authed()
+    crowded = spec_with_plugins() | {"name": "crowded"}
+    crowded["agents"] = [*crowded["agents"], crowded["agents"][0] | {"name": "third"}]
+    with pytest.raises(TooMany) as agents:
+        authed.request("POST", "/v1/containers", crowded)
+    assert agents.value.extra["limit"] == "max_agents_per_container"
+    authed.request("POST", "/v1/containers", spec_with_plugins() | {"name": "second"})
+    with pytest.raises(TooMany) as containers:
+        authed.request("POST", "/v1/containers", spec_with_plugins() | {"name": "third"})
+    assert containers.value.status == 429
+    assert containers.value.extra["limit"] == "max_containers"
+    assert len(daemon.client().request("GET", "/v1/containers")["containers"]) == 2
+
+    path = f"/v1/containers/{container['id']}/plugins"
+    queued = [authed.request("POST", path, {"agent": "writer", "schema": plugin(
+        "text-formatter") | {"version": f"1.0.{i}"}})["approval_id"] for i in range(7)]
+    with pytest.raises(TooMany) as approvals:
+        authed.request("POST", path, {"agent": "writer", "schema": plugin("text-formatter")})
+    assert approvals.value.extra["limit"] == "max_pending_approvals_per_kind"
+    assert daemon.client().status()["pending_approvals"] == 7
+    refused = [(e["action"], e["details"]["code"], e["details"]["limit"])
+               for e in daemon.audit() if e["details"].get("code") == "too_many"]
+    assert refused == [("container.create", "too_many", "max_agents_per_container"),
+                       ("container.create", "too_many", "max_containers"),
+                       ("plugin.submit", "too_many", "max_pending_approvals_per_kind")]
+
+    # Pages of 3, newest first, reach every approval exactly once.
+    seen: list[str] = []
+    cursor = ""
+    pages = 0
+    while True:
+        page = daemon.client().request("GET", f"/v1/approvals?limit=3&cursor={cursor}")
+        seen += [a["id"] for a in page["approvals"]]
+        pages += 1
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert pages == 3
+    assert seen == list(reversed(queued))
+    # The audit log pages the same way; after/limit keep working alongside.
+    everything = daemon.audit()
+    walked: list[int] = []
+    cursor = ""
+    while True:
+        page = daemon.client().request("GET", f"/v1/audit?limit=4&cursor={cursor}")
+        walked += [e["seq"] for e in page["entries"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert walked[: len(everything)] == [e["seq"] for e in everything]
+    assert daemon.client().request("GET", "/v1/audit?after=2&limit=2")["entries"][0]["seq"] == 3
