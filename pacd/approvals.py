@@ -359,6 +359,32 @@ class ApprovalQueue:
             self._on_event("approval.expired", id=approval_id, kind=kind)
         return [a for a, _ in expired]
 
+    def cancel_for_container(self, container_id: str, actor: str) -> list[str]:
+        """End every pending approval that would act on ``container_id`` (deleted).
+
+        Each becomes ``expired`` with reason ``container deleted`` and one
+        ``approval.<kind>.cancel`` entry, in the same transaction; nobody is
+        offered to sign an approval whose container is gone.
+        """
+        now = self._now()
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, kind FROM approvals WHERE state = 'pending'"
+                " AND json_extract(payload, '$.body.container_id') = ?",
+                (container_id,)).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE approvals SET state = 'expired', resolved_at = ?, reason = ?"
+                    " WHERE id = ? AND state = 'pending'", (now, "container deleted", row["id"]))
+                self.audit.append(actor, f"approval.{row['kind']}.cancel", str(row["id"]),
+                                  "deny", "its container was deleted",
+                                  {"container_id": container_id})
+        self._recount()
+        for row in rows:
+            self._on_event("approval.resolved", id=str(row["id"]), kind=str(row["kind"]),
+                           state="expired")
+        return [str(row["id"]) for row in rows]
+
     def next_expiry(self) -> float | None:
         row = self.store.query_one(
             "SELECT MIN(expires_at) FROM approvals WHERE state = 'pending'")

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import replace
@@ -66,6 +67,8 @@ T = TypeVar("T")
 PLUGIN_INSTALL = "plugin.install"
 EVENT_POLL_S = 5.0
 EVENT_WRITE_TIMEOUT_S = 5.0
+#: what a container id looks like (uuid4 hex); no container name may look like one
+CONTAINER_ID = re.compile(r"[0-9a-f]{32}")
 #: reasons quoted in a rejection's message (all kept ones are in its ``errors``)
 MESSAGE_REASONS = 10
 #: who owner-socket requests act as: the peer uid was checked to be the daemon's own
@@ -307,6 +310,12 @@ class OwnerApi:
 
     async def create_container(self, call: Call) -> Reply:
         spec = parse_container_spec(call.body)
+        if CONTAINER_ID.fullmatch(spec.name):
+            # {id} in a path is looked up as an id first, then as a name: a name
+            # shaped like an id could be taken for another container's id.
+            raise SpecError(f"name: {spec.name!r} looks like a container id (32 hex digits); "
+                            "choose a name that does not",
+                            errors=[f"name: {spec.name!r} looks like a container id"])
 
         limits = self.s.config
         if len(spec.agents) > limits.max_agents_per_container:
@@ -403,6 +412,8 @@ class OwnerApi:
                 if self.s.lifecycle is not None:
                     self.s.lifecycle.remove(record)
                 self.s.registry.remove(record.id)
+                # Nothing is left for its pending approvals to act on.
+                self.s.approvals.cancel_for_container(record.id, ACTOR)
             except PacdError as exc:
                 self._failed_outcome("container.delete.result", record.id,
                                      f"deleting container {record.name!r} failed: "

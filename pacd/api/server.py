@@ -35,7 +35,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from pacd.api.decisions import (
     AuditAppender,
@@ -73,6 +73,28 @@ Authorizer = Callable[[web.Request, Route], Awaitable[Principal]]
 class RequestTimeout(InvalidRequest):
     code = "request_timeout"
     status = 408
+
+
+class ExpectationFailed(InvalidRequest):
+    code = "expectation_failed"
+    status = 417
+
+
+#: request key of an ``Expect`` value other than 100-continue, refused by the middleware
+_EXPECT_KEY = "pacd.expect_refused"
+
+
+async def _expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered as aiohttp does; any other expectation
+    is left for the middleware to refuse as JSON, with its audit entry (aiohttp's
+    own refusal would be plain text sent before any middleware runs)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        request[_EXPECT_KEY] = expect[:100]
+        return
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 def error_response(exc: PacdError) -> web.Response:
@@ -118,7 +140,7 @@ class OwnerServer:
         self.app.on_response_prepare.append(self._before_stream)
         for route in self.routes:
             self.app.router.add_route(route.method, route.path, self._endpoint(route),
-                                      name=route.operation)
+                                      name=route.operation, expect_handler=_expect_handler)
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
@@ -177,6 +199,13 @@ class OwnerServer:
                                   "was refused but is not in the audit log",
                                   request.method[:16], request.path[:200])
                 raise Forbidden("requests from web pages are refused (Origin or Referer header)")
+            if _EXPECT_KEY in request:
+                expect = request[_EXPECT_KEY]
+                await self.refusals.record(
+                    self.actor, "request.expectation_failed", request.path,
+                    "unsupported Expect header", {"expect": expect, "path": request.path[:200]})
+                raise ExpectationFailed(f"Expect: {expect!r} is not supported "
+                                        "(only 100-continue)")
             if request.match_info.http_exception is not None:
                 await self.refusals.record(
                     self.actor, "request.unrouted", request.path, "no such route",
@@ -196,7 +225,7 @@ class OwnerServer:
 
     def _finish_error(self, request: web.Request, exc: PacdError) -> web.Response:
         resp = error_response(exc)
-        if isinstance(exc, PeerRefused | Busy):
+        if isinstance(exc, PeerRefused | Busy | ExpectationFailed):
             resp.force_close()  # no keep-alive for refused connections
         return resp
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from pacd.core.canonical import canonical_json
 from pacd.errors import InvalidRequest, PayloadTooLarge, TooMany, Unauthorized
 from tests.integration.harness import DaemonProcess, Owner, plugin, spec_with_plugins
+from tests.integration.test_socket import _error, _raw
 
 #: the audit caps (pacd.audit): details bytes and reason characters
 DETAILS_CAP = 4096
@@ -156,3 +158,41 @@ def test_containers_agents_and_pending_approvals_are_capped_and_every_item_is_re
         cursor = page["next_cursor"]
     assert walked[: len(everything)] == [e["seq"] for e in everything]
     assert daemon.client().request("GET", "/v1/audit?after=2&limit=2")["entries"][0]["seq"] == 3
+
+
+def test_an_unknown_expectation_is_a_json_417_with_an_audit_entry(daemon: DaemonProcess) -> None:
+    body = b'{"name": "Alice"}'
+    answer = _raw(daemon.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                  + body)
+    status, error = _error(answer)
+    assert (status, error["code"]) == (417, "expectation_failed")
+    assert "200-ok" in str(error["message"])
+    assert daemon.client().status()["owner"] is None  # nothing was done
+    refused = [e for e in daemon.audit() if e["action"] == "request.expectation_failed"]
+    assert [(e["decision"], e["target"], e["details"]["expect"]) for e in refused] == [
+        ("deny", "/v1/owner", "200-ok")]
+    # 100-continue still works as HTTP/1.1 says.
+    answer = _raw(daemon.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                  + body)
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 ")
+
+
+def test_a_container_cannot_be_named_like_a_container_id(daemon: DaemonProcess) -> None:
+    owner, container = _ready(daemon)
+    assert re.fullmatch(r"[0-9a-f]{32}", container["id"])
+    for name in (container["id"], "0" * 32):
+        with pytest.raises(InvalidRequest) as refused:
+            owner.authed().request("POST", "/v1/containers",
+                                   spec_with_plugins() | {"name": name})
+        assert "looks like a container id" in refused.value.message
+    # Lookups take the id first: the container is found by its id and by its name.
+    assert daemon.client().request("GET", f"/v1/containers/{container['id']}")["name"] == \
+        "studio"
+    assert daemon.client().request("GET", "/v1/containers/studio")["id"] == container["id"]
+    denied = [e for e in daemon.audit()
+              if e["action"] == "container.create" and e["decision"] == "deny"]
+    assert len(denied) == 2
+    assert all("looks like a container id" in e["reason"] for e in denied)
