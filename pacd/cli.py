@@ -138,6 +138,10 @@ def _container_text(c: dict[str, Any]) -> str:
                      f"{a['data_access']:<10} {','.join(a['capabilities'])}")
     for p in c["plugins"]:
         lines.append(f"  plugin {p['name']} {p['version']} for {p['agent']}: {p['state']}")
+    storage = c.get("storage")
+    if storage:
+        lines.append(f"  storage {storage['used_bytes']} of {storage['quota_bytes']} bytes"
+                     + "".join(f"; {k} {v}" for k, v in sorted(storage["concerns"].items())))
     return "\n".join(lines)
 
 

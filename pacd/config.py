@@ -68,6 +68,9 @@ class Config:
     max_agents_per_container: int = 16
     max_pending_approvals: int = 64
     max_pending_approvals_per_kind: int = 32
+    #: storage quotas of sealed data (507 quota_exceeded past them)
+    quota_per_container_bytes: int = 256 * 1024 * 1024
+    quota_per_concern_bytes: int = 128 * 1024 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 10
     #: trusted_domains cannot be enforced yet (no egress proxy): agents get external

@@ -112,7 +112,9 @@ class ContainerLifecycle:
         self.s = services
         self.loop = loop
         self.inbox = Inbox(services.store, services.vault)
-        self.data = SealedData(services.store, services.vault)
+        self.data = SealedData(services.store, services.vault,
+                               container_quota=services.config.quota_per_container_bytes,
+                               concern_quota=services.config.quota_per_concern_bytes)
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=Doorbell(),
             clock=services.clock.wall))

@@ -124,6 +124,14 @@ class TooMany(PacdError):
     exit_code = 6
 
 
+class QuotaExceeded(PacdError):
+    """A write would take a container or concern past its storage quota."""
+
+    code = "quota_exceeded"
+    status = 507
+    exit_code = 6
+
+
 class RateLimited(PacdError):
     code = "rate_limited"
     status = 429
@@ -297,7 +305,8 @@ class ConfigError(PacdError):
 ALL_ERRORS: tuple[type[PacdError], ...] = (
     PacdError, InvalidRequest, SpecError, PluginRejected, MalformedRequest, PayloadTooLarge,
     NotFound, MethodNotAllowed, Conflict, Busy,
-    RateLimited, TooMany, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
+    RateLimited, TooMany, QuotaExceeded,
+    Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
     PresenceFailed, ClonedAuthenticator, PeerRefused, CeremonyError, NoAuthenticator,
     PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,
     PresenceMethodUnavailable,

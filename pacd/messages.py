@@ -249,6 +249,16 @@ class PluginView:
 
 
 @dataclass(frozen=True)
+class StorageView:
+    """Sealed data a container holds, against its quotas (bytes)."""
+
+    used_bytes: int
+    quota_bytes: int
+    concern_quota_bytes: int
+    concerns: dict[str, int]
+
+
+@dataclass(frozen=True)
 class ContainerView:
     id: str
     name: str
@@ -258,6 +268,7 @@ class ContainerView:
     spec: dict[str, Any]
     agents: list[AgentView]
     plugins: list[PluginView]
+    storage: StorageView | None = None
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ from pacd.errors import (
     NotFound,
     PacdError,
     PayloadTooLarge,
+    QuotaExceeded,
 )
 from pacd.vault import SealedData
 
@@ -384,6 +385,11 @@ class AgentRoutes:
             raise await self.refuse(action, target, Forbidden(
                 f"agent {self.me.agent!r} may not write concern {concern!r}"))
         value = await self._read_body(request, action, target, MAX_VALUE_BYTES)
+        try:
+            await asyncio.to_thread(self.ctx.data.check_quota, self.me.container_id, concern,
+                                    key, len(value))
+        except QuotaExceeded as exc:
+            raise await self.refuse(action, target, exc, dict(exc.extra)) from None
         await self.decide(action, target, True, "write", {"bytes": len(value)})
         await asyncio.to_thread(self.ctx.data.put, self.me.container_id, concern, key, value,
                                 self.ctx.clock())

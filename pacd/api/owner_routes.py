@@ -60,6 +60,7 @@ from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import Credential
 from pacd.presence.rp import FIRST_CREDENTIAL
 from pacd.registry import ContainerRecord
+from pacd.vault.datastore import stored_bytes
 
 log = logging.getLogger("pacd.api")
 
@@ -304,9 +305,15 @@ class OwnerApi:
         running = [s for s in (a.state for a in agents) if s == "running"]
         state = "running" if running and len(running) == len(agents) else (
             "partial" if running else "stopped" if states else "created")
+        concerns = stored_bytes(self.s.store, record.id)
+        storage = m.StorageView(used_bytes=sum(concerns.values()),
+                                quota_bytes=self.s.config.quota_per_container_bytes,
+                                concern_quota_bytes=self.s.config.quota_per_concern_bytes,
+                                concerns=concerns)
         return m.ContainerView(id=record.id, name=record.name, owner_id=record.owner_id,
                                created_at=iso(record.created_at) or "", state=state,
-                               spec=record.spec, agents=agents, plugins=plugins)
+                               spec=record.spec, agents=agents, plugins=plugins,
+                               storage=storage)
 
     async def create_container(self, call: Call) -> Reply:
         spec = parse_container_spec(call.body)
@@ -414,6 +421,7 @@ class OwnerApi:
                 self.s.registry.remove(record.id)
                 # Nothing is left for its pending approvals to act on.
                 self.s.approvals.cancel_for_container(record.id, ACTOR)
+                self.s.store.reclaim()  # its data's space goes back to the file system
             except PacdError as exc:
                 self._failed_outcome("container.delete.result", record.id,
                                      f"deleting container {record.name!r} failed: "

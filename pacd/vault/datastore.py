@@ -7,7 +7,9 @@ domains. Timestamps are passed in (retention purges compare against them).
 
 from __future__ import annotations
 
-from pacd.errors import NotFound
+from typing import Any
+
+from pacd.errors import NotFound, QuotaExceeded
 from pacd.store import Store
 from pacd.vault.envelope import Vault
 
@@ -31,17 +33,57 @@ _GET = "SELECT value FROM sealed_data WHERE container = ? AND concern = ? AND ke
 QUICK_OPEN_BYTES = 64 * 1024
 
 
+def stored_bytes(store: Store, container: str) -> dict[str, int]:
+    """Bytes of sealed data per concern of ``container`` (what its quotas count)."""
+    rows = store.query("SELECT concern, SUM(length(value)) FROM sealed_data"
+                       " WHERE container = ? GROUP BY concern", (container,))
+    return {str(r[0]): int(r[1] or 0) for r in rows}
+
+
 class SealedData:
-    def __init__(self, store: Store, vault: Vault) -> None:
+    def __init__(self, store: Store, vault: Vault, *, container_quota: int | None = None,
+                 concern_quota: int | None = None) -> None:
         self._store = store
         self._vault = vault
+        #: sealed bytes a container, and one concern of it, may hold (None: no limit)
+        self.container_quota = container_quota
+        self.concern_quota = concern_quota
         store.migrate("sealed_data", 1, _SCHEMA)
+
+    def check_quota(self, container: str, concern: str, key: str, size: int,
+                    conn: Any = None) -> None:
+        """QuotaExceeded if writing ``size`` bytes at ``key`` passes a quota.
+
+        The sealed value is a little larger than the plain one (nonce and tag):
+        ``size`` is what is counted for the new value, the stored length for the rest.
+        """
+        if self.container_quota is None and self.concern_quota is None:
+            return
+        query = conn.execute if conn is not None else self._store.query
+        rows = list(query(
+            "SELECT concern, SUM(length(value)) FROM sealed_data WHERE container = ?"
+            " AND NOT (concern = ? AND key = ?) GROUP BY concern", (container, concern, key)))
+        used = {str(r[0]): int(r[1] or 0) for r in rows}
+        total = sum(used.values()) + size
+        in_concern = used.get(concern, 0) + size
+        if self.concern_quota is not None and in_concern > self.concern_quota:
+            raise QuotaExceeded(
+                f"concern {concern!r} would hold {in_concern} bytes, over its quota of "
+                f"{self.concern_quota} (quota_per_concern_bytes)",
+                quota="quota_per_concern_bytes", limit=self.concern_quota, used=in_concern - size)
+        if self.container_quota is not None and total > self.container_quota:
+            raise QuotaExceeded(
+                f"the container would hold {total} bytes, over its quota of "
+                f"{self.container_quota} (quota_per_container_bytes)",
+                quota="quota_per_container_bytes", limit=self.container_quota,
+                used=total - size)
 
     def put(self, container: str, concern: str, key: str, value: bytes, now: float) -> None:
         if not key:
             raise ValueError("data key must not be empty")
         sealed = self._vault.seal(container, concern, key, value)
         with self._store.transaction() as conn:
+            self.check_quota(container, concern, key, len(sealed), conn)
             conn.execute(
                 "INSERT INTO sealed_data (container, concern, key, value, updated)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (container, concern, key)"
@@ -105,8 +147,11 @@ class SealedData:
             return int(cursor.rowcount)
 
     def delete_container(self, container: str) -> int:
-        """Delete every value of ``container``; returns how many."""
+        """Delete every value of ``container`` and give their space back; how many."""
         with self._store.transaction() as conn:
-            return int(
+            count = int(
                 conn.execute("DELETE FROM sealed_data WHERE container = ?", (container,)).rowcount
             )
+        if count:
+            self._store.reclaim()
+        return count

@@ -137,10 +137,12 @@ def make_deployment(real_keychain: str, short_base: Path, podman_service: str,
     made: list[Deployment] = []
     daemons: list[DaemonProcess] = []
 
-    def make(name: str = "d", env: dict[str, str] | None = None) -> Deployment:
+    def make(name: str = "d", env: dict[str, str] | None = None,
+             settings: dict[str, Any] | None = None) -> Deployment:
         base = short_base / name
         base.mkdir()
-        daemon = DaemonProcess(base, env={"PACD_PODMAN_URL": podman_service, **(env or {})})
+        daemon = DaemonProcess(base, settings,
+                               env={"PACD_PODMAN_URL": podman_service, **(env or {})})
         daemons.append(daemon)
         daemon.start()
         deployment = Deployment(daemon, podman_runtime)
