@@ -28,6 +28,7 @@ from pacd import __version__
 from pacd import messages as m
 from pacd.api.decisions import DecisionLog, actor_for
 from pacd.api.openapi import build_openapi
+from pacd.api.peercred import peer_cred
 from pacd.api.platform_routes import PlatformSessions
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.api.services import Services
@@ -247,7 +248,10 @@ class OwnerApi:
 
     async def begin_session(self, call: Call) -> m.SessionOptions:
         body: m.SessionBegin = call.body
-        options = await _thread(self.s.rp.begin_session, body.level)
+        sock = call.request.transport.get_extra_info("socket") if call.request.transport else None
+        peer = peer_cred(sock) if sock is not None else None
+        client = f"pid:{peer.pid}" if peer is not None else ""
+        options = await _thread(self.s.rp.begin_session, body.level, client)
         return m.SessionOptions(session_id=str(options["session_id"]),
                                 publicKey=options["publicKey"], origin=options["origin"])
 

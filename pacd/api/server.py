@@ -45,7 +45,7 @@ from pacd.api.decisions import (
     begin_request,
     end_request,
 )
-from pacd.api.guard import ConnectionGuard
+from pacd.api.guard import KEEP_IDLE, ConnectionGuard
 from pacd.api.peercred import PeerCred
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.errors import (
@@ -134,7 +134,7 @@ class OwnerServer:
         self._read_timeout = read_timeout_s or header_timeout_s
         self.refusals = Coalescer(audit)
         self.guard = ConnectionGuard(max_connections, on_malformed=self._malformed,
-                                     on_dropped=self._dropped)
+                                     on_dropped=self._dropped, on_evicted=self._evicted)
         self.app = web.Application(client_max_size=max_body_bytes,
                                    middlewares=[self._middleware])
         self.app.on_response_prepare.append(self._before_stream)
@@ -168,8 +168,10 @@ class OwnerServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        state = self.guard.state_for(request.transport)
+        if state is not None:
+            state.active += 1  # not idle while a request is handled (see the guard)
         try:
-            state = self.guard.state_for(request.transport)
             if state is None or state.peer is None or state.peer.uid != self._uid:
                 peer = state.peer if state is not None else None
                 await self.refusals.record(
@@ -222,6 +224,9 @@ class OwnerServer:
             log.exception("internal error on %s %s", request.method, request.path)
             return self._finish_error(request, PacdError(
                 "internal error; the daemon logged the details"))
+        finally:
+            if state is not None:
+                state.active -= 1
 
     def _finish_error(self, request: web.Request, exc: PacdError) -> web.Response:
         resp = error_response(exc)
@@ -232,6 +237,11 @@ class OwnerServer:
     def _malformed(self, peer: PeerCred | None, status: int) -> None:
         self.refusals.note(actor_for(peer.uid if peer else None), "request.malformed", "",
                            "not a valid HTTP request", {"status": status})
+
+    def _evicted(self) -> None:
+        self.refusals.note("peer:uid=unknown", "connection.evicted", "",
+                           "idle connection closed to make room for a new one",
+                           {"keep_idle": KEEP_IDLE})
 
     def _dropped(self) -> None:
         # Beyond the hard cap nothing is read, so not even the peer is known.

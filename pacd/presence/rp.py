@@ -59,7 +59,6 @@ from fido2.webauthn import (
 
 from pacd.core.models import SecurityLevel
 from pacd.errors import (
-    Busy,
     ClonedAuthenticator,
     InvalidRequest,
     NotFound,
@@ -83,6 +82,8 @@ FIRST_CREDENTIAL = "first_credential"
 
 RP_NAME = "pacd"
 MAX_PENDING = 64
+#: unfinished ceremonies one client (peer process) may hold; its oldest goes first
+MAX_PENDING_PER_CLIENT = 4
 MAX_ISSUED_APPROVAL_CHALLENGES = 256
 
 _SCHEMA = """
@@ -104,6 +105,8 @@ class _Pending:
     credential_kind: CredentialKind = "fido2"
     #: registrations: the session level that authorised begin, or FIRST_CREDENTIAL
     authorised: str = FIRST_CREDENTIAL
+    #: who began it (the peer process), for the per-client bound
+    client: str = ""
 
 
 class RelyingParty:
@@ -239,14 +242,15 @@ class RelyingParty:
 
     # --- sessions (enhanced / biometric) -----------------------------------
 
-    def begin_session(self, level: SecurityLevel | str) -> dict[str, Any]:
+    def begin_session(self, level: SecurityLevel | str, client: str = "") -> dict[str, Any]:
         wanted = _session_level(level)
         descriptors = self._allow_list()
         options, state = self._server.authenticate_begin(
             descriptors, user_verification=_uv_requirement(wanted == SecurityLevel.biometric)
         )
         session_id = self._remember(
-            _Pending(kind="session", state=dict(state), deadline=0.0, level=wanted)
+            _Pending(kind="session", state=dict(state), deadline=0.0, level=wanted,
+                     client=client)
         )
         return {
             "session_id": session_id,
@@ -349,8 +353,14 @@ class RelyingParty:
         with self._lock:
             for key in [k for k, p in self._pending.items() if p.deadline < now]:
                 del self._pending[key]
-            if len(self._pending) >= MAX_PENDING:
-                raise Busy("too many presence ceremonies in progress; finish or wait for one")
+            # Unfinished ceremonies never lock the owner out: past the bounds the
+            # oldest are dropped (first the same client's, then anyone's), so a
+            # fresh begin always gets a challenge.
+            mine = [k for k, p in self._pending.items() if p.client == pending.client]
+            for key in mine[: max(0, len(mine) - MAX_PENDING_PER_CLIENT + 1)]:
+                del self._pending[key]
+            while len(self._pending) >= MAX_PENDING:
+                del self._pending[next(iter(self._pending))]
             self._pending[ceremony_id] = pending
         return ceremony_id
 

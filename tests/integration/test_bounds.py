@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -196,3 +199,51 @@ def test_a_container_cannot_be_named_like_a_container_id(daemon: DaemonProcess) 
               if e["action"] == "container.create" and e["decision"] == "deny"]
     assert len(denied) == 2
     assert all("looks like a container id" in e["reason"] for e in denied)
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False  # still open, nothing to read
+    except ConnectionResetError:
+        return True
+
+
+_FLOOD = """
+import sys
+from pacd.client import Client
+from pacd.config import load_config
+client = Client(load_config(), use_token_cache=False)
+for _ in range(int(sys.argv[1])):
+    client.request("POST", "/v1/sessions/begin", {"level": "enhanced"})
+"""
+
+
+def test_the_owner_gets_a_session_past_200_unfinished_begins_and_100_idle_connections(
+        daemon: DaemonProcess) -> None:
+    owner = Owner(daemon)
+    owner.init()
+    owner.enroll()
+    # Another process of the owner's uid begins 200 ceremonies and finishes none.
+    flood = subprocess.run([sys.executable, "-c", _FLOOD, "200"], env=daemon.env,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert flood.returncode == 0, flood.stderr
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(daemon.socket))
+            idle.append(s)
+        token = owner.session("enhanced")
+        assert daemon.client(token).request("GET", "/v1/sessions/current")["level"] == \
+            "enhanced"
+        # The room was made by closing idle connections, oldest first.
+        closed = sum(_closed_by_peer(s) for s in idle)
+        assert closed >= 90  # beyond the hard cap, then evicted to make room
+    finally:
+        for s in idle:
+            s.close()
+    notes = [e for e in daemon.audit() if e["action"] == "connection.evicted"]
+    assert notes and notes[0]["decision"] == "deny"

@@ -475,3 +475,20 @@ def test_no_device_found_explains_udev(world: World) -> None:
         client.register(begun["publicKey"], ORIGIN, world.user)
     assert "security key" in missing.value.message
     assert missing.value.message == "no FIDO2 security key found: " + client.hidraw_diagnosis()
+
+
+def test_unfinished_ceremonies_of_one_client_cannot_lock_the_owner_out(world: World) -> None:
+    world.enroll()
+    flood = [world.rp.begin_session("enhanced", "pid:666")["session_id"] for _ in range(200)]
+    # The owner's own ceremony, begun after the flood, completes.
+    sid, response = world.sign_session("enhanced")
+    assert world.rp.complete_session(sid, response).user_present
+    # The flooding client kept only its newest few; its oldest were dropped first.
+    kept = [s for s in flood if s in world.rp._pending]
+    assert kept == flood[-4:]
+    # Many clients past the global bound: the oldest ceremonies go, a new one is served.
+    for client_no in range(100):
+        world.rp.begin_session("enhanced", f"pid:{client_no}")
+    assert len(world.rp._pending) == 64
+    sid, response = world.sign_session("enhanced")
+    assert world.rp.complete_session(sid, response).user_present
