@@ -19,7 +19,7 @@ from pacd.approvals import Approval, ApprovalQueue
 from pacd.audit import AuditLog
 from pacd.core.canonical import digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import AuditError, Conflict, NotFound, PresenceFailed
+from pacd.errors import AuditError, Conflict, NotFound, PresenceFailed, TooMany
 from pacd.presence.client import authenticate, register
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
@@ -200,3 +200,27 @@ def test_commit_failure_after_the_audit_entry_is_followed_by_a_rollback_entry(
     b = world.queue.submit("thing.do", {}, "owner", "s", 60)
     assert world.queue.approve(b.id, _verifier(world, _sign(world, b))).state == "approved"
     assert world.store.query("SELECT * FROM child") == [] and world.done() == [b.id]
+
+
+def test_pending_approvals_are_capped_per_kind_and_in_total(world: World) -> None:
+    world.queue.register("other.do", SecurityLevel.biometric, world.execute)
+    world.queue.max_pending_per_kind = 2
+    world.queue.max_pending = 3
+
+    def submit(kind: str) -> Approval:
+        return world.queue.submit(kind, {"n": 1}, "owner", f"do {kind}", 600)
+
+    submit("thing.do")
+    submit("thing.do")
+    with pytest.raises(TooMany) as per_kind:
+        submit("thing.do")
+    assert per_kind.value.extra["limit"] == "max_pending_approvals_per_kind"
+    submit("other.do")
+    with pytest.raises(TooMany) as total:
+        submit("other.do")
+    assert total.value.extra["limit"] == "max_pending_approvals"
+    assert world.queue.pending_count == 3
+    # Expired approvals no longer count.
+    world.clock[0] += 601
+    submit("thing.do")
+    assert world.queue.pending_count == 1
