@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,3 +203,18 @@ def test_periodic_task_survives_an_unexpected_error_and_keeps_enforcing(world: W
     assert set(_errors(w.audit)) == {("", "JSONDecodeError")}
     with pytest.raises(NotFound):
         w.data.get(w.short, "personal", "k")
+
+
+def test_a_purge_gives_the_space_of_purged_data_back(world: World, tmp_path: Path) -> None:
+    w = world
+    for i in range(24):
+        w.data.put(w.short, "personal", f"old{i}", os.urandom(128 * 1024), now=T0)
+    w.store.reclaim()  # the files as they are, the WAL folded in
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in tmp_path.glob("state.sqlite3*"))
+
+    before = on_disk()
+    w.clock.now = T0 + 2 * DAY_S
+    assert [p.values for p in w.retention.run()] == [24]
+    assert on_disk() < before - 2 * 1024 * 1024
