@@ -38,7 +38,8 @@ from typing import Any, Protocol
 
 from pacd.core.canonical import canonical_json, digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import Conflict, NotFound, PacdError
+from pacd.errors import Conflict, NotFound, PacdError, PayloadMismatch
+from pacd.integrity import RowSpec
 from pacd.store import Store
 
 _SCHEMA = """
@@ -59,6 +60,11 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_pending ON approvals (state, expires_at)
 """
+# Every column is MACed: a state, a payload or a result edited in the database
+# makes the approval absent (reported), never approved and never executable.
+_ROW = RowSpec("approvals", ("id",),
+               ("kind", "state", "required_level", "summary", "requester", "payload",
+                "challenge", "created_at", "expires_at", "resolved_at", "reason", "result"))
 
 log = logging.getLogger("pacd.approvals")
 
@@ -127,6 +133,7 @@ class ApprovalQueue:
         self._on_event = on_event or (lambda *_a, **_k: None)
         self._kinds: dict[str, _Kind] = {}
         store.migrate("approvals", 1, _SCHEMA)
+        store.migrate("approvals", 2, "ALTER TABLE approvals ADD COLUMN mac BLOB")
         self.pending_count = 0
         self._recount()
 
@@ -158,14 +165,20 @@ class ApprovalQueue:
             "nonce": secrets.token_hex(16),
         }
         challenge = digest(payload)
+        row: dict[str, Any] = {
+            "id": approval_id, "kind": kind, "state": "pending", "required_level": level.value,
+            "summary": summary, "requester": requester,
+            "payload": canonical_json(payload).decode(), "challenge": challenge,
+            "created_at": now, "expires_at": expires, "resolved_at": None, "reason": None,
+            "result": None}
+        row["mac"] = self.store.integrity.seal_row(_ROW, row)
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO approvals (id, kind, state, required_level, summary, requester,"
-                " payload, challenge, created_at, expires_at) VALUES"
-                " (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (approval_id, kind, level.value, summary, requester,
-                 canonical_json(payload).decode(), challenge, now, expires),
-            )
+                " payload, challenge, created_at, expires_at, resolved_at, reason, result, mac)"
+                " VALUES (:id, :kind, :state, :required_level, :summary, :requester, :payload,"
+                " :challenge, :created_at, :expires_at, :resolved_at, :reason, :result, :mac)",
+                row)
             # Durable before the request is acknowledged, or not queued at all.
             self.audit.append(requester, f"approval.{kind}.request", approval_id, "info",
                               summary, {"challenge": challenge.hex(),
@@ -180,7 +193,7 @@ class ApprovalQueue:
         if expire:
             self.expire_due()
         row = self.store.query_one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
-        if row is None:
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
             raise NotFound(f"no approval {approval_id!r}")
         return _approval(row)
 
@@ -191,7 +204,24 @@ class ApprovalQueue:
             " ORDER BY created_at DESC LIMIT ?",
             (self._now() - RECENT_S, limit),
         )
-        return [_approval(r) for r in rows]
+        return [_approval(r) for r in rows if self.store.integrity.row_ok(_ROW, r)]
+
+    def _change(self, conn: sqlite3.Connection, approval_id: str, expect: str | None,
+                **changes: Any) -> bool:
+        """Apply ``changes`` to a row that checks (and is in state ``expect``), re-MACed.
+
+        False if there is no such row, it fails its MAC (reported) or its state moved.
+        """
+        row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
+            return False
+        if expect is not None and row["state"] != expect:
+            return False
+        changed = dict(row) | changes
+        sets = ", ".join(f"{column} = :{column}" for column in changes)
+        conn.execute(f"UPDATE approvals SET {sets}, mac = :mac WHERE id = :id",  # noqa: S608
+                     changed | {"mac": self.store.integrity.seal_row(_ROW, changed)})
+        return True
 
     # --- resolution ---------------------------------------------------------
 
@@ -209,18 +239,21 @@ class ApprovalQueue:
                 kind = self._kinds.get(approval.kind)
                 if kind is None:
                     raise Conflict(f"approval kind {approval.kind!r} is not known to this daemon")
+                # What you see is what you sign: the payload about to be executed must
+                # still be the one whose digest is the challenge the owner signs.
+                if digest(approval.payload) != approval.challenge:
+                    raise PayloadMismatch(
+                        f"approval {approval_id}: the stored payload does not match the "
+                        "challenge that is signed; nothing was executed")
                 stage = "verify"
                 evidence = verify(approval.challenge, approval.required_level)
                 stage = "execute"
                 now = self._now()
-                cur = conn.execute(
-                    "UPDATE approvals SET state = 'approved', resolved_at = ? WHERE id = ?"
-                    " AND state = 'pending'", (now, approval_id))
-                if cur.rowcount != 1:
+                if not self._change(conn, approval_id, "pending", state="approved",
+                                    resolved_at=now):
                     raise Conflict("approval is no longer pending")
                 result = kind.executor(conn, approval)
-                conn.execute("UPDATE approvals SET result = ? WHERE id = ?",
-                             (canonical_json(result).decode(), approval_id))
+                self._change(conn, approval_id, None, result=canonical_json(result).decode())
                 stage = "audit"
                 audited = self.audit.append(
                     actor, f"approval.{approval.kind}.approve", approval_id, "allow",
@@ -267,16 +300,16 @@ class ApprovalQueue:
         if approval is not None:
             kind = approval.kind
         else:
-            row = self.store.query_one("SELECT kind FROM approvals WHERE id = ?", (approval_id,))
-            kind = str(row["kind"]) if row is not None else "unknown"
+            row = self.store.query_one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+            # A row that fails its MAC names no kind we could trust (already reported).
+            kind = (str(row["kind"]) if row is not None
+                    and self.store.integrity.quietly_ok(_ROW, row) else "unknown")
         if stage == "execute" and approval is not None:
             # The action could not be applied (and was rolled back): the approval
             # is over, so it cannot be retried into a different outcome later.
             with self.store.transaction() as conn:
-                conn.execute(
-                    "UPDATE approvals SET state = 'failed', resolved_at = ?, reason = ?"
-                    " WHERE id = ? AND state = 'pending'",
-                    (self._now(), exc.message[:500], approval_id))
+                self._change(conn, approval_id, "pending", state="failed",
+                             resolved_at=self._now(), reason=exc.message[:500])
                 self.audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
                                   f"execution failed: {exc.message}", {"code": exc.code})
             self._recount()
@@ -290,10 +323,8 @@ class ApprovalQueue:
         self.expire_due()
         with self.store.transaction() as conn:
             approval = self._pending(conn, approval_id)
-            conn.execute(
-                "UPDATE approvals SET state = 'denied', resolved_at = ?, reason = ?"
-                " WHERE id = ? AND state = 'pending'",
-                (self._now(), reason or "denied by the owner", approval_id))
+            self._change(conn, approval_id, "pending", state="denied", resolved_at=self._now(),
+                         reason=reason or "denied by the owner")
             self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
                               reason or "denied by the owner")
         self._recount()
@@ -304,16 +335,16 @@ class ApprovalQueue:
         """Expire every pending approval past its time; returns their ids."""
         now = self._now()
         due = self.store.query(
-            "SELECT id, kind FROM approvals WHERE state = 'pending' AND expires_at <= ?", (now,))
+            "SELECT * FROM approvals WHERE state = 'pending' AND expires_at <= ?", (now,))
+        # Rows that fail their MAC are left as they are (reported): never repaired.
+        due = [row for row in due if self.store.integrity.row_ok(_ROW, row)]
         if not due:
             return []
         expired: list[tuple[str, str]] = []
         with self.store.transaction() as conn:
             for row in due:
-                cur = conn.execute(
-                    "UPDATE approvals SET state = 'expired', resolved_at = ?, reason = ?"
-                    " WHERE id = ? AND state = 'pending'", (now, "expired", row["id"]))
-                if cur.rowcount == 1:
+                if self._change(conn, str(row["id"]), "pending", state="expired",
+                                resolved_at=now, reason="expired"):
                     expired.append((str(row["id"]), str(row["kind"])))
             for approval_id, kind in expired:
                 self.audit.append("pacd", f"approval.{kind}.expire", approval_id, "deny",
@@ -330,7 +361,7 @@ class ApprovalQueue:
 
     def _pending(self, conn: sqlite3.Connection, approval_id: str) -> Approval:
         row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-        if row is None:
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
             raise NotFound(f"no approval {approval_id!r}")
         approval = _approval(row)
         if approval.state != "pending":
@@ -341,8 +372,8 @@ class ApprovalQueue:
         return approval
 
     def _recount(self) -> None:
-        row = self.store.query_one("SELECT COUNT(*) FROM approvals WHERE state = 'pending'")
-        self.pending_count = int(row[0]) if row is not None else 0
+        rows = self.store.query("SELECT * FROM approvals WHERE state = 'pending'")
+        self.pending_count = sum(1 for r in rows if self.store.integrity.row_ok(_ROW, r))
 
 
 def _approval(row: sqlite3.Row) -> Approval:

@@ -49,6 +49,7 @@ from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
 from pacd.errors import PacdError
 from pacd.events import EventBus
+from pacd.integrity import INTEGRITY_LABEL, AuditedFailures, RowSealer
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
@@ -120,6 +121,10 @@ def build_services(config: Config) -> Services:
     vault = Vault(store, secrets)
     vault.initialize()
     audit = AuditLog(config.audit_db, vault.derive_subkey("audit"), secrets)
+    # Before any module reads a row that decides access (pacd.integrity).
+    store.integrity = RowSealer(vault.derive_subkey(INTEGRITY_LABEL))
+    failures = AuditedFailures(audit.append)
+    store.integrity.on_failure(failures, failures.close)
     clock = SystemClock()
     owners = OwnerRegistry(store)
     events = EventBus()
@@ -181,6 +186,7 @@ class Daemon:
             with contextlib.suppress(PacdError):
                 await asyncio.to_thread(services.audit.append, "pacd", "daemon.stop",
                                         str(self.config.socket), "info", "pacd stopped", {})
+            await asyncio.to_thread(services.store.integrity.close)
             await asyncio.to_thread(services.audit.close)
             services.store.close()
             self._close_listener(listener)

@@ -226,6 +226,13 @@ class IntegrityError(PacdError):
         super().__init__(message)
 
 
+class PayloadMismatch(Conflict):
+    """An approval's stored payload no longer hashes to the challenge the owner signs:
+    the state was edited behind the daemon's back. Nothing is executed."""
+
+    code = "payload_mismatch"
+
+
 class AuditError(PacdError):
     """The audit log could not record an entry durably; the action must fail."""
 
@@ -271,6 +278,7 @@ ALL_ERRORS: tuple[type[PacdError], ...] = (
     PresenceMethodUnavailable,
     KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
     RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
+    PayloadMismatch,
 )
 
 

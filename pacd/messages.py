@@ -154,6 +154,14 @@ class PresenceMethodView:
 
 
 @dataclass(frozen=True)
+class IntegrityFailureView:
+    """A state row that does not carry the MAC the daemon gives every row it writes."""
+
+    table: str
+    key: str
+
+
+@dataclass(frozen=True)
 class OrphanView:
     """A Podman container with pacd's labels and this owner's id that pacd does not
     know (reported, never adopted)."""
@@ -177,6 +185,8 @@ class StatusView:
     pid: int
     started_at: str
     orphans: list[OrphanView] = field(default_factory=list)
+    #: state rows that failed their MAC in this run (treated as absent, never repaired)
+    integrity_failures: list[IntegrityFailureView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

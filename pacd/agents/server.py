@@ -77,6 +77,7 @@ from pacd.errors import (
     Busy,
     ConfigError,
     Forbidden,
+    IntegrityError,
     InvalidRequest,
     MalformedRequest,
     NotFound,
@@ -354,22 +355,23 @@ class AgentRoutes:
         # Most reads are fetched right here: a point read on a free store connection
         # and the opening of a small value cost less than a hop to a worker thread,
         # which on a busy socket was most of a read's cost. A busy store or a large
-        # value goes to a thread, with the entry written meanwhile. Either way the
-        # value leaves only once its entry is durable.
+        # value goes to a thread first. The entry follows the fetch, because the
+        # decision depends on it: a value that fails its integrity check (an edited
+        # index row, an older ciphertext put back) is a refusal, audited as one.
+        # Either way the value leaves only once its entry is durable.
         fetched: bytes | BaseException | None
         try:
             fetched = self.ctx.data.get_if_quick(cid, concern, key)
         except Exception as exc:  # answered below, once the entry is written
             fetched = exc
         if fetched is None:
-            logged, fetched = await asyncio.gather(
-                self.decide(action, target, True, "read"),
-                asyncio.to_thread(self.ctx.data.get, cid, concern, key),
-                return_exceptions=True)
-            if isinstance(logged, BaseException):
-                raise logged
-        else:
-            await self.decide(action, target, True, "read")
+            try:
+                fetched = await asyncio.to_thread(self.ctx.data.get, cid, concern, key)
+            except Exception as exc:
+                fetched = exc
+        if isinstance(fetched, IntegrityError):
+            raise await self.refuse(action, target, fetched)
+        await self.decide(action, target, True, "read")
         if isinstance(fetched, NotFound):
             raise NotFound(f"no value {key!r} in concern {concern!r}")
         if isinstance(fetched, BaseException):

@@ -224,7 +224,8 @@ class RelyingParty:
         with self.store.transaction():
             # Checked in the transaction that adds the key, so two first-key
             # registrations cannot both see an empty list.
-            if pending.authorised == FIRST_CREDENTIAL and self.owners.list_credentials():
+            # has_credentials() believes "none" only if the owner's MACed record says so.
+            if pending.authorised == FIRST_CREDENTIAL and self.owners.has_credentials():
                 raise PresenceRequired(
                     "a presence credential was enrolled after this registration began: "
                     "adding another key needs a biometric session (pacd session "

@@ -20,6 +20,7 @@ from pacd.audit import AuditLog
 from pacd.core.canonical import digest
 from pacd.core.models import SecurityLevel
 from pacd.errors import AuditError, Conflict, NotFound, PresenceFailed
+from pacd.integrity import RowSealer
 from pacd.presence.client import authenticate, register
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
@@ -39,6 +40,8 @@ class World:
     def __init__(self, base: Path, now: list[float] | None = None) -> None:
         self.base = base
         self.store = Store(base / "state.sqlite3")
+        # One key across restarts, as the daemon derives it from the vault each time.
+        self.store.integrity = RowSealer(b"i" * 32)
         self.audit = AuditLog(base / "audit.sqlite3", b"k" * 32, None)
         self.owners = OwnerRegistry(self.store)
         self.rp = RelyingParty(self.store, self.owners, "pacd.localhost", ORIGIN, SystemClock())

@@ -51,7 +51,8 @@ def test_row_moved_to_another_concern_or_key_fails(store: Store, data: SealedDat
             "SELECT value FROM sealed_data WHERE concern = 'health'").fetchone()[0]
         conn.execute("UPDATE sealed_data SET value = ? WHERE concern = 'social'", (sealed,))
         conn.execute(
-            "INSERT INTO sealed_data VALUES ('home', 'health', 'copy', ?, 1.0)", (sealed,))
+            "INSERT INTO sealed_data (container, concern, key, value, updated)"
+            " VALUES ('home', 'health', 'copy', ?, 1.0)", (sealed,))
     with pytest.raises(IntegrityError):
         data.get("home", "social", "record")
     with pytest.raises(IntegrityError):
