@@ -49,7 +49,7 @@ from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
 from pacd.errors import PacdError
 from pacd.events import EventBus
-from pacd.integrity import INTEGRITY_LABEL, AuditedFailures, RowSealer
+from pacd.integrity import AuditedFailures
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
@@ -122,7 +122,7 @@ def build_services(config: Config) -> Services:
     vault.initialize()
     audit = AuditLog(config.audit_db, vault.derive_subkey("audit"), secrets)
     # Before any module reads a row that decides access (pacd.integrity).
-    store.integrity = RowSealer(vault.derive_subkey(INTEGRITY_LABEL))
+    store.integrity = vault.row_sealer()
     failures = AuditedFailures(audit.append)
     store.integrity.on_failure(failures, failures.close)
     clock = SystemClock()

@@ -24,7 +24,6 @@ reads — one HMAC per row, no extra I/O.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
@@ -98,7 +97,7 @@ class RowSealer:
     def mac(self, table: str, key: Sequence[Any] | str, content: Mapping[str, Any]) -> bytes:
         message = canonical_json([table, key if isinstance(key, str) else list(key),
                                   dict(content)])
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return hmac.digest(self._key, message, "sha256")
 
     def check(self, table: str, key: Sequence[Any] | str, content: Mapping[str, Any],
               mac: bytes | None) -> bool:

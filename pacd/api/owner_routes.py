@@ -40,6 +40,7 @@ from pacd.errors import (
     AuditError,
     Conflict,
     Forbidden,
+    IntegrityError,
     InvalidRequest,
     KeychainError,
     NotFound,
@@ -55,7 +56,7 @@ from pacd.errors import (
     Unauthorized,
 )
 from pacd.presence.evidence import VerifiedPresence
-from pacd.presence.owner import Credential
+from pacd.presence.owner import Credential, refuse_if_owner_vanished, remember_owner
 from pacd.presence.rp import FIRST_CREDENTIAL
 from pacd.registry import ContainerRecord
 
@@ -182,10 +183,12 @@ class OwnerApi:
 
         def create() -> m.OwnerView:
             self.s.vault.initialize()
+            refuse_if_owner_vanished(self.s.secrets, self.s.owners)
             with self.s.store.transaction():
                 owner = self.s.owners.create_owner(body.name, self.s.clock.wall())
                 self.sink.append(ACTOR, "owner.create", owner.id, "allow",
                                     "owner identity created", {"name": owner.name})
+            remember_owner(self.s.secrets, owner)
             return m.OwnerView(owner.id, owner.name, iso(owner.created_at) or "", 0)
 
         try:
@@ -693,7 +696,7 @@ class OwnerApi:
                   response=m.JSON_OBJECT, audited=False),
             Route("POST", "/v1/owner", "create_owner", "create the owner identity and master key",
                   self.create_owner, request=m.OwnerCreate, response=m.OwnerView, status=201,
-                  errors=(Conflict, KeychainError, AuditError)),
+                  errors=(Conflict, KeychainError, AuditError, IntegrityError)),
             Route("POST", "/v1/owner/credentials/begin", "begin_credential",
                   "start enrolling a presence credential (biometric token needed once one "
                   "is enrolled)", self.begin_credential, request=m.CredentialBegin,

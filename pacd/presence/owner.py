@@ -23,6 +23,7 @@ from pacd.core.models import Owner
 from pacd.errors import Conflict, IntegrityError, InvalidRequest, NotFound
 from pacd.integrity import RowSpec
 from pacd.store import Store
+from pacd.vault.keychain import SecretStore
 
 CredentialKind = Literal["fido2", "platform"]
 _KINDS: tuple[str, ...] = ("fido2", "platform")
@@ -60,6 +61,9 @@ _CREDENTIAL = RowSpec("presence_credentials", ("credential_id",),
                        "created_at", "kind"))
 #: how missing credential rows are named in integrity reports (they have no key left)
 MISSING_CREDENTIALS = "(rows missing)"
+#: the keychain item that says an owner was created for this PACD_HOME: the state
+#: database alone cannot prove that a row it no longer has was ever there
+OWNER_MARKER = "state-owner-created"
 
 
 @dataclass(frozen=True)
@@ -283,3 +287,25 @@ def _credential(row: sqlite3.Row) -> Credential:
         created_at=float(row["created_at"]),
         kind="platform" if kind == "platform" else "fido2",
     )
+
+
+def refuse_if_owner_vanished(secrets: SecretStore, owners: OwnerRegistry) -> None:
+    """Refuse a new owner when the keychain says one was created and its row is gone.
+
+    Deleting the owner row (with the credentials) would otherwise let anyone
+    create a new owner and enrol a first key without a session.
+    """
+    if secrets.get(OWNER_MARKER) is None:
+        return
+    if owners.store.query_one("SELECT 1 FROM presence_owner") is not None:
+        return  # there is one: creating another is the usual conflict
+    owners.store.integrity.report("presence_owner", "(row missing)")
+    raise IntegrityError(
+        "an owner was created for this PACD_HOME (the keychain says so) but its record "
+        "is missing from the state database: it was removed behind the daemon's back. "
+        "Restore the database, or start from a fresh PACD_HOME")
+
+
+def remember_owner(secrets: SecretStore, owner: Owner) -> None:
+    """Record in the keychain that this PACD_HOME has an owner (see OWNER_MARKER)."""
+    secrets.set(OWNER_MARKER, owner.id.encode())

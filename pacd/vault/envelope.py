@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pacd.core.canonical import canonical_json
 from pacd.errors import IntegrityError, KeychainError
+from pacd.integrity import INTEGRITY_LABEL, RowSealer
 from pacd.store import Store
 from pacd.vault.keychain import SecretStore
 
@@ -232,6 +233,10 @@ class Vault:
             assert self._root is not None
             root = self._root
         return _hkdf(root, b"pacd subkey " + label.encode("utf-8"))
+
+    def row_sealer(self) -> RowSealer:
+        """The MAC of state rows that decide access (pacd.integrity), keyed from here."""
+        return RowSealer(self.derive_subkey(INTEGRITY_LABEL))
 
     def rotate_master_key(self) -> int:
         """Replace the master key, re-wrapping every data key; returns the new version.

@@ -213,6 +213,7 @@ def test_retention_purges_at_start_and_on_its_timer(
     store = Store(config.state_db)
     vault = Vault(store, open_secret_store(config))
     vault.initialize()
+    store.integrity = vault.row_sealer()  # the daemon's own row MACs
     data = SealedData(store, vault)
     inbox = Inbox(store, vault)
     now = time.time()

@@ -175,6 +175,16 @@ def test_deleted_credentials_do_not_reopen_first_key_enrolment(
     begins = [e for e in daemon.audit() if e["action"] == "credential.begin"]
     assert begins and begins[-1]["decision"] == "deny"
 
+    # Deleting the owner too does not make this a fresh daemon: the keychain says
+    # an owner was created, so a new one (and a first key) is refused.
+    edit_state(daemon, "DELETE FROM presence_owner")
+    error = refused(lambda: daemon.client().request("POST", "/v1/owner", {"name": "Mallory"}))
+    assert error.status == 500 and error.code == "integrity_error"
+    assert daemon.client().status()["owner"] is None
+    assert_reported(daemon, "presence_owner", "(row missing)")
+    creates = [e["decision"] for e in daemon.audit() if e["action"] == "owner.create"]
+    assert creates == ["allow", "deny"]
+
 
 def test_payload_edited_after_signing_is_not_executed(daemon: DaemonProcess) -> None:
     owner = Owner(daemon)
