@@ -128,6 +128,11 @@ def _status_text(s: dict[str, Any]) -> str:
     for p in s.get("presence_methods", []):
         mark = "yes" if p["available"] else "no "
         lines.append(f"  [{mark}] {p['name']}: {p['detail']}")
+    failures = s.get("integrity_failures") or []
+    if failures:
+        lines.append(f"INTEGRITY:  {len(failures)} state row(s) failed their check "
+                     "(treated as absent; see `pacd audit tail`):")
+        lines += [f"  {f['table']} {f['key']}" for f in failures]
     return "\n".join(lines)
 
 
