@@ -32,6 +32,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 from pacd.core.canonical import canonical_json
@@ -42,6 +44,8 @@ log = logging.getLogger("pacd.integrity")
 INTEGRITY_LABEL = "state integrity v1"
 #: at most this many distinct failures are remembered for ``status`` (each is still reported)
 MAX_LISTED = 100
+#: rows remembered as verified (a token checked on every request costs one lookup)
+MAX_VERIFIED = 4096
 
 FailureHook = Callable[[str, str], None]
 #: a row as read (``sqlite3.Row``) or about to be written (a dict of column values)
@@ -49,9 +53,10 @@ Row = Mapping[str, Any] | sqlite3.Row
 
 
 def _plain(value: Any) -> Any:
-    """A column value as JSON: bytes become hex, everything else is already plain."""
+    """A column value as JSON: bytes become ``{"hex": ...}`` (never equal to a text
+    value, so a BLOB rewritten as TEXT does not keep its MAC); the rest is plain."""
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
+        return {"hex": bytes(value).hex()}
     return value
 
 
@@ -67,10 +72,20 @@ class RowSpec:
         return [_plain(row[k]) for k in self.keys]
 
     def key_text(self, row: Row) -> str:
-        return "/".join(str(k) for k in self.key_of(row))
+        return "/".join(bytes(v).hex() if isinstance(v, bytes | bytearray | memoryview)
+                        else str(v) for v in (row[k] for k in self.keys))
 
     def content_of(self, row: Row) -> dict[str, Any]:
         return {c: _plain(row[c]) for c in self.columns}
+
+    def identity(self, row: Row, mac: bytes) -> tuple[Any, ...]:
+        """Everything the MAC covers, as stored, and the MAC: equal identities check alike."""
+        return (self.table, mac, *self._covered(row))
+
+    @cached_property
+    def _covered(self) -> Callable[[Row], tuple[Any, ...]]:
+        # Always a tuple: keys plus columns are at least two names.
+        return itemgetter(*self.keys, *self.columns)
 
 
 class RowSealer:
@@ -85,6 +100,9 @@ class RowSealer:
         self._listed: list[dict[str, str]] = []
         self._hooks: list[FailureHook] = []
         self._closers: list[Callable[[], None]] = []
+        # Rows already verified, by everything their MAC covers: the MAC is a pure
+        # function of that, so an equal row needs no second HMAC.
+        self._verified: dict[tuple[Any, ...], None] = {}
 
     @classmethod
     def ephemeral(cls) -> RowSealer:
@@ -114,16 +132,25 @@ class RowSealer:
 
     def row_ok(self, spec: RowSpec, row: Row) -> bool:
         """Check a row read with its ``mac`` column (a ``sqlite3.Row`` or a dict)."""
-        stored = row["mac"]
-        return self.check(spec.table, spec.key_of(row), spec.content_of(row),
-                          None if stored is None else bytes(stored))
+        if self.quietly_ok(spec, row):
+            return True
+        self.report(spec.table, spec.key_text(row))
+        return False
 
     def quietly_ok(self, spec: RowSpec, row: Row) -> bool:
-        """:meth:`row_ok` without reporting: for callers that cannot report here (the
-        event loop) and will read the row again where they can."""
+        """:meth:`row_ok` without reporting (for a caller that reports elsewhere)."""
         stored = row["mac"]
-        return stored is not None and hmac.compare_digest(
-            self.seal_row(spec, row), bytes(stored))
+        if stored is None:
+            return False
+        identity = spec.identity(row, bytes(stored))
+        if identity in self._verified:
+            return True
+        if not hmac.compare_digest(self.seal_row(spec, row), bytes(stored)):
+            return False
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[identity] = None
+        return True
 
     # --- failures -----------------------------------------------------------
 

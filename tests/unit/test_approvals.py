@@ -215,7 +215,7 @@ def test_payload_edited_and_remaced_after_signing_is_not_executed(world: World) 
     payload = json.loads(row["payload"]) | {"body": {"formatter": "Swapped Formatter 6.6.6"}}
     row["payload"] = canonical_json(payload).decode()
     mac = world.store.integrity.mac("approvals", [a.id], {
-        k: v.hex() if isinstance(v, bytes) else v for k, v in row.items()
+        k: {"hex": v.hex()} if isinstance(v, bytes) else v for k, v in row.items()
         if k not in ("id", "mac")})
     with world.store.transaction() as conn:
         conn.execute("UPDATE approvals SET payload = ?, mac = ? WHERE id = ?",

@@ -49,3 +49,16 @@ def test_failures_listed_are_bounded_but_all_are_reported() -> None:
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError):
         RowSealer(b"short")
+
+
+def test_a_blob_rewritten_as_text_loses_its_mac() -> None:
+    sealer = RowSealer(b"k" * 32)
+    mac = sealer.seal_row(SPEC, ROW)
+    assert not sealer.row_ok(SPEC, ROW | {"blob": ROW["blob"].hex(), "mac": mac})
+
+
+def test_a_verified_row_is_remembered_and_an_edited_one_is_not() -> None:
+    sealer = RowSealer(b"k" * 32)
+    row = ROW | {"mac": sealer.seal_row(SPEC, ROW)}
+    assert sealer.row_ok(SPEC, row) and sealer.row_ok(SPEC, row)
+    assert not sealer.row_ok(SPEC, row | {"level": "carbonProof"})
