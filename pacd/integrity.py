@@ -122,7 +122,8 @@ class RowSealer:
         """True if ``mac`` is this row's; otherwise the failure is reported (once)."""
         if mac is not None and hmac.compare_digest(self.mac(table, key, content), bytes(mac)):
             return True
-        self.report(table, key if isinstance(key, str) else "/".join(str(k) for k in key))
+        self.report(table, key if isinstance(key, str) else "/".join(
+            str(k["hex"]) if isinstance(k, dict) else str(k) for k in key))
         return False
 
     # --- per-table helpers ---------------------------------------------------
