@@ -128,7 +128,25 @@ def _status_text(s: dict[str, Any]) -> str:
     for p in s.get("presence_methods", []):
         mark = "yes" if p["available"] else "no "
         lines.append(f"  [{mark}] {p['name']}: {p['detail']}")
+    lines += _audit_status_lines(s.get("audit"))
     return "\n".join(lines)
+
+
+def _audit_status_lines(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    age = a.get("checkpoint_age_s")
+    lines = [f"audit:      {'trusted' if a['trusted'] else 'UNTRUSTED'}, head {a['head_seq']}, "
+             f"checkpoint {a.get('checkpoint_seq')}"
+             + ("" if age is None else f" written {age:.1f} s ago")]
+    if a.get("untrusted"):
+        lines.append(f"  from entry {a['untrusted']['first_bad_seq']}: {a['untrusted']['found']}")
+    if a.get("checkpoint_error"):
+        err = a["checkpoint_error"]
+        lines.append(f"  checkpoint write failed {err['count']} time(s): {err['message']}")
+    if not a["trusted"]:
+        lines.append("  actions above basic are refused; run: pacd audit reanchor")
+    return lines
 
 
 def _container_text(c: dict[str, Any]) -> str:
@@ -362,6 +380,12 @@ def cmd_audit(args: argparse.Namespace, ctx: Ctx) -> None:
         ctx.out(data, lambda d: "\n".join(_audit_line(e) for e in d["entries"])
                 or "no entries")
         return
+    if args.audit_cmd == "reanchor":
+        accepted = ctx.client.request("POST", "/v1/audit/reanchor")
+        ctx.out(accepted, f"re-anchor requested: approval {accepted['approval_id']} needs "
+                f"{accepted['required_level']}; `pacd approve {accepted['approval_id']}` "
+                "shows what was found and runs the ceremony")
+        return
     result = ctx.client.request("POST", "/v1/audit/verify")
     if result["ok"]:
         ctx.out(result, f"audit log ok: {result['entries']} entries verified")
@@ -463,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--after", type=int, default=None, help="entries after this seq")
     tail.add_argument("--limit", type=int, default=20)
     asub.add_parser("verify", parents=[common], help="verify the chain and checkpoint")
+    asub.add_parser("reanchor", parents=[common],
+                    help="ask to trust the log as it stands after its checkpoint was lost "
+                         "or failing (a carbonProof approval)")
 
     add("doctor", cmd_doctor, "check every dependency and say how to fix it")
     return parser

@@ -39,11 +39,17 @@ from pacd.api.listener import (
     check_activated_socket,
     ensure_private_dir,
 )
-from pacd.api.owner_routes import PLUGIN_INSTALL, OwnerApi
+from pacd.api.owner_routes import (
+    AUDIT_REANCHOR,
+    PLUGIN_INSTALL,
+    REANCHOR_LEVEL,
+    OwnerApi,
+    audit_event,
+)
 from pacd.api.server import OwnerServer
 from pacd.api.services import Services
 from pacd.approvals import ApprovalQueue
-from pacd.audit import AuditEntry, AuditLog
+from pacd.audit import AuditEntry, AuditHealth, AuditLog
 from pacd.config import Config
 from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
@@ -201,6 +207,11 @@ class Daemon:
         api = OwnerApi(services)
         services.approvals.register(PLUGIN_INSTALL, required_level(Action.install_plugin),
                                     api.execute_plugin_install)
+        services.approvals.register(AUDIT_REANCHOR, REANCHOR_LEVEL,
+                                    api.execute_audit_reanchor,
+                                    after_entry=api.anchor_after_entry)
+        services.approvals.set_gate(api.gate_approval)
+        self._watch_audit_health(services)
 
         def on_audit(entry: AuditEntry) -> None:
             services.events.publish("audit.appended", seq=entry.seq, action=entry.action,
@@ -245,6 +256,28 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    @staticmethod
+    def _watch_audit_health(services: Services) -> None:
+        """Tell subscribers (and the log) when the audit log stops or starts vouching."""
+        health = services.audit.health()
+        refusing = [health.refusing]
+        if health.refusing:
+            log.error("%s; actions above basic are refused until `pacd audit reanchor` is "
+                      "approved", health.reason())
+            _publish_health(services, health)
+
+        def changed(health: AuditHealth) -> None:
+            if health.checkpoint_error is not None:
+                services.events.publish("audit.checkpoint_error",
+                                        message=health.checkpoint_error,
+                                        count=health.checkpoint_failures,
+                                        refusing=health.refusing)
+            if health.refusing != refusing[0]:
+                refusing[0] = health.refusing
+                _publish_health(services, health)
+
+        services.audit.add_health_listener(changed)
+
     async def _expire(self, services: Services) -> None:
         while True:
             await asyncio.sleep(EXPIRY_TICK_S)
@@ -252,6 +285,11 @@ class Daemon:
                 await asyncio.to_thread(services.approvals.expire_due)
             except PacdError as exc:  # e.g. the audit log is unavailable: retry next tick
                 log.warning("approval expiry: %s", exc.message)
+
+
+def _publish_health(services: Services, health: AuditHealth) -> None:
+    event = audit_event(health)
+    services.events.publish(str(event.pop("type")), **event)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

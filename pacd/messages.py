@@ -166,6 +166,34 @@ class OrphanView:
 
 
 @dataclass(frozen=True)
+class AuditUntrustedView:
+    """What the keychain checkpoint could not account for at start-up."""
+
+    first_bad_seq: int
+    found: str
+
+
+@dataclass(frozen=True)
+class AuditCheckpointErrorView:
+    """The last failed checkpoint write and how many failed in a row."""
+
+    message: str
+    count: int
+
+
+@dataclass(frozen=True)
+class AuditHealthView:
+    """Whether the audit log vouches for itself; false refuses everything above basic."""
+
+    trusted: bool
+    head_seq: int
+    checkpoint_seq: int | None
+    checkpoint_age_s: float | None
+    untrusted: AuditUntrustedView | None = None
+    checkpoint_error: AuditCheckpointErrorView | None = None
+
+
+@dataclass(frozen=True)
 class StatusView:
     version: str
     owner: OwnerView | None
@@ -177,6 +205,7 @@ class StatusView:
     pid: int
     started_at: str
     orphans: list[OrphanView] = field(default_factory=list)
+    audit: AuditHealthView | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pacd.api.platform_routes import PlatformSessions
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.api.services import Services
 from pacd.approvals import Approval, b64url, iso
+from pacd.audit import AuditHealth
 from pacd.core.generators import generate_container_config, generate_openapi_spec
 from pacd.core.models import SecurityLevel
 from pacd.core.plugins import parse_plugin_schema, validate_plugin
@@ -38,6 +39,7 @@ from pacd.core.rules import Action, required_level
 from pacd.core.spec import parse_container_spec
 from pacd.errors import (
     AuditError,
+    AuditUntrusted,
     Conflict,
     Forbidden,
     InvalidRequest,
@@ -63,6 +65,10 @@ log = logging.getLogger("pacd.api")
 
 T = TypeVar("T")
 PLUGIN_INSTALL = "plugin.install"
+AUDIT_REANCHOR = "audit.reanchor"
+#: trusting a log its checkpoint no longer vouches for is a carbonProof decision;
+#: asking for it is basic, so the daemon can be repaired while it refuses the rest
+REANCHOR_LEVEL = SecurityLevel.carbonProof
 EVENT_POLL_S = 5.0
 EVENT_WRITE_TIMEOUT_S = 5.0
 #: who owner-socket requests act as: the peer uid was checked to be the daemon's own
@@ -80,6 +86,7 @@ ACTIONS = {
     "submit_plugin": "plugin.submit", "list_approvals": "approval.list",
     "show_approval": "approval.show", "approve": "approval.approve", "deny": "approval.deny",
     "audit_entries": "audit.read", "audit_verify": "audit.verify",
+    "reanchor_audit": "audit.reanchor.request",
     "events": "events.subscribe",
 }
 
@@ -117,6 +124,7 @@ class OwnerApi:
 
     async def require(self, request: web.Request, level: SecurityLevel,
                       operation: str) -> Principal:
+        self.check_audit_trust()
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
@@ -128,6 +136,19 @@ class OwnerApi:
             raise
         return Principal(level=info.level.value, token_id=info.token_id, scope=info.scope,
                          expires_at=info.expires_at)
+
+    def check_audit_trust(self) -> None:
+        """Refuse anything above basic while the audit log cannot vouch for itself."""
+        health = self.s.audit.health()
+        if health.refusing:
+            raise AuditUntrusted(
+                health.reason() + "; actions above basic are refused until the owner "
+                "re-anchors the log (`pacd audit reanchor`)", **_untrusted_extra(health))
+
+    def gate_approval(self, approval: Approval) -> None:
+        """While the log is untrusted only its re-anchoring can be approved."""
+        if approval.kind != AUDIT_REANCHOR:
+            self.check_audit_trust()
 
     # --- status & docs ------------------------------------------------------
 
@@ -159,9 +180,14 @@ class OwnerApi:
                 started_at=iso(self.s.started_at) or "",
                 orphans=[m.OrphanView(**o) for o in orphans],
             )
-            self._status_json = Json(json.dumps(m.encode(view), separators=(",", ":")).encode())
+            base = m.encode(view)
+            base.pop("audit", None)
+            # The audit part (checkpoint age) changes every call: spliced in below.
+            self._status_json = Json(json.dumps(base, separators=(",", ":")).encode()[:-1])
             self._status_key = key
-        return self._status_json
+        audit = json.dumps(m.encode(_health_view(self.s.audit.health())),
+                           separators=(",", ":")).encode()
+        return Json(self._status_json.data + b',"audit":' + audit + b"}")
 
     def owner_changed(self) -> None:
         self._owner_version += 1
@@ -221,7 +247,7 @@ class OwnerApi:
             self.sink.append(ACTOR, "credential.enroll", cred.credential_id.hex(), "allow",
                              "presence credential enrolled",
                              {"label": cred.label, "uv_capable": cred.uv_capable,
-                              "aaguid": cred.aaguid.hex()})
+                              "aaguid": cred.aaguid.hex()}, checkpoint=True)
 
         try:
             cred = await _thread(self.s.rp.complete_registration, registration,
@@ -570,6 +596,49 @@ class OwnerApi:
         return {"container_id": record.id, "plugin_id": plugin.plugin_id,
                 "agent": plugin.agent, "state": plugin.state}
 
+    # --- audit re-anchoring --------------------------------------------------
+
+    def _reanchor_body(self, health: AuditHealth) -> dict[str, Any]:
+        head_seq, head_mac = self.s.audit.head()
+        found = (health.untrusted.to_json() if health.untrusted is not None else
+                 {"checkpoint_error": health.checkpoint_error,
+                  "consecutive_failures": health.checkpoint_failures})
+        return {"head_seq": head_seq, "head_mac": head_mac.hex(), "found": found}
+
+    async def reanchor_audit(self, call: Call) -> Reply:
+        health = self.s.audit.health()
+        if not health.refusing:
+            raise Conflict("the audit log is trusted: there is nothing to re-anchor")
+        body = self._reanchor_body(health)
+        summary = (f"re-anchor the audit log at entry {body['head_seq']} after: "
+                   f"{health.reason()}")
+        approval = await _thread(
+            self.s.approvals.submit, AUDIT_REANCHOR, body, ACTOR, summary,
+            float(self.s.config.approval_ttl_s))
+        return Reply(m.ApprovalAccepted(approval_id=approval.id,
+                                        required_level=approval.required_level.value,
+                                        expires_at=iso(approval.expires_at) or ""), 202)
+
+    def execute_audit_reanchor(self, conn: Any, approval: Approval) -> dict[str, Any]:
+        """Check the log is still as the owner saw it; the checkpoint moves after the entry."""
+        body = approval.body
+        health = self.s.audit.health()
+        if not health.refusing:
+            raise Conflict("the audit log is already trusted")
+        current = self._reanchor_body(health)
+        seq = int(body["head_seq"])
+        # Entries appended since the request are fine (the log keeps recording);
+        # a different finding, or the entry the owner saw no longer there, is not.
+        if current["found"] != body["found"] or not any(
+                e.seq == seq and e.mac.hex() == body["head_mac"]
+                for e in self.s.audit.entries(seq - 1, 1)):
+            raise Conflict("the audit log changed since this re-anchor was requested; "
+                           "request a new one")
+        return {"anchored_from_seq": seq, "found": body["found"]}
+
+    def anchor_after_entry(self, entry: Any) -> None:
+        self.s.audit.reanchor(int(entry.seq))
+
     @staticmethod
     def _approval_view(a: Approval) -> m.ApprovalView:
         return m.ApprovalView(
@@ -653,6 +722,12 @@ class OwnerApi:
         try:
             await resp.write(json.dumps({"type": "subscribed", "time": iso(
                 self.s.clock.wall())}).encode() + b"\n")
+            health = self.s.audit.health()
+            if health.refusing:
+                # Published once at start-up, before anyone could listen: every
+                # new subscriber hears it while it lasts.
+                await resp.write(json.dumps(audit_event(health, iso(self.s.clock.wall())))
+                                 .encode() + b"\n")
             while True:
                 try:
                     line = await sub.get(EVENT_POLL_S)
@@ -772,6 +847,42 @@ class OwnerApi:
             Route("POST", "/v1/audit/verify", "audit_verify", "verify the audit chain",
                   self.audit_verify, level=_level(Action.verify_audit),
                   response=m.AuditVerify),
+            Route("POST", "/v1/audit/reanchor", "reanchor_audit",
+                  "ask to trust the audit log as it stands (a carbonProof approval of kind "
+                  "audit.reanchor)", self.reanchor_audit,
+                  level=_level(Action.verify_audit), response=m.ApprovalAccepted,
+                  status=202, errors=(Conflict,)),
             Route("GET", "/v1/events", "events", "a stream of JSON lines", self.events,
                   response=m.Event, stream=True),
         ]
+
+
+def _untrusted_extra(health: AuditHealth) -> dict[str, Any]:
+    if health.untrusted is not None:
+        return {"first_bad_seq": health.untrusted.first_bad_seq}
+    return {"checkpoint_failures": health.checkpoint_failures}
+
+
+def _health_view(health: AuditHealth) -> m.AuditHealthView:
+    return m.AuditHealthView(
+        trusted=not health.refusing, head_seq=health.head_seq,
+        checkpoint_seq=health.checkpoint_seq, checkpoint_age_s=health.checkpoint_age_s,
+        untrusted=None if health.untrusted is None else m.AuditUntrustedView(
+            first_bad_seq=health.untrusted.first_bad_seq, found=health.untrusted.found),
+        checkpoint_error=None if health.checkpoint_error is None else
+        m.AuditCheckpointErrorView(message=health.checkpoint_error,
+                                   count=health.checkpoint_failures))
+
+
+def audit_event(health: AuditHealth, when: str | None = None) -> dict[str, Any]:
+    """The event telling subscribers the log refuses (``audit.untrusted``) or why not."""
+    event: dict[str, Any] = {"type": "audit.untrusted" if health.refusing else "audit.trusted"}
+    if when is not None:
+        event["time"] = when
+    if health.untrusted is not None:
+        event |= {"first_bad_seq": health.untrusted.first_bad_seq,
+                  "found": health.untrusted.found}
+    if health.checkpoint_error is not None:
+        event |= {"checkpoint_error": health.checkpoint_error,
+                  "count": health.checkpoint_failures}
+    return event
