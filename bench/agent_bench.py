@@ -24,21 +24,17 @@ keys are cached after the first use), so this does not change the numbers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
-import os
 import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from aiohttp import web
 
-from tests.pidns_connector import NamespaceConnector
+from tests.pidns_connector import NamespaceConnector, stand_in_container
 
 CLIENTS = 8  # per agent: below the default policy's maxConcurrentConnections (10)
 AGENTS = ("bench", "bench2", "bench3", "bench4")
@@ -109,28 +105,6 @@ def _serve(base: str, conn: Connection, container_pid: int) -> None:
         store.close()
 
     asyncio.run(run())
-
-
-@contextlib.contextmanager
-def _stand_in_container() -> Iterator[int]:
-    """A process alone in a fresh PID namespace, standing in for the agent container;
-    yields its pid. Root enters a new PID namespace directly, anyone else through
-    a user namespace of their own."""
-    userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    holder = subprocess.Popen(["unshare", *userns, "--pid", "--fork", "--kill-child", "--",
-                               "sleep", "infinity"], stdin=subprocess.DEVNULL)
-    try:
-        children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
-        deadline = time.monotonic() + 10
-        while not (pids := children.read_text().split()):
-            if holder.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("could not start a process in a new PID namespace "
-                                   f"(unshare exited {holder.poll()})")
-            time.sleep(0.01)
-        yield int(pids[0])
-    finally:
-        holder.kill()  # --kill-child: its child goes with it
-        holder.wait()
 
 
 async def _reader(sock: socket.socket, n: int, deadline: float) -> int:
@@ -211,7 +185,7 @@ def _audited_reads(audit_db: str) -> int:
 def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     with (tempfile.TemporaryDirectory(prefix="pacd-agb-") as base,
-          _stand_in_container() as container_pid,
+          stand_in_container() as container_pid,
           NamespaceConnector(container_pid) as inside):
         parent, child = ctx.Pipe()
         server = ctx.Process(target=_serve, args=(base, child, container_pid), daemon=True)

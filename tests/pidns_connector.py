@@ -22,11 +22,14 @@ under rootless Podman.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -98,3 +101,25 @@ class NamespaceConnector:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def stand_in_container() -> Iterator[int]:
+    """A process alone in a fresh PID namespace, standing in for an agent container;
+    yields its pid. Root enters a new PID namespace directly, anyone else through
+    a user namespace of their own."""
+    userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    holder = subprocess.Popen(["unshare", *userns, "--pid", "--fork", "--kill-child", "--",
+                               "sleep", "infinity"], stdin=subprocess.DEVNULL)
+    try:
+        children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (pids := children.read_text().split()):
+            if holder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("could not start a process in a new PID namespace "
+                                   f"(unshare exited {holder.poll()})")
+            time.sleep(0.01)  # polling for the child unshare forks
+        yield int(pids[0])
+    finally:
+        holder.kill()  # --kill-child: its child goes with it
+        holder.wait()
