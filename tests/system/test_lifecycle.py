@@ -62,7 +62,7 @@ def test_start_stop_remove(make_deployment: Callable[..., Deployment],
     d.start(cid)
     assert d.runtime.inspect(d.podman_name(cid, "alpha"))["Id"] == first
 
-    assert agent_request(d.socket(cid, "alpha"), "PUT", "/v1/data/notes/k",
+    assert agent_request(d.agent(cid, "alpha"), "PUT", "/v1/data/notes/k",
                          b"clear-text-marker").status == 204
     with sqlite3.connect(f"file:{d.daemon.home / 'state.sqlite3'}?mode=ro", uri=True) as db:
         stored = db.execute("SELECT value FROM sealed_data WHERE container = ?",
@@ -77,7 +77,7 @@ def test_start_stop_remove(make_deployment: Callable[..., Deployment],
 
     # Restarting replaces the containers and the data is still there.
     d.start(cid)
-    assert agent_request(d.socket(cid, "alpha"), "GET", "/v1/data/notes/k").body == \
+    assert agent_request(d.agent(cid, "alpha"), "GET", "/v1/data/notes/k").body == \
         b"clear-text-marker"
     assert d.runtime.inspect(d.podman_name(cid, "alpha"))["Id"] != first
 
