@@ -176,13 +176,16 @@ def test_a_biometric_session_assertion_cannot_approve_a_new_key(
     c = daemon.client()
     approval_id = c.request("POST", "/v1/owner/credentials/complete", {
         "credential": credential, "registration_id": begin["registration_id"]})["approval_id"]
-    # An assertion by the enrolled key over a session challenge, not over this payload.
+    # The approval's options are handed out (its carbonProof clock runs)...
+    c.request("GET", f"/v1/approvals/{approval_id}")
+    # ...but what is posted is the enrolled key's assertion over a session challenge.
     session = c.request("POST", "/v1/sessions/begin", {"level": "biometric"})
     other = authenticate(session["publicKey"], session["origin"], Silent(),
                          device=owner.device)
     refused = _refused(lambda: c.request("POST", f"/v1/approvals/{approval_id}/approve",
                                          {"credential": other}))
-    assert refused.status == 403
+    assert (refused.status, refused.code) == (403, "presence_failed")
+    assert "challenge" in refused.message
     assert len(_listed(daemon)) == 1
     assert _entries(daemon, "approval.credential.add.approve")[-1]["decision"] == "deny"
 
