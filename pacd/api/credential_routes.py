@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -57,13 +58,12 @@ from pacd.presence.rp import FIRST_CREDENTIAL, Registration
 CREDENTIAL_ADD = "credential.add"
 CREDENTIAL_REMOVE = "credential.remove"
 ENROL_ACTION = "credential.enroll"
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}){1,1024}")
 
 
 def _id(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
+    # Exactly hex digits (bytes.fromhex would also take spaces).
+    raw = bytes.fromhex(text) if _HEX.fullmatch(text) else b""
     if not raw:
         raise InvalidRequest(f"credential id {text[:80]!r} is not a hex string "
                              "(as GET /v1/owner/credentials lists it)")

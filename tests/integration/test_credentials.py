@@ -202,7 +202,10 @@ def test_the_last_key_cannot_be_removed(daemon: DaemonProcess) -> None:
         "deny", only["credential_id"], "conflict")
     # Unknown and malformed ids are refused too.
     assert _refused(lambda: c.remove_credential("00" * 32)).code == "not_found"
-    assert _refused(lambda: c.remove_credential("not-hex")).code == "invalid_request"
+    hex_id = only["credential_id"]
+    spaced = " ".join(hex_id[i:i + 2] for i in range(0, len(hex_id), 2))
+    for bad in ("not-hex", hex_id[:-1], spaced):
+        assert _refused(lambda b=bad: c.remove_credential(b)).code == "invalid_request"
     assert _listed(daemon) == [only]
     assert owner.token is not None  # the session that asked was a valid biometric one
 
