@@ -204,8 +204,34 @@ def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
     done = ctx.client.request("POST", "/v1/owner/credentials/complete",
                               {"credential": credential,
                                "registration_id": begin["registration_id"]})
+    if "approval_id" in done:
+        # A key is already enrolled: this one is added when that key signs for it.
+        ctx.out(done, f"not enrolled yet: queued for approval {done['approval_id']} (needs "
+                      f"{done['required_level']} by a key that is already enrolled, expires "
+                      f"{done['expires_at']}); approve with: pacd approve {done['approval_id']}")
+        return
     ctx.out(done, f"enrolled {done['label']} ({done['credential_id'][:16]}…, "
                   f"user verification: {'yes' if done['user_verifying'] else 'no'})")
+
+
+def _credential_line(c: dict[str, Any]) -> str:
+    flag = c.get("software")  # null: pacd cannot tell
+    software = "software" if flag is True else "hardware" if flag is False else ""
+    return (f"{c['credential_id']}  {c['label']!r} {c['kind']} {c['aaguid']}"
+            f"{' ' + software if software else ''}  created {c['created_at']}"
+            f"  last used {c['last_used_at'] or 'never'}")
+
+
+def cmd_credentials(args: argparse.Namespace, ctx: Ctx) -> None:
+    if args.credentials_cmd == "list":
+        listed = {"credentials": ctx.client.credentials()}
+        ctx.out(listed, lambda d: "\n".join(_credential_line(c) for c in d["credentials"])
+                or "no presence credentials: run pacd enroll")
+        return
+    data = ctx.client.remove_credential(args.id)
+    ctx.out(data, f"not removed yet: queued for approval {data['approval_id']} (needs "
+                  f"{data['required_level']}, expires {data['expires_at']}); approve with: "
+                  f"pacd approve {data['approval_id']}")
 
 
 def cmd_session(args: argparse.Namespace, ctx: Ctx) -> None:
@@ -431,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", required=True)
     add("enroll", cmd_enroll, "enrol a presence credential (security key)").add_argument(
         "--label", help="a name for this key")
+    creds = add("credentials", cmd_credentials,
+                "the enrolled presence credentials; removing one is an approval")
+    crsub = creds.add_subparsers(dest="credentials_cmd", required=True, metavar="ACTION")
+    crsub.add_parser("list", parents=[common], help="list them (id, label, AAGUID, use)")
+    crsub.add_parser("remove", parents=[common],
+                     help="queue a key's removal (approved with carbonProof; never the last)"
+                     ).add_argument("id", help="the credential id as listed")
     session = add("session", cmd_session, "prove presence now and cache the session token")
     session.add_argument("--level", choices=("enhanced", "biometric"), default="biometric")
     session.add_argument("--platform", choices=("fprintd",),

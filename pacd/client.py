@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pacd.config import Config, load_config
 from pacd.core.canonical import digest
@@ -334,3 +335,14 @@ class Client:
             {"session_id": session_id, "credential": credential}, auth=False)
         self.save_token(token)
         return token
+
+    def credentials(self) -> list[dict[str, Any]]:
+        """The enrolled presence credentials (``GET /v1/owner/credentials``)."""
+        listed: dict[str, Any] = self.request("GET", "/v1/owner/credentials")
+        return list(listed["credentials"])
+
+    def remove_credential(self, credential_id: str) -> dict[str, Any]:
+        """Queue a key's removal; it happens once an enrolled key approves it."""
+        queued: dict[str, Any] = self.request(
+            "DELETE", f"/v1/owner/credentials/{quote(credential_id, safe='')}")
+        return queued

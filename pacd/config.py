@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,11 @@ class Config:
     fprintd_bus_address: str | None = None
     #: how long the daemon waits for a finger on the reader
     platform_presence_timeout_s: float = 30.0
+    #: attestation policy for new keys: "none" (any key) or "direct" (an attestation
+    #: statement that verifies, naming an AAGUID in allowed_aaguids). File only: an
+    #: environment variable must not be able to loosen who may become the owner.
+    attestation: str = "none"
+    allowed_aaguids: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -192,8 +198,30 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             "config: platform_presence_timeout_s must be positive, got "
             f"{cfg.platform_presence_timeout_s!r}"
         )
+    _check_attestation(cfg)
     if cfg.keystore == "passphrase" and cfg.passphrase_file is None:
         raise ConfigError(
             "config: keystore 'passphrase' needs passphrase_file (PACD_PASSPHRASE_FILE)"
         )
     return cfg
+
+
+def _check_attestation(cfg: Config) -> None:
+    if cfg.attestation not in ("none", "direct"):
+        raise ConfigError(
+            f"config: attestation must be 'none' or 'direct', got {cfg.attestation!r}")
+    for aaguid in cfg.allowed_aaguids:
+        try:
+            uuid.UUID(aaguid)
+        except ValueError:
+            raise ConfigError(
+                f"config: allowed_aaguids: {aaguid!r} is not an AAGUID (a UUID such as "
+                "'cb69481e-8ff7-4039-93ec-0a2729a154a8')") from None
+    if cfg.attestation == "direct" and not cfg.allowed_aaguids:
+        raise ConfigError(
+            "config: attestation 'direct' needs allowed_aaguids (the authenticator models "
+            "that may be enrolled); with none listed no key could ever be enrolled")
+    if cfg.attestation == "none" and cfg.allowed_aaguids:
+        raise ConfigError(
+            "config: allowed_aaguids is only checked with attestation = 'direct'; "
+            "set that too, or remove the list")

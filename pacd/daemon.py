@@ -32,6 +32,7 @@ from typing import Any
 from pacd import __version__
 from pacd.agents.inbox import Inbox
 from pacd.api.activation import activated_socket, sd_notify
+from pacd.api.credential_routes import CREDENTIAL_ADD, CREDENTIAL_REMOVE
 from pacd.api.decisions import DecisionLog
 from pacd.api.listener import (
     SocketLock,
@@ -55,6 +56,7 @@ from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
 from pacd.errors import PacdError
 from pacd.events import EventBus
+from pacd.presence.attestation import AttestationPolicy
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
@@ -136,7 +138,9 @@ def build_services(config: Config) -> Services:
 
     rp = RelyingParty(store, owners, config.rp_id, config.origin, clock,
                       challenge_ttl_s=config.challenge_ttl_s, on_refusal=on_refusal,
-                      carbon_proof_max_age_s=config.carbon_proof_max_age_s)
+                      carbon_proof_max_age_s=config.carbon_proof_max_age_s,
+                      attestation=AttestationPolicy.from_config(config.attestation,
+                                                                config.allowed_aaguids))
     tokens = TokenService(store, clock, config.token_lifetime_s)
     # Through DecisionLog: an approval's entry is the entry of the request resolving it.
     approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish)
@@ -212,6 +216,11 @@ class Daemon:
                                     after_entry=api.anchor_after_entry)
         services.approvals.set_gate(api.gate_approval)
         self._watch_audit_health(services)
+        services.approvals.register(CREDENTIAL_ADD, required_level(Action.add_credential),
+                                    api.credentials.execute_add)
+        services.approvals.register(CREDENTIAL_REMOVE,
+                                    required_level(Action.remove_credential),
+                                    api.credentials.execute_remove)
 
         def on_audit(entry: AuditEntry) -> None:
             services.events.publish("audit.appended", seq=entry.seq, action=entry.action,

@@ -69,8 +69,8 @@ class CredentialComplete:
     credential: dict[str, Any] = field(metadata=WEBAUTHN)
     registration_id: str | None = field(
         default=None,
-        metadata=_meta("from the begin call; defaults to the most recent registration",
-                       min_length=1, max_length=200),
+        metadata=_meta("required: the registration_id the begin call returned (a complete "
+                       "without it is refused with 400)", min_length=1, max_length=200),
     )
 
 
@@ -220,6 +220,26 @@ class CredentialView:
     credential_id: str
     label: str
     user_verifying: bool
+
+
+@dataclass(frozen=True)
+class CredentialEntry:
+    """An enrolled presence credential as the owner sees it."""
+
+    credential_id: str = field(metadata=_meta("hex; the {id} of DELETE /v1/owner/credentials"))
+    label: str
+    kind: str = field(metadata=_meta("fido2 (a security key) or platform (built-in)"))
+    aaguid: str = field(metadata=_meta("the authenticator model as the key states it (UUID)"))
+    user_verifying: bool
+    created_at: str
+    last_used_at: str | None = field(metadata=_meta("when it last signed; null: never"))
+    software: bool | None = field(
+        metadata=_meta("a software authenticator; null when pacd cannot tell"))
+
+
+@dataclass(frozen=True)
+class CredentialList:
+    credentials: list[CredentialEntry]
 
 
 @dataclass(frozen=True)

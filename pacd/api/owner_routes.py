@@ -25,6 +25,7 @@ from aiohttp import web
 
 from pacd import __version__
 from pacd import messages as m
+from pacd.api.credential_routes import Credentials
 from pacd.api.decisions import DecisionLog, actor_for
 from pacd.api.openapi import build_openapi
 from pacd.api.platform_routes import PlatformSessions
@@ -57,8 +58,6 @@ from pacd.errors import (
     Unauthorized,
 )
 from pacd.presence.evidence import VerifiedPresence
-from pacd.presence.owner import Credential
-from pacd.presence.rp import FIRST_CREDENTIAL
 from pacd.registry import ContainerRecord
 
 log = logging.getLogger("pacd.api")
@@ -88,6 +87,7 @@ ACTIONS = {
     "audit_entries": "audit.read", "audit_verify": "audit.verify",
     "reanchor_audit": "audit.reanchor.request",
     "events": "events.subscribe",
+    "list_credentials": "credential.list", "remove_credential": "credential.remove",
 }
 
 
@@ -104,7 +104,7 @@ class OwnerApi:
         self.s = services
         #: the audit log as handlers write to it: entries here count as the request's own
         self.sink = DecisionLog(services.audit)
-        self._last_registration: str | None = None
+        self.credentials = Credentials(services, self.sink, ACTOR, self.owner_changed)
         self._status_key: tuple[int, int, int] | None = None
         self._status_json = Json(b"")
         self._owner_version = 0
@@ -218,49 +218,6 @@ class OwnerApi:
             raise
         self.owner_changed()
         return Reply(view, 201)
-
-    async def begin_credential(self, call: Call) -> m.CredentialOptions:
-        body: m.CredentialBegin = call.body
-        authorised = FIRST_CREDENTIAL
-        if await _thread(self.s.owners.list_credentials):
-            # Adding a key to an enrolled owner is itself a sensitive act.
-            principal = await self.require(call.request,
-                                           required_level(Action.enroll_credential),
-                                           "begin_credential")
-            authorised = principal.level
-        # A begin without a session counts only while no key exists: the relying
-        # party checks that again when the registration completes.
-        options = await _thread(self.s.rp.begin_registration, body.label or "security key",
-                                False, authorised)
-        self._last_registration = str(options["registration_id"])
-        return m.CredentialOptions(publicKey=options["publicKey"], origin=options["origin"],
-                                   registration_id=str(options["registration_id"]))
-
-    async def complete_credential(self, call: Call) -> Reply:
-        body: m.CredentialComplete = call.body
-        registration = body.registration_id or self._last_registration
-        if registration is None:
-            raise InvalidRequest("no registration in progress: call credentials/begin first")
-
-        def record(cred: Credential) -> None:
-            # Inside the transaction that stores the key: no entry, no key.
-            self.sink.append(ACTOR, "credential.enroll", cred.credential_id.hex(), "allow",
-                             "presence credential enrolled",
-                             {"label": cred.label, "uv_capable": cred.uv_capable,
-                              "aaguid": cred.aaguid.hex()}, checkpoint=True)
-
-        try:
-            cred = await _thread(self.s.rp.complete_registration, registration,
-                                 body.credential, record)
-        except AuditError:
-            raise  # nothing was stored, and there is no log to record the refusal in
-        except PacdError as exc:
-            await self.audit("credential.enroll", registration, "deny", exc.message,
-                             {"code": exc.code, **exc.extra})
-            raise
-        self.owner_changed()
-        return Reply(m.CredentialView(credential_id=cred.credential_id.hex(), label=cred.label,
-                                      user_verifying=cred.uv_capable), 201)
 
     # --- sessions -----------------------------------------------------------
 
@@ -766,16 +723,7 @@ class OwnerApi:
             Route("POST", "/v1/owner", "create_owner", "create the owner identity and master key",
                   self.create_owner, request=m.OwnerCreate, response=m.OwnerView, status=201,
                   errors=(Conflict, KeychainError, AuditError)),
-            Route("POST", "/v1/owner/credentials/begin", "begin_credential",
-                  "start enrolling a presence credential (biometric token needed once one "
-                  "is enrolled)", self.begin_credential, request=m.CredentialBegin,
-                  response=m.CredentialOptions,
-                  errors=(NotFound, Unauthorized, PresenceRequired, InvalidRequest)),
-            Route("POST", "/v1/owner/credentials/complete", "complete_credential",
-                  "finish enrolling a presence credential", self.complete_credential,
-                  request=m.CredentialComplete, response=m.CredentialView, status=201,
-                  errors=(PresenceFailed, PresenceRequired, InvalidRequest, NotFound,
-                          AuditError)),
+            *self.credentials.routes(self.require),
             Route("POST", "/v1/sessions/begin", "begin_session",
                   "request options for an enhanced or biometric session", self.begin_session,
                   request=m.SessionBegin, response=m.SessionOptions, errors=common),

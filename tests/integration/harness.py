@@ -147,12 +147,28 @@ class Owner:
 
     def enroll(self, label: str = "soft key",
                device: SoftAuthenticator | None = None) -> dict[str, Any]:
+        """Register a key: the first is enrolled (CredentialView); any later one
+        comes back as a queued ``credential.add`` approval (ApprovalAccepted)."""
         c = self.daemon.client(self.token)
         begin = c.request("POST", "/v1/owner/credentials/begin", {"label": label})
         credential = register(begin["publicKey"], begin["origin"], Silent(),
                               device=device or self.device)
         done: dict[str, Any] = c.request("POST", "/v1/owner/credentials/complete", {
             "credential": credential, "registration_id": begin["registration_id"]})
+        return done
+
+    def add_key(self, label: str, device: SoftAuthenticator) -> dict[str, Any]:
+        """Enrol a further key the only way there is: a biometric session to begin,
+        then the ``credential.add`` approval signed with this owner's enrolled key."""
+        if self.token is None:
+            self.session("biometric")
+        queued = self.enroll(label, device)
+        return self.approve(str(queued["approval_id"]))
+
+    def approve(self, approval_id: str) -> dict[str, Any]:
+        done: dict[str, Any] = self.daemon.client().request(
+            "POST", f"/v1/approvals/{approval_id}/approve",
+            {"credential": self.sign_approval(approval_id)})
         return done
 
     def session(self, level: str = "biometric") -> str:

@@ -46,6 +46,11 @@ def test_home_without_runtime_dir_keeps_socket_under_home(tmp_path: Path) -> Non
         ('keystore = "passphrase"\n', "needs passphrase_file"),
         ("config_path = '/x'\n", "unknown key 'config_path'"),
         ("not toml = = \n", "cannot read"),
+        ('attestation = "indirect"\n', "attestation must be 'none' or 'direct'"),
+        ('attestation = "direct"\n', "'direct' needs allowed_aaguids"),
+        ('allowed_aaguids = ["cb69481e-8ff7-4039-93ec-0a2729a154a8"]\n',
+         "only checked with attestation = 'direct'"),
+        ('attestation = "direct"\nallowed_aaguids = ["yubikey"]\n', "'yubikey' is not an AAGUID"),
     ],
 )
 def test_bad_config_is_refused_with_its_reason(tmp_path: Path, text: str, fragment: str) -> None:
@@ -63,3 +68,14 @@ def test_passphrase_keystore_only_when_asked(tmp_path: Path) -> None:
     assert cfg.keystore == "passphrase"
     assert cfg.passphrase_file == tmp_path / "pw"
     assert Config().keystore == "keychain"
+
+
+def test_attestation_policy_comes_from_the_file_only(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text('attestation = "direct"\n'
+                    'allowed_aaguids = ["cb69481e-8ff7-4039-93ec-0a2729a154a8",'
+                    ' "7061636473667461757468656e746963"]\n')
+    cfg = load_config({"PACD_CONFIG": str(conf), "PACD_ATTESTATION": "none"})
+    assert cfg.attestation == "direct"
+    assert len(cfg.allowed_aaguids) == 2
+    assert Config().attestation == "none"
