@@ -177,6 +177,8 @@ class StatusView:
     pid: int
     started_at: str
     orphans: list[OrphanView] = field(default_factory=list)
+    #: agents' message long polls waiting right now, by "<container id>/<agent>"
+    waiting_polls: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
