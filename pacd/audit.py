@@ -1084,6 +1084,13 @@ class AuditLog:
 
     # --- reading ----------------------------------------------------------------
 
+    @property
+    def writing(self) -> int:
+        """How many appends the writer has taken and not yet finished (a snapshot, for
+        observing a writer stuck behind the database's lock)."""
+        with self._lock:
+            return self._taken - self._finished
+
     def head(self) -> tuple[int, bytes]:
         """(seq, mac) of the newest committed entry; (0, 32 zero bytes) when empty."""
         return self._head

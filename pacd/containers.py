@@ -114,8 +114,9 @@ class ContainerLifecycle:
         self.loop = loop
         self.inbox = Inbox(services.store, services.vault)
         self.data = SealedData(services.store, services.vault)
+        self.doorbell = Doorbell()
         self.sockets = AgentSockets(AgentContext(
-            data=self.data, audit=services.audit, inbox=self.inbox, doorbell=Doorbell(),
+            data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
             clock=services.clock.wall))
         self._runtime_lock = threading.Lock()
         self._runtime: PodmanRuntime | None = None
@@ -184,6 +185,13 @@ class ContainerLifecycle:
         return self._on_loop(self.sockets.close(container_id, agent))
 
     # --- Lifecycle ---------------------------------------------------------------------
+
+    @property
+    def polls_generation(self) -> int:
+        return self.doorbell.generation
+
+    def waiting_polls(self) -> dict[str, int]:
+        return self.doorbell.waiting()
 
     def agent_states(self, record: ContainerRecord) -> dict[str, str]:
         """Per agent: running, stopped or missing, as Podman sees it now."""

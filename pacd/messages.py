@@ -206,6 +206,8 @@ class StatusView:
     started_at: str
     orphans: list[OrphanView] = field(default_factory=list)
     audit: AuditHealthView | None = None
+    #: agents' message long polls waiting right now, by "<container id>/<agent>"
+    waiting_polls: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

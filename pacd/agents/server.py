@@ -488,7 +488,7 @@ class AgentRoutes:
         bell = self.ctx.doorbell.arm(cid, me)
         try:
             messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
-            if not messages and wait > 0 and await self.ctx.doorbell.wait(bell, wait):
+            if not messages and wait > 0 and await self.ctx.doorbell.wait(cid, me, bell, wait):
                 messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
         finally:
             self.ctx.doorbell.disarm(cid, me, bell)

@@ -105,7 +105,7 @@ class OwnerApi:
         #: the audit log as handlers write to it: entries here count as the request's own
         self.sink = DecisionLog(services.audit)
         self.credentials = Credentials(services, self.sink, ACTOR, self.owner_changed)
-        self._status_key: tuple[int, int, int] | None = None
+        self._status_key: tuple[int, int, int, int] | None = None
         self._status_json = Json(b"")
         self._owner_version = 0
         self.routes = self._table()
@@ -157,7 +157,8 @@ class OwnerApi:
         # its inputs says it changed (the rest of the status is fixed at start-up).
         lifecycle = self.s.lifecycle
         key = (self._owner_version, self.s.approvals.pending_count,
-               -1 if lifecycle is None else lifecycle.orphans_generation)
+               -1 if lifecycle is None else lifecycle.orphans_generation,
+               -1 if lifecycle is None else lifecycle.polls_generation)
         if key != self._status_key:
             orphans = lifecycle.orphans() if lifecycle is not None else []
             owner = self.s.owners.get_owner()
@@ -179,6 +180,7 @@ class OwnerApi:
                 pid=os.getpid(),
                 started_at=iso(self.s.started_at) or "",
                 orphans=[m.OrphanView(**o) for o in orphans],
+                waiting_polls={} if lifecycle is None else lifecycle.waiting_polls(),
             )
             base = m.encode(view)
             base.pop("audit", None)

@@ -120,6 +120,9 @@ class OwnerServer:
             self.app,
             access_log=None,
             keepalive_timeout=header_timeout_s,
+            # No lingering on a body that is still incomplete after the answer (a
+            # 408): aiohttp would otherwise keep reading it for 10 s more.
+            lingering_time=0,
             shutdown_timeout=shutdown_timeout_s,
             handle_signals=False,
         )
@@ -193,8 +196,8 @@ class OwnerServer:
 
     def _finish_error(self, request: web.Request, exc: PacdError) -> web.Response:
         resp = error_response(exc)
-        if isinstance(exc, PeerRefused | Busy):
-            resp.force_close()  # no keep-alive for refused connections
+        if isinstance(exc, PeerRefused | Busy | RequestTimeout):
+            resp.force_close()  # no keep-alive for refused or abandoned connections
         return resp
 
     def _malformed(self, peer: PeerCred | None, status: int) -> None:
@@ -297,8 +300,8 @@ class OwnerServer:
             async with asyncio.timeout(self._read_timeout):
                 raw = await request.read()
         except TimeoutError:
-            if request.transport is not None:
-                request.transport.close()
+            # Answered 408 and then closed (see _finish_error): the rest of a body that
+            # never came cannot be skipped to reach a next request.
             raise RequestTimeout("the request body did not arrive in time") from None
         if not raw.strip():
             data: Any = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -233,3 +234,25 @@ class EventCollector:
                     return event
             time.sleep(0.02)
         raise AssertionError(f"no {type_} event {match}; got {[e['type'] for e in self.events]}")
+
+
+def held_connection(path: object) -> socket.socket:
+    """A keep-alive connection the daemon has accepted and counted: one request answered."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer or not _answer_complete(answer):
+        chunk = s.recv(65536)
+        assert chunk, "the daemon closed a connection within the limit"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    return s
+
+
+def _answer_complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+              if line.lower().startswith(b"content-length")]
+    return bool(length) and len(body) >= length[0]

@@ -178,12 +178,16 @@ def test_managed_agent_messages_exactly_its_allow_list(home: tuple[Deployment, s
     waiter = threading.Thread(target=lambda: got.append(
         agent_request(inbox, "GET", "/v1/messages?timeout=20", timeout=30)))
     waiter.start()
-    time.sleep(0.3)
+    # The daemon reports the poll as waiting: only then is the message sent.
+    polls = f"{cid}/reader"
+    wait_until(lambda: d.daemon.client().status()["waiting_polls"].get(polls) == 1, 10,
+               "the reader's long poll waiting in the daemon")
     sent_at = time.monotonic()
     code, out = d.exec_agent(cid, "writer", "send", "reader", '{"text": "hi reader"}')
     assert code == 0, out
     assert out["response"]["to"] == "reader"
     waiter.join(30)
+    assert polls not in d.daemon.client().status()["waiting_polls"]
     assert got and got[0].status == 200
     messages = got[0].json()
     assert [(m["from"], m["body"]) for m in messages] == [("writer", {"text": "hi reader"})]
@@ -301,6 +305,15 @@ def _connect(path: Path) -> socket.socket:
         return s
 
 
+def _closed_by_peer(s: socket.socket) -> bool:
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, str]) -> None:
     d, cid = home
     assert d.daemon.proc is not None
@@ -311,7 +324,11 @@ def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, s
     try:
         for _ in range(300):
             held.append(_connect(path))
-        time.sleep(0.5)  # let the daemon accept (and drop) what is queued
+        # The daemon has taken in the whole queue once every connection is either
+        # closed by it or one of its own open descriptors; only then does the count
+        # of those descriptors say how many it holds.
+        wait_until(lambda: sum(map(_closed_by_peer, held)) + _open_fds(pid) - before >= 300,
+                   10, "the daemon accepting (and dropping) the queued connections")
         # Default policy: 10 served, up to 2 * 10 + 4 = 24 held; every other one closed.
         assert _open_fds(pid) - before <= 24 + 4, _open_fds(pid) - before
         assert d.daemon.client().status()["version"]

@@ -773,7 +773,10 @@ def test_timed_out_appends_queued_behind_a_stuck_writer_never_appear(log_path: P
 
     held = threading.Thread(target=hold)
     held.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while log.writing != 1 and time.monotonic() < deadline:  # taken, stuck behind the lock
+        time.sleep(0.01)
+    assert log.writing == 1
 
     async def queued() -> list[BaseException | AuditEntry]:
         return await asyncio.gather(
