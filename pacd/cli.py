@@ -128,6 +128,9 @@ def _status_text(s: dict[str, Any]) -> str:
     for p in s.get("presence_methods", []):
         mark = "yes" if p["available"] else "no "
         lines.append(f"  [{mark}] {p['name']}: {p['detail']}")
+    if s.get("fprintd_bus_address"):
+        lines.append(f"fprintd bus: {s['fprintd_bus_address']} (NOT the system bus: whatever "
+                     "answers there can open biometric sessions)")
     return "\n".join(lines)
 
 

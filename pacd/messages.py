@@ -177,6 +177,9 @@ class StatusView:
     pid: int
     started_at: str
     orphans: list[OrphanView] = field(default_factory=list)
+    fprintd_bus_address: str | None = field(default=None, metadata=_meta(
+        "the D-Bus address fprintd is reached on when it is not the system bus "
+        "(whatever answers there can open biometric sessions); null: the system bus"))
 
 
 @dataclass(frozen=True)

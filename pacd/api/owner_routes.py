@@ -158,6 +158,7 @@ class OwnerApi:
                 pid=os.getpid(),
                 started_at=iso(self.s.started_at) or "",
                 orphans=[m.OrphanView(**o) for o in orphans],
+                fprintd_bus_address=self.s.config.fprintd_bus_address,
             )
             self._status_json = Json(json.dumps(m.encode(view), separators=(",", ":")).encode())
             self._status_key = key
