@@ -129,6 +129,9 @@ def _status_text(s: dict[str, Any]) -> str:
         mark = "yes" if p["available"] else "no "
         lines.append(f"  [{mark}] {p['name']}: {p['detail']}")
     lines += _audit_status_lines(s.get("audit"))
+    if s.get("fprintd_bus_address"):
+        lines.append(f"fprintd bus: {s['fprintd_bus_address']} (NOT the system bus: whatever "
+                     "answers there can open biometric sessions)")
     return "\n".join(lines)
 
 

@@ -21,7 +21,6 @@ import hmac
 import http.client
 import json
 import os
-import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from pacd.errors import (
     PresenceRequired,
     error_for_code,
 )
+from pacd.private_file import write_private
 
 TOKEN_FILE = "client-token.json"
 START_HINT = "start it with `pacd daemon` (foreground) or `systemctl --user start pacd`"
@@ -156,24 +156,10 @@ class Client:
     def save_token(self, token: dict[str, Any]) -> None:
         if not self.use_token_cache:
             return
-        # A fresh, unguessable name created exclusively: nothing that already sits
-        # in the directory (a planted file or symlink) can receive the token.
-        tmp = self.token_path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask did
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fd = -1
-                json.dump({k: token[k] for k in ("token", "level", "expires_at")}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.token_path)
-        except BaseException:
-            if fd != -1:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        # Through an exclusive temporary file: nothing that already sits in the
+        # directory (a planted file or symlink) can receive the token.
+        body = {k: token[k] for k in ("token", "level", "expires_at")}
+        write_private(self.token_path, json.dumps(body).encode())
 
     def forget_token(self) -> None:
         with contextlib.suppress(FileNotFoundError):

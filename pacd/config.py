@@ -3,11 +3,20 @@
 Paths follow API.md: ``PACD_HOME`` (state), ``PACD_SOCKET`` (owner socket),
 ``PACD_PODMAN_URL`` and ``PACD_CONFIG``. Unknown keys in config.toml are an
 error, like everywhere else in pacd: a typo must not silently keep a default.
+
+Settings that could weaken security are checked, not trusted: config.toml
+must be the owner's and not writable by others (whoever can edit it chooses
+them), every lifetime and limit must lie in its range (a start-up error names
+the key), and ``fprintd_bus_address`` — a bus that answers "match" mints
+biometric sessions — is read only from the file: ``PACD_FPRINTD_BUS`` in the
+environment is refused, since anything that can set a process's environment
+could point it at a bus of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import uuid
@@ -19,6 +28,7 @@ from typing import Any
 import platformdirs
 
 from pacd.errors import ConfigError
+from pacd.private_file import check_private_config
 
 APP = "pacd"
 #: presence methods the daemon itself can run (the owner enables each explicitly)
@@ -115,7 +125,23 @@ _ENV = {
     "PACD_RETENTION_INTERVAL": "retention_interval_s",
     "PACD_BASE_IMAGE": "base_image",
     "PACD_PLATFORM_PRESENCE": "platform_presence",
-    "PACD_FPRINTD_BUS": "fprintd_bus_address",
+}
+#: environment variables refused outright: their setting is read from config.toml only
+_FILE_ONLY = {"PACD_FPRINTD_BUS": "fprintd_bus_address"}
+
+#: (smallest, largest) allowed value of each lifetime and limit; None: no upper bound.
+#: Tokens live at most an hour and approvals at most a day, as the threat model assumes.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "token_lifetime_s": (1, 3600),
+    "approval_ttl_s": (1, 86400),
+    "carbon_proof_max_age_s": (1, 3600),
+    "challenge_ttl_s": (1, 3600),
+    "keychain_timeout_s": (0.001, None),
+    "max_body_bytes": (1, None),
+    "header_timeout_s": (0.001, None),
+    "max_connections": (1, None),
+    "retention_interval_s": (0.001, None),
+    "platform_presence_timeout_s": (0.001, None),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -158,20 +184,31 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build the effective configuration from defaults, the file and the environment."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    #: where each value came from, for messages
+    source: dict[str, str] = {}
     config_path = Path(env["PACD_CONFIG"]).expanduser() if env.get("PACD_CONFIG") else None
     path = config_path or _default_config_path()
     if path.exists():
+        check_private_config(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config: cannot read {path}: {exc}") from exc
         for key, value in data.items():
             if key not in _FIELDS or key == "config_path":
                 raise ConfigError(f"config: unknown key {key!r} in {path}")
             values[key] = _coerce(key, value)
+            source[key] = f"{key} (in {path})"
+    for var, name in _FILE_ONLY.items():
+        if env.get(var):
+            raise ConfigError(
+                f"config: {var} is not read from the environment (a bus that answers "
+                f"'match' opens biometric sessions): unset it and set {name} in {path}"
+            )
     for var, name in _ENV.items():
         if env.get(var):
             values[name] = _coerce(name, env[var])
+            source[name] = f"{name} (from {var})"
     if "socket" not in values:
         # The default socket follows the environment given, not the process's own.
         if env.get("XDG_RUNTIME_DIR"):
@@ -183,20 +220,18 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(
             f"config: keystore must be 'keychain' or 'passphrase', got {cfg.keystore!r}"
         )
-    if cfg.retention_interval_s <= 0:
-        raise ConfigError(
-            f"config: retention_interval_s must be positive, got {cfg.retention_interval_s!r}"
-        )
+    for name, (low, high) in _RANGES.items():
+        value = getattr(cfg, name)
+        where = source.get(name, name)
+        if not math.isfinite(value) or value < low:
+            raise ConfigError(f"config: {where} must be positive, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"config: {where} must be at most {high:g}, got {value!r}")
     unknown = [m for m in cfg.platform_presence if m not in PLATFORM_PRESENCE_METHODS]
     if unknown:
         raise ConfigError(
             f"config: platform_presence: unknown method(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(PLATFORM_PRESENCE_METHODS)}"
-        )
-    if cfg.platform_presence_timeout_s <= 0:
-        raise ConfigError(
-            "config: platform_presence_timeout_s must be positive, got "
-            f"{cfg.platform_presence_timeout_s!r}"
         )
     _check_attestation(cfg)
     if cfg.keystore == "passphrase" and cfg.passphrase_file is None:

@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from pacd.core.fields import text_problem
 from pacd.errors import InvalidRequest
 
 T = TypeVar("T")
@@ -38,7 +39,8 @@ def _meta(description: str = "", **rules: Any) -> dict[str, Any]:
     return out
 
 
-NAME = _meta("a short human name", min_length=1, max_length=200)
+#: ``text``: shown to the owner, so no control or invisible characters (fields.text_problem)
+NAME = _meta("a short human name", min_length=1, max_length=200, text=True)
 WEBAUTHN = _meta("WebAuthn JSON as python-fido2 2.x produces it (base64url members)")
 
 
@@ -61,7 +63,8 @@ class OwnerCreate:
 @dataclass(frozen=True)
 class CredentialBegin:
     label: str | None = field(default=None, metadata=_meta("label for the credential",
-                                                           min_length=1, max_length=200))
+                                                           min_length=1, max_length=200,
+                                                           text=True))
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,9 @@ class StatusView:
     audit: AuditHealthView | None = None
     #: agents' message long polls waiting right now, by "<container id>/<agent>"
     waiting_polls: dict[str, int] = field(default_factory=dict)
+    fprintd_bus_address: str | None = field(default=None, metadata=_meta(
+        "the D-Bus address fprintd is reached on when it is not the system bus "
+        "(whatever answers there can open biometric sessions); null: the system bus"))
 
 
 @dataclass(frozen=True)
@@ -475,6 +481,9 @@ def _check_rules(value: Any, rules: dict[str, Any], path: str, errors: list[str]
             errors.append(f"{path}: must not be longer than {rules['max_length']}")
         if "pattern" in rules and not re.fullmatch(rules["pattern"], value):
             errors.append(f"{path}: must match {rules['pattern']}")
+        problem = text_problem(value) if rules.get("text") else None
+        if problem is not None:
+            errors.append(f"{path}: {problem}")
     if isinstance(value, int) and not isinstance(value, bool):
         if "minimum" in rules and value < rules["minimum"]:
             errors.append(f"{path}: must be at least {rules['minimum']}")

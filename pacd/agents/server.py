@@ -81,6 +81,7 @@ from pacd.api.decisions import Coalescer, actor_for
 from pacd.api.guard import ConnectionGuard, ConnState
 from pacd.api.peercred import PeerCred, PidNamespace
 from pacd.audit import AuditLog
+from pacd.core.fields import refuse_surrogates
 from pacd.core.models import PersonalAIContainer
 from pacd.core.rules import can_connect, may_read, may_write
 from pacd.errors import (
@@ -467,6 +468,10 @@ class AgentRoutes:
         except RecursionError:
             raise await self.refuse(action, to, MalformedRequest(
                 "a message must be JSON nested less deeply")) from None
+        try:
+            refuse_surrogates(body, "body")  # it is stored as UTF-8: it must be text
+        except InvalidRequest as exc:
+            raise await self.refuse(action, to, exc) from None
         pending = await asyncio.to_thread(self.ctx.inbox.pending, self.me.container_id, to)
         if pending >= MAX_PENDING:
             raise await self.refuse(action, to, Busy(

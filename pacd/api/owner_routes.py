@@ -181,6 +181,7 @@ class OwnerApi:
                 started_at=iso(self.s.started_at) or "",
                 orphans=[m.OrphanView(**o) for o in orphans],
                 waiting_polls={} if lifecycle is None else lifecycle.waiting_polls(),
+                fprintd_bus_address=self.s.config.fprintd_bus_address,
             )
             base = m.encode(view)
             base.pop("audit", None)

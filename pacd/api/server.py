@@ -48,6 +48,7 @@ from pacd.api.decisions import (
 from pacd.api.guard import ConnectionGuard
 from pacd.api.peercred import PeerCred
 from pacd.api.route import Call, Json, Principal, Reply, Route
+from pacd.core.fields import refuse_surrogates
 from pacd.errors import (
     AuditError,
     Busy,
@@ -313,6 +314,9 @@ class OwnerServer:
             except RecursionError:
                 # Nesting deeper than the parser's stack: no request needs that.
                 raise MalformedRequest("the body is nested too deeply to be read") from None
+            # A lone surrogate can only arrive as a \u escape: no escape, no walk.
+            if b"\\u" in raw:
+                refuse_surrogates(data, "body")
         if isinstance(kind, RawBody):
             if not isinstance(data, dict):
                 raise InvalidRequest(f"body: expected a {kind.name} object")

@@ -368,3 +368,19 @@ def test_message_bodies_are_not_stored_in_clear(home: tuple[Deployment, str]) ->
     assert mark.encode() not in raw
     messages = agent_request(d.agent(cid, "reader"), "GET", "/v1/messages?timeout=0").json()
     assert [m["body"] for m in messages] == [{"text": mark}]
+
+
+def test_lone_surrogate_in_an_agent_message_is_a_422_not_a_500(
+        home: tuple[Deployment, str]) -> None:
+    """A message is stored as UTF-8: one that is not text is refused before it is
+    accepted (and audited as a refusal, not as an allowed send that then failed)."""
+    d, cid = home
+    reply = agent_request(d.agent(cid, "writer"), "POST", "/v1/agents/reader/messages",
+                          b'{"text": ["fine", "\\ud800"]}')
+    assert reply.status == 422, reply.json()
+    assert reply.json()["error"]["message"] == (
+        "body.text[1]: contains a lone surrogate, which is not Unicode text")
+    assert agent_request(d.agent(cid, "reader"), "GET", "/v1/messages?timeout=0").json() == []
+    [entry] = deny_entries(d, cid, "writer", "agent.message.send")
+    assert entry["details"]["code"] == "invalid_request"
+    assert not [e for e in d.audit(action="agent.message.send") if e["decision"] == "allow"]
