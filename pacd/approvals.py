@@ -18,6 +18,10 @@ is a COMMIT that fails after the approval's entry is durable: the approval is
 then followed in the log by an ``approval.<kind>.rolled_back`` entry naming
 the earlier seq, and stays pending.
 
+The entry of every approve and deny is covered by the keychain checkpoint
+before it is answered (``checkpoint=True``), so deleting it after a crash is
+detected at the next start.
+
 Deny, expiry and a daemon restart all end in "not done": pending approvals
 survive a restart (they are rows in the state database) until they expire, and
 nothing is ever executed except by :meth:`ApprovalQueue.approve`.
@@ -75,7 +79,7 @@ RECENT_S = 7 * 86400
 class AuditSink(Protocol):
     def append(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-               details: dict[str, Any] | None = None) -> Any: ...
+               details: dict[str, Any] | None = None, *, checkpoint: bool = False) -> Any: ...
 
 
 def iso(ts: float | None) -> str | None:
@@ -116,12 +120,17 @@ Executor = Callable[[sqlite3.Connection, Approval], dict[str, Any]]
 #: checks the owner's proof over (challenge, level); returns evidence for the audit entry
 Verifier = Callable[[bytes, SecurityLevel], Mapping[str, Any]]
 EventSink = Callable[..., None]
+#: runs after the approval's audit entry is durable, still inside its transaction
+AfterEntry = Callable[[Any], None]
+#: raises to refuse approving an approval at all (checked before its proof)
+Gate = Callable[[Approval], None]
 
 
 @dataclass(frozen=True)
 class _Kind:
     executor: Executor
     level: SecurityLevel
+    after_entry: AfterEntry | None = None
 
 
 class ApprovalQueue:
@@ -132,14 +141,24 @@ class ApprovalQueue:
         self._now = now
         self._on_event = on_event or (lambda *_a, **_k: None)
         self._kinds: dict[str, _Kind] = {}
+        self._gate: Gate | None = None
         store.migrate("approvals", 1, _SCHEMA)
         store.migrate("approvals", 2, "ALTER TABLE approvals ADD COLUMN mac BLOB")
         self.pending_count = 0
         self._recount()
 
-    def register(self, kind: str, level: SecurityLevel, executor: Executor) -> None:
-        """Make ``kind`` approvable; ``level`` is what its approval must prove."""
-        self._kinds[kind] = _Kind(executor, level)
+    def register(self, kind: str, level: SecurityLevel, executor: Executor, *,
+                 after_entry: AfterEntry | None = None) -> None:
+        """Make ``kind`` approvable; ``level`` is what its approval must prove.
+
+        ``after_entry(entry)`` runs once the approval's own audit entry is
+        durable, before the transaction commits (a failure rolls it back).
+        """
+        self._kinds[kind] = _Kind(executor, level, after_entry)
+
+    def set_gate(self, gate: Gate) -> None:
+        """``gate(approval)`` may refuse any approval before its proof is checked."""
+        self._gate = gate
 
     def level_for(self, kind: str) -> SecurityLevel:
         return self._kinds[kind].level
@@ -245,6 +264,8 @@ class ApprovalQueue:
                     raise PayloadMismatch(
                         f"approval {approval_id}: the stored payload does not match the "
                         "challenge that is signed; nothing was executed")
+                if self._gate is not None:
+                    self._gate(approval)
                 stage = "verify"
                 evidence = verify(approval.challenge, approval.required_level)
                 stage = "execute"
@@ -263,7 +284,9 @@ class ApprovalQueue:
                         "evidence": dict(evidence),
                         "assertion": dict(assertion or {}),
                         "result": result,
-                    })
+                    }, checkpoint=True)
+                if kind.after_entry is not None:
+                    kind.after_entry(audited)
                 stage = "commit"
         except Exception as exc:
             if stage == "commit" and approval is not None:
@@ -325,8 +348,10 @@ class ApprovalQueue:
             approval = self._pending(conn, approval_id)
             self._change(conn, approval_id, "pending", state="denied", resolved_at=self._now(),
                          reason=reason or "denied by the owner")
+            # The checkpoint covers the denial before it is answered: a crash right
+            # after cannot take the entry with it unnoticed.
             self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
-                              reason or "denied by the owner")
+                              reason or "denied by the owner", checkpoint=True)
         self._recount()
         self._on_event("approval.resolved", id=approval_id, kind=approval.kind, state="denied")
         return self.get(approval_id, expire=False)

@@ -241,6 +241,20 @@ class AuditError(PacdError):
     exit_code = 9
 
 
+class AuditUntrusted(PacdError):
+    """The audit log cannot vouch for itself (checkpoint missing, behind, or failing).
+
+    Everything above *basic* is refused until the owner re-anchors the log
+    (``POST /v1/audit/reanchor``, a carbonProof approval) or, for failing
+    checkpoint writes, until a write succeeds again. Unlike AuditError the log
+    still records, so the refusal itself is an audit entry.
+    """
+
+    code = "audit_untrusted"
+    status = 503
+    exit_code = 9
+
+
 class RuntimeUnavailable(PacdError):
     """Podman (or another container runtime) cannot be reached."""
 
@@ -279,6 +293,7 @@ ALL_ERRORS: tuple[type[PacdError], ...] = (
     KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
     RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
     PayloadMismatch,
+    AuditUntrusted,
 )
 
 

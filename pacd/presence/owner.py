@@ -65,6 +65,16 @@ MISSING_CREDENTIALS = "(rows missing)"
 #: database alone cannot prove that a row it no longer has was ever there
 OWNER_MARKER = "state-owner-created"
 
+# When each key last signed something. Kept apart from the credential rows: it
+# is shown to the owner (a key used when they did not use it is worth noticing)
+# but decides nothing, so it does not have to carry what those rows carry.
+_USAGE_SCHEMA = """
+CREATE TABLE presence_credential_usage (
+    credential_id BLOB PRIMARY KEY,
+    last_used_at REAL NOT NULL
+)
+"""
+
 
 @dataclass(frozen=True)
 class Credential:
@@ -119,6 +129,7 @@ class OwnerRegistry:
         self.store = store
         store.migrate("presence_owner", 1, _SCHEMA)
         store.migrate("presence_owner", 2, _SCHEMA_V2)
+        store.migrate("presence_credential_usage", 1, _USAGE_SCHEMA)
 
     # --- owner ----------------------------------------------------------
 
@@ -263,6 +274,8 @@ class OwnerRegistry:
                 raise NotFound("no enrolled credential with this id")
             conn.execute("DELETE FROM presence_credentials WHERE credential_id = ?",
                          (credential_id,))
+            conn.execute("DELETE FROM presence_credential_usage WHERE credential_id = ?",
+                         (credential_id,))
             self._count_credentials(conn, -1)
 
     def _credential_row(self, conn: sqlite3.Connection,
@@ -273,6 +286,25 @@ class OwnerRegistry:
         if row is None or not self.store.integrity.row_ok(_CREDENTIAL, row):
             return None
         return row
+
+    def count_credentials(self) -> int:
+        """How many enrolled keys check (a row that fails its MAC is not a key)."""
+        return len(self.list_credentials())
+
+    def note_use(self, credential_id: bytes, now: float) -> None:
+        """Record that this key just signed (joins the caller's transaction)."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO presence_credential_usage (credential_id, last_used_at)"
+                " VALUES (?, ?) ON CONFLICT (credential_id) DO UPDATE SET last_used_at ="
+                " MAX(last_used_at, excluded.last_used_at)", (credential_id, now))
+
+    def last_used(self) -> dict[bytes, float]:
+        """When each enrolled key last signed; keys that never did are absent."""
+        rows = self.store.query(
+            "SELECT u.credential_id, u.last_used_at FROM presence_credential_usage u"
+            " JOIN presence_credentials c ON c.credential_id = u.credential_id")
+        return {bytes(r[0]): float(r[1]) for r in rows}
 
 
 def _credential(row: sqlite3.Row) -> Credential:

@@ -135,7 +135,9 @@ class TokenService:
         required = SecurityLevel(required)
         if not token:
             raise Unauthorized("a bearer token is required: run a presence ceremony first")
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        # Tokens are URL-safe base64; anything else (a header's undecodable bytes
+        # arrive as surrogates) is no token of ours, and must not reach the hash.
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             raise Unauthorized("unknown token")
         with self.store.transaction() as conn:
             row = conn.execute(
