@@ -76,7 +76,7 @@ def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
-def _parses_or_refuses(parse: Any, doc: Any) -> None:
+def assert_parses_or_refuses(parse: Any, doc: Any) -> None:
     try:
         parsed = parse(doc)
     except SpecError as exc:
@@ -111,13 +111,13 @@ def _get(doc: Any, path: tuple[Any, ...]) -> Any:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=st.one_of(_mutations(SPEC), hostile_json))
 def test_container_spec_parser_never_crashes_on_hostile_unicode(doc: Any) -> None:
-    _parses_or_refuses(parse_container_spec, doc)
+    assert_parses_or_refuses(parse_container_spec, doc)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=st.one_of(_mutations(SCHEMA), hostile_json))
 def test_plugin_schema_parser_never_crashes_on_hostile_unicode(doc: Any) -> None:
-    _parses_or_refuses(parse_plugin_schema, doc)
+    assert_parses_or_refuses(parse_plugin_schema, doc)
 
 
 def test_lone_surrogate_in_plugin_name_is_refused_naming_the_path() -> None:
