@@ -5,10 +5,15 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: test run bench lint system-deps clean
+.PHONY: test run bench lint system-deps doctor-deps clean
 
 system-deps:
 	@scripts/install-system-deps
+
+# Every program pacd and its tests run is here and comes from a package that
+# system-deps installs (fails, rather than skips, what is missing).
+doctor-deps: $(STAMP)
+	CI=true $(PY) -m pytest -q tests/system/test_system_deps.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

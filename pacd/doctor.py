@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,37 @@ def check_podman(config: Config) -> Check:
     return _check("podman", "ok", f"{path} ({body.strip()})")
 
 
+def check_host_tools(path_dirs: Sequence[Path] | None = None,
+                     helper_dirs: Sequence[Path] | None = None, *,
+                     rootless: bool | None = None, apt: bool | None = None) -> list[Check]:
+    """One check per program Podman runs for pacd's containers (``HOST_TOOLS``).
+
+    ``path_dirs`` and ``helper_dirs`` say where to look (default: PATH plus the
+    system directories, and Podman's helper directories); ``rootless`` and ``apt``
+    default to what this process is and has."""
+    from pacd.runtime.host_tools import HOST_TOOLS, find_tool, install_command
+
+    root = os.geteuid() == 0
+    rootless = not root if rootless is None else rootless
+    apt = shutil.which("apt-get") is not None if apt is None else apt
+    found = {t: find_tool(t, path_dirs, helper_dirs) for t in HOST_TOOLS
+             if rootless or not t.rootless_only}
+    podman_here = any(path is not None for t, path in found.items() if t.name == "podman")
+    checks: list[Check] = []
+    for tool, path in found.items():
+        name = f"runtime: {tool.name}"
+        if path is not None:
+            checks.append(_check(name, "ok", str(path)))
+            continue
+        where = " or ".join(tool.names)
+        # Without Podman containers are simply unavailable (warn); with Podman but
+        # without this piece, creating a container fails (fail).
+        checks.append(_check(name, "fail" if podman_here else "warn",
+                             f"{where} not found: needed for {tool.needed_for}",
+                             install_command([tool.package], apt=apt, root=root)))
+    return checks
+
+
 def check_presence(config: Config | None = None) -> list[Check]:
     try:
         from pacd.presence.verifiers import presence_methods_report
@@ -111,6 +144,18 @@ def check_presence(config: Config | None = None) -> list[Check]:
     return checks
 
 
+def check_fprintd_bus(config: Config) -> list[Check]:
+    """Named whenever fprintd is not reached on the system bus: a bus that answers
+    "match" opens biometric sessions, so the owner must know it is not the real one."""
+    if config.fprintd_bus_address is None:
+        return []
+    return [_check("fprintd bus", "warn",
+                   f"fprintd is reached on {config.fprintd_bus_address}, not the system bus: "
+                   "whatever answers there can open biometric sessions",
+                   f"remove fprintd_bus_address from {config.config_path} unless this is a "
+                   "test bus you run yourself")]
+
+
 def run_checks(config: Config) -> list[Check]:
     return [check_keychain(config), *check_socket(config), check_podman(config),
-            *check_presence(config)]
+            *check_host_tools(), *check_presence(config), *check_fprintd_bus(config)]

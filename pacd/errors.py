@@ -266,10 +266,31 @@ class IntegrityError(PacdError):
         super().__init__(message)
 
 
+class PayloadMismatch(Conflict):
+    """An approval's stored payload no longer hashes to the challenge the owner signs:
+    the state was edited behind the daemon's back. Nothing is executed."""
+
+    code = "payload_mismatch"
+
+
 class AuditError(PacdError):
     """The audit log could not record an entry durably; the action must fail."""
 
     code = "audit_unavailable"
+    status = 503
+    exit_code = 9
+
+
+class AuditUntrusted(PacdError):
+    """The audit log cannot vouch for itself (checkpoint missing, behind, or failing).
+
+    Everything above *basic* is refused until the owner re-anchors the log
+    (``POST /v1/audit/reanchor``, a carbonProof approval) or, for failing
+    checkpoint writes, until a write succeeds again. Unlike AuditError the log
+    still records, so the refusal itself is an audit entry.
+    """
+
+    code = "audit_untrusted"
     status = 503
     exit_code = 9
 
@@ -312,6 +333,8 @@ ALL_ERRORS: tuple[type[PacdError], ...] = (
     PresenceMethodUnavailable,
     KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
     RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
+    PayloadMismatch,
+    AuditUntrusted,
 )
 
 

@@ -23,8 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pacd.integrity import RowSealer
+
 #: PRAGMA auto_vacuum's value for INCREMENTAL
 _INCREMENTAL = 2
+
 
 class Store:
     def __init__(self, path: Path | str) -> None:
@@ -49,6 +52,9 @@ class Store:
             "CREATE TABLE IF NOT EXISTS schema_versions (name TEXT PRIMARY KEY, version INTEGER)"
         )
         self._depth = 0
+        #: checks the MACs of rows that decide access (pacd.integrity); the daemon
+        #: attaches the one keyed from the vault, until then nothing stored checks
+        self.integrity: RowSealer = RowSealer.ephemeral()
 
     def migrate(self, name: str, version: int, script: str) -> None:
         """Apply ``script`` once for schema ``name`` at ``version`` (idempotent)."""

@@ -8,8 +8,11 @@ missing they skip on a developer machine but FAIL under ``CI=true`` or
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from tests.host_guard import GUARDED_DIRS, differences, snapshot
 
 
 def system_required() -> bool:
@@ -40,3 +43,16 @@ def real_keychain() -> str:
     except Exception as exc:  # any failure here means "no keychain"
         require_system(f"unlocked keychain: {exc}")
     return "SecretService"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_as_found() -> Iterator[None]:
+    """Fails the run when it changed a shared directory's mode or owner, or the
+    OS's users or groups: tests touch only what they made and undo the rest."""
+    dirs = [*GUARDED_DIRS, *([os.environ["HOME"]] if os.environ.get("HOME") else [])]
+    before = snapshot(dirs)
+    yield
+    changes = differences(before, snapshot(dirs))
+    if changes:
+        pytest.fail("the test run left the host changed (restore it by hand):\n  "
+                    + "\n  ".join(changes), pytrace=False)

@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from pacd.api.peercred import PeerCred, peer_cred
+from pacd.api.peercred import PeerCred, PidNamespace, peer_cred, pid_namespace
 
 log = logging.getLogger("pacd.api")
 
@@ -38,6 +38,8 @@ class ConnState:
     opened: float = field(default_factory=time.monotonic)
     #: requests being handled on it now (0: idle, e.g. half-open or between requests)
     active: int = 0
+    #: the peer's PID namespace, read as the connection is accepted (agent sockets only)
+    pid_ns: PidNamespace | None = None
 
 
 MalformedHook = Callable[[PeerCred | None, int], None]
@@ -54,8 +56,10 @@ def _ignore(*_args: Any) -> None:
 
 class ConnectionGuard:
     def __init__(self, max_connections: int, *, on_malformed: MalformedHook = _ignore,
-                 on_dropped: DroppedHook = _ignore, on_evicted: DroppedHook = _ignore) -> None:
+                 on_dropped: DroppedHook = _ignore, on_evicted: DroppedHook = _ignore,
+                 read_pid_namespace: bool = False) -> None:
         self.on_malformed = on_malformed
+        self.read_pid_namespace = read_pid_namespace
         self.on_dropped = on_dropped
         self.on_evicted = on_evicted
         self.max_connections = max(1, max_connections)
@@ -77,7 +81,9 @@ class ConnectionGuard:
         busy = self._served >= self.max_connections
         if not busy:
             self._served += 1
-        state = ConnState(peer=peer, busy=busy)
+        # Read at accept, while the connecting process most likely still holds its pid.
+        pid_ns = pid_namespace(peer.pid) if self.read_pid_namespace and peer else None
+        state = ConnState(peer=peer, busy=busy, pid_ns=pid_ns)
         self._states[transport] = state
         return state
 

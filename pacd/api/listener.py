@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from pacd.errors import ConfigError, PacdError
+from pacd.private_file import refuse_unless_ours
 
 
 class AlreadyRunning(PacdError):
@@ -38,16 +39,7 @@ def ensure_private_dir(path: Path, what: str = "socket directory",
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{what} {path} is not a directory (or is a symlink)")
-    if st.st_uid != os.getuid():
-        raise ConfigError(
-            f"{what} {path} belongs to uid {st.st_uid}, not to you "
-            f"(uid {os.getuid()}); {instead}"
-        )
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}; pacd needs a "
-            f"private directory: run `chmod 700 {path}` or {instead}"
-        )
+    refuse_unless_ours(path, st, what, instead, open_bits=0o077, mode=0o700)
 
 
 def _probe(path: Path) -> bool:

@@ -48,6 +48,7 @@ from pacd.api.decisions import (
 from pacd.api.guard import KEEP_IDLE, ConnectionGuard
 from pacd.api.peercred import PeerCred
 from pacd.api.route import Call, Json, Principal, Reply, Route
+from pacd.core.fields import refuse_surrogates
 from pacd.errors import (
     AuditError,
     Busy,
@@ -145,6 +146,9 @@ class OwnerServer:
             self.app,
             access_log=None,
             keepalive_timeout=header_timeout_s,
+            # No lingering on a body that is still incomplete after the answer (a
+            # 408): aiohttp would otherwise keep reading it for 10 s more.
+            lingering_time=0,
             shutdown_timeout=shutdown_timeout_s,
             handle_signals=False,
         )
@@ -230,8 +234,8 @@ class OwnerServer:
 
     def _finish_error(self, request: web.Request, exc: PacdError) -> web.Response:
         resp = error_response(exc)
-        if isinstance(exc, PeerRefused | Busy | ExpectationFailed):
-            resp.force_close()  # no keep-alive for refused connections
+        if isinstance(exc, PeerRefused | Busy | RequestTimeout | ExpectationFailed):
+            resp.force_close()  # no keep-alive for refused or abandoned connections
         return resp
 
     def _malformed(self, peer: PeerCred | None, status: int) -> None:
@@ -342,8 +346,8 @@ class OwnerServer:
             async with asyncio.timeout(self._read_timeout):
                 raw = await _read_capped(request, cap)
         except TimeoutError:
-            if request.transport is not None:
-                request.transport.close()
+            # Answered 408 and then closed (see _finish_error): the rest of a body that
+            # never came cannot be skipped to reach a next request.
             raise RequestTimeout("the request body did not arrive in time") from None
         if not raw.strip():
             data: Any = {}
@@ -355,6 +359,9 @@ class OwnerServer:
             except RecursionError:
                 # Nesting deeper than the parser's stack: no request needs that.
                 raise MalformedRequest("the body is nested too deeply to be read") from None
+            # A lone surrogate can only arrive as a \u escape: no escape, no walk.
+            if b"\\u" in raw:
+                refuse_surrogates(data, "body")
         if isinstance(kind, RawBody):
             if not isinstance(data, dict):
                 raise InvalidRequest(f"body: expected a {kind.name} object")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, Final, TypeVar
@@ -56,6 +57,75 @@ def is_hostname(value: str) -> bool:
 def is_image_reference(value: str) -> bool:
     match = _IMAGE.fullmatch(value)
     return match is not None and len(match.group("name")) <= _IMAGE_NAME_MAX
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be shown to the owner as it is, or None.
+
+    A lone surrogate (``"\\ud800"``, legal in JSON's ``\\u`` escapes) is not
+    Unicode text: it cannot be encoded, hashed or signed. Control characters
+    (category Cc) and format characters (Cf: bidi overrides such as U+202E,
+    zero-width spaces and joiners) can make a name look like another one in a
+    prompt the owner approves from, so names refuse them all.
+    """
+    if value.isascii():
+        # the usual case; ASCII's only Cc are C0 and DEL
+        if value.isprintable():
+            return None
+        bad = next(ch for ch in value if not ch.isprintable())
+        return f"contains the control character U+{ord(bad):04X}"
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return f"contains a lone surrogate U+{ord(ch):04X}, which is not Unicode text"
+        if category in ("Cc", "Cf"):
+            kind = "control" if category == "Cc" else "format (invisible or bidi)"
+            name = unicodedata.name(ch, "")
+            return f"contains the {kind} character U+{ord(ch):04X}" + (
+                f" ({name})" if name else "")
+    return None
+
+
+def first_surrogate(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first string (member name or value) in decoded JSON that holds
+    a lone surrogate, or None. Such a string cannot be encoded as UTF-8, so no part
+    of pacd that hashes, signs or stores it could take it."""
+    if isinstance(value, str):
+        return None if _encodes(value) else path
+    if depth > 200:  # deeper than any parser accepts: it will be refused there
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = join(path, str(key))  # join escapes an odd key (json.dumps: ASCII)
+            if not _encodes(str(key)):
+                return where
+            found = first_surrogate(item, where, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = first_surrogate(item, index(path, i), depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_surrogates(value: Any, path: str) -> None:
+    """Raise SpecError (invalid_request) naming the first string with a lone surrogate."""
+    where = first_surrogate(value, path)
+    if where is not None:
+        message = f"{where}: contains a lone surrogate, which is not Unicode text"
+        raise SpecError(message, errors=[message])
+
+
+def _encodes(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_type(value: Any) -> str:
@@ -237,6 +307,10 @@ def read_string(
         return None
     if len(value) > max_len:
         problems.add(path, f"is too long ({len(value)} characters, at most {max_len})")
+        return None
+    problem = text_problem(value)
+    if problem is not None:
+        problems.add(path, problem)
         return None
     if check is not None and not check(value):
         problems.add(path, f"{show(value)} is not {expect}")

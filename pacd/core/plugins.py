@@ -49,7 +49,6 @@ MAX_PATH_LENGTH = 200
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 # Plain path segments only: no templates, queries, fragments, '.' or '..'.
 _ENDPOINT_PATH = re.compile(r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
-_PRINTABLE_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 # --- parsing -----------------------------------------------------------------
@@ -65,8 +64,9 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
     obj = f.Obj(data, "", problems, SCHEMA_FIELDS, ("name", "version", "required_capabilities",
                                                      "endpoints"))
     plugin_id = obj.string("id", None, check=_is_uuid, expect="a UUID", max_len=36)
-    name = obj.string("name", check=lambda s: _PRINTABLE_NAME.fullmatch(s) is not None,
-                      expect="a printable name", max_len=100)
+    # a name the owner reads in prompts: read_string refuses control, bidi and
+    # other invisible characters (fields.text_problem)
+    name = obj.string("name", max_len=100)
     version = obj.string("version", check=lambda s: _VERSION.fullmatch(s) is not None,
                          expect="a version (like 1.2.0)", max_len=64)
     image = obj.string("image", None, check=f.is_image_reference,

@@ -79,6 +79,9 @@ class Action(StrEnum):
     install_plugin = "install_plugin"
     change_policy = "change_policy"
     enroll_credential = "enroll_credential"
+    list_credentials = "list_credentials"
+    add_credential = "add_credential"
+    remove_credential = "remove_credential"
     link_containers = "link_containers"
     rotate_keys = "rotate_keys"
     export_keys = "export_keys"
@@ -110,6 +113,11 @@ _REQUIRED: dict[Action, SecurityLevel] = {
     Action.install_plugin: SecurityLevel.biometric,
     Action.change_policy: SecurityLevel.biometric,
     Action.enroll_credential: SecurityLevel.biometric,
+    Action.list_credentials: SecurityLevel.basic,
+    # Who the owner is changes only with a signature by one of the owner's keys over
+    # the key added or removed: a session alone never does it (DESIGN.md §2).
+    Action.add_credential: SecurityLevel.carbonProof,
+    Action.remove_credential: SecurityLevel.carbonProof,
     Action.link_containers: SecurityLevel.carbonProof,
     Action.rotate_keys: SecurityLevel.carbonProof,
     Action.export_keys: SecurityLevel.carbonProof,

@@ -1,15 +1,25 @@
 """Concern-domain data at rest: every value sealed by the vault, bound to its place.
 
-A value is sealed with AAD (container, concern, key), so a row copied to
+A value is sealed with AAD (container, concern, key, version), so a row copied to
 another container, concern or key fails to open rather than leaking across
 domains. Timestamps are passed in (retention purges compare against them).
+
+The row is the index of the value: its version and time are MACed
+(:mod:`pacd.integrity`), and every write picks a fresh random 63-bit version,
+so an older ciphertext of the same key — even one from before a delete —
+restored into the row does not open. A row that fails its MAC, or a value
+that fails to open, is refused with ``integrity_error`` and reported
+(``state.integrity_failure``); it is never served and never repaired.
 """
 
 from __future__ import annotations
 
+import secrets
+import sqlite3
 from typing import Any
 
-from pacd.errors import NotFound, QuotaExceeded
+from pacd.errors import IntegrityError, NotFound, QuotaExceeded
+from pacd.integrity import RowSpec
 from pacd.store import Store
 from pacd.vault.envelope import Vault
 
@@ -24,9 +34,13 @@ CREATE TABLE sealed_data (
 );
 CREATE INDEX sealed_data_updated ON sealed_data (updated)
 """
+_SCHEMA_V2 = """
+ALTER TABLE sealed_data ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sealed_data ADD COLUMN mac BLOB
+"""
+_ROW = RowSpec("sealed_data", ("container", "concern", "key"), ("version", "updated"))
 
-
-_GET = "SELECT value FROM sealed_data WHERE container = ? AND concern = ? AND key = ?"
+_GET = "SELECT * FROM sealed_data WHERE container = ? AND concern = ? AND key = ?"
 
 #: values up to this size are opened on the caller's thread by get_if_quick
 #: (tens of microseconds); larger ones go to a worker thread
@@ -49,6 +63,7 @@ class SealedData:
         self.container_quota = container_quota
         self.concern_quota = concern_quota
         store.migrate("sealed_data", 1, _SCHEMA)
+        store.migrate("sealed_data", 2, _SCHEMA_V2)
 
     def check_quota(self, container: str, concern: str, key: str, size: int,
                     conn: Any = None) -> None:
@@ -81,21 +96,38 @@ class SealedData:
     def put(self, container: str, concern: str, key: str, value: bytes, now: float) -> None:
         if not key:
             raise ValueError("data key must not be empty")
-        sealed = self._vault.seal(container, concern, key, value)
+        version = secrets.randbits(63)
+        sealed = self._vault.seal(container, concern, key, value, version)
+        row: dict[str, object] = {"container": container, "concern": concern, "key": key,
+                                  "value": sealed, "version": version, "updated": now}
+        row["mac"] = self._store.integrity.seal_row(_ROW, row)
         with self._store.transaction() as conn:
             self.check_quota(container, concern, key, len(sealed), conn)
             conn.execute(
-                "INSERT INTO sealed_data (container, concern, key, value, updated)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (container, concern, key)"
-                " DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                (container, concern, key, sealed, now),
+                "INSERT INTO sealed_data (container, concern, key, value, updated, version, mac)"
+                " VALUES (:container, :concern, :key, :value, :updated, :version, :mac)"
+                " ON CONFLICT (container, concern, key) DO UPDATE SET value = excluded.value,"
+                " updated = excluded.updated, version = excluded.version, mac = excluded.mac",
+                row,
             )
 
     def get(self, container: str, concern: str, key: str) -> bytes:
         row = self._store.query_one(_GET, (container, concern, key))
         if row is None:
             raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
-        return self._vault.open(container, concern, key, bytes(row[0]))
+        return self._open(row)
+
+    def _open(self, row: sqlite3.Row) -> bytes:
+        """The value of a row whose index checks and whose ciphertext is the one it pins."""
+        integrity = self._store.integrity
+        if not integrity.row_ok(_ROW, row):
+            raise IntegrityError()
+        try:
+            return self._vault.open(str(row["container"]), str(row["concern"]),
+                                    str(row["key"]), bytes(row["value"]), int(row["version"]))
+        except IntegrityError:
+            integrity.report(_ROW.table, _ROW.key_text(row))
+            raise
 
     def get_if_quick(self, container: str, concern: str, key: str) -> bytes | None:
         """:meth:`get` if it needs no waiting; None if the store is busy or the value large.
@@ -108,10 +140,9 @@ class SealedData:
             return None
         if row is None:
             raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
-        sealed = bytes(row[0])
-        if len(sealed) > QUICK_OPEN_BYTES:
+        if len(row["value"]) > QUICK_OPEN_BYTES:
             return None
-        return self._vault.open(container, concern, key, sealed)
+        return self._open(row)
 
     def delete(self, container: str, concern: str, key: str) -> None:
         with self._store.transaction() as conn:
@@ -124,10 +155,11 @@ class SealedData:
 
     def keys(self, container: str, concern: str) -> list[str]:
         rows = self._store.query(
-            "SELECT key FROM sealed_data WHERE container = ? AND concern = ? ORDER BY key",
+            "SELECT container, concern, key, version, updated, mac FROM sealed_data"
+            " WHERE container = ? AND concern = ? ORDER BY key",
             (container, concern),
         )
-        return [str(r[0]) for r in rows]
+        return [str(r["key"]) for r in rows if self._store.integrity.row_ok(_ROW, r)]
 
     def purge_older_than(self, cutoff: float) -> int:
         """Delete values last written before ``cutoff``; returns how many."""

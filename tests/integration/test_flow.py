@@ -213,7 +213,8 @@ def test_second_credential_needs_biometric(daemon: DaemonProcess) -> None:
     with pytest.raises(Unauthorized):
         daemon.client().request("POST", "/v1/owner/credentials/begin", {"label": "second"})
     owner.session("biometric")
-    assert owner.enroll("second", SoftAuthenticator())["label"] == "second"
+    added = owner.approve(owner.enroll("second", SoftAuthenticator())["approval_id"])
+    assert added["result"]["label"] == "second"
     assert daemon.client().status()["owner"]["credentials"] == 2
     with pytest.raises(Conflict):
         owner.init("Mallory")

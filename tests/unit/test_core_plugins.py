@@ -236,7 +236,7 @@ def test_schema_errors_name_their_paths() -> None:
         "homepage: unknown field (expected one of id, name, version, required_capabilities, "
         "endpoints, security_requirements, image)",
         "id: 'not-a-uuid' is not a UUID",
-        "name: 'bad\\nname' is not a printable name",
+        "name: contains the control character U+000A",
         "version: 'one point oh' is not a version (like 1.2.0)",
         "image: 'NOPE' is not a container image reference (like localhost/plugin:1.0)",
         "required_capabilities[1]: 'mindReading' is not one of dataAnalysis, textGeneration, "

@@ -141,11 +141,16 @@ def test_no_purge_without_its_audit_entry(world: World) -> None:
 
 
 def _store_spec_text(w: World, container_id: str, text: str) -> str:
-    """Overwrite a container's stored spec (damage on disk); returns the old text."""
-    row = w.store.query_one("SELECT spec FROM registry_containers WHERE id = ?", (container_id,))
+    """Overwrite a container's stored spec with one that does not parse any more (as
+    after an upgrade), MACed like the daemon's own rows; returns the old text."""
+    row = w.store.query_one("SELECT * FROM registry_containers WHERE id = ?", (container_id,))
     assert row is not None
+    content = {"name": row["name"], "owner_id": row["owner_id"], "spec": text,
+               "created_at": row["created_at"]}
+    mac = w.store.integrity.mac("registry_containers", [container_id], content)
     with w.store.transaction() as conn:
-        conn.execute("UPDATE registry_containers SET spec = ? WHERE id = ?", (text, container_id))
+        conn.execute("UPDATE registry_containers SET spec = ?, mac = ? WHERE id = ?",
+                     (text, mac, container_id))
     return str(row["spec"])
 
 

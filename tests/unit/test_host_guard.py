@@ -1,0 +1,98 @@
+"""The guard in tests/conftest.py sees a run that leaves the host changed: a shared
+directory's mode or owner, a user or group added or removed. The comparison is
+pure; the last test runs the real guard in an inner pytest session whose HOME
+(a directory made for it) a test changes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.host_guard import HostSnapshot, differences, snapshot
+
+pytest_plugins = ["pytester"]
+
+DIR = stat.S_IFDIR
+ROOT_LINE = "root:x:0:0:root:/root:/bin/bash"
+PEER_LINE = "pacd-peer-test:x:999:999::/home/pacd-peer-test:/usr/sbin/nologin"
+
+
+def _host(tmp_mode: int = 0o1777, tmp_owner: int = 0, users: dict[str, str] | None = None,
+          groups: dict[str, str] | None = None) -> HostSnapshot:
+    return HostSnapshot({"/": (DIR | 0o755, 0, 0), "/tmp": (DIR | tmp_mode, tmp_owner, 0)},
+                        users if users is not None else {"root": ROOT_LINE},
+                        groups if groups is not None else {"root": "root:x:0:"})
+
+
+def test_an_unchanged_host_has_no_differences() -> None:
+    assert differences(_host(), _host()) == []
+
+
+def test_tmp_losing_its_sticky_bit_is_named() -> None:
+    assert differences(_host(), _host(tmp_mode=0o777)) == [
+        "/tmp: mode 1777 owner 0:0 -> mode 0777 owner 0:0"]
+
+
+def test_a_changed_owner_is_named() -> None:
+    assert differences(_host(), _host(tmp_owner=1000)) == [
+        "/tmp: mode 1777 owner 0:0 -> mode 1777 owner 1000:0"]
+
+
+def test_a_user_left_behind_is_named() -> None:
+    after = _host(users={"root": ROOT_LINE, "pacd-peer-test": PEER_LINE})
+    assert differences(_host(), after) == [f"user 'pacd-peer-test' added: {PEER_LINE}"]
+
+
+def test_a_removed_group_and_an_edited_user_are_named() -> None:
+    before = _host(groups={"root": "root:x:0:", "peers": "peers:x:998:"})
+    after = _host(users={"root": "root:x:0:0:root:/root:/bin/sh"})
+    assert differences(before, after) == [
+        f"user 'root' changed: {ROOT_LINE} -> root:x:0:0:root:/root:/bin/sh",
+        "group 'peers' removed: peers:x:998:",
+    ]
+
+
+def test_snapshot_reads_modes_owners_and_entries(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(f"{ROOT_LINE}\n")
+    (etc / "group").write_text("root:x:0:\n")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    before = snapshot([str(shared), str(tmp_path / "missing")], etc)
+    assert before.users == {"root": ROOT_LINE}
+    assert before.dirs[str(tmp_path / "missing")] is None
+    shared.chmod(0o777)
+    (etc / "passwd").write_text(f"{ROOT_LINE}\n{PEER_LINE}\n")
+    after = snapshot([str(shared), str(tmp_path / "missing")], etc)
+    uid, gid = os.getuid(), os.getgid()
+    assert differences(before, after) == [
+        f"{shared}: mode 0755 owner {uid}:{gid} -> mode 0777 owner {uid}:{gid}",
+        f"user 'pacd-peer-test' added: {PEER_LINE}",
+    ]
+
+
+def test_the_session_guard_fails_a_run_that_changes_home(pytester: pytest.Pytester) -> None:
+    # pytester gives the inner run its own HOME (a directory made for it), so the
+    # inner test changes only that.
+    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
+    pytester.makepyfile("""
+        import os
+
+        def test_changes_home():
+            os.chmod(os.environ["HOME"], 0o777)
+        """)
+    home = os.environ["HOME"]
+    mode = stat.S_IMODE(os.stat(home).st_mode)
+    try:
+        result = pytester.runpytest_inprocess()
+    finally:
+        os.chmod(home, mode)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*the test run left the host changed*",
+        f"*{home}: mode {mode:04o} owner * -> mode 0777 owner *",
+    ])
