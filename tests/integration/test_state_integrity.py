@@ -144,7 +144,7 @@ def test_flipped_approval_state_is_not_shown_as_approved(daemon: DaemonProcess) 
     owner.enroll()
     owner.session("biometric")
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
-    approval = daemon.client().request(
+    approval = owner.authed().request(
         "POST", f"/v1/containers/{container['id']}/plugins",
         {"agent": "writer", "schema": plugin("text-formatter")})["approval_id"]
     daemon.client().request("POST", f"/v1/approvals/{approval}/deny", {"reason": "no"})
@@ -192,7 +192,7 @@ def test_payload_edited_after_signing_is_not_executed(daemon: DaemonProcess) -> 
     owner.enroll()
     owner.session("biometric")
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
-    approval = daemon.client().request(
+    approval = owner.authed().request(
         "POST", f"/v1/containers/{container['id']}/plugins",
         {"agent": "writer", "schema": plugin("text-formatter")})["approval_id"]
     credential = owner.sign_approval(approval)
