@@ -6,7 +6,8 @@ import importlib
 import sys
 import time
 
-BENCHES = ("vault_bench", "audit_bench", "api_bench", "start_bench", "agent_bench")
+BENCHES = ("vault_bench", "audit_bench", "api_bench", "start_bench", "agent_bench",
+           "soak_bench")
 
 
 def main(argv: list[str]) -> int:

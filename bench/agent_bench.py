@@ -7,6 +7,14 @@ application on another Unix socket that answers every GET with 1 KiB from
 memory. The same client (``CLIENTS`` keep-alive HTTP/1.1 connections on a
 Unix socket, one request in flight on each) hammers each for ``SECONDS``.
 
+An agent socket serves only processes in its container's PID namespace, so
+the benchmark gives its agents one: a process in a fresh PID namespace
+(``unshare --pid``) stands in for the container, the server records that
+namespace for every agent socket as the daemon does for a started container,
+and the client's connections are made inside it (``tests.pidns_connector``)
+before each round's clock starts, then driven from here. The baseline's
+connections are made the same way, so both sides pay the same.
+
 The audit count before and after (read from the audit database) proves every
 read was logged. Keys come from the passphrase keystore so the benchmark runs
 without a desktop keychain; the read path never touches the key store (data
@@ -17,14 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import socket
 import sqlite3
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
+
+from tests.pidns_connector import NamespaceConnector, stand_in_container
 
 CLIENTS = 8  # per agent: below the default policy's maxConcurrentConnections (10)
 AGENTS = ("bench", "bench2", "bench3", "bench4")
@@ -34,12 +45,15 @@ KEYS = 64
 VALUE = bytes(range(256)) * 4  # 1 KiB
 CONTAINER_ID = "b" * 32
 CONCERN = "personal"
+#: ``--smoke``: the smallest configuration (read by the parent process only)
+SMOKE = {"SECONDS": 0.3, "ROUNDS": 1, "KEYS": 4}
 
 
-def _serve(base: str, conn: Connection) -> None:
+def _serve(base: str, conn: Connection, container_pid: int) -> None:
     """The server process: pacd's agent socket and the bare baseline, until told to stop."""
     from pacd.agents.inbox import Doorbell, Inbox
     from pacd.agents.server import AgentContext, AgentIdentity, AgentSockets, socket_path
+    from pacd.api.peercred import pid_namespace
     from pacd.audit import AuditLog
     from pacd.core.models import (
         AgentDomain,
@@ -74,6 +88,8 @@ def _serve(base: str, conn: Connection) -> None:
         for name, path in zip(AGENTS, agent_socks, strict=True):
             await sockets.open(AgentIdentity(CONTAINER_ID, "bench", "o" * 32, name),
                                container, path)
+            # What the daemon's lifecycle does once the agent's container runs.
+            await sockets.serve_namespace(CONTAINER_ID, name, pid_namespace(container_pid))
 
         async def bare(request: web.Request) -> web.Response:
             return web.Response(body=VALUE, content_type="application/octet-stream")
@@ -94,14 +110,14 @@ def _serve(base: str, conn: Connection) -> None:
     asyncio.run(run())
 
 
-async def _reader(path: str, n: int, deadline: float) -> int:
+async def _reader(sock: socket.socket, n: int, deadline: float) -> int:
     """One keep-alive connection reading values until ``deadline``; how many it read.
 
     A minimal HTTP/1.1 client on a raw asyncio stream: a full client library
     costs more CPU per request than the server does, and on a small machine
     would measure itself.
     """
-    reader, writer = await asyncio.open_unix_connection(path)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
     done = 0
     i = n
     try:
@@ -124,35 +140,42 @@ async def _reader(path: str, n: int, deadline: float) -> int:
     return done
 
 
-async def _load(paths: list[str], seconds: float) -> tuple[int, float]:
+async def _load(inside: NamespaceConnector, paths: list[str], seconds: float
+                ) -> tuple[int, float]:
     """``CLIENTS`` concurrent keep-alive readers per socket for ``seconds``:
-    (reads, elapsed seconds)."""
+    (reads, elapsed seconds). Connected before the clock starts."""
+    socks = [(inside.connect(path), n) for path in paths for n in range(CLIENTS)]
     started = time.perf_counter()
-    counts = await asyncio.gather(*(_reader(path, n, started + seconds)
-                                    for path in paths for n in range(CLIENTS)))
+    counts = await asyncio.gather(*(_reader(sock, n, started + seconds) for sock, n in socks))
     return sum(counts), time.perf_counter() - started
 
 
-def _measure(paths: list[str], audit_db: str | None) -> tuple[float, int]:
+def _measure(inside: NamespaceConnector, paths: list[str], audit_db: str | None
+             ) -> tuple[float, int]:
     """Best of ``ROUNDS``: (reads/s, audit entries minus reads over all rounds)."""
     best = 0.0
     unlogged = 0
     for _ in range(ROUNDS):
         before = _audited_reads(audit_db) if audit_db else 0
-        reads, elapsed = asyncio.run(_load(paths, SECONDS))
+        reads, elapsed = asyncio.run(_load(inside, paths, SECONDS))
         if audit_db:
             unlogged += reads - (_audited_reads(audit_db) - before)
         best = max(best, reads / elapsed)
     return best, unlogged
 
 
-async def _fill(path: str) -> None:
-    connector = aiohttp.UnixConnector(path=path, limit=CLIENTS)
-    async with aiohttp.ClientSession(connector=connector) as session:
+async def _fill(sock: socket.socket) -> None:
+    """Write the ``KEYS`` values on one keep-alive connection."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
         for i in range(KEYS):
-            async with session.put(f"http://agent/v1/data/{CONCERN}/k{i}", data=VALUE) as resp:
-                if resp.status != 204:
-                    raise RuntimeError(f"write failed: HTTP {resp.status}: {await resp.text()}")
+            writer.write(f"PUT /v1/data/{CONCERN}/k{i} HTTP/1.1\r\nHost: agent\r\n"
+                         f"Content-Length: {len(VALUE)}\r\n\r\n".encode() + VALUE)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head[9:12] != b"204":
+                raise RuntimeError(f"write failed: {head!r} {await reader.read(500)!r}")
+    finally:
+        writer.close()
 
 
 def _audited_reads(audit_db: str) -> int:
@@ -162,23 +185,29 @@ def _audited_reads(audit_db: str) -> int:
     return int(row[0])
 
 
-def main() -> None:
+def main(smoke: bool = False) -> None:
+    """The benchmark; ``smoke``: its smallest configuration, once (seconds), to show it
+    still runs and prints its ratios — the numbers mean nothing then."""
+    if smoke:
+        globals().update(SMOKE)
     ctx = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="pacd-agb-") as base:
+    with (tempfile.TemporaryDirectory(prefix="pacd-agb-") as base,
+          stand_in_container() as container_pid,
+          NamespaceConnector(container_pid) as inside):
         parent, child = ctx.Pipe()
-        server = ctx.Process(target=_serve, args=(base, child), daemon=True)
+        server = ctx.Process(target=_serve, args=(base, child, container_pid), daemon=True)
         server.start()
         try:
             if not parent.poll(60):
                 raise RuntimeError("the benchmark server did not start")
             agent_socks, bare_sock, audit_db = parent.recv()
             for path in agent_socks:
-                asyncio.run(_fill(path))
-            asyncio.run(_load(agent_socks, 1.0))  # warm up: caches, connections
-            bare, _ = _measure([bare_sock], None)
-            one, unlogged_one = _measure(agent_socks[:1], audit_db)
-            many, unlogged_many = _measure(agent_socks, audit_db)
-            bare_many, _ = _measure([bare_sock] * len(agent_socks), None)
+                asyncio.run(_fill(inside.connect(path)))
+            asyncio.run(_load(inside, agent_socks, 1.0))  # warm up: caches, connections
+            bare, _ = _measure(inside, [bare_sock], None)
+            one, unlogged_one = _measure(inside, agent_socks[:1], audit_db)
+            many, unlogged_many = _measure(inside, agent_socks, audit_db)
+            bare_many, _ = _measure(inside, [bare_sock] * len(agent_socks), None)
         finally:
             parent.send("stop")
             server.join(30)
@@ -201,4 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(smoke="--smoke" in sys.argv[1:])

@@ -4,6 +4,11 @@ The tray is only a client: it reads ``/v1/status`` and ``/v1/approvals`` over
 the owner socket and runs the presence ceremony locally, like the CLI. When the
 daemon is down it shows a grey icon and keeps retrying; nothing is ever
 approved by default — closing a dialog, a timeout or an error is a "no".
+
+Every string the daemon supplies (summaries, plugin and owner names, error
+messages) is shown as plain text: Qt would otherwise guess that a string with
+tags is rich text, and a plugin named ``</b><font color=white>…`` could hide
+or restyle part of the very prompt the owner approves from.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QIcon
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QFont, QIcon
+from PySide6.QtGui import Qt as QtGuiNamespace
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
@@ -117,6 +123,37 @@ class PinBridge(QObject):
         return self._answer
 
 
+def plain_label(text: str) -> QLabel:
+    """A label that shows ``text`` literally, whatever tags it contains."""
+    label = QLabel()
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    label.setText(text)
+    return label
+
+
+def plain_message_box(text: str, parent: QWidget | None = None) -> QMessageBox:
+    """A warning box that shows ``text`` literally (QMessageBox.warning would guess)."""
+    box = QMessageBox(QMessageBox.Icon.Warning, "pacd", "", QMessageBox.StandardButton.Ok,
+                      parent)
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    box.setText(text)
+    return box
+
+
+def _warn(text: str) -> None:
+    plain_message_box(text).exec()
+
+
+def plain_tooltip(text: str) -> str:
+    """Tool tips guess rich text too: hand them the plain text already escaped."""
+    return str(QtGuiNamespace.convertFromPlainText(text))
+
+
+def menu_text(text: str) -> str:
+    """A menu entry shows ``&`` as a shortcut marker unless it is doubled."""
+    return text.replace("&", "&&")
+
+
 class ApprovalDialog(QDialog):
     """Shows exactly what will be signed, then approves with a key touch or denies."""
 
@@ -124,17 +161,22 @@ class ApprovalDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("pacd: approval requested")
         layout = QVBoxLayout(self)
-        summary = QLabel(
-            f"<b>{detail.get('summary', detail.get('kind', 'approval'))}</b><br>"
-            f"needs: {detail.get('required_level', '?')}, expires {detail.get('expires_at', '?')}"
-        )
-        summary.setWordWrap(True)
-        layout.addWidget(summary)
+        # Plain text, bold by font rather than by markup: see the module docstring.
+        self.summary = plain_label(str(detail.get("summary", detail.get("kind", "approval"))))
+        font = QFont(self.summary.font())
+        font.setBold(True)
+        self.summary.setFont(font)
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
+        self.needs = plain_label(f"needs: {detail.get('required_level', '?')}, "
+                                 f"expires {detail.get('expires_at', '?')}")
+        self.needs.setWordWrap(True)
+        layout.addWidget(self.needs)
         payload = QPlainTextEdit()
         payload.setReadOnly(True)
         payload.setPlainText(json.dumps(detail.get("payload", {}), indent=2, sort_keys=True))
         layout.addWidget(payload)
-        self.status = QLabel("Approving asks you to touch your security key.")
+        self.status = plain_label("Approving asks you to touch your security key.")
         layout.addWidget(self.status)
         self.buttons = QDialogButtonBox()
         self.approve_button = self.buttons.addButton(
@@ -193,13 +235,13 @@ class Tray(QObject):
     def _apply(self, state: TrayState) -> None:
         self.state = state
         self.icon.setIcon(self._icon(state.icon_name))
-        self.icon.setToolTip(state.headline)
+        self.icon.setToolTip(plain_tooltip(state.headline))
         self._rebuild_menu()
         self.state_changed.emit(state)
 
     def _rebuild_menu(self) -> None:
         self.menu.clear()
-        head = QAction(self.state.headline, self.menu)
+        head = QAction(menu_text(self.state.headline), self.menu)
         head.setEnabled(False)
         self.menu.addAction(head)
         self.menu.addSeparator()
@@ -207,7 +249,7 @@ class Tray(QObject):
         approvals = self.menu.addMenu(f"Approvals ({len(pending)})")
         approvals.setEnabled(self.state.reachable and bool(pending))
         for item in pending:
-            action = QAction(str(item.get("summary", item.get("id"))), approvals)
+            action = QAction(menu_text(str(item.get("summary", item.get("id")))), approvals)
             approval_id = str(item.get("id"))
             action.triggered.connect(lambda _=False, a=approval_id: self.review(a))
             approvals.addAction(action)
@@ -222,11 +264,11 @@ class Tray(QObject):
         try:
             detail = self.client.request("GET", f"/v1/approvals/{approval_id}")
         except PacdError as exc:
-            QMessageBox.warning(None, "pacd", exc.message)
+            _warn(exc.message)
             return
         if not approval_challenge_matches(detail):
             # What the key would sign is not what the dialog would show: no dialog.
-            QMessageBox.warning(None, "pacd", MISMATCH)
+            _warn(MISMATCH)
             return
         dialog = ApprovalDialog(detail)
         if dialog.exec() == QDialog.DialogCode.Accepted:
@@ -238,7 +280,7 @@ class Tray(QObject):
         try:
             self.client.request("POST", f"/v1/approvals/{approval_id}/deny", {})
         except PacdError as exc:
-            QMessageBox.warning(None, "pacd", exc.message)
+            _warn(exc.message)
         self.refresh()
 
     def approve(self, approval_id: str, detail: dict[str, Any]) -> None:

@@ -18,6 +18,10 @@ is a COMMIT that fails after the approval's entry is durable: the approval is
 then followed in the log by an ``approval.<kind>.rolled_back`` entry naming
 the earlier seq, and stays pending.
 
+The entry of every approve and deny is covered by the keychain checkpoint
+before it is answered (``checkpoint=True``), so deleting it after a crash is
+detected at the next start.
+
 Deny, expiry and a daemon restart all end in "not done": pending approvals
 survive a restart (they are rows in the state database) until they expire, and
 nothing is ever executed except by :meth:`ApprovalQueue.approve`.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import uuid
@@ -38,7 +43,8 @@ from typing import Any, Protocol
 
 from pacd.core.canonical import canonical_json, digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import Conflict, NotFound, PacdError
+from pacd.errors import Conflict, InvalidRequest, NotFound, PacdError, PayloadMismatch, TooMany
+from pacd.integrity import RowSpec
 from pacd.store import Store
 
 _SCHEMA = """
@@ -59,6 +65,11 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_pending ON approvals (state, expires_at)
 """
+# Every column is MACed: a state, a payload or a result edited in the database
+# makes the approval absent (reported), never approved and never executable.
+_ROW = RowSpec("approvals", ("id",),
+               ("kind", "state", "required_level", "summary", "requester", "payload",
+                "challenge", "created_at", "expires_at", "resolved_at", "reason", "result"))
 
 log = logging.getLogger("pacd.approvals")
 
@@ -69,7 +80,7 @@ RECENT_S = 7 * 86400
 class AuditSink(Protocol):
     def append(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-               details: dict[str, Any] | None = None) -> Any: ...
+               details: dict[str, Any] | None = None, *, checkpoint: bool = False) -> Any: ...
 
 
 def iso(ts: float | None) -> str | None:
@@ -110,29 +121,49 @@ Executor = Callable[[sqlite3.Connection, Approval], dict[str, Any]]
 #: checks the owner's proof over (challenge, level); returns evidence for the audit entry
 Verifier = Callable[[bytes, SecurityLevel], Mapping[str, Any]]
 EventSink = Callable[..., None]
+#: runs after the approval's audit entry is durable, still inside its transaction
+AfterEntry = Callable[[Any], None]
+#: raises to refuse approving an approval at all (checked before its proof)
+Gate = Callable[[Approval], None]
 
 
 @dataclass(frozen=True)
 class _Kind:
     executor: Executor
     level: SecurityLevel
+    after_entry: AfterEntry | None = None
 
 
 class ApprovalQueue:
-    def __init__(self, store: Store, audit: AuditSink, now: Callable[[], float],
-                 on_event: EventSink | None = None) -> None:
+    def __init__(self, store: Store, audit: AuditSink, now: Callable[[], float],  # noqa: PLR0917 - limits are optional
+                 on_event: EventSink | None = None, max_pending: int | None = None,
+                 max_pending_per_kind: int | None = None) -> None:
         self.store = store
+        #: pending approvals are the owner's attention: at most this many wait at once
+        self.max_pending = max_pending
+        self.max_pending_per_kind = max_pending_per_kind
         self.audit = audit
         self._now = now
         self._on_event = on_event or (lambda *_a, **_k: None)
         self._kinds: dict[str, _Kind] = {}
+        self._gate: Gate | None = None
         store.migrate("approvals", 1, _SCHEMA)
+        store.migrate("approvals", 2, "ALTER TABLE approvals ADD COLUMN mac BLOB")
         self.pending_count = 0
         self._recount()
 
-    def register(self, kind: str, level: SecurityLevel, executor: Executor) -> None:
-        """Make ``kind`` approvable; ``level`` is what its approval must prove."""
-        self._kinds[kind] = _Kind(executor, level)
+    def register(self, kind: str, level: SecurityLevel, executor: Executor, *,
+                 after_entry: AfterEntry | None = None) -> None:
+        """Make ``kind`` approvable; ``level`` is what its approval must prove.
+
+        ``after_entry(entry)`` runs once the approval's own audit entry is
+        durable, before the transaction commits (a failure rolls it back).
+        """
+        self._kinds[kind] = _Kind(executor, level, after_entry)
+
+    def set_gate(self, gate: Gate) -> None:
+        """``gate(approval)`` may refuse any approval before its proof is checked."""
+        self._gate = gate
 
     def level_for(self, kind: str) -> SecurityLevel:
         return self._kinds[kind].level
@@ -158,14 +189,22 @@ class ApprovalQueue:
             "nonce": secrets.token_hex(16),
         }
         challenge = digest(payload)
+        self.expire_due()  # an expired approval does not count against the limits
+        row: dict[str, Any] = {
+            "id": approval_id, "kind": kind, "state": "pending", "required_level": level.value,
+            "summary": summary, "requester": requester,
+            "payload": canonical_json(payload).decode(), "challenge": challenge,
+            "created_at": now, "expires_at": expires, "resolved_at": None, "reason": None,
+            "result": None}
+        row["mac"] = self.store.integrity.seal_row(_ROW, row)
         with self.store.transaction() as conn:
+            self._check_limits(conn, kind)
             conn.execute(
                 "INSERT INTO approvals (id, kind, state, required_level, summary, requester,"
-                " payload, challenge, created_at, expires_at) VALUES"
-                " (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (approval_id, kind, level.value, summary, requester,
-                 canonical_json(payload).decode(), challenge, now, expires),
-            )
+                " payload, challenge, created_at, expires_at, resolved_at, reason, result, mac)"
+                " VALUES (:id, :kind, :state, :required_level, :summary, :requester, :payload,"
+                " :challenge, :created_at, :expires_at, :resolved_at, :reason, :result, :mac)",
+                row)
             # Durable before the request is acknowledged, or not queued at all.
             self.audit.append(requester, f"approval.{kind}.request", approval_id, "info",
                               summary, {"challenge": challenge.hex(),
@@ -176,22 +215,71 @@ class ApprovalQueue:
                        required_level=level.value, expires_at=iso(expires))
         return approval
 
+    def _check_limits(self, conn: sqlite3.Connection, kind: str) -> None:
+        total, same = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(kind = ?), 0) FROM approvals WHERE state = 'pending'",
+            (kind,)).fetchone()
+        if self.max_pending_per_kind is not None and same >= self.max_pending_per_kind:
+            raise TooMany(f"{same} {kind} approvals are already waiting (at most "
+                          f"{self.max_pending_per_kind}); approve or deny some first",
+                          limit="max_pending_approvals_per_kind")
+        if self.max_pending is not None and total >= self.max_pending:
+            raise TooMany(f"{total} approvals are already waiting (at most "
+                          f"{self.max_pending}); approve or deny some first",
+                          limit="max_pending_approvals")
+
     def get(self, approval_id: str, expire: bool = True) -> Approval:
         if expire:
             self.expire_due()
         row = self.store.query_one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
-        if row is None:
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
             raise NotFound(f"no approval {approval_id!r}")
         return _approval(row)
 
     def recent(self, limit: int = 200) -> list[Approval]:
+        return self.page(limit)[0]
+
+    def page(self, limit: int = 200, cursor: str = "") -> tuple[list[Approval], str | None]:
+        """Pending and recent approvals, newest first, from ``cursor`` on; and the
+        cursor of the next page (None on the last), so every one can be reached."""
         self.expire_due()
+        after_time, after_id = math.inf, ""
+        if cursor:
+            try:
+                text_time, after_id = cursor.split("_", 1)
+                after_time = float(text_time)
+            except ValueError:
+                raise InvalidRequest(f"cursor {cursor[:40]!r} is not a next_cursor this "
+                                     "daemon gave") from None
         rows = self.store.query(
-            "SELECT * FROM approvals WHERE state = 'pending' OR resolved_at >= ?"
-            " ORDER BY created_at DESC LIMIT ?",
-            (self._now() - RECENT_S, limit),
+            "SELECT * FROM approvals WHERE (state = 'pending' OR resolved_at >= ?)"
+            " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (self._now() - RECENT_S, after_time, after_time, after_id or "g" * 32, limit + 1),
         )
-        return [_approval(r) for r in rows]
+        page = rows[:limit]
+        items = [_approval(r) for r in page if self.store.integrity.row_ok(_ROW, r)]
+        if len(rows) <= limit:
+            return items, None
+        last = page[-1]  # a row that fails its MAC still marks where the page ends
+        return items, f"{float(last['created_at'])!r}_{last['id']}"
+
+    def _change(self, conn: sqlite3.Connection, approval_id: str, expect: str | None,
+                **changes: Any) -> bool:
+        """Apply ``changes`` to a row that checks (and is in state ``expect``), re-MACed.
+
+        False if there is no such row, it fails its MAC (reported) or its state moved.
+        """
+        row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
+            return False
+        if expect is not None and row["state"] != expect:
+            return False
+        changed = dict(row) | changes
+        sets = ", ".join(f"{column} = :{column}" for column in changes)
+        conn.execute(f"UPDATE approvals SET {sets}, mac = :mac WHERE id = :id",  # noqa: S608
+                     changed | {"mac": self.store.integrity.seal_row(_ROW, changed)})
+        return True
 
     # --- resolution ---------------------------------------------------------
 
@@ -209,18 +297,23 @@ class ApprovalQueue:
                 kind = self._kinds.get(approval.kind)
                 if kind is None:
                     raise Conflict(f"approval kind {approval.kind!r} is not known to this daemon")
+                # What you see is what you sign: the payload about to be executed must
+                # still be the one whose digest is the challenge the owner signs.
+                if digest(approval.payload) != approval.challenge:
+                    raise PayloadMismatch(
+                        f"approval {approval_id}: the stored payload does not match the "
+                        "challenge that is signed; nothing was executed")
+                if self._gate is not None:
+                    self._gate(approval)
                 stage = "verify"
                 evidence = verify(approval.challenge, approval.required_level)
                 stage = "execute"
                 now = self._now()
-                cur = conn.execute(
-                    "UPDATE approvals SET state = 'approved', resolved_at = ? WHERE id = ?"
-                    " AND state = 'pending'", (now, approval_id))
-                if cur.rowcount != 1:
+                if not self._change(conn, approval_id, "pending", state="approved",
+                                    resolved_at=now):
                     raise Conflict("approval is no longer pending")
                 result = kind.executor(conn, approval)
-                conn.execute("UPDATE approvals SET result = ? WHERE id = ?",
-                             (canonical_json(result).decode(), approval_id))
+                self._change(conn, approval_id, None, result=canonical_json(result).decode())
                 stage = "audit"
                 audited = self.audit.append(
                     actor, f"approval.{approval.kind}.approve", approval_id, "allow",
@@ -230,7 +323,9 @@ class ApprovalQueue:
                         "evidence": dict(evidence),
                         "assertion": dict(assertion or {}),
                         "result": result,
-                    })
+                    }, checkpoint=True)
+                if kind.after_entry is not None:
+                    kind.after_entry(audited)
                 stage = "commit"
         except Exception as exc:
             if stage == "commit" and approval is not None:
@@ -267,16 +362,16 @@ class ApprovalQueue:
         if approval is not None:
             kind = approval.kind
         else:
-            row = self.store.query_one("SELECT kind FROM approvals WHERE id = ?", (approval_id,))
-            kind = str(row["kind"]) if row is not None else "unknown"
+            row = self.store.query_one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+            # A row that fails its MAC names no kind we could trust (already reported).
+            kind = (str(row["kind"]) if row is not None
+                    and self.store.integrity.quietly_ok(_ROW, row) else "unknown")
         if stage == "execute" and approval is not None:
             # The action could not be applied (and was rolled back): the approval
             # is over, so it cannot be retried into a different outcome later.
             with self.store.transaction() as conn:
-                conn.execute(
-                    "UPDATE approvals SET state = 'failed', resolved_at = ?, reason = ?"
-                    " WHERE id = ? AND state = 'pending'",
-                    (self._now(), exc.message[:500], approval_id))
+                self._change(conn, approval_id, "pending", state="failed",
+                             resolved_at=self._now(), reason=exc.message[:500])
                 self.audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
                                   f"execution failed: {exc.message}", {"code": exc.code})
             self._recount()
@@ -290,12 +385,12 @@ class ApprovalQueue:
         self.expire_due()
         with self.store.transaction() as conn:
             approval = self._pending(conn, approval_id)
-            conn.execute(
-                "UPDATE approvals SET state = 'denied', resolved_at = ?, reason = ?"
-                " WHERE id = ? AND state = 'pending'",
-                (self._now(), reason or "denied by the owner", approval_id))
+            self._change(conn, approval_id, "pending", state="denied", resolved_at=self._now(),
+                         reason=reason or "denied by the owner")
+            # The checkpoint covers the denial before it is answered: a crash right
+            # after cannot take the entry with it unnoticed.
             self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
-                              reason or "denied by the owner")
+                              reason or "denied by the owner", checkpoint=True)
         self._recount()
         self._on_event("approval.resolved", id=approval_id, kind=approval.kind, state="denied")
         return self.get(approval_id, expire=False)
@@ -304,16 +399,16 @@ class ApprovalQueue:
         """Expire every pending approval past its time; returns their ids."""
         now = self._now()
         due = self.store.query(
-            "SELECT id, kind FROM approvals WHERE state = 'pending' AND expires_at <= ?", (now,))
+            "SELECT * FROM approvals WHERE state = 'pending' AND expires_at <= ?", (now,))
+        # Rows that fail their MAC are left as they are (reported): never repaired.
+        due = [row for row in due if self.store.integrity.row_ok(_ROW, row)]
         if not due:
             return []
         expired: list[tuple[str, str]] = []
         with self.store.transaction() as conn:
             for row in due:
-                cur = conn.execute(
-                    "UPDATE approvals SET state = 'expired', resolved_at = ?, reason = ?"
-                    " WHERE id = ? AND state = 'pending'", (now, "expired", row["id"]))
-                if cur.rowcount == 1:
+                if self._change(conn, str(row["id"]), "pending", state="expired",
+                                resolved_at=now, reason="expired"):
                     expired.append((str(row["id"]), str(row["kind"])))
             for approval_id, kind in expired:
                 self.audit.append("pacd", f"approval.{kind}.expire", approval_id, "deny",
@@ -323,6 +418,32 @@ class ApprovalQueue:
             self._on_event("approval.expired", id=approval_id, kind=kind)
         return [a for a, _ in expired]
 
+    def cancel_for_container(self, container_id: str, actor: str) -> list[str]:
+        """End every pending approval that would act on ``container_id`` (deleted).
+
+        Each becomes ``expired`` with reason ``container deleted`` and one
+        ``approval.<kind>.cancel`` entry, in the same transaction; nobody is
+        offered to sign an approval whose container is gone.
+        """
+        now = self._now()
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, kind FROM approvals WHERE state = 'pending'"
+                " AND json_extract(payload, '$.body.container_id') = ?",
+                (container_id,)).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE approvals SET state = 'expired', resolved_at = ?, reason = ?"
+                    " WHERE id = ? AND state = 'pending'", (now, "container deleted", row["id"]))
+                self.audit.append(actor, f"approval.{row['kind']}.cancel", str(row["id"]),
+                                  "deny", "its container was deleted",
+                                  {"container_id": container_id})
+        self._recount()
+        for row in rows:
+            self._on_event("approval.resolved", id=str(row["id"]), kind=str(row["kind"]),
+                           state="expired")
+        return [str(row["id"]) for row in rows]
+
     def next_expiry(self) -> float | None:
         row = self.store.query_one(
             "SELECT MIN(expires_at) FROM approvals WHERE state = 'pending'")
@@ -330,7 +451,7 @@ class ApprovalQueue:
 
     def _pending(self, conn: sqlite3.Connection, approval_id: str) -> Approval:
         row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-        if row is None:
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
             raise NotFound(f"no approval {approval_id!r}")
         approval = _approval(row)
         if approval.state != "pending":
@@ -341,8 +462,8 @@ class ApprovalQueue:
         return approval
 
     def _recount(self) -> None:
-        row = self.store.query_one("SELECT COUNT(*) FROM approvals WHERE state = 'pending'")
-        self.pending_count = int(row[0]) if row is not None else 0
+        rows = self.store.query("SELECT * FROM approvals WHERE state = 'pending'")
+        self.pending_count = sum(1 for r in rows if self.store.integrity.row_ok(_ROW, r))
 
 
 def _approval(row: sqlite3.Row) -> Approval:

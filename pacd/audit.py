@@ -26,9 +26,18 @@ anyway, and the writer follows it with an ``audit.abandoned`` entry naming its
 seq, so the log never shows an "allow" for an action that was not done without
 also saying so.
 
-If at open the checkpoint is ahead of the database (entries were removed) or
-disagrees with it, the log refuses new entries: appending would move the
-checkpoint forward and erase the evidence.
+If at open the checkpoint is ahead of the database (entries were removed),
+disagrees with it, or is missing while the log has entries, the log is
+*untrusted* (:class:`Untrusted`): it keeps recording, but the checkpoint is not
+moved forward (that would erase the evidence) until the owner re-anchors it
+with a carbonProof approval whose own entry is the first the new checkpoint
+covers (:meth:`AuditLog.reanchor`). Repeated failed checkpoint writes make the
+log's :class:`AuditHealth` refuse in the same way until a write succeeds. The
+daemon refuses every action above *basic* while the health refuses.
+
+The checkpoint normally trails the database by up to 0.25 s (see
+:class:`_Checkpointer`); an entry appended with ``checkpoint=True`` is not
+acknowledged until the checkpoint covers it.
 """
 
 from __future__ import annotations
@@ -116,6 +125,54 @@ class VerifyResult:
         return {"ok": self.ok, "entries": self.entries, "first_bad_seq": self.first_bad_seq}
 
 
+#: consecutive failed checkpoint writes after which the log stops vouching for itself
+CHECKPOINT_FAILURE_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class Untrusted:
+    """What was found at open that the checkpoint cannot account for."""
+
+    #: the first entry the checkpoint no longer vouches for
+    first_bad_seq: int
+    #: a plain description of what was found
+    found: str
+    #: the log's head and the checkpoint when it was found
+    head_seq: int
+    checkpoint_seq: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"first_bad_seq": self.first_bad_seq, "found": self.found,
+                "head_seq": self.head_seq, "checkpoint_seq": self.checkpoint_seq}
+
+
+@dataclass(frozen=True)
+class AuditHealth:
+    """How far the log can vouch for itself right now (``status`` shows this)."""
+
+    head_seq: int
+    #: the newest seq known to be in the keychain checkpoint (None: none known)
+    checkpoint_seq: int | None
+    #: seconds since this process last wrote the checkpoint (None: not yet)
+    checkpoint_age_s: float | None
+    untrusted: Untrusted | None
+    checkpoint_error: str | None
+    checkpoint_failures: int
+
+    @property
+    def refusing(self) -> bool:
+        """Actions above basic must be refused: truncation would go unnoticed."""
+        return (self.untrusted is not None
+                or self.checkpoint_failures >= CHECKPOINT_FAILURE_LIMIT)
+
+    def reason(self) -> str:
+        if self.untrusted is not None:
+            return (f"the audit log is untrusted from entry {self.untrusted.first_bad_seq}: "
+                    f"{self.untrusted.found}")
+        return (f"the audit checkpoint could not be written {self.checkpoint_failures} times "
+                f"in a row ({self.checkpoint_error})")
+
+
 def _canonical(  # noqa: PLR0917 - one parameter per MACed column
     seq: int, when: float, actor: str, action: str, target: str, decision: str, reason: str,
     details: Any,
@@ -152,6 +209,34 @@ def _entry_parts(  # noqa: PLR0917 - one parameter per MACed column
         + ',"details":' + details_text + ',"reason":' + enc(reason) + ',"seq":'
     )
     return prefix, ',"target":' + enc(target) + ',"time":'
+
+
+#: an entry's details (canonical JSON) take at most this many bytes, and its reason
+#: at most MAX_REASON_CHARS characters: what an entry records must not grow with
+#: what a request sent. Longer ones are cut and name the SHA-256 of the full text.
+MAX_DETAILS_BYTES = 4096
+MAX_REASON_CHARS = 1024
+
+
+def _capped_details(text: str) -> tuple[dict[str, Any], str]:
+    """Details too long to keep: a summary (size, SHA-256, the start) within the cap."""
+    data = text.encode("utf-8")
+    summary: dict[str, Any] = {"truncated": True, "bytes": len(data),
+                               "sha256": hashlib.sha256(data).hexdigest(), "head": ""}
+    head = text[:MAX_DETAILS_BYTES]
+    while True:
+        summary["head"] = head
+        out = canonical_json(summary)
+        if len(out) <= MAX_DETAILS_BYTES:
+            return summary, out.decode("utf-8")
+        # Escapes and multi-byte characters make the text longer than its slice.
+        head = head[: max(0, len(head) - (len(out) - MAX_DETAILS_BYTES))]
+
+
+def _capped_reason(reason: str) -> str:
+    full = reason.encode("utf-8", "surrogatepass")
+    note = f" … (cut from {len(reason)} characters; sha256 {hashlib.sha256(full).hexdigest()})"
+    return reason[: MAX_REASON_CHARS - len(note)] + note
 
 
 def _splice(prefix: str, seq: int, middle: str, when: float) -> bytes:
@@ -373,13 +458,21 @@ class _Checkpointer:
     ``min_interval_s`` apart: a keychain write is a D-Bus round trip with a key
     exchange, and under a steady load of audited reads back-to-back writes would
     take a core. The cost is that the last ``min_interval_s`` of entries may be
-    missing from the checkpoint after a crash; ``flush`` and ``close`` skip the wait.
+    missing from the checkpoint after a crash; ``flush``, ``cover`` and ``close``
+    skip the wait (``cover`` is how the decisions that matter most close that
+    window before they are answered).
+
+    A failed write is not retried on its own: the next committed batch schedules
+    the newest head again. ``failures`` counts consecutive failures; the log
+    turns them into its health (see :class:`AuditHealth`).
     """
 
-    def __init__(self, secrets: SecretStore, name: str, min_interval_s: float = 0.25) -> None:
+    def __init__(self, secrets: SecretStore, name: str, min_interval_s: float = 0.25,
+                 on_result: Callable[[], None] | None = None) -> None:
         self._secrets = secrets
         self._name = name
         self._min_interval_s = min_interval_s
+        self._on_result = on_result
         self._last_write = float("-inf")
         self._urgent = False
         self._cond = threading.Condition()
@@ -387,6 +480,11 @@ class _Checkpointer:
         self._busy = False
         self._stop = False
         self.last_error: Exception | None = None
+        #: consecutive failed writes (0 after any success)
+        self.failures = 0
+        #: seq of the newest head known to be in the secret store, and when (monotonic)
+        self.written_seq: int | None = None
+        self.written_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="pacd-audit-ckpt", daemon=True)
         self._thread.start()
 
@@ -411,20 +509,35 @@ class _Checkpointer:
                 seq, mac = self._pending
                 self._pending = None
                 self._busy = True
+            error: Exception | None = None
             try:
                 self._secrets.set(self._name, canonical_json({"seq": seq, "mac": mac.hex()}))
-                self.last_error = None
             except Exception as exc:
-                # The entries are durable in the database; only truncation evidence lags.
-                self.last_error = exc
+                # The entries are durable in the database; only truncation evidence
+                # lags. The log's health reports it, and refuses after a few in a row.
+                error = exc
                 log.warning("audit checkpoint not written (seq %d): %s", seq, exc)
             finally:
                 with self._cond:
                     self._last_write = time.monotonic()
+                    if error is None:
+                        self.failures = 0
+                        self.last_error = None
+                        if self.written_seq is None or seq > self.written_seq:
+                            self.written_seq = seq
+                        self.written_at = self._last_write
+                    else:
+                        self.failures += 1
+                        self.last_error = error
                     self._busy = False
                     if self._pending is None:
                         self._urgent = False
                     self._cond.notify_all()
+            if self._on_result is not None:
+                try:
+                    self._on_result()
+                except Exception:
+                    log.exception("audit checkpoint listener failed")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the newest scheduled head is written (or failed)."""
@@ -437,6 +550,30 @@ class _Checkpointer:
             if done:
                 self._urgent = False
             return done
+
+    def snapshot(self) -> tuple[int | None, float | None, Exception | None, int]:
+        """(written_seq, written_at, last_error, failures), read together."""
+        with self._cond:
+            return self.written_seq, self.written_at, self.last_error, self.failures
+
+    def cover(self, seq: int, timeout: float) -> None:
+        """Write now (no spacing) and return once the stored checkpoint is at ``seq`` or later.
+
+        Raises AuditError if the write covering ``seq`` failed or did not finish
+        in ``timeout`` seconds: the entry is durable, but a removal of it would
+        not be detected, so the decision it records must not be answered as done.
+        """
+        with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
+            self._cond.wait_for(
+                lambda: (self.written_seq is not None and self.written_seq >= seq)
+                or (self._pending is None and not self._busy), timeout=timeout)
+            if self.written_seq is not None and self.written_seq >= seq:
+                return
+            why = self.last_error if self.last_error is not None else "it timed out"
+        raise AuditError(f"audit entry {seq} is recorded, but the keychain checkpoint "
+                         f"covering it could not be written ({why})")
 
     def close(self) -> None:
         with self._cond:
@@ -529,7 +666,9 @@ class AuditLog:
         self._loop_waiters: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
         self._closing = False
         self._closed = False
-        self._refusal: str | None = None
+        self._untrusted: Untrusted | None = None
+        self._checkpoint_seq: int | None = None
+        self._health_listeners: list[Callable[[AuditHealth], None]] = []
         self._resync = False
         self.checkpoint_name = checkpoint_name(self.path)
         self._secrets = checkpoints
@@ -545,11 +684,11 @@ class AuditLog:
             int(row[0]), bytes(row[1])
         )
         if checkpoints is not None:
-            self._refusal = self._check_against_checkpoint(checkpoints)
+            self._untrusted = self._check_against_checkpoint(checkpoints)
             self._checkpointer: _Checkpointer | None = _Checkpointer(
-                checkpoints, self.checkpoint_name
+                checkpoints, self.checkpoint_name, on_result=self._health_changed
             )
-            if self._refusal is None and self._head[0] > 0:
+            if self._untrusted is None and self._head[0] > 0:
                 # A crash between a commit and its checkpoint write leaves the
                 # checkpoint behind; bring it up to the (consistent) head now.
                 self._checkpointer.schedule(*self._head)
@@ -575,24 +714,86 @@ class AuditLog:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    def _check_against_checkpoint(self, secrets: SecretStore) -> str | None:
+    def _check_against_checkpoint(self, secrets: SecretStore) -> Untrusted | None:
         try:
             checkpoint = read_checkpoint(secrets, self.checkpoint_name)
         except KeychainError as exc:
             raise AuditError(f"cannot read the audit checkpoint: {exc.message}") from exc
-        if checkpoint is None:
-            return None
-        seq, mac = checkpoint
         head_seq = self._head[0]
+        if checkpoint is None:
+            if head_seq == 0:
+                return None  # a new log
+            return Untrusted(1, f"the log holds {head_seq} entries but the keychain holds no "
+                             "checkpoint for it: the checkpoint was deleted, so a removal "
+                             "of entries cannot be ruled out", head_seq, None)
+        seq, mac = checkpoint
+        self._checkpoint_seq = seq
         if seq > head_seq:
-            return (
-                f"the audit log ends at seq {head_seq} but its checkpoint says seq {seq}: "
-                "entries were removed"
-            )
+            return Untrusted(head_seq + 1, f"the log ends at entry {head_seq} but its keychain "
+                             f"checkpoint records entry {seq}: entries {head_seq + 1}..{seq} "
+                             "were removed", head_seq, seq)
         row = self._conn.execute("SELECT mac FROM audit_log WHERE seq = ?", (seq,)).fetchone()
         if row is None or not hmac.compare_digest(bytes(row[0]), mac):
-            return f"audit entry {seq} does not match the checkpoint: the log was rewritten"
+            return Untrusted(seq, f"entry {seq} differs from the keychain checkpoint: the log "
+                             "was rewritten", head_seq, seq)
         return None
+
+    # --- health -----------------------------------------------------------------
+
+    @property
+    def untrusted(self) -> Untrusted | None:
+        """What was found at open, until the owner re-anchors (None: trusted)."""
+        return self._untrusted
+
+    def health(self) -> AuditHealth:
+        cp = self._checkpointer
+        if cp is None:
+            return AuditHealth(self._head[0], None, None, None, None, 0)
+        written_seq, written_at, error, failures = cp.snapshot()
+        return AuditHealth(
+            head_seq=self._head[0],
+            checkpoint_seq=written_seq if written_seq is not None else self._checkpoint_seq,
+            checkpoint_age_s=None if written_at is None else round(
+                max(0.0, time.monotonic() - written_at), 3),
+            untrusted=self._untrusted,
+            checkpoint_error=None if error is None else str(error) or type(error).__name__,
+            checkpoint_failures=failures)
+
+    def add_health_listener(self, callback: Callable[[AuditHealth], None]) -> None:
+        """Call ``callback(health)`` after each checkpoint write (any thread) and re-anchor."""
+        self._health_listeners.append(callback)
+
+    def _health_changed(self) -> None:
+        if not self._health_listeners:
+            return
+        health = self.health()
+        for listener in list(self._health_listeners):
+            try:
+                listener(health)
+            except Exception:
+                log.exception("audit health listener failed")
+
+    def reanchor(self, seq: int) -> None:
+        """The owner has approved the log as it stands: checkpoint it, from entry ``seq`` on.
+
+        ``seq`` is the approval's own entry, already durable; the new checkpoint
+        covers it (and anything committed since) before this returns, else
+        AuditError and the log stays untrusted.
+        """
+        cp = self._checkpointer
+        if cp is None:
+            return
+        with self._lock:
+            previous, self._untrusted = self._untrusted, None
+        cp.schedule(*self._head)  # the head is at least ``seq``: its writer set it first
+        try:
+            cp.cover(seq, self._append_timeout_s)
+        except AuditError:
+            with self._lock:
+                self._untrusted = previous
+            raise
+        finally:
+            self._health_changed()
 
     # --- appending ------------------------------------------------------------
 
@@ -621,6 +822,11 @@ class AuditLog:
             details = dict(details)
         else:
             details_problem = "details must be a JSON object"
+        if len(details_text) > MAX_DETAILS_BYTES // 4 and (
+                len(details_text.encode("utf-8")) > MAX_DETAILS_BYTES):
+            details, details_text = _capped_details(details_text)
+        if type(reason) is str and len(reason) > MAX_REASON_CHARS:
+            reason = _capped_reason(reason)
         if details_problem or not (
             type(actor) is str and type(action) is str and type(target) is str
             and type(reason) is str and type(decision) is str and decision in DECISIONS
@@ -635,8 +841,6 @@ class AuditLog:
         with self._lock:
             if self._closing:
                 raise AuditError("the audit log is closed")
-            if self._refusal is not None:
-                raise AuditError(self._refusal + "; run `pacd audit verify` for details")
             pending.ticket = self._next_ticket
             self._next_ticket += 1
             self._queue.append(pending)
@@ -682,9 +886,28 @@ class AuditLog:
 
     def append(  # noqa: PLR0917 - one parameter per entry column
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False,
     ) -> AuditEntry:
-        """Record one entry; returns once it is durable, else raises AuditError."""
+        """Record one entry; returns once it is durable, else raises AuditError.
+
+        ``checkpoint``: also wait until the keychain checkpoint covers the entry
+        (AuditError if that write fails), so removing it is detected even after
+        a crash right after the answer. While the log is untrusted there is no
+        checkpoint to move (that needs the owner's re-anchor), so it is not waited for.
+        """
+        entry = self._append(actor, action, target, decision, reason, details)
+        if checkpoint:
+            self._cover(entry.seq)
+        return entry
+
+    def _cover(self, seq: int) -> None:
+        if self._checkpointer is not None and self._untrusted is None:
+            self._checkpointer.cover(seq, self._append_timeout_s)
+
+    def _append(  # noqa: PLR0917 - one parameter per entry column
+        self, actor: str, action: str, target: str, decision: str, reason: str,
+        details: dict[str, Any] | None,
+    ) -> AuditEntry:
         pending = self._prepare(actor, action, target, decision, reason, details)
         # A lock of its own, held until the writer is done with the entry: each
         # appender is woken alone, not every blocked appender on every batch.
@@ -699,9 +922,18 @@ class AuditLog:
 
     async def append_async(  # noqa: PLR0917 - mirrors append
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False,
     ) -> AuditEntry:
         """Like :meth:`append` without blocking the event loop."""
+        entry = await self._append_async(actor, action, target, decision, reason, details)
+        if checkpoint and self._checkpointer is not None and self._untrusted is None:
+            await asyncio.to_thread(self._cover, entry.seq)
+        return entry
+
+    async def _append_async(  # noqa: PLR0917 - mirrors append
+        self, actor: str, action: str, target: str, decision: str, reason: str,
+        details: dict[str, Any] | None,
+    ) -> AuditEntry:
         loop = asyncio.get_running_loop()
         pending = self._prepare(actor, action, target, decision, reason, details)
         owner = self._loop_waiters.get(loop)
@@ -842,13 +1074,15 @@ class AuditLog:
                 f"the audit log could not record the entry durably: {exc}"))
             return False
         self._head = (seq, mac)
+        if self._checkpointer is not None and self._untrusted is None:
+            # Before the waiters wake: one that needs the checkpoint (``cover``)
+            # then finds the write covering its entry already scheduled.
+            self._checkpointer.schedule(seq, mac)
         listeners = list(self._listeners)
         if listeners:
             # Built before the waiters wake, so waiter and listeners share one object.
             entries = [p.committed() for p in batch]
         self._finish(batch)
-        if self._checkpointer is not None:
-            self._checkpointer.schedule(seq, mac)
         if listeners:
             for entry in entries:
                 for listener in listeners:
@@ -882,6 +1116,13 @@ class AuditLog:
         self._resync = False
 
     # --- reading ----------------------------------------------------------------
+
+    @property
+    def writing(self) -> int:
+        """How many appends the writer has taken and not yet finished (a snapshot, for
+        observing a writer stuck behind the database's lock)."""
+        with self._lock:
+            return self._taken - self._finished
 
     def head(self) -> tuple[int, bytes]:
         """(seq, mac) of the newest committed entry; (0, 32 zero bytes) when empty."""
@@ -963,6 +1204,10 @@ class AuditLog:
             raise AuditError(f"cannot read the audit log: {exc}") from exc
         finally:
             conn.close()
+        if first_bad is None and checkpoint is None and self._secrets is not None and count:
+            first_bad = 1
+            problem = (f"the log holds {count} entries but the keychain holds no checkpoint "
+                       "for it: a removal of entries cannot be ruled out")
         if first_bad is None and checkpoint is not None and checkpoint[0] > 0:
             last = expected - 1
             if checkpoint[0] > last:

@@ -128,7 +128,33 @@ def _status_text(s: dict[str, Any]) -> str:
     for p in s.get("presence_methods", []):
         mark = "yes" if p["available"] else "no "
         lines.append(f"  [{mark}] {p['name']}: {p['detail']}")
+    failures = s.get("integrity_failures") or []
+    if failures:
+        lines.append(f"INTEGRITY:  {len(failures)} state row(s) failed their check "
+                     "(treated as absent; see `pacd audit tail`):")
+        lines += [f"  {f['table']} {f['key']}" for f in failures]
+    lines += _audit_status_lines(s.get("audit"))
+    if s.get("fprintd_bus_address"):
+        lines.append(f"fprintd bus: {s['fprintd_bus_address']} (NOT the system bus: whatever "
+                     "answers there can open biometric sessions)")
     return "\n".join(lines)
+
+
+def _audit_status_lines(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    age = a.get("checkpoint_age_s")
+    lines = [f"audit:      {'trusted' if a['trusted'] else 'UNTRUSTED'}, head {a['head_seq']}, "
+             f"checkpoint {a.get('checkpoint_seq')}"
+             + ("" if age is None else f" written {age:.1f} s ago")]
+    if a.get("untrusted"):
+        lines.append(f"  from entry {a['untrusted']['first_bad_seq']}: {a['untrusted']['found']}")
+    if a.get("checkpoint_error"):
+        err = a["checkpoint_error"]
+        lines.append(f"  checkpoint write failed {err['count']} time(s): {err['message']}")
+    if not a["trusted"]:
+        lines.append("  actions above basic are refused; run: pacd audit reanchor")
+    return lines
 
 
 def _container_text(c: dict[str, Any]) -> str:
@@ -138,6 +164,10 @@ def _container_text(c: dict[str, Any]) -> str:
                      f"{a['data_access']:<10} {','.join(a['capabilities'])}")
     for p in c["plugins"]:
         lines.append(f"  plugin {p['name']} {p['version']} for {p['agent']}: {p['state']}")
+    storage = c.get("storage")
+    if storage:
+        lines.append(f"  storage {storage['used_bytes']} of {storage['quota_bytes']} bytes"
+                     + "".join(f"; {k} {v}" for k, v in sorted(storage["concerns"].items())))
     return "\n".join(lines)
 
 
@@ -186,8 +216,34 @@ def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
     done = ctx.client.request("POST", "/v1/owner/credentials/complete",
                               {"credential": credential,
                                "registration_id": begin["registration_id"]})
+    if "approval_id" in done:
+        # A key is already enrolled: this one is added when that key signs for it.
+        ctx.out(done, f"not enrolled yet: queued for approval {done['approval_id']} (needs "
+                      f"{done['required_level']} by a key that is already enrolled, expires "
+                      f"{done['expires_at']}); approve with: pacd approve {done['approval_id']}")
+        return
     ctx.out(done, f"enrolled {done['label']} ({done['credential_id'][:16]}…, "
                   f"user verification: {'yes' if done['user_verifying'] else 'no'})")
+
+
+def _credential_line(c: dict[str, Any]) -> str:
+    flag = c.get("software")  # null: pacd cannot tell
+    software = "software" if flag is True else "hardware" if flag is False else ""
+    return (f"{c['credential_id']}  {c['label']!r} {c['kind']} {c['aaguid']}"
+            f"{' ' + software if software else ''}  created {c['created_at']}"
+            f"  last used {c['last_used_at'] or 'never'}")
+
+
+def cmd_credentials(args: argparse.Namespace, ctx: Ctx) -> None:
+    if args.credentials_cmd == "list":
+        listed = {"credentials": ctx.client.credentials()}
+        ctx.out(listed, lambda d: "\n".join(_credential_line(c) for c in d["credentials"])
+                or "no presence credentials: run pacd enroll")
+        return
+    data = ctx.client.remove_credential(args.id)
+    ctx.out(data, f"not removed yet: queued for approval {data['approval_id']} (needs "
+                  f"{data['required_level']}, expires {data['expires_at']}); approve with: "
+                  f"pacd approve {data['approval_id']}")
 
 
 def cmd_session(args: argparse.Namespace, ctx: Ctx) -> None:
@@ -362,6 +418,12 @@ def cmd_audit(args: argparse.Namespace, ctx: Ctx) -> None:
         ctx.out(data, lambda d: "\n".join(_audit_line(e) for e in d["entries"])
                 or "no entries")
         return
+    if args.audit_cmd == "reanchor":
+        accepted = ctx.client.request("POST", "/v1/audit/reanchor")
+        ctx.out(accepted, f"re-anchor requested: approval {accepted['approval_id']} needs "
+                f"{accepted['required_level']}; `pacd approve {accepted['approval_id']}` "
+                "shows what was found and runs the ceremony")
+        return
     result = ctx.client.request("POST", "/v1/audit/verify")
     if result["ok"]:
         ctx.out(result, f"audit log ok: {result['entries']} entries verified")
@@ -407,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", required=True)
     add("enroll", cmd_enroll, "enrol a presence credential (security key)").add_argument(
         "--label", help="a name for this key")
+    creds = add("credentials", cmd_credentials,
+                "the enrolled presence credentials; removing one is an approval")
+    crsub = creds.add_subparsers(dest="credentials_cmd", required=True, metavar="ACTION")
+    crsub.add_parser("list", parents=[common], help="list them (id, label, AAGUID, use)")
+    crsub.add_parser("remove", parents=[common],
+                     help="queue a key's removal (approved with carbonProof; never the last)"
+                     ).add_argument("id", help="the credential id as listed")
     session = add("session", cmd_session, "prove presence now and cache the session token")
     session.add_argument("--level", choices=("enhanced", "biometric"), default="biometric")
     session.add_argument("--platform", choices=("fprintd",),
@@ -463,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--after", type=int, default=None, help="entries after this seq")
     tail.add_argument("--limit", type=int, default=20)
     asub.add_parser("verify", parents=[common], help="verify the chain and checkpoint")
+    asub.add_parser("reanchor", parents=[common],
+                    help="ask to trust the log as it stands after its checkpoint was lost "
+                         "or failing (a carbonProof approval)")
 
     add("doctor", cmd_doctor, "check every dependency and say how to fix it")
     return parser

@@ -21,13 +21,13 @@ import hmac
 import http.client
 import json
 import os
-import secrets
 import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pacd.config import Config, load_config
 from pacd.core.canonical import digest
@@ -38,6 +38,7 @@ from pacd.errors import (
     PresenceRequired,
     error_for_code,
 )
+from pacd.private_file import write_private
 
 TOKEN_FILE = "client-token.json"
 START_HINT = "start it with `pacd daemon` (foreground) or `systemctl --user start pacd`"
@@ -73,8 +74,11 @@ def _error_from(status: int, data: Any) -> PacdError:
             exc = cls(message, required_level=str(extra.pop("required_level", "")), **extra)
         elif issubclass(cls, InvalidRequest):
             errors = extra.pop("errors", None)
-            exc = cls(message, errors=list(errors) if isinstance(errors, list) else None,
-                      **extra)
+            exc = cls(message, **extra)
+            if isinstance(errors, list):
+                # As the daemon sent it: already capped, with its own "and N more".
+                exc.errors = [str(e) for e in errors]
+                exc.extra["errors"] = exc.errors
         else:
             exc = cls(message, **extra)
     except TypeError:  # a class with a fixed signature (e.g. IntegrityError)
@@ -155,24 +159,10 @@ class Client:
     def save_token(self, token: dict[str, Any]) -> None:
         if not self.use_token_cache:
             return
-        # A fresh, unguessable name created exclusively: nothing that already sits
-        # in the directory (a planted file or symlink) can receive the token.
-        tmp = self.token_path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask did
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fd = -1
-                json.dump({k: token[k] for k in ("token", "level", "expires_at")}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.token_path)
-        except BaseException:
-            if fd != -1:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        # Through an exclusive temporary file: nothing that already sits in the
+        # directory (a planted file or symlink) can receive the token.
+        body = {k: token[k] for k in ("token", "level", "expires_at")}
+        write_private(self.token_path, json.dumps(body).encode())
 
     def forget_token(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -334,3 +324,14 @@ class Client:
             {"session_id": session_id, "credential": credential}, auth=False)
         self.save_token(token)
         return token
+
+    def credentials(self) -> list[dict[str, Any]]:
+        """The enrolled presence credentials (``GET /v1/owner/credentials``)."""
+        listed: dict[str, Any] = self.request("GET", "/v1/owner/credentials")
+        return list(listed["credentials"])
+
+    def remove_credential(self, credential_id: str) -> dict[str, Any]:
+        """Queue a key's removal; it happens once an enrolled key approves it."""
+        queued: dict[str, Any] = self.request(
+            "DELETE", f"/v1/owner/credentials/{quote(credential_id, safe='')}")
+        return queued

@@ -3,13 +3,23 @@
 Paths follow API.md: ``PACD_HOME`` (state), ``PACD_SOCKET`` (owner socket),
 ``PACD_PODMAN_URL`` and ``PACD_CONFIG``. Unknown keys in config.toml are an
 error, like everywhere else in pacd: a typo must not silently keep a default.
+
+Settings that could weaken security are checked, not trusted: config.toml
+must be the owner's and not writable by others (whoever can edit it chooses
+them), every lifetime and limit must lie in its range (a start-up error names
+the key), and ``fprintd_bus_address`` — a bus that answers "match" mints
+biometric sessions — is read only from the file: ``PACD_FPRINTD_BUS`` in the
+environment is refused, since anything that can set a process's environment
+could point it at a bus of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +28,7 @@ from typing import Any
 import platformdirs
 
 from pacd.errors import ConfigError
+from pacd.private_file import check_private_config
 
 APP = "pacd"
 #: presence methods the daemon itself can run (the owner enables each explicitly)
@@ -61,6 +72,16 @@ class Config:
     #: the FROM of the owner's image; must already be in local Podman storage (never pulled)
     base_image: str = "localhost/pacd-base:latest"
     max_body_bytes: int = 16 * 1024 * 1024
+    #: the body cap of routes reachable without a token (level basic)
+    max_tokenless_body_bytes: int = 64 * 1024
+    #: count limits: what one owner can make the daemon hold (429 too_many past them)
+    max_containers: int = 64
+    max_agents_per_container: int = 16
+    max_pending_approvals: int = 64
+    max_pending_approvals_per_kind: int = 32
+    #: storage quotas of sealed data (507 quota_exceeded past them)
+    quota_per_container_bytes: int = 256 * 1024 * 1024
+    quota_per_concern_bytes: int = 128 * 1024 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 10
     #: trusted_domains cannot be enforced yet (no egress proxy): agents get external
@@ -76,6 +97,11 @@ class Config:
     fprintd_bus_address: str | None = None
     #: how long the daemon waits for a finger on the reader
     platform_presence_timeout_s: float = 30.0
+    #: attestation policy for new keys: "none" (any key) or "direct" (an attestation
+    #: statement that verifies, naming an AAGUID in allowed_aaguids). File only: an
+    #: environment variable must not be able to loosen who may become the owner.
+    attestation: str = "none"
+    allowed_aaguids: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -109,7 +135,23 @@ _ENV = {
     "PACD_RETENTION_INTERVAL": "retention_interval_s",
     "PACD_BASE_IMAGE": "base_image",
     "PACD_PLATFORM_PRESENCE": "platform_presence",
-    "PACD_FPRINTD_BUS": "fprintd_bus_address",
+}
+#: environment variables refused outright: their setting is read from config.toml only
+_FILE_ONLY = {"PACD_FPRINTD_BUS": "fprintd_bus_address"}
+
+#: (smallest, largest) allowed value of each lifetime and limit; None: no upper bound.
+#: Tokens live at most an hour and approvals at most a day, as the threat model assumes.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "token_lifetime_s": (1, 3600),
+    "approval_ttl_s": (1, 86400),
+    "carbon_proof_max_age_s": (1, 3600),
+    "challenge_ttl_s": (1, 3600),
+    "keychain_timeout_s": (0.001, None),
+    "max_body_bytes": (1, None),
+    "header_timeout_s": (0.001, None),
+    "max_connections": (1, None),
+    "retention_interval_s": (0.001, None),
+    "platform_presence_timeout_s": (0.001, None),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -152,20 +194,31 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build the effective configuration from defaults, the file and the environment."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    #: where each value came from, for messages
+    source: dict[str, str] = {}
     config_path = Path(env["PACD_CONFIG"]).expanduser() if env.get("PACD_CONFIG") else None
     path = config_path or _default_config_path()
     if path.exists():
+        check_private_config(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config: cannot read {path}: {exc}") from exc
         for key, value in data.items():
             if key not in _FIELDS or key == "config_path":
                 raise ConfigError(f"config: unknown key {key!r} in {path}")
             values[key] = _coerce(key, value)
+            source[key] = f"{key} (in {path})"
+    for var, name in _FILE_ONLY.items():
+        if env.get(var):
+            raise ConfigError(
+                f"config: {var} is not read from the environment (a bus that answers "
+                f"'match' opens biometric sessions): unset it and set {name} in {path}"
+            )
     for var, name in _ENV.items():
         if env.get(var):
             values[name] = _coerce(name, env[var])
+            source[name] = f"{name} (from {var})"
     if "socket" not in values:
         # The default socket follows the environment given, not the process's own.
         if env.get("XDG_RUNTIME_DIR"):
@@ -177,23 +230,43 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(
             f"config: keystore must be 'keychain' or 'passphrase', got {cfg.keystore!r}"
         )
-    if cfg.retention_interval_s <= 0:
-        raise ConfigError(
-            f"config: retention_interval_s must be positive, got {cfg.retention_interval_s!r}"
-        )
+    for name, (low, high) in _RANGES.items():
+        value = getattr(cfg, name)
+        where = source.get(name, name)
+        if not math.isfinite(value) or value < low:
+            raise ConfigError(f"config: {where} must be positive, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"config: {where} must be at most {high:g}, got {value!r}")
     unknown = [m for m in cfg.platform_presence if m not in PLATFORM_PRESENCE_METHODS]
     if unknown:
         raise ConfigError(
             f"config: platform_presence: unknown method(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(PLATFORM_PRESENCE_METHODS)}"
         )
-    if cfg.platform_presence_timeout_s <= 0:
-        raise ConfigError(
-            "config: platform_presence_timeout_s must be positive, got "
-            f"{cfg.platform_presence_timeout_s!r}"
-        )
+    _check_attestation(cfg)
     if cfg.keystore == "passphrase" and cfg.passphrase_file is None:
         raise ConfigError(
             "config: keystore 'passphrase' needs passphrase_file (PACD_PASSPHRASE_FILE)"
         )
     return cfg
+
+
+def _check_attestation(cfg: Config) -> None:
+    if cfg.attestation not in ("none", "direct"):
+        raise ConfigError(
+            f"config: attestation must be 'none' or 'direct', got {cfg.attestation!r}")
+    for aaguid in cfg.allowed_aaguids:
+        try:
+            uuid.UUID(aaguid)
+        except ValueError:
+            raise ConfigError(
+                f"config: allowed_aaguids: {aaguid!r} is not an AAGUID (a UUID such as "
+                "'cb69481e-8ff7-4039-93ec-0a2729a154a8')") from None
+    if cfg.attestation == "direct" and not cfg.allowed_aaguids:
+        raise ConfigError(
+            "config: attestation 'direct' needs allowed_aaguids (the authenticator models "
+            "that may be enrolled); with none listed no key could ever be enrolled")
+    if cfg.attestation == "none" and cfg.allowed_aaguids:
+        raise ConfigError(
+            "config: allowed_aaguids is only checked with attestation = 'direct'; "
+            "set that too, or remove the list")

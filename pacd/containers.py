@@ -42,6 +42,7 @@ from pacd.agents.server import (
     remove_container_sockets,
     socket_path,
 )
+from pacd.api.peercred import pid_namespace
 from pacd.api.services import Services
 from pacd.core.generators import generate_containerfile
 from pacd.core.models import PersonalAIContainer
@@ -112,9 +113,12 @@ class ContainerLifecycle:
         self.s = services
         self.loop = loop
         self.inbox = Inbox(services.store, services.vault)
-        self.data = SealedData(services.store, services.vault)
+        self.data = SealedData(services.store, services.vault,
+                               container_quota=services.config.quota_per_container_bytes,
+                               concern_quota=services.config.quota_per_concern_bytes)
+        self.doorbell = Doorbell()
         self.sockets = AgentSockets(AgentContext(
-            data=self.data, audit=services.audit, inbox=self.inbox, doorbell=Doorbell(),
+            data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
             clock=services.clock.wall))
         self._runtime_lock = threading.Lock()
         self._runtime: PodmanRuntime | None = None
@@ -169,10 +173,27 @@ class ContainerLifecycle:
         path = socket_path(self.s.config.agent_socket_dir, record.id, agent)
         self._on_loop(self.sockets.open(identity, model, path))
 
+    def _serve_container(self, runtime: PodmanRuntime, container_id: str, agent: str) -> None:
+        """Let the agent's socket serve the processes of its running container, and only
+        those: its init's PID namespace, looked up now (at each start or sighting of a
+        running container), so the request path never asks Podman."""
+        ns = pid_namespace(runtime.init_pid(container_name(container_id, agent)))
+        if ns is None:
+            log.error("cannot tell the PID namespace of %s/%s: its socket serves no one",
+                      container_id, agent)
+        self._on_loop(self.sockets.serve_namespace(container_id, agent, ns))
+
     def _close_socket(self, container_id: str, agent: str) -> bool:
         return self._on_loop(self.sockets.close(container_id, agent))
 
     # --- Lifecycle ---------------------------------------------------------------------
+
+    @property
+    def polls_generation(self) -> int:
+        return self.doorbell.generation
+
+    def waiting_polls(self) -> dict[str, int]:
+        return self.doorbell.waiting()
 
     def agent_states(self, record: ContainerRecord) -> dict[str, str]:
         """Per agent: running, stopped or missing, as Podman sees it now."""
@@ -202,6 +223,7 @@ class ContainerLifecycle:
                 if states[agent.name] == RUNNING:
                     # Running already (e.g. across a daemon restart): just serve it.
                     self._open_socket(record, model, agent.name)
+                    self._serve_container(runtime, record.id, agent.name)
                     continue
                 # The socket exists before the agent does, so its first request works.
                 self._open_socket(record, model, agent.name)
@@ -211,6 +233,7 @@ class ContainerLifecycle:
                                       socket_dir=path.parent,
                                       unrestricted_egress=self.s.config.unrestricted_egress)
                 runtime.run_agent(spec, replace=True)
+                self._serve_container(runtime, record.id, agent.name)
                 self._note(record.id, agent.name, RUNNING)
         except BaseException:
             # All or nothing: a container whose agents half run is worse than one
@@ -336,7 +359,7 @@ class ContainerLifecycle:
                 # Listed again under the lock: a listing taken before a start or stop
                 # that was in progress would undo it.
                 for agent, state in self._states(runtime, record).items():
-                    self._sync_agent(record, agent, state)
+                    self._sync_agent(runtime, record, agent, state)
         self._report_orphans(found)
         return list(found.values())
 
@@ -356,13 +379,15 @@ class ContainerLifecycle:
                     orphan.to_json())
             self.s.events.publish("container.orphan", **orphan.to_json())
 
-    def _sync_agent(self, record: ContainerRecord, agent: str, state: str) -> None:
+    def _sync_agent(self, runtime: PodmanRuntime, record: ContainerRecord, agent: str,
+                    state: str) -> None:
         """Open or close one agent's socket to match ``state`` (Podman's view, seen
         by the watcher or a reconcile; the caller holds the container's lock), and
         report a change pacd did not make itself."""
         if state == RUNNING:
             try:
                 self._open_socket(record, record.model(), agent)
+                self._serve_container(runtime, record.id, agent)
             except PacdError as exc:
                 log.error("cannot open the socket of %s/%s: %s", record.id, agent, exc.message)
         else:
@@ -439,7 +464,7 @@ class ContainerLifecycle:
         # The lock keeps this from acting on a start or stop that is half done.
         with self._locks.of(cid):
             state = agent_state(runtime.state(container_name(cid, agent)))
-            self._sync_agent(record, agent, state)
+            self._sync_agent(runtime, record, agent, state)
 
     async def close(self) -> None:
         """Stop following Podman and close every agent socket (agents keep running)."""

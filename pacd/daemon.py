@@ -32,23 +32,33 @@ from typing import Any
 from pacd import __version__
 from pacd.agents.inbox import Inbox
 from pacd.api.activation import activated_socket, sd_notify
+from pacd.api.credential_routes import CREDENTIAL_ADD, CREDENTIAL_REMOVE
 from pacd.api.decisions import DecisionLog
 from pacd.api.listener import (
+    HomeLock,
     SocketLock,
     bind_owner_socket,
     check_activated_socket,
     ensure_private_dir,
 )
-from pacd.api.owner_routes import PLUGIN_INSTALL, OwnerApi
+from pacd.api.owner_routes import (
+    AUDIT_REANCHOR,
+    PLUGIN_INSTALL,
+    REANCHOR_LEVEL,
+    OwnerApi,
+    audit_event,
+)
 from pacd.api.server import OwnerServer
 from pacd.api.services import Services
 from pacd.approvals import ApprovalQueue
-from pacd.audit import AuditEntry, AuditLog
+from pacd.audit import AuditEntry, AuditHealth, AuditLog
 from pacd.config import Config
 from pacd.containers import attach_lifecycle
 from pacd.core.rules import Action, required_level
 from pacd.errors import PacdError
 from pacd.events import EventBus
+from pacd.integrity import AuditedFailures
+from pacd.presence.attestation import AttestationPolicy
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
@@ -120,6 +130,10 @@ def build_services(config: Config) -> Services:
     vault = Vault(store, secrets)
     vault.initialize()
     audit = AuditLog(config.audit_db, vault.derive_subkey("audit"), secrets)
+    # Before any module reads a row that decides access (pacd.integrity).
+    store.integrity = vault.row_sealer()
+    failures = AuditedFailures(audit.append)
+    store.integrity.on_failure(failures, failures.close)
     clock = SystemClock()
     owners = OwnerRegistry(store)
     events = EventBus()
@@ -130,10 +144,14 @@ def build_services(config: Config) -> Services:
 
     rp = RelyingParty(store, owners, config.rp_id, config.origin, clock,
                       challenge_ttl_s=config.challenge_ttl_s, on_refusal=on_refusal,
-                      carbon_proof_max_age_s=config.carbon_proof_max_age_s)
+                      carbon_proof_max_age_s=config.carbon_proof_max_age_s,
+                      attestation=AttestationPolicy.from_config(config.attestation,
+                                                                config.allowed_aaguids))
     tokens = TokenService(store, clock, config.token_lifetime_s)
     # Through DecisionLog: an approval's entry is the entry of the request resolving it.
-    approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish)
+    approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish,
+                              max_pending=config.max_pending_approvals,
+                              max_pending_per_kind=config.max_pending_approvals_per_kind)
     return Services(
         config=config, store=store, secrets=secrets, vault=vault, audit=audit, owners=owners,
         rp=rp, tokens=tokens, registry=ContainerRegistry(store), approvals=approvals,
@@ -171,8 +189,16 @@ class Daemon:
         # before it opens the state and audit databases.
         listener = _listen(self.config)
         try:
+            # Then the home: one daemon per PACD_HOME whatever socket it serves.
+            ensure_private_home(self.config.home)
+            home_lock = HomeLock(self.config.home)
+        except BaseException:
+            self._close_listener(listener)
+            raise
+        try:
             services = await asyncio.to_thread(build_services, self.config)
         except BaseException:
+            home_lock.release()
             self._close_listener(listener)
             raise
         try:
@@ -181,8 +207,10 @@ class Daemon:
             with contextlib.suppress(PacdError):
                 await asyncio.to_thread(services.audit.append, "pacd", "daemon.stop",
                                         str(self.config.socket), "info", "pacd stopped", {})
+            await asyncio.to_thread(services.store.integrity.close)
             await asyncio.to_thread(services.audit.close)
             services.store.close()
+            home_lock.release()
             self._close_listener(listener)
 
     @staticmethod
@@ -201,6 +229,16 @@ class Daemon:
         api = OwnerApi(services)
         services.approvals.register(PLUGIN_INSTALL, required_level(Action.install_plugin),
                                     api.execute_plugin_install)
+        services.approvals.register(AUDIT_REANCHOR, REANCHOR_LEVEL,
+                                    api.execute_audit_reanchor,
+                                    after_entry=api.anchor_after_entry)
+        services.approvals.set_gate(api.gate_approval)
+        self._watch_audit_health(services)
+        services.approvals.register(CREDENTIAL_ADD, required_level(Action.add_credential),
+                                    api.credentials.execute_add)
+        services.approvals.register(CREDENTIAL_REMOVE,
+                                    required_level(Action.remove_credential),
+                                    api.credentials.execute_remove)
 
         def on_audit(entry: AuditEntry) -> None:
             services.events.publish("audit.appended", seq=entry.seq, action=entry.action,
@@ -211,6 +249,7 @@ class Daemon:
             api.routes, api.authorize, services.audit,
             max_connections=self.config.max_connections,
             max_body_bytes=self.config.max_body_bytes,
+            max_tokenless_body_bytes=self.config.max_tokenless_body_bytes,
             header_timeout_s=self.config.header_timeout_s,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -245,6 +284,28 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    @staticmethod
+    def _watch_audit_health(services: Services) -> None:
+        """Tell subscribers (and the log) when the audit log stops or starts vouching."""
+        health = services.audit.health()
+        refusing = [health.refusing]
+        if health.refusing:
+            log.error("%s; actions above basic are refused until `pacd audit reanchor` is "
+                      "approved", health.reason())
+            _publish_health(services, health)
+
+        def changed(health: AuditHealth) -> None:
+            if health.checkpoint_error is not None:
+                services.events.publish("audit.checkpoint_error",
+                                        message=health.checkpoint_error,
+                                        count=health.checkpoint_failures,
+                                        refusing=health.refusing)
+            if health.refusing != refusing[0]:
+                refusing[0] = health.refusing
+                _publish_health(services, health)
+
+        services.audit.add_health_listener(changed)
+
     async def _expire(self, services: Services) -> None:
         while True:
             await asyncio.sleep(EXPIRY_TICK_S)
@@ -252,6 +313,11 @@ class Daemon:
                 await asyncio.to_thread(services.approvals.expire_due)
             except PacdError as exc:  # e.g. the audit log is unavailable: retry next tick
                 log.warning("approval expiry: %s", exc.message)
+
+
+def _publish_health(services: Services, health: AuditHealth) -> None:
+    event = audit_event(health)
+    services.events.publish(str(event.pop("type")), **event)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

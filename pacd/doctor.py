@@ -144,6 +144,18 @@ def check_presence(config: Config | None = None) -> list[Check]:
     return checks
 
 
+def check_fprintd_bus(config: Config) -> list[Check]:
+    """Named whenever fprintd is not reached on the system bus: a bus that answers
+    "match" opens biometric sessions, so the owner must know it is not the real one."""
+    if config.fprintd_bus_address is None:
+        return []
+    return [_check("fprintd bus", "warn",
+                   f"fprintd is reached on {config.fprintd_bus_address}, not the system bus: "
+                   "whatever answers there can open biometric sessions",
+                   f"remove fprintd_bus_address from {config.config_path} unless this is a "
+                   "test bus you run yourself")]
+
+
 def run_checks(config: Config) -> list[Check]:
     return [check_keychain(config), *check_socket(config), check_podman(config),
-            *check_host_tools(), *check_presence(config)]
+            *check_host_tools(), *check_presence(config), *check_fprintd_bus(config)]

@@ -33,18 +33,42 @@ class PacdError(Exception):
 # --- request / input ------------------------------------------------------
 
 
+#: reasons an error list carries at most; the rest are counted ("and N more")
+MAX_REASONS = 50
+
+
+def capped_reasons(errors: list[str], omitted: int = 0) -> list[str]:
+    """The first :data:`MAX_REASONS` reasons, plus ``"and N more"`` for the rest.
+
+    Hostile input can have any number of problems: the answer (and its audit
+    entry) must not grow with it. ``omitted`` counts reasons already dropped.
+    """
+    kept = errors[:MAX_REASONS]
+    more = omitted + len(errors) - len(kept)
+    return [*kept, f"and {more} more"] if more > 0 else list(kept)
+
+
 class InvalidRequest(PacdError):
-    """Bad input. ``errors`` lists every problem when there are several."""
+    """Bad input. ``errors`` lists the problems (capped) when there are several.
+
+    ``omitted`` counts problems the caller found but did not keep.
+    """
 
     code = "invalid_request"
     status = 422
     exit_code = 2
 
-    def __init__(self, message: str, errors: list[str] | None = None, **extra: Any) -> None:
-        if errors:
-            extra["errors"] = list(errors)
+    def __init__(self, message: str, errors: list[str] | None = None, omitted: int = 0,
+                 **extra: Any) -> None:
+        shown = capped_reasons(list(errors or []), omitted)
+        if shown:
+            extra["errors"] = shown
         super().__init__(message, **extra)
-        self.errors: list[str] = list(errors or [])
+        #: what the wire carries: the kept reasons, then "and N more" if any were dropped
+        self.errors: list[str] = shown
+        #: the kept reasons alone, and how many more there were
+        self.reasons: list[str] = list(errors or [])[:MAX_REASONS]
+        self.omitted: int = omitted + max(0, len(errors or []) - MAX_REASONS)
 
 
 class SpecError(InvalidRequest):
@@ -89,6 +113,22 @@ class Conflict(PacdError):
 class Busy(PacdError):
     code = "busy"
     status = 503
+    exit_code = 6
+
+
+class TooMany(PacdError):
+    """A count limit (containers, agents, pending approvals, quota) would be passed."""
+
+    code = "too_many"
+    status = 429
+    exit_code = 6
+
+
+class QuotaExceeded(PacdError):
+    """A write would take a container or concern past its storage quota."""
+
+    code = "quota_exceeded"
+    status = 507
     exit_code = 6
 
 
@@ -226,10 +266,31 @@ class IntegrityError(PacdError):
         super().__init__(message)
 
 
+class PayloadMismatch(Conflict):
+    """An approval's stored payload no longer hashes to the challenge the owner signs:
+    the state was edited behind the daemon's back. Nothing is executed."""
+
+    code = "payload_mismatch"
+
+
 class AuditError(PacdError):
     """The audit log could not record an entry durably; the action must fail."""
 
     code = "audit_unavailable"
+    status = 503
+    exit_code = 9
+
+
+class AuditUntrusted(PacdError):
+    """The audit log cannot vouch for itself (checkpoint missing, behind, or failing).
+
+    Everything above *basic* is refused until the owner re-anchors the log
+    (``POST /v1/audit/reanchor``, a carbonProof approval) or, for failing
+    checkpoint writes, until a write succeeds again. Unlike AuditError the log
+    still records, so the refusal itself is an audit entry.
+    """
+
+    code = "audit_untrusted"
     status = 503
     exit_code = 9
 
@@ -265,12 +326,15 @@ class ConfigError(PacdError):
 ALL_ERRORS: tuple[type[PacdError], ...] = (
     PacdError, InvalidRequest, SpecError, PluginRejected, MalformedRequest, PayloadTooLarge,
     NotFound, MethodNotAllowed, Conflict, Busy,
-    RateLimited, Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
+    RateLimited, TooMany, QuotaExceeded,
+    Unauthorized, TokenExpired, TokenRevoked, PresenceRequired, Forbidden,
     PresenceFailed, ClonedAuthenticator, PeerRefused, CeremonyError, NoAuthenticator,
     PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,
     PresenceMethodUnavailable,
     KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
     RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
+    PayloadMismatch,
+    AuditUntrusted,
 )
 
 

@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from pacd.core.fields import text_problem
 from pacd.errors import InvalidRequest
 
 T = TypeVar("T")
@@ -38,7 +39,8 @@ def _meta(description: str = "", **rules: Any) -> dict[str, Any]:
     return out
 
 
-NAME = _meta("a short human name", min_length=1, max_length=200)
+#: ``text``: shown to the owner, so no control or invisible characters (fields.text_problem)
+NAME = _meta("a short human name", min_length=1, max_length=200, text=True)
 WEBAUTHN = _meta("WebAuthn JSON as python-fido2 2.x produces it (base64url members)")
 
 
@@ -61,7 +63,8 @@ class OwnerCreate:
 @dataclass(frozen=True)
 class CredentialBegin:
     label: str | None = field(default=None, metadata=_meta("label for the credential",
-                                                           min_length=1, max_length=200))
+                                                           min_length=1, max_length=200,
+                                                           text=True))
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ class CredentialComplete:
     credential: dict[str, Any] = field(metadata=WEBAUTHN)
     registration_id: str | None = field(
         default=None,
-        metadata=_meta("from the begin call; defaults to the most recent registration",
-                       min_length=1, max_length=200),
+        metadata=_meta("required: the registration_id the begin call returned (a complete "
+                       "without it is refused with 400)", min_length=1, max_length=200),
     )
 
 
@@ -116,6 +119,15 @@ class AuditQuery:
     after: int = field(default=0, metadata=_meta("entries with seq greater than this",
                                                  minimum=0, maximum=2**63 - 1))
     limit: int = field(default=100, metadata=_meta(minimum=1, maximum=1000))
+    cursor: str = field(default="", metadata=_meta(
+        "the next_cursor of the previous page (overrides after)", max_length=32))
+
+
+@dataclass(frozen=True)
+class ApprovalQuery:
+    cursor: str = field(default="", metadata=_meta(
+        "the next_cursor of the previous page", max_length=128))
+    limit: int = field(default=200, metadata=_meta(minimum=1, maximum=1000))
 
 
 CONTAINER_SPEC = RawBody(
@@ -154,6 +166,14 @@ class PresenceMethodView:
 
 
 @dataclass(frozen=True)
+class IntegrityFailureView:
+    """A state row that does not carry the MAC the daemon gives every row it writes."""
+
+    table: str
+    key: str
+
+
+@dataclass(frozen=True)
 class OrphanView:
     """A Podman container with pacd's labels and this owner's id that pacd does not
     know (reported, never adopted)."""
@@ -163,6 +183,34 @@ class OrphanView:
     state: str
     container_id: str
     agent: str
+
+
+@dataclass(frozen=True)
+class AuditUntrustedView:
+    """What the keychain checkpoint could not account for at start-up."""
+
+    first_bad_seq: int
+    found: str
+
+
+@dataclass(frozen=True)
+class AuditCheckpointErrorView:
+    """The last failed checkpoint write and how many failed in a row."""
+
+    message: str
+    count: int
+
+
+@dataclass(frozen=True)
+class AuditHealthView:
+    """Whether the audit log vouches for itself; false refuses everything above basic."""
+
+    trusted: bool
+    head_seq: int
+    checkpoint_seq: int | None
+    checkpoint_age_s: float | None
+    untrusted: AuditUntrustedView | None = None
+    checkpoint_error: AuditCheckpointErrorView | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +225,14 @@ class StatusView:
     pid: int
     started_at: str
     orphans: list[OrphanView] = field(default_factory=list)
+    #: state rows that failed their MAC in this run (treated as absent, never repaired)
+    integrity_failures: list[IntegrityFailureView] = field(default_factory=list)
+    audit: AuditHealthView | None = None
+    #: agents' message long polls waiting right now, by "<container id>/<agent>"
+    waiting_polls: dict[str, int] = field(default_factory=dict)
+    fprintd_bus_address: str | None = field(default=None, metadata=_meta(
+        "the D-Bus address fprintd is reached on when it is not the system bus "
+        "(whatever answers there can open biometric sessions); null: the system bus"))
 
 
 @dataclass(frozen=True)
@@ -191,6 +247,26 @@ class CredentialView:
     credential_id: str
     label: str
     user_verifying: bool
+
+
+@dataclass(frozen=True)
+class CredentialEntry:
+    """An enrolled presence credential as the owner sees it."""
+
+    credential_id: str = field(metadata=_meta("hex; the {id} of DELETE /v1/owner/credentials"))
+    label: str
+    kind: str = field(metadata=_meta("fido2 (a security key) or platform (built-in)"))
+    aaguid: str = field(metadata=_meta("the authenticator model as the key states it (UUID)"))
+    user_verifying: bool
+    created_at: str
+    last_used_at: str | None = field(metadata=_meta("when it last signed; null: never"))
+    software: bool | None = field(
+        metadata=_meta("a software authenticator; null when pacd cannot tell"))
+
+
+@dataclass(frozen=True)
+class CredentialList:
+    credentials: list[CredentialEntry]
 
 
 @dataclass(frozen=True)
@@ -240,6 +316,16 @@ class PluginView:
 
 
 @dataclass(frozen=True)
+class StorageView:
+    """Sealed data a container holds, against its quotas (bytes)."""
+
+    used_bytes: int
+    quota_bytes: int
+    concern_quota_bytes: int
+    concerns: dict[str, int]
+
+
+@dataclass(frozen=True)
 class ContainerView:
     id: str
     name: str
@@ -249,6 +335,7 @@ class ContainerView:
     spec: dict[str, Any]
     agents: list[AgentView]
     plugins: list[PluginView]
+    storage: StorageView | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +407,8 @@ class ApprovalView:
 @dataclass(frozen=True)
 class ApprovalList:
     approvals: list[ApprovalView]
+    next_cursor: str | None = field(default=None, metadata=_meta(
+        "pass as ?cursor= for the next (older) page; null on the last page"))
 
 
 @dataclass(frozen=True)
@@ -354,6 +443,8 @@ class AuditEntryView:
 @dataclass(frozen=True)
 class AuditPage:
     entries: list[AuditEntryView]
+    next_cursor: str | None = field(default=None, metadata=_meta(
+        "pass as ?cursor= for the next page; null when this page was not full"))
 
 
 @dataclass(frozen=True)
@@ -424,6 +515,9 @@ def _check_rules(value: Any, rules: dict[str, Any], path: str, errors: list[str]
             errors.append(f"{path}: must not be longer than {rules['max_length']}")
         if "pattern" in rules and not re.fullmatch(rules["pattern"], value):
             errors.append(f"{path}: must match {rules['pattern']}")
+        problem = text_problem(value) if rules.get("text") else None
+        if problem is not None:
+            errors.append(f"{path}: {problem}")
     if isinstance(value, int) and not isinstance(value, bool):
         if "minimum" in rules and value < rules["minimum"]:
             errors.append(f"{path}: must be at least {rules['minimum']}")

@@ -22,6 +22,7 @@ from pacd.core.models import PersonalAIContainer, PluginAPISchema
 from pacd.core.plugins import parse_plugin_schema
 from pacd.core.spec import ContainerSpec, build_container, parse_container_spec
 from pacd.errors import Conflict, NotFound
+from pacd.integrity import RowSpec
 from pacd.store import Store
 
 _SCHEMA = """
@@ -45,6 +46,14 @@ CREATE TABLE registry_plugins (
     PRIMARY KEY (container_id, plugin_id, agent)
 )
 """
+_SCHEMA_V2 = """
+ALTER TABLE registry_containers ADD COLUMN mac BLOB;
+ALTER TABLE registry_plugins ADD COLUMN mac BLOB
+"""
+# The spec holds the policy and every agent's connections: MACed whole, as stored.
+_CONTAINER = RowSpec("registry_containers", ("id",), ("name", "owner_id", "spec", "created_at"))
+_PLUGIN = RowSpec("registry_plugins", ("container_id", "plugin_id", "agent"),
+                  ("name", "version", "schema", "approval_id", "approved_at", "state"))
 
 
 @dataclass(frozen=True)
@@ -80,38 +89,45 @@ class ContainerRegistry:
     def __init__(self, store: Store) -> None:
         self.store = store
         store.migrate("registry", 1, _SCHEMA)
+        store.migrate("registry", 2, _SCHEMA_V2)
 
     def add(self, spec: ContainerSpec, owner_id: str, now: float) -> ContainerRecord:
         record = ContainerRecord(
             id=uuid.uuid4().hex, name=spec.name, owner_id=owner_id,
             spec=spec.to_json(), created_at=now,
         )
+        row: dict[str, object] = {
+            "id": record.id, "name": record.name, "owner_id": record.owner_id,
+            "spec": canonical_json(record.spec).decode(), "created_at": record.created_at}
+        row["mac"] = self.store.integrity.seal_row(_CONTAINER, row)
         with self.store.transaction() as conn:
             taken = conn.execute("SELECT 1 FROM registry_containers WHERE name = ?",
                                  (spec.name,)).fetchone()
             if taken is not None:
                 raise Conflict(f"a container named {spec.name!r} already exists")
             conn.execute(
-                "INSERT INTO registry_containers (id, name, owner_id, spec, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (record.id, record.name, record.owner_id,
-                 canonical_json(record.spec).decode(), record.created_at),
-            )
+                "INSERT INTO registry_containers (id, name, owner_id, spec, created_at, mac)"
+                " VALUES (:id, :name, :owner_id, :spec, :created_at, :mac)", row)
         return record
 
     def get(self, ref: str) -> ContainerRecord:
-        """A container by id or by name."""
-        row = self.store.query_one(
+        """A container by id or by name (one whose MAC fails is not found)."""
+        rows = self.store.query(
             "SELECT * FROM registry_containers WHERE id = ? OR name = ? ORDER BY id = ? DESC",
             (ref, ref, ref),
         )
-        if row is None:
-            raise NotFound(f"no container {ref!r}")
-        return _container(row)
+        for row in rows:
+            if self.store.integrity.row_ok(_CONTAINER, row):
+                return _container(row)
+        raise NotFound(f"no container {ref!r}")
+
+    def count(self) -> int:
+        row = self.store.query_one("SELECT COUNT(*) FROM registry_containers")
+        return 0 if row is None else int(row[0])
 
     def all(self) -> list[ContainerRecord]:
         rows = self.store.query("SELECT * FROM registry_containers ORDER BY created_at, id")
-        return [_container(r) for r in rows]
+        return [_container(r) for r in rows if self.store.integrity.row_ok(_CONTAINER, r)]
 
     def remove(self, container_id: str) -> None:
         """Delete a container record (joins the caller's transaction if there is one)."""
@@ -125,14 +141,14 @@ class ContainerRegistry:
             "SELECT * FROM registry_plugins WHERE container_id = ? ORDER BY approved_at, name",
             (container_id,),
         )
-        return [_plugin(r) for r in rows]
+        return [_plugin(r) for r in rows if self.store.integrity.row_ok(_PLUGIN, r)]
 
     def record_plugin(self, conn: sqlite3.Connection, container_id: str, agent: str, *,
                       schema: PluginAPISchema, approval_id: str, now: float) -> PluginRecord:
         """Record an approved plugin inside the caller's transaction."""
-        exists = conn.execute("SELECT 1 FROM registry_containers WHERE id = ?",
+        exists = conn.execute("SELECT * FROM registry_containers WHERE id = ?",
                               (container_id,)).fetchone()
-        if exists is None:
+        if exists is None or not self.store.integrity.row_ok(_CONTAINER, exists):
             raise NotFound(f"container {container_id!r} no longer exists")
         dup = conn.execute(
             "SELECT 1 FROM registry_plugins WHERE container_id = ? AND plugin_id = ?"
@@ -142,12 +158,16 @@ class ContainerRegistry:
             raise Conflict(f"plugin {schema.name!r} is already approved for agent {agent!r}")
         record = PluginRecord(container_id, schema.id, agent, schema.name, schema.version,
                               schema.to_json(), approval_id, now, "approved")
+        row: dict[str, object] = {
+            "container_id": container_id, "plugin_id": schema.id, "agent": agent,
+            "name": schema.name, "version": schema.version,
+            "schema": canonical_json(record.schema).decode(), "approval_id": approval_id,
+            "approved_at": now, "state": record.state}
+        row["mac"] = self.store.integrity.seal_row(_PLUGIN, row)
         conn.execute(
             "INSERT INTO registry_plugins (container_id, plugin_id, agent, name, version, schema,"
-            " approval_id, approved_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (container_id, schema.id, agent, schema.name, schema.version,
-             canonical_json(record.schema).decode(), approval_id, now, record.state),
-        )
+            " approval_id, approved_at, state, mac) VALUES (:container_id, :plugin_id, :agent,"
+            " :name, :version, :schema, :approval_id, :approved_at, :state, :mac)", row)
         return record
 
 

@@ -128,6 +128,8 @@ class Retention:
                 continue
             if result.count:
                 done.append(result)
+        if done:
+            self._store.reclaim()  # purged space goes back to the file system
         if failures:
             raise failures[0]
         return done

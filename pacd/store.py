@@ -23,6 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pacd.integrity import RowSealer
+
+#: PRAGMA auto_vacuum's value for INCREMENTAL
+_INCREMENTAL = 2
+
 
 class Store:
     def __init__(self, path: Path | str) -> None:
@@ -38,10 +43,18 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        if int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != _INCREMENTAL:
+            # Freed pages can be given back (reclaim) only in incremental mode, and a
+            # database made before takes the mode only by being rebuilt: once.
+            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._conn.execute("VACUUM")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_versions (name TEXT PRIMARY KEY, version INTEGER)"
         )
         self._depth = 0
+        #: checks the MACs of rows that decide access (pacd.integrity); the daemon
+        #: attaches the one keyed from the vault, until then nothing stored checks
+        self.integrity: RowSealer = RowSealer.ephemeral()
 
     def migrate(self, name: str, version: int, script: str) -> None:
         """Apply ``script`` once for schema ``name`` at ``version`` (idempotent)."""
@@ -116,6 +129,19 @@ class Store:
             return True, row
         finally:
             self._lock.release()
+
+    def reclaim(self) -> None:
+        """Give the space of deleted rows back to the file system.
+
+        Frees the pages deleted rows left (``incremental_vacuum``), then folds the
+        WAL into the file and truncates both, so the files shrink on disk.
+        """
+        with self._lock:
+            if self._depth:
+                return  # inside a transaction: the caller's commit comes first
+            # executescript steps the pragma to the end; execute() would free one page.
+            self._conn.executescript("PRAGMA incremental_vacuum;")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         with self._lock:

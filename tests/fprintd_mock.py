@@ -10,7 +10,8 @@ D-Bus to something that behaves like fprintd:
   ``"disconnected"``;
 - ``busy``: Claim fails with ``net.reactivated.Fprint.Error.AlreadyInUse``;
 - ``enrolled``: the fingers ListEnrolledFingers reports;
-- ``calls``: every method called, in order (tests check Release happened).
+- ``calls``: every method called, in order (tests check Release happened);
+- ``emit()``: sends a ``VerifyStatus`` signal as fprintd, whenever a test says.
 """
 
 import asyncio
@@ -173,6 +174,14 @@ class FprintdMock:
         self._ready.set()
         await self._stop.wait()
         bus.disconnect()
+
+    def emit(self, result: str, done: bool) -> None:
+        """Send a ``VerifyStatus`` signal from fprintd's own connection, now."""
+        sent = asyncio.run_coroutine_threadsafe(self._emit(result, done), self._loop)
+        sent.result(5)
+
+    async def _emit(self, result: str, done: bool) -> None:
+        self._device.VerifyStatus(result, done)
 
     def close(self) -> None:
         if self._stop is not None:

@@ -168,6 +168,10 @@ class Doorbell:
 
     def __init__(self) -> None:
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+        #: long polls waiting for a ring right now, per recipient (``GET /v1/status``)
+        self._waiting: dict[tuple[str, str], int] = {}
+        #: bumped whenever ``waiting()`` would answer differently (a cheap cache key)
+        self.generation = 0
 
     def arm(self, container: str, agent: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -185,12 +189,24 @@ class Doorbell:
         for event in self._waiters.get((container, agent), ()):
             event.set()
 
-    @staticmethod
-    async def wait(event: asyncio.Event, timeout: float) -> bool:
-        """True when rung within ``timeout`` seconds."""
+    async def wait(self, container: str, agent: str, event: asyncio.Event,
+                   timeout: float) -> bool:
+        """True when rung within ``timeout`` seconds (``event`` armed for this recipient)."""
+        key = (container, agent)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self.generation += 1
         try:
             async with asyncio.timeout(timeout):
                 await event.wait()
         except TimeoutError:
             return False
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+            self.generation += 1
         return True
+
+    def waiting(self) -> dict[str, int]:
+        """``{"<container id>/<agent>": long polls waiting}``, recipients with any."""
+        return {f"{c}/{a}": n for (c, a), n in sorted(self._waiting.items())}

@@ -42,9 +42,19 @@ re-created by a restarted daemon is visible to a container that kept running
 the container the agent runs as uid 1000 — host uid 1000 with rootful Podman,
 a subordinate uid with rootless Podman — which is never the daemon's uid, so
 it needs "others" permission: search on its directory and write on the socket
-(connecting to a Unix socket needs write permission). That is safe because
-the two directories above are 0700: no other host user can reach the socket,
-and each container sees only its own directory.
+(connecting to a Unix socket needs write permission). The two directories
+above are 0700, so no other host user can reach the socket, and each
+container sees only its own directory.
+
+File permissions cannot tell the agent from a host process of the daemon's
+own uid, which can reach every socket. So every connection is also checked:
+the kernel's ``SO_PEERCRED`` pid, read as the connection is accepted, must be
+in the PID namespace of the agent's container (compared as namespaces, not
+pids: the agent runs under the container's init, and ``podman exec`` joins the
+same namespace). The lifecycle records that namespace from Podman's inspect
+whenever it starts the container or finds it running; until it has, requests
+wait up to :data:`NAMESPACE_WAIT_S` and are then refused. Anything else gets
+403 ``peer_refused``, audited coalesced (``agent.peer_refused``).
 """
 
 from __future__ import annotations
@@ -67,21 +77,25 @@ from typing import Any
 from aiohttp import web
 
 from pacd.agents.inbox import MAX_BATCH, MAX_PENDING, Doorbell, Inbox
-from pacd.api.decisions import Coalescer
-from pacd.api.guard import ConnectionGuard
-from pacd.api.peercred import PeerCred
+from pacd.api.decisions import Coalescer, actor_for
+from pacd.api.guard import ConnectionGuard, ConnState
+from pacd.api.peercred import PeerCred, PidNamespace
 from pacd.audit import AuditLog
+from pacd.core.fields import refuse_surrogates
 from pacd.core.models import PersonalAIContainer
 from pacd.core.rules import can_connect, may_read, may_write
 from pacd.errors import (
     Busy,
     ConfigError,
     Forbidden,
+    IntegrityError,
     InvalidRequest,
     MalformedRequest,
     NotFound,
     PacdError,
     PayloadTooLarge,
+    PeerRefused,
+    QuotaExceeded,
 )
 from pacd.vault import SealedData
 
@@ -100,6 +114,9 @@ SOCKET_NAME = "agent.sock"
 BODY_TIMEOUT_S = 30.0
 #: an idle connection, or one still sending its request head, is closed after this long
 HEADER_TIMEOUT_S = 10.0
+#: how long a request waits for its container's PID namespace to be recorded
+#: (the socket opens before the container starts) before it is refused
+NAMESPACE_WAIT_S = 10.0
 
 # Keys are opaque to pacd but must be printable: no control characters (they end
 # up in audit entries and error messages) and a bounded length.
@@ -236,7 +253,10 @@ class AgentRoutes:
         self._max_in_flight = max(1, container.policy.max_concurrent_connections)
         self.refusals = Coalescer(ctx.audit)
         self.guard = ConnectionGuard(self._max_in_flight, on_malformed=self._malformed,
-                                     on_dropped=self._dropped)
+                                     on_dropped=self._dropped, read_pid_namespace=True)
+        #: the agent container's PID namespace; only its processes are served
+        self.peer_ns: PidNamespace | None = None
+        self._peer_ns_known = asyncio.Event()
         self._whoami = json.dumps({
             "container": container.id,
             "container_name": container.name,
@@ -261,6 +281,23 @@ class AgentRoutes:
         return app
 
     # --- plumbing -------------------------------------------------------------
+
+    def serve_namespace(self, ns: PidNamespace | None) -> None:
+        """Serve processes in ``ns`` only (the container's, as it started); None serves none."""
+        self.peer_ns = ns
+        self._peer_ns_known.set()
+
+    async def _from_container(self, state: ConnState | None) -> bool:
+        """Whether the connection was made by a process in the agent's container."""
+        if state is None or state.pid_ns is None:
+            return False
+        if not self._peer_ns_known.is_set():
+            # The socket opens before its container starts, so the agent's first
+            # request can come before the container's namespace is known: it waits.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(NAMESPACE_WAIT_S):
+                    await self._peer_ns_known.wait()
+        return self.peer_ns is not None and state.pid_ns == self.peer_ns
 
     async def decide(self, action: str, target: str, allowed: bool, reason: str,
                      details: dict[str, Any] | None = None) -> None:
@@ -290,6 +327,19 @@ class AgentRoutes:
                           ) -> web.StreamResponse:
         try:
             state = self.guard.state_for(request.transport)
+            if not await self._from_container(state):
+                peer = state.peer if state is not None else None
+                await self.refusals.record(
+                    actor_for(peer.uid if peer else None), "agent.peer_refused", self.me.actor,
+                    "the connecting process is not in the agent's container",
+                    {"peer_uid": peer.uid if peer else None,
+                     "peer_pid": peer.pid if peer else None,
+                     "path": request.path[:MAX_KEY_BYTES]})
+                refused = _error(PeerRefused(
+                    f"agent {self.me.agent!r}'s socket serves only processes in its own "
+                    "container"))
+                refused.force_close()
+                return refused
             if state is None or state.busy:
                 await self.refusals.record(
                     self.me.actor, "agent.connection.busy", request.path[:MAX_KEY_BYTES],
@@ -354,22 +404,23 @@ class AgentRoutes:
         # Most reads are fetched right here: a point read on a free store connection
         # and the opening of a small value cost less than a hop to a worker thread,
         # which on a busy socket was most of a read's cost. A busy store or a large
-        # value goes to a thread, with the entry written meanwhile. Either way the
-        # value leaves only once its entry is durable.
+        # value goes to a thread first. The entry follows the fetch, because the
+        # decision depends on it: a value that fails its integrity check (an edited
+        # index row, an older ciphertext put back) is a refusal, audited as one.
+        # Either way the value leaves only once its entry is durable.
         fetched: bytes | BaseException | None
         try:
             fetched = self.ctx.data.get_if_quick(cid, concern, key)
         except Exception as exc:  # answered below, once the entry is written
             fetched = exc
         if fetched is None:
-            logged, fetched = await asyncio.gather(
-                self.decide(action, target, True, "read"),
-                asyncio.to_thread(self.ctx.data.get, cid, concern, key),
-                return_exceptions=True)
-            if isinstance(logged, BaseException):
-                raise logged
-        else:
-            await self.decide(action, target, True, "read")
+            try:
+                fetched = await asyncio.to_thread(self.ctx.data.get, cid, concern, key)
+            except Exception as exc:
+                fetched = exc
+        if isinstance(fetched, IntegrityError):
+            raise await self.refuse(action, target, fetched)
+        await self.decide(action, target, True, "read")
         if isinstance(fetched, NotFound):
             raise NotFound(f"no value {key!r} in concern {concern!r}")
         if isinstance(fetched, BaseException):
@@ -384,6 +435,11 @@ class AgentRoutes:
             raise await self.refuse(action, target, Forbidden(
                 f"agent {self.me.agent!r} may not write concern {concern!r}"))
         value = await self._read_body(request, action, target, MAX_VALUE_BYTES)
+        try:
+            await asyncio.to_thread(self.ctx.data.check_quota, self.me.container_id, concern,
+                                    key, len(value))
+        except QuotaExceeded as exc:
+            raise await self.refuse(action, target, exc, dict(exc.extra)) from None
         await self.decide(action, target, True, "write", {"bytes": len(value)})
         await asyncio.to_thread(self.ctx.data.put, self.me.container_id, concern, key, value,
                                 self.ctx.clock())
@@ -420,6 +476,10 @@ class AgentRoutes:
         except RecursionError:
             raise await self.refuse(action, to, MalformedRequest(
                 "a message must be JSON nested less deeply")) from None
+        try:
+            refuse_surrogates(body, "body")  # it is stored as UTF-8: it must be text
+        except InvalidRequest as exc:
+            raise await self.refuse(action, to, exc) from None
         pending = await asyncio.to_thread(self.ctx.inbox.pending, self.me.container_id, to)
         if pending >= MAX_PENDING:
             raise await self.refuse(action, to, Busy(
@@ -441,7 +501,7 @@ class AgentRoutes:
         bell = self.ctx.doorbell.arm(cid, me)
         try:
             messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
-            if not messages and wait > 0 and await self.ctx.doorbell.wait(bell, wait):
+            if not messages and wait > 0 and await self.ctx.doorbell.wait(cid, me, bell, wait):
                 messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
         finally:
             self.ctx.doorbell.disarm(cid, me, bell)
@@ -527,6 +587,15 @@ class AgentSockets:
         self.ctx = ctx
         self._sites: dict[tuple[str, str], _Site] = {}
         self._lock = asyncio.Lock()
+
+    async def serve_namespace(self, container_id: str, agent: str,
+                              ns: PidNamespace | None) -> bool:
+        """Let an open agent socket serve processes in ``ns`` only; False if it is not open."""
+        site = self._sites.get((container_id, agent))
+        if site is None:
+            return False
+        site.routes.serve_namespace(ns)
+        return True
 
     def is_open(self, container_id: str, agent: str) -> bool:
         return (container_id, agent) in self._sites

@@ -50,11 +50,11 @@ class AuditAppender(Protocol):
 
     def append(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None) -> Any: ...
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False) -> Any: ...
 
     async def append_async(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None) -> Any: ...
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False) -> Any: ...
 
 
 @dataclass
@@ -92,17 +92,19 @@ class DecisionLog:
 
     def append(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False,
     ) -> Any:
-        entry = self.audit.append(actor, action, target, decision, reason, details)
+        entry = self.audit.append(actor, action, target, decision, reason, details,
+                                  checkpoint=checkpoint)
         _note(actor)  # only once it is durable: a failed write decides nothing
         return entry
 
     async def append_async(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False,
     ) -> Any:
-        entry = await self.audit.append_async(actor, action, target, decision, reason, details)
+        entry = await self.audit.append_async(actor, action, target, decision, reason, details,
+                                              checkpoint=checkpoint)
         _note(actor)
         return entry
 

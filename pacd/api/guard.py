@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from pacd.api.peercred import PeerCred, peer_cred
+from pacd.api.peercred import PeerCred, PidNamespace, peer_cred, pid_namespace
 
 log = logging.getLogger("pacd.api")
 
@@ -36,10 +36,18 @@ class ConnState:
     peer: PeerCred | None
     busy: bool
     opened: float = field(default_factory=time.monotonic)
+    #: requests being handled on it now (0: idle, e.g. half-open or between requests)
+    active: int = 0
+    #: the peer's PID namespace, read as the connection is accepted (agent sockets only)
+    pid_ns: PidNamespace | None = None
 
 
 MalformedHook = Callable[[PeerCred | None, int], None]
 DroppedHook = Callable[[], None]
+
+#: idle connections kept when the limit is reached; beyond these, the oldest idle
+#: one is closed to make room for a newcomer (idle clients must not starve the owner)
+KEEP_IDLE = 4
 
 
 def _ignore(*_args: Any) -> None:
@@ -48,9 +56,12 @@ def _ignore(*_args: Any) -> None:
 
 class ConnectionGuard:
     def __init__(self, max_connections: int, *, on_malformed: MalformedHook = _ignore,
-                 on_dropped: DroppedHook = _ignore) -> None:
+                 on_dropped: DroppedHook = _ignore, on_evicted: DroppedHook = _ignore,
+                 read_pid_namespace: bool = False) -> None:
         self.on_malformed = on_malformed
+        self.read_pid_namespace = read_pid_namespace
         self.on_dropped = on_dropped
+        self.on_evicted = on_evicted
         self.max_connections = max(1, max_connections)
         self.hard_cap = self.max_connections * 2 + 4
         self._states: dict[asyncio.BaseTransport, ConnState] = {}
@@ -61,6 +72,8 @@ class ConnectionGuard:
         return len(self._states)
 
     def admit(self, transport: asyncio.BaseTransport) -> ConnState | None:
+        if len(self._states) >= self.hard_cap or self._served >= self.max_connections:
+            self._evict_idle()
         if len(self._states) >= self.hard_cap:
             return None
         sock = transport.get_extra_info("socket")
@@ -68,9 +81,28 @@ class ConnectionGuard:
         busy = self._served >= self.max_connections
         if not busy:
             self._served += 1
-        state = ConnState(peer=peer, busy=busy)
+        # Read at accept, while the connecting process most likely still holds its pid.
+        pid_ns = pid_namespace(peer.pid) if self.read_pid_namespace and peer else None
+        state = ConnState(peer=peer, busy=busy, pid_ns=pid_ns)
         self._states[transport] = state
         return state
+
+    def _evict_idle(self) -> None:
+        """Close the oldest idle connection if more than KEEP_IDLE are idle.
+
+        A served one first (its slot goes to the newcomer), else an unserved one.
+        Idle means no request is being handled on it: connected and silent,
+        half a request head, or keep-alive between requests.
+        """
+        idle = [(not s.busy, -s.opened, t) for t, s in self._states.items() if not s.active]
+        if len(idle) <= KEEP_IDLE:
+            return
+        _, _, victim = max(idle, key=lambda item: (item[0], item[1]))
+        state = self._states.pop(victim)
+        if not state.busy:
+            self._served -= 1
+        victim.close()
+        self.on_evicted()
 
     def release(self, transport: asyncio.BaseTransport) -> None:
         state = self._states.pop(transport, None)

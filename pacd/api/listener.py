@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from pacd.errors import ConfigError, PacdError
+from pacd.private_file import refuse_unless_ours
 
 
 class AlreadyRunning(PacdError):
@@ -38,16 +39,7 @@ def ensure_private_dir(path: Path, what: str = "socket directory",
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{what} {path} is not a directory (or is a symlink)")
-    if st.st_uid != os.getuid():
-        raise ConfigError(
-            f"{what} {path} belongs to uid {st.st_uid}, not to you "
-            f"(uid {os.getuid()}); {instead}"
-        )
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}; pacd needs a "
-            f"private directory: run `chmod 700 {path}` or {instead}"
-        )
+    refuse_unless_ours(path, st, what, instead, open_bits=0o077, mode=0o700)
 
 
 def _probe(path: Path) -> bool:
@@ -83,6 +75,42 @@ class SocketLock:
 
     def release(self) -> None:
         if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class HomeLock:
+    """An exclusive ``flock`` on ``daemon.lock`` in PACD_HOME, held for the daemon's life.
+
+    The socket lock only keeps two daemons off one socket; two daemons with
+    different sockets on one home would interleave writes to one audit chain
+    and one state database. The file holds the holder's pid so the second
+    daemon can name it; the lock itself (not the pid) is what decides.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "daemon.lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another pacd daemon (pid {holder}) is already using PACD_HOME {home}; "
+                "stop it first or set another PACD_HOME"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            # Emptied before unlocking: a pid left behind would name a dead process.
+            os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = -1
 

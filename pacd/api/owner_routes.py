@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import replace
@@ -25,12 +26,15 @@ from aiohttp import web
 
 from pacd import __version__
 from pacd import messages as m
+from pacd.api.credential_routes import Credentials
 from pacd.api.decisions import DecisionLog, actor_for
 from pacd.api.openapi import build_openapi
+from pacd.api.peercred import peer_cred
 from pacd.api.platform_routes import PlatformSessions
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.api.services import Services
 from pacd.approvals import Approval, b64url, iso
+from pacd.audit import AuditHealth
 from pacd.core.generators import generate_container_config, generate_openapi_spec
 from pacd.core.models import SecurityLevel
 from pacd.core.plugins import parse_plugin_schema, validate_plugin
@@ -38,8 +42,10 @@ from pacd.core.rules import Action, required_level
 from pacd.core.spec import parse_container_spec
 from pacd.errors import (
     AuditError,
+    AuditUntrusted,
     Conflict,
     Forbidden,
+    IntegrityError,
     InvalidRequest,
     KeychainError,
     NotFound,
@@ -52,19 +58,28 @@ from pacd.errors import (
     SpecError,
     TokenExpired,
     TokenRevoked,
+    TooMany,
     Unauthorized,
 )
 from pacd.presence.evidence import VerifiedPresence
-from pacd.presence.owner import Credential
-from pacd.presence.rp import FIRST_CREDENTIAL
+from pacd.presence.owner import refuse_if_owner_vanished, remember_owner
 from pacd.registry import ContainerRecord
+from pacd.vault.datastore import stored_bytes
 
 log = logging.getLogger("pacd.api")
 
 T = TypeVar("T")
 PLUGIN_INSTALL = "plugin.install"
+AUDIT_REANCHOR = "audit.reanchor"
+#: trusting a log its checkpoint no longer vouches for is a carbonProof decision;
+#: asking for it is basic, so the daemon can be repaired while it refuses the rest
+REANCHOR_LEVEL = SecurityLevel.carbonProof
 EVENT_POLL_S = 5.0
 EVENT_WRITE_TIMEOUT_S = 5.0
+#: what a container id looks like (uuid4 hex); no container name may look like one
+CONTAINER_ID = re.compile(r"[0-9a-f]{32}")
+#: reasons quoted in a rejection's message (all kept ones are in its ``errors``)
+MESSAGE_REASONS = 10
 #: who owner-socket requests act as: the peer uid was checked to be the daemon's own
 ACTOR = actor_for(os.getuid())
 #: audit action names of routes whose operation id is not already one
@@ -80,7 +95,9 @@ ACTIONS = {
     "submit_plugin": "plugin.submit", "list_approvals": "approval.list",
     "show_approval": "approval.show", "approve": "approval.approve", "deny": "approval.deny",
     "audit_entries": "audit.read", "audit_verify": "audit.verify",
+    "reanchor_audit": "audit.reanchor.request",
     "events": "events.subscribe",
+    "list_credentials": "credential.list", "remove_credential": "credential.remove",
 }
 
 
@@ -97,8 +114,8 @@ class OwnerApi:
         self.s = services
         #: the audit log as handlers write to it: entries here count as the request's own
         self.sink = DecisionLog(services.audit)
-        self._last_registration: str | None = None
-        self._status_key: tuple[int, int, int] | None = None
+        self.credentials = Credentials(services, self.sink, ACTOR, self.owner_changed)
+        self._status_key: tuple[int, int, int, int, int] | None = None
         self._status_json = Json(b"")
         self._owner_version = 0
         self.routes = self._table()
@@ -117,6 +134,7 @@ class OwnerApi:
 
     async def require(self, request: web.Request, level: SecurityLevel,
                       operation: str) -> Principal:
+        self.check_audit_trust()
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
@@ -129,6 +147,19 @@ class OwnerApi:
         return Principal(level=info.level.value, token_id=info.token_id, scope=info.scope,
                          expires_at=info.expires_at)
 
+    def check_audit_trust(self) -> None:
+        """Refuse anything above basic while the audit log cannot vouch for itself."""
+        health = self.s.audit.health()
+        if health.refusing:
+            raise AuditUntrusted(
+                health.reason() + "; actions above basic are refused until the owner "
+                "re-anchors the log (`pacd audit reanchor`)", **_untrusted_extra(health))
+
+    def gate_approval(self, approval: Approval) -> None:
+        """While the log is untrusted only its re-anchoring can be approved."""
+        if approval.kind != AUDIT_REANCHOR:
+            self.check_audit_trust()
+
     # --- status & docs ------------------------------------------------------
 
     def _status_body(self) -> Json:
@@ -136,7 +167,9 @@ class OwnerApi:
         # its inputs says it changed (the rest of the status is fixed at start-up).
         lifecycle = self.s.lifecycle
         key = (self._owner_version, self.s.approvals.pending_count,
-               -1 if lifecycle is None else lifecycle.orphans_generation)
+               -1 if lifecycle is None else lifecycle.orphans_generation,
+               -1 if lifecycle is None else lifecycle.polls_generation,
+               self.s.store.integrity.failure_count)
         if key != self._status_key:
             orphans = lifecycle.orphans() if lifecycle is not None else []
             owner = self.s.owners.get_owner()
@@ -158,10 +191,19 @@ class OwnerApi:
                 pid=os.getpid(),
                 started_at=iso(self.s.started_at) or "",
                 orphans=[m.OrphanView(**o) for o in orphans],
+                integrity_failures=[m.IntegrityFailureView(**f)
+                                    for f in self.s.store.integrity.failures()],
+                waiting_polls={} if lifecycle is None else lifecycle.waiting_polls(),
+                fprintd_bus_address=self.s.config.fprintd_bus_address,
             )
-            self._status_json = Json(json.dumps(m.encode(view), separators=(",", ":")).encode())
+            base = m.encode(view)
+            base.pop("audit", None)
+            # The audit part (checkpoint age) changes every call: spliced in below.
+            self._status_json = Json(json.dumps(base, separators=(",", ":")).encode()[:-1])
             self._status_key = key
-        return self._status_json
+        audit = json.dumps(m.encode(_health_view(self.s.audit.health())),
+                           separators=(",", ":")).encode()
+        return Json(self._status_json.data + b',"audit":' + audit + b"}")
 
     def owner_changed(self) -> None:
         self._owner_version += 1
@@ -179,10 +221,12 @@ class OwnerApi:
 
         def create() -> m.OwnerView:
             self.s.vault.initialize()
+            refuse_if_owner_vanished(self.s.secrets, self.s.owners)
             with self.s.store.transaction():
                 owner = self.s.owners.create_owner(body.name, self.s.clock.wall())
                 self.sink.append(ACTOR, "owner.create", owner.id, "allow",
                                     "owner identity created", {"name": owner.name})
+            remember_owner(self.s.secrets, owner)
             return m.OwnerView(owner.id, owner.name, iso(owner.created_at) or "", 0)
 
         try:
@@ -193,54 +237,14 @@ class OwnerApi:
         self.owner_changed()
         return Reply(view, 201)
 
-    async def begin_credential(self, call: Call) -> m.CredentialOptions:
-        body: m.CredentialBegin = call.body
-        authorised = FIRST_CREDENTIAL
-        if await _thread(self.s.owners.list_credentials):
-            # Adding a key to an enrolled owner is itself a sensitive act.
-            principal = await self.require(call.request,
-                                           required_level(Action.enroll_credential),
-                                           "begin_credential")
-            authorised = principal.level
-        # A begin without a session counts only while no key exists: the relying
-        # party checks that again when the registration completes.
-        options = await _thread(self.s.rp.begin_registration, body.label or "security key",
-                                False, authorised)
-        self._last_registration = str(options["registration_id"])
-        return m.CredentialOptions(publicKey=options["publicKey"], origin=options["origin"],
-                                   registration_id=str(options["registration_id"]))
-
-    async def complete_credential(self, call: Call) -> Reply:
-        body: m.CredentialComplete = call.body
-        registration = body.registration_id or self._last_registration
-        if registration is None:
-            raise InvalidRequest("no registration in progress: call credentials/begin first")
-
-        def record(cred: Credential) -> None:
-            # Inside the transaction that stores the key: no entry, no key.
-            self.sink.append(ACTOR, "credential.enroll", cred.credential_id.hex(), "allow",
-                             "presence credential enrolled",
-                             {"label": cred.label, "uv_capable": cred.uv_capable,
-                              "aaguid": cred.aaguid.hex()})
-
-        try:
-            cred = await _thread(self.s.rp.complete_registration, registration,
-                                 body.credential, record)
-        except AuditError:
-            raise  # nothing was stored, and there is no log to record the refusal in
-        except PacdError as exc:
-            await self.audit("credential.enroll", registration, "deny", exc.message,
-                             {"code": exc.code, **exc.extra})
-            raise
-        self.owner_changed()
-        return Reply(m.CredentialView(credential_id=cred.credential_id.hex(), label=cred.label,
-                                      user_verifying=cred.uv_capable), 201)
-
     # --- sessions -----------------------------------------------------------
 
     async def begin_session(self, call: Call) -> m.SessionOptions:
         body: m.SessionBegin = call.body
-        options = await _thread(self.s.rp.begin_session, body.level)
+        sock = call.request.transport.get_extra_info("socket") if call.request.transport else None
+        peer = peer_cred(sock) if sock is not None else None
+        client = f"pid:{peer.pid}" if peer is not None else ""
+        options = await _thread(self.s.rp.begin_session, body.level, client)
         return m.SessionOptions(session_id=str(options["session_id"]),
                                 publicKey=options["publicKey"], origin=options["origin"])
 
@@ -298,16 +302,38 @@ class OwnerApi:
         running = [s for s in (a.state for a in agents) if s == "running"]
         state = "running" if running and len(running) == len(agents) else (
             "partial" if running else "stopped" if states else "created")
+        concerns = stored_bytes(self.s.store, record.id)
+        storage = m.StorageView(used_bytes=sum(concerns.values()),
+                                quota_bytes=self.s.config.quota_per_container_bytes,
+                                concern_quota_bytes=self.s.config.quota_per_concern_bytes,
+                                concerns=concerns)
         return m.ContainerView(id=record.id, name=record.name, owner_id=record.owner_id,
                                created_at=iso(record.created_at) or "", state=state,
-                               spec=record.spec, agents=agents, plugins=plugins)
+                               spec=record.spec, agents=agents, plugins=plugins,
+                               storage=storage)
 
     async def create_container(self, call: Call) -> Reply:
         spec = parse_container_spec(call.body)
+        if CONTAINER_ID.fullmatch(spec.name):
+            # {id} in a path is looked up as an id first, then as a name: a name
+            # shaped like an id could be taken for another container's id.
+            raise SpecError(f"name: {spec.name!r} looks like a container id (32 hex digits); "
+                            "choose a name that does not",
+                            errors=[f"name: {spec.name!r} looks like a container id"])
+
+        limits = self.s.config
+        if len(spec.agents) > limits.max_agents_per_container:
+            raise TooMany(f"the spec has {len(spec.agents)} agents; a container has at most "
+                          f"{limits.max_agents_per_container} (max_agents_per_container)",
+                          limit="max_agents_per_container")
 
         def create() -> m.ContainerView:
             owner = self.s.owners.require_owner()
             with self.s.store.transaction():
+                if self.s.registry.count() >= limits.max_containers:
+                    raise TooMany(f"there are already {limits.max_containers} containers "
+                                  "(max_containers); delete one first",
+                                  limit="max_containers")
                 record = self.s.registry.add(spec, owner.id, self.s.clock.wall())
                 self.sink.append(ACTOR, "container.create", record.id, "allow",
                                     f"container {record.name!r} created",
@@ -390,6 +416,9 @@ class OwnerApi:
                 if self.s.lifecycle is not None:
                     self.s.lifecycle.remove(record)
                 self.s.registry.remove(record.id)
+                # Nothing is left for its pending approvals to act on.
+                self.s.approvals.cancel_for_container(record.id, ACTOR)
+                self.s.store.reclaim()  # its data's space goes back to the file system
             except PacdError as exc:
                 self._failed_outcome("container.delete.result", record.id,
                                      f"deleting container {record.name!r} failed: "
@@ -525,12 +554,14 @@ class OwnerApi:
         record = await _thread(self._record, call.params["id"])
         container = record.model()
         errors: list[str] = []
+        omitted = 0
         schema = None
         try:
             schema = parse_plugin_schema(body.schema)
         except SpecError as exc:
             errors += [f"schema.{e}" if not e.startswith("schema") else e
-                       for e in (exc.errors or [exc.message])]
+                       for e in (exc.reasons or [exc.message])]
+            omitted = exc.omitted
         agent = container.agent(body.agent)
         if agent is None:
             errors.append(f"agent: container {record.name!r} has no agent {body.agent!r}")
@@ -538,11 +569,15 @@ class OwnerApi:
             errors += validate_plugin(schema, container.policy, agent)
         name = schema.name if schema is not None else str(body.schema.get("name", "?"))[:100]
         if errors:
+            rejected = PluginRejected("", errors=errors, omitted=omitted)
+            count = len(rejected.reasons) + rejected.omitted
+            shown = "; ".join(rejected.errors[:MESSAGE_REASONS])
+            more = "; …" if len(rejected.errors) > MESSAGE_REASONS else ""
             await self.audit("plugin.submit", record.id, "deny",
-                             f"plugin {name!r} rejected ({len(errors)} reasons)",
-                             {"agent": body.agent, "errors": errors})
-            raise PluginRejected(f"plugin {name!r} was rejected: " + "; ".join(errors),
-                                 errors=errors)
+                             f"plugin {name!r} rejected ({count} reasons)",
+                             {"agent": body.agent, "errors": rejected.errors})
+            raise PluginRejected(f"plugin {name!r} was rejected ({count} reasons): "
+                                 f"{shown}{more}", errors=errors, omitted=omitted)
         assert schema is not None
         summary = (f"install plugin {schema.name} {schema.version} for agent {body.agent} "
                    f"in container {record.name}")
@@ -570,6 +605,49 @@ class OwnerApi:
         return {"container_id": record.id, "plugin_id": plugin.plugin_id,
                 "agent": plugin.agent, "state": plugin.state}
 
+    # --- audit re-anchoring --------------------------------------------------
+
+    def _reanchor_body(self, health: AuditHealth) -> dict[str, Any]:
+        head_seq, head_mac = self.s.audit.head()
+        found = (health.untrusted.to_json() if health.untrusted is not None else
+                 {"checkpoint_error": health.checkpoint_error,
+                  "consecutive_failures": health.checkpoint_failures})
+        return {"head_seq": head_seq, "head_mac": head_mac.hex(), "found": found}
+
+    async def reanchor_audit(self, call: Call) -> Reply:
+        health = self.s.audit.health()
+        if not health.refusing:
+            raise Conflict("the audit log is trusted: there is nothing to re-anchor")
+        body = self._reanchor_body(health)
+        summary = (f"re-anchor the audit log at entry {body['head_seq']} after: "
+                   f"{health.reason()}")
+        approval = await _thread(
+            self.s.approvals.submit, AUDIT_REANCHOR, body, ACTOR, summary,
+            float(self.s.config.approval_ttl_s))
+        return Reply(m.ApprovalAccepted(approval_id=approval.id,
+                                        required_level=approval.required_level.value,
+                                        expires_at=iso(approval.expires_at) or ""), 202)
+
+    def execute_audit_reanchor(self, conn: Any, approval: Approval) -> dict[str, Any]:
+        """Check the log is still as the owner saw it; the checkpoint moves after the entry."""
+        body = approval.body
+        health = self.s.audit.health()
+        if not health.refusing:
+            raise Conflict("the audit log is already trusted")
+        current = self._reanchor_body(health)
+        seq = int(body["head_seq"])
+        # Entries appended since the request are fine (the log keeps recording);
+        # a different finding, or the entry the owner saw no longer there, is not.
+        if current["found"] != body["found"] or not any(
+                e.seq == seq and e.mac.hex() == body["head_mac"]
+                for e in self.s.audit.entries(seq - 1, 1)):
+            raise Conflict("the audit log changed since this re-anchor was requested; "
+                           "request a new one")
+        return {"anchored_from_seq": seq, "found": body["found"]}
+
+    def anchor_after_entry(self, entry: Any) -> None:
+        self.s.audit.reanchor(int(entry.seq))
+
     @staticmethod
     def _approval_view(a: Approval) -> m.ApprovalView:
         return m.ApprovalView(
@@ -580,8 +658,10 @@ class OwnerApi:
             reason=a.reason)
 
     async def list_approvals(self, call: Call) -> m.ApprovalList:
-        items = await _thread(self.s.approvals.recent)
-        return m.ApprovalList(approvals=[self._approval_view(a) for a in items])
+        q: m.ApprovalQuery = call.query
+        items, next_cursor = await _thread(self.s.approvals.page, q.limit, q.cursor)
+        return m.ApprovalList(approvals=[self._approval_view(a) for a in items],
+                              next_cursor=next_cursor)
 
     async def show_approval(self, call: Call) -> m.ApprovalDetail:
         def detail() -> m.ApprovalDetail:
@@ -631,8 +711,15 @@ class OwnerApi:
 
     async def audit_entries(self, call: Call) -> m.AuditPage:
         q: m.AuditQuery = call.query
-        entries = await _thread(self.s.audit.entries, q.after, q.limit)
-        return m.AuditPage(entries=[
+        after = q.after
+        if q.cursor:
+            if not q.cursor.isdigit():
+                raise InvalidRequest(f"cursor {q.cursor!r} is not a next_cursor this daemon "
+                                     "gave")
+            after = int(q.cursor)
+        entries = await _thread(self.s.audit.entries, after, q.limit)
+        return m.AuditPage(next_cursor=str(entries[-1].seq) if len(entries) == q.limit
+                           else None, entries=[
             m.AuditEntryView(seq=e.seq, time=iso(e.time) or "", actor=e.actor, action=e.action,
                              target=e.target, decision=e.decision,  # type: ignore[arg-type]
                              reason=e.reason, details=e.details)
@@ -653,6 +740,12 @@ class OwnerApi:
         try:
             await resp.write(json.dumps({"type": "subscribed", "time": iso(
                 self.s.clock.wall())}).encode() + b"\n")
+            health = self.s.audit.health()
+            if health.refusing:
+                # Published once at start-up, before anyone could listen: every
+                # new subscriber hears it while it lasts.
+                await resp.write(json.dumps(audit_event(health, iso(self.s.clock.wall())))
+                                 .encode() + b"\n")
             while True:
                 try:
                     line = await sub.get(EVENT_POLL_S)
@@ -690,17 +783,8 @@ class OwnerApi:
                   response=m.JSON_OBJECT, audited=False),
             Route("POST", "/v1/owner", "create_owner", "create the owner identity and master key",
                   self.create_owner, request=m.OwnerCreate, response=m.OwnerView, status=201,
-                  errors=(Conflict, KeychainError, AuditError)),
-            Route("POST", "/v1/owner/credentials/begin", "begin_credential",
-                  "start enrolling a presence credential (biometric token needed once one "
-                  "is enrolled)", self.begin_credential, request=m.CredentialBegin,
-                  response=m.CredentialOptions,
-                  errors=(NotFound, Unauthorized, PresenceRequired, InvalidRequest)),
-            Route("POST", "/v1/owner/credentials/complete", "complete_credential",
-                  "finish enrolling a presence credential", self.complete_credential,
-                  request=m.CredentialComplete, response=m.CredentialView, status=201,
-                  errors=(PresenceFailed, PresenceRequired, InvalidRequest, NotFound,
-                          AuditError)),
+                  errors=(Conflict, KeychainError, AuditError, IntegrityError)),
+            *self.credentials.routes(self.require),
             Route("POST", "/v1/sessions/begin", "begin_session",
                   "request options for an enhanced or biometric session", self.begin_session,
                   request=m.SessionBegin, response=m.SessionOptions, errors=common),
@@ -715,7 +799,8 @@ class OwnerApi:
                   level=SecurityLevel.enhanced.value, response=m.SessionView),
             Route("POST", "/v1/containers", "create_container", "create a container from a spec",
                   self.create_container, level=bio, request=m.CONTAINER_SPEC,
-                  response=m.ContainerView, status=201, errors=(Conflict, NotFound, SpecError)),
+                  response=m.ContainerView, status=201,
+                  errors=(Conflict, NotFound, SpecError, TooMany)),
             Route("GET", "/v1/containers", "list_containers", "list containers",
                   self.list_containers, level=_level(Action.list_containers),
                   response=m.ContainerList),
@@ -751,10 +836,11 @@ class OwnerApi:
             Route("POST", "/v1/containers/{id}/plugins", "submit_plugin",
                   "validate a plugin and queue it for approval", self.submit_plugin,
                   level=_level(Action.submit_plugin), request=m.PluginSubmit,
-                  response=m.ApprovalAccepted, status=202, errors=(NotFound, PluginRejected)),
+                  response=m.ApprovalAccepted, status=202,
+                  errors=(NotFound, PluginRejected, TooMany)),
             Route("GET", "/v1/approvals", "list_approvals", "pending and recent approvals",
                   self.list_approvals, level=_level(Action.list_approvals),
-                  response=m.ApprovalList),
+                  query=m.ApprovalQuery, response=m.ApprovalList),
             Route("GET", "/v1/approvals/{id}", "show_approval",
                   "the canonical payload and request options over its digest",
                   self.show_approval, level=_level(Action.list_approvals),
@@ -772,6 +858,42 @@ class OwnerApi:
             Route("POST", "/v1/audit/verify", "audit_verify", "verify the audit chain",
                   self.audit_verify, level=_level(Action.verify_audit),
                   response=m.AuditVerify),
+            Route("POST", "/v1/audit/reanchor", "reanchor_audit",
+                  "ask to trust the audit log as it stands (a carbonProof approval of kind "
+                  "audit.reanchor)", self.reanchor_audit,
+                  level=_level(Action.verify_audit), response=m.ApprovalAccepted,
+                  status=202, errors=(Conflict,)),
             Route("GET", "/v1/events", "events", "a stream of JSON lines", self.events,
                   response=m.Event, stream=True),
         ]
+
+
+def _untrusted_extra(health: AuditHealth) -> dict[str, Any]:
+    if health.untrusted is not None:
+        return {"first_bad_seq": health.untrusted.first_bad_seq}
+    return {"checkpoint_failures": health.checkpoint_failures}
+
+
+def _health_view(health: AuditHealth) -> m.AuditHealthView:
+    return m.AuditHealthView(
+        trusted=not health.refusing, head_seq=health.head_seq,
+        checkpoint_seq=health.checkpoint_seq, checkpoint_age_s=health.checkpoint_age_s,
+        untrusted=None if health.untrusted is None else m.AuditUntrustedView(
+            first_bad_seq=health.untrusted.first_bad_seq, found=health.untrusted.found),
+        checkpoint_error=None if health.checkpoint_error is None else
+        m.AuditCheckpointErrorView(message=health.checkpoint_error,
+                                   count=health.checkpoint_failures))
+
+
+def audit_event(health: AuditHealth, when: str | None = None) -> dict[str, Any]:
+    """The event telling subscribers the log refuses (``audit.untrusted``) or why not."""
+    event: dict[str, Any] = {"type": "audit.untrusted" if health.refusing else "audit.trusted"}
+    if when is not None:
+        event["time"] = when
+    if health.untrusted is not None:
+        event |= {"first_bad_seq": health.untrusted.first_bad_seq,
+                  "found": health.untrusted.found}
+    if health.checkpoint_error is not None:
+        event |= {"checkpoint_error": health.checkpoint_error,
+                  "count": health.checkpoint_failures}
+    return event

@@ -5,10 +5,15 @@ Linux: ``SO_PEERCRED`` (``struct ucred``: pid, uid, gid). macOS/BSD:
 level ``SOL_LOCAL`` (0). The values come from the kernel at connect time, so a
 client cannot lie about them. Anything we cannot read is "unknown" and the
 caller refuses the connection (fail closed).
+
+On Linux the peer's pid also names its PID namespace (``/proc/PID/ns/pid``):
+an agent socket serves only processes in its container's namespace, which a
+host process of the same uid is not in (see :mod:`pacd.agents.server`).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -48,3 +53,29 @@ def peer_cred(sock: _SockOpt) -> PeerCred | None:
     except (OSError, struct.error):
         return None
     return None
+
+
+@dataclass(frozen=True)
+class PidNamespace:
+    """A PID namespace as the kernel identifies it: the nsfs inode of ``/proc/PID/ns/pid``.
+
+    Compared, never trusted from a client: both sides are read from /proc by the daemon.
+    """
+
+    dev: int
+    ino: int
+
+
+def pid_namespace(pid: int | None) -> PidNamespace | None:
+    """The PID namespace process ``pid`` is in, or None if it cannot be read.
+
+    None covers a pid the kernel could not map into ours (0), a process that is
+    gone, one we may not inspect, and platforms without /proc: all refused.
+    """
+    if pid is None or pid <= 0:
+        return None
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return PidNamespace(dev=st.st_dev, ino=st.st_ino)

@@ -75,6 +75,9 @@ class Route:
     action: str = ""
     #: False only for the documented exemptions (liveness and metadata)
     audited: bool = True
+    #: the largest request body this route reads; None: the daemon's ``max_body_bytes``,
+    #: or ``max_tokenless_body_bytes`` for a route reachable without a token (basic)
+    max_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

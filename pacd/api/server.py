@@ -35,7 +35,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from pacd.api.decisions import (
     AuditAppender,
@@ -45,9 +45,10 @@ from pacd.api.decisions import (
     begin_request,
     end_request,
 )
-from pacd.api.guard import ConnectionGuard
+from pacd.api.guard import KEEP_IDLE, ConnectionGuard
 from pacd.api.peercred import PeerCred
 from pacd.api.route import Call, Json, Principal, Reply, Route
+from pacd.core.fields import refuse_surrogates
 from pacd.errors import (
     AuditError,
     Busy,
@@ -75,6 +76,28 @@ class RequestTimeout(InvalidRequest):
     status = 408
 
 
+class ExpectationFailed(InvalidRequest):
+    code = "expectation_failed"
+    status = 417
+
+
+#: request key of an ``Expect`` value other than 100-continue, refused by the middleware
+_EXPECT_KEY = "pacd.expect_refused"
+
+
+async def _expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered as aiohttp does; any other expectation
+    is left for the middleware to refuse as JSON, with its audit entry (aiohttp's
+    own refusal would be plain text sent before any middleware runs)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        request[_EXPECT_KEY] = expect[:100]
+        return
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
 def error_response(exc: PacdError) -> web.Response:
     body = json.dumps(exc.to_wire()).encode()
     return web.Response(body=body, status=exc.status, content_type="application/json")
@@ -100,8 +123,11 @@ class OwnerServer:
         header_timeout_s: float,
         read_timeout_s: float | None = None,
         shutdown_timeout_s: float = 30.0,
+        max_tokenless_body_bytes: int = 64 * 1024,
     ) -> None:
         self.routes = list(routes)
+        self._max_body = max_body_bytes
+        self._max_tokenless_body = min(max_tokenless_body_bytes, max_body_bytes)
         self._authorize = authorize
         self._audit = audit
         self._uid = os.getuid()
@@ -109,17 +135,20 @@ class OwnerServer:
         self._read_timeout = read_timeout_s or header_timeout_s
         self.refusals = Coalescer(audit)
         self.guard = ConnectionGuard(max_connections, on_malformed=self._malformed,
-                                     on_dropped=self._dropped)
+                                     on_dropped=self._dropped, on_evicted=self._evicted)
         self.app = web.Application(client_max_size=max_body_bytes,
                                    middlewares=[self._middleware])
         self.app.on_response_prepare.append(self._before_stream)
         for route in self.routes:
             self.app.router.add_route(route.method, route.path, self._endpoint(route),
-                                      name=route.operation)
+                                      name=route.operation, expect_handler=_expect_handler)
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
             keepalive_timeout=header_timeout_s,
+            # No lingering on a body that is still incomplete after the answer (a
+            # 408): aiohttp would otherwise keep reading it for 10 s more.
+            lingering_time=0,
             shutdown_timeout=shutdown_timeout_s,
             handle_signals=False,
         )
@@ -143,8 +172,10 @@ class OwnerServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        state = self.guard.state_for(request.transport)
+        if state is not None:
+            state.active += 1  # not idle while a request is handled (see the guard)
         try:
-            state = self.guard.state_for(request.transport)
             if state is None or state.peer is None or state.peer.uid != self._uid:
                 peer = state.peer if state is not None else None
                 await self.refusals.record(
@@ -174,6 +205,13 @@ class OwnerServer:
                                   "was refused but is not in the audit log",
                                   request.method[:16], request.path[:200])
                 raise Forbidden("requests from web pages are refused (Origin or Referer header)")
+            if _EXPECT_KEY in request:
+                expect = request[_EXPECT_KEY]
+                await self.refusals.record(
+                    self.actor, "request.expectation_failed", request.path,
+                    "unsupported Expect header", {"expect": expect, "path": request.path[:200]})
+                raise ExpectationFailed(f"Expect: {expect!r} is not supported "
+                                        "(only 100-continue)")
             if request.match_info.http_exception is not None:
                 await self.refusals.record(
                     self.actor, "request.unrouted", request.path, "no such route",
@@ -190,16 +228,24 @@ class OwnerServer:
             log.exception("internal error on %s %s", request.method, request.path)
             return self._finish_error(request, PacdError(
                 "internal error; the daemon logged the details"))
+        finally:
+            if state is not None:
+                state.active -= 1
 
     def _finish_error(self, request: web.Request, exc: PacdError) -> web.Response:
         resp = error_response(exc)
-        if isinstance(exc, PeerRefused | Busy):
-            resp.force_close()  # no keep-alive for refused connections
+        if isinstance(exc, PeerRefused | Busy | RequestTimeout | ExpectationFailed):
+            resp.force_close()  # no keep-alive for refused or abandoned connections
         return resp
 
     def _malformed(self, peer: PeerCred | None, status: int) -> None:
         self.refusals.note(actor_for(peer.uid if peer else None), "request.malformed", "",
                            "not a valid HTTP request", {"status": status})
+
+    def _evicted(self) -> None:
+        self.refusals.note("peer:uid=unknown", "connection.evicted", "",
+                           "idle connection closed to make room for a new one",
+                           {"keep_idle": KEEP_IDLE})
 
     def _dropped(self) -> None:
         # Beyond the hard cap nothing is read, so not even the peer is known.
@@ -209,6 +255,9 @@ class OwnerServer:
 
     def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         basic = Principal(level="basic") if route.level == "basic" else None
+        # Whoever can reach a route without a token gets the small cap.
+        body_cap = min(route.max_body_bytes or self._max_body,
+                       self._max_tokenless_body if basic else self._max_body)
 
         async def answer(request: web.Request, decision: RequestDecision | None = None
                          ) -> web.StreamResponse:
@@ -216,7 +265,7 @@ class OwnerServer:
             principal = basic or await self._authorize(request, route)
             body: Any = None
             if route.request is not None:
-                body = await self._read_body(request, route.request)
+                body = await self._read_body(request, route.request, body_cap)
             query = decode_query(route.query, request.query) if route.query else None
             call = Call(request=request, params=request.match_info, body=body, query=query,
                         principal=principal)
@@ -292,13 +341,13 @@ class OwnerServer:
         details: dict[str, Any] = {"code": exc.code, "status": exc.status, **exc.extra}
         await self._record(route, request, decision, "deny", exc.message, details)
 
-    async def _read_body(self, request: web.Request, kind: type | RawBody) -> Any:
+    async def _read_body(self, request: web.Request, kind: type | RawBody, cap: int) -> Any:
         try:
             async with asyncio.timeout(self._read_timeout):
-                raw = await request.read()
+                raw = await _read_capped(request, cap)
         except TimeoutError:
-            if request.transport is not None:
-                request.transport.close()
+            # Answered 408 and then closed (see _finish_error): the rest of a body that
+            # never came cannot be skipped to reach a next request.
             raise RequestTimeout("the request body did not arrive in time") from None
         if not raw.strip():
             data: Any = {}
@@ -310,11 +359,28 @@ class OwnerServer:
             except RecursionError:
                 # Nesting deeper than the parser's stack: no request needs that.
                 raise MalformedRequest("the body is nested too deeply to be read") from None
+            # A lone surrogate can only arrive as a \u escape: no escape, no walk.
+            if b"\\u" in raw:
+                refuse_surrogates(data, "body")
         if isinstance(kind, RawBody):
             if not isinstance(data, dict):
                 raise InvalidRequest(f"body: expected a {kind.name} object")
             return data
         return decode(kind, data)
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed ``cap`` bytes."""
+    if request.content_length is not None and request.content_length > cap:
+        raise PayloadTooLarge(f"the request body is larger than this route accepts "
+                              f"({cap} bytes)", max_body_bytes=cap)
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > cap:
+            raise PayloadTooLarge(f"the request body is larger than this route accepts "
+                                  f"({cap} bytes)", max_body_bytes=cap)
+    return bytes(body)
 
 
 def _token_details(principal: Principal) -> dict[str, Any]:

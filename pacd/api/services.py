@@ -31,6 +31,15 @@ class Lifecycle(Protocol):
 
     def agent_states(self, record: ContainerRecord) -> dict[str, str]: ...
 
+    #: changes whenever waiting_polls() would answer differently (a cheap cache key)
+    @property
+    def polls_generation(self) -> int: ...
+
+    def waiting_polls(self) -> dict[str, int]:
+        """Agents' ``GET /v1/messages`` long polls waiting for mail right now, by
+        ``"<container id>/<agent>"`` (non-blocking: read on the event loop)."""
+        ...
+
     def orphans(self) -> list[dict[str, str]]:
         """Containers with pacd's labels and this owner's id that pacd does not know
         (non-blocking: the last reconcile's findings)."""

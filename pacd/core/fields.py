@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, Final, TypeVar
 
-from pacd.errors import SpecError
+from pacd.errors import MAX_REASONS, SpecError
 
 E = TypeVar("E", bound=Enum)
 T = TypeVar("T")
@@ -56,6 +57,75 @@ def is_hostname(value: str) -> bool:
 def is_image_reference(value: str) -> bool:
     match = _IMAGE.fullmatch(value)
     return match is not None and len(match.group("name")) <= _IMAGE_NAME_MAX
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be shown to the owner as it is, or None.
+
+    A lone surrogate (``"\\ud800"``, legal in JSON's ``\\u`` escapes) is not
+    Unicode text: it cannot be encoded, hashed or signed. Control characters
+    (category Cc) and format characters (Cf: bidi overrides such as U+202E,
+    zero-width spaces and joiners) can make a name look like another one in a
+    prompt the owner approves from, so names refuse them all.
+    """
+    if value.isascii():
+        # the usual case; ASCII's only Cc are C0 and DEL
+        if value.isprintable():
+            return None
+        bad = next(ch for ch in value if not ch.isprintable())
+        return f"contains the control character U+{ord(bad):04X}"
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return f"contains a lone surrogate U+{ord(ch):04X}, which is not Unicode text"
+        if category in ("Cc", "Cf"):
+            kind = "control" if category == "Cc" else "format (invisible or bidi)"
+            name = unicodedata.name(ch, "")
+            return f"contains the {kind} character U+{ord(ch):04X}" + (
+                f" ({name})" if name else "")
+    return None
+
+
+def first_surrogate(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first string (member name or value) in decoded JSON that holds
+    a lone surrogate, or None. Such a string cannot be encoded as UTF-8, so no part
+    of pacd that hashes, signs or stores it could take it."""
+    if isinstance(value, str):
+        return None if _encodes(value) else path
+    if depth > 200:  # deeper than any parser accepts: it will be refused there
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = join(path, str(key))  # join escapes an odd key (json.dumps: ASCII)
+            if not _encodes(str(key)):
+                return where
+            found = first_surrogate(item, where, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = first_surrogate(item, index(path, i), depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_surrogates(value: Any, path: str) -> None:
+    """Raise SpecError (invalid_request) naming the first string with a lone surrogate."""
+    where = first_surrogate(value, path)
+    if where is not None:
+        message = f"{where}: contains a lone surrogate, which is not Unicode text"
+        raise SpecError(message, errors=[message])
+
+
+def _encodes(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_type(value: Any) -> str:
@@ -103,26 +173,40 @@ def one_of(values: Iterable[str]) -> str:
 
 
 class Problems:
-    """Collects path-prefixed problems; ``root`` names the document itself."""
+    """Collects path-prefixed problems; ``root`` names the document itself.
+
+    Every problem is counted (``count``), but only the first
+    :data:`~pacd.errors.MAX_REASONS` are kept: a hostile document may have
+    any number of mistakes, and neither memory nor the answer grows with them.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.errors: list[str] = []
+        self.count = 0
 
     def add(self, path: str, message: str) -> None:
+        self.count += 1
+        if len(self.errors) >= MAX_REASONS:
+            return
         # a path that starts with a subscript hangs off the document itself
         where = self.root + path if path.startswith("[") else path or self.root
         self.errors.append(f"{where}: {message}")
 
+    def extend(self, messages: list[str]) -> None:
+        """Problems already prefixed with their path."""
+        self.count += len(messages)
+        self.errors.extend(messages[: max(0, MAX_REASONS - len(self.errors))])
+
     def __bool__(self) -> bool:
-        return bool(self.errors)
+        return self.count > 0
 
     def raise_if_any(self, what: str) -> None:
-        if self.errors:
-            count = len(self.errors)
-            noun = "problem" if count == 1 else "problems"
+        if self.count:
+            noun = "problem" if self.count == 1 else "problems"
             raise SpecError(
-                f"{what} is invalid ({count} {noun}): {self.errors[0]}", errors=self.errors
+                f"{what} is invalid ({self.count} {noun}): {self.errors[0]}",
+                errors=self.errors, omitted=self.count - len(self.errors),
             )
 
 
@@ -196,13 +280,14 @@ class Obj:
             return default
         return read_enum(self.data[key], self.at(key), self.problems, enum)
 
-    def array(self, key: str, default: list[Any] | None = None) -> list[tuple[str, Any]] | None:
-        """The items of an array field, each paired with its path."""
+    def array(self, key: str, default: list[Any] | None = None,
+              max_items: int | None = None) -> list[tuple[str, Any]] | None:
+        """The items of an array field, each paired with its path (see :func:`read_array`)."""
         if key not in self.data:
             if default is None:
                 return None
             return [(index(self.at(key), i), v) for i, v in enumerate(default)]
-        return read_array(self.data[key], self.at(key), self.problems)
+        return read_array(self.data[key], self.at(key), self.problems, max_items)
 
 
 def read_string(
@@ -222,6 +307,10 @@ def read_string(
         return None
     if len(value) > max_len:
         problems.add(path, f"is too long ({len(value)} characters, at most {max_len})")
+        return None
+    problem = text_problem(value)
+    if problem is not None:
+        problems.add(path, problem)
         return None
     if check is not None and not check(value):
         problems.add(path, f"{show(value)} is not {expect}")
@@ -248,10 +337,16 @@ def read_enum(value: Any, path: str, problems: Problems, enum: type[E]) -> E | N
     return enum(value)
 
 
-def read_array(value: Any, path: str, problems: Problems) -> list[tuple[str, Any]] | None:
+def read_array(value: Any, path: str, problems: Problems,
+               max_items: int | None = None) -> list[tuple[str, Any]] | None:
+    """The items, each paired with its path; beyond ``max_items`` one problem, and
+    only the first ``max_items`` are read (work does not grow with hostile input)."""
     if not isinstance(value, list | tuple):
         problems.add(path, f"expected an array, got {json_type(value)}")
         return None
+    if max_items is not None and len(value) > max_items:
+        problems.add(path, f"has {len(value)} items, at most {max_items}")
+        value = value[:max_items]
     return [(index(path, i), item) for i, item in enumerate(value)]
 
 

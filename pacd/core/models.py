@@ -370,9 +370,9 @@ def read_policy(data: Any, path: str, problems: f.Problems) -> SecurityPolicy | 
     obj = f.Obj(data, path, problems, POLICY_FIELDS)
     values: dict[str, Any] = dataclasses.asdict(SecurityPolicy.default())
     values.update({k: v for k, v in data.items() if k in POLICY_FIELDS})
-    before = len(problems.errors)
+    before = problems.count
     _check_policy_values(values, path, problems)
-    if len(problems.errors) != before or not obj.ok:
+    if problems.count != before or not obj.ok:
         return None
     values["allowed_network_ports"] = tuple(values["allowed_network_ports"])
     values["trusted_domains"] = tuple(values["trusted_domains"])

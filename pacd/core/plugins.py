@@ -49,7 +49,6 @@ MAX_PATH_LENGTH = 200
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 # Plain path segments only: no templates, queries, fragments, '.' or '..'.
 _ENDPOINT_PATH = re.compile(r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
-_PRINTABLE_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 # --- parsing -----------------------------------------------------------------
@@ -65,15 +64,17 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
     obj = f.Obj(data, "", problems, SCHEMA_FIELDS, ("name", "version", "required_capabilities",
                                                      "endpoints"))
     plugin_id = obj.string("id", None, check=_is_uuid, expect="a UUID", max_len=36)
-    name = obj.string("name", check=lambda s: _PRINTABLE_NAME.fullmatch(s) is not None,
-                      expect="a printable name", max_len=100)
+    # a name the owner reads in prompts: read_string refuses control, bidi and
+    # other invisible characters (fields.text_problem)
+    name = obj.string("name", max_len=100)
     version = obj.string("version", check=lambda s: _VERSION.fullmatch(s) is not None,
                          expect="a version (like 1.2.0)", max_len=64)
     image = obj.string("image", None, check=f.is_image_reference,
                        expect="a container image reference (like localhost/plugin:1.0)",
                        max_len=512)
+    # More items than there are capabilities cannot be valid: said once, not per item.
     capabilities = f.read_unique(
-        obj.array("required_capabilities"), problems,
+        obj.array("required_capabilities", max_items=len(Capability)), problems,
         lambda v, p: f.read_enum(v, p, problems, Capability), "capability")
     endpoint_items = obj.array("endpoints")
     endpoints: list[APIEndpoint | None] = []
@@ -116,7 +117,7 @@ def _is_uuid(value: str) -> bool:
 
 
 def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | None:
-    before = len(problems.errors)
+    before = problems.count
     obj = f.Obj(data, path, problems, ENDPOINT_FIELDS, ("path", "method"))
     if not obj.ok:
         return None
@@ -132,7 +133,7 @@ def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | 
         burst = limit.integer("burst_size")
         if rpm is not None and burst is not None:
             rate_limit = RateLimit(rpm, burst)
-    if len(problems.errors) != before:
+    if problems.count != before:
         return None
     assert endpoint_path is not None and method is not None and requires_auth is not None
     return APIEndpoint(endpoint_path, method, requires_auth, rate_limit)
@@ -140,7 +141,7 @@ def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | 
 
 def _read_security(data: Any, path: str, problems: f.Problems
                    ) -> PluginSecurityRequirements | None:
-    before = len(problems.errors)
+    before = problems.count
     obj = f.Obj(data, path, problems, SECURITY_FIELDS)
     if not obj.ok:
         return None
@@ -150,7 +151,7 @@ def _read_security(data: Any, path: str, problems: f.Problems
         for name in SECURITY_FIELDS[:4]
     }
     access = obj.enum("max_data_access", DataAccessLevel, defaults.max_data_access)
-    if len(problems.errors) != before:
+    if problems.count != before:
         return None
     assert access is not None
     return PluginSecurityRequirements(

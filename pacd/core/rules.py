@@ -79,14 +79,19 @@ class Action(StrEnum):
     install_plugin = "install_plugin"
     change_policy = "change_policy"
     enroll_credential = "enroll_credential"
+    list_credentials = "list_credentials"
+    add_credential = "add_credential"
+    remove_credential = "remove_credential"
     link_containers = "link_containers"
     rotate_keys = "rotate_keys"
     export_keys = "export_keys"
     weaken_policy = "weaken_policy"
 
 
-# DESIGN.md §2. Submitting a plugin only queues it (installing is the approval),
-# and denying can only make things safer, so both stay at basic.
+# DESIGN.md §2. Denying can only make things safer, so it stays at basic.
+# Submitting a plugin only queues it (installing is the approval), but every
+# queued approval takes the owner's attention: it needs a touch (enhanced), so a
+# script of the owner's uid cannot fill the queue on its own.
 _REQUIRED: dict[Action, SecurityLevel] = {
     Action.status: SecurityLevel.basic,
     Action.list_containers: SecurityLevel.basic,
@@ -97,17 +102,22 @@ _REQUIRED: dict[Action, SecurityLevel] = {
     Action.container_config: SecurityLevel.basic,
     Action.container_openapi: SecurityLevel.basic,
     Action.export_kube: SecurityLevel.basic,
-    Action.submit_plugin: SecurityLevel.basic,
     Action.deny_approval: SecurityLevel.basic,
     Action.start_container: SecurityLevel.enhanced,
     Action.stop_container: SecurityLevel.enhanced,
     Action.read_owner_data: SecurityLevel.enhanced,
     Action.build_image: SecurityLevel.enhanced,
+    Action.submit_plugin: SecurityLevel.enhanced,
     Action.create_container: SecurityLevel.biometric,
     Action.delete_container: SecurityLevel.biometric,
     Action.install_plugin: SecurityLevel.biometric,
     Action.change_policy: SecurityLevel.biometric,
     Action.enroll_credential: SecurityLevel.biometric,
+    Action.list_credentials: SecurityLevel.basic,
+    # Who the owner is changes only with a signature by one of the owner's keys over
+    # the key added or removed: a session alone never does it (DESIGN.md §2).
+    Action.add_credential: SecurityLevel.carbonProof,
+    Action.remove_credential: SecurityLevel.carbonProof,
     Action.link_containers: SecurityLevel.carbonProof,
     Action.rotate_keys: SecurityLevel.carbonProof,
     Action.export_keys: SecurityLevel.carbonProof,

@@ -224,7 +224,7 @@ def _read_names(items: list[tuple[str, Any]] | None, problems: f.Problems,
 
 
 def _read_agent(data: Any, path: str, problems: f.Problems) -> AgentSpec | None:
-    before = len(problems.errors)
+    before = problems.count
     obj = f.Obj(data, path, problems, AGENT_FIELDS, ("name", "image"))
     if not obj.ok:
         return None
@@ -240,7 +240,7 @@ def _read_agent(data: Any, path: str, problems: f.Problems) -> AgentSpec | None:
         problems.add(obj.at("connections"),
                      "a strict agent never connects to other agents; use managed or "
                      "collaborative isolation, or remove the connections")
-    if len(problems.errors) != before:
+    if problems.count != before:
         return None
     assert name and image and capabilities is not None and connections is not None
     assert data_access is not None and isolation is not None
@@ -248,7 +248,7 @@ def _read_agent(data: Any, path: str, problems: f.Problems) -> AgentSpec | None:
 
 
 def _read_concern(data: Any, path: str, problems: f.Problems) -> ConcernSpec | None:
-    before = len(problems.errors)
+    before = problems.count
     obj = f.Obj(data, path, problems, CONCERN_FIELDS, ("name", "category"))
     if not obj.ok:
         return None
@@ -257,7 +257,7 @@ def _read_concern(data: Any, path: str, problems: f.Problems) -> ConcernSpec | N
     scope = obj.enum("scope", Scope, Scope.local)
     agents = _read_names(obj.array("agents", []), problems, "agent")
     cross = obj.enum("cross_container", CrossContainerPolicy, CrossContainerPolicy.isolated)
-    if len(problems.errors) != before:
+    if problems.count != before:
         return None
     assert name and category is not None and scope is not None
     assert agents is not None and cross is not None
@@ -408,7 +408,7 @@ def parse_container(data: Any) -> PersonalAIContainer:
     try:
         spec = parse_container_spec(spec_data)
     except SpecError as exc:
-        problems.errors.extend(exc.errors)
+        problems.extend(exc.errors)
     problems.raise_if_any("container")
     assert container_id is not None and owner_id is not None
     built = build_container(spec, container_id, owner_id, float(created))

@@ -25,7 +25,13 @@ from fido2 import cbor
 from fido2.cose import ES256
 
 from pacd.core.models import SecurityLevel
-from pacd.errors import CeremonyCancelled, CeremonyTimeout, PresenceFailed, PresenceUnavailable
+from pacd.errors import (
+    CeremonyCancelled,
+    CeremonyTimeout,
+    PresenceFailed,
+    PresenceRequired,
+    PresenceUnavailable,
+)
 from pacd.presence.clock import Clock
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import Credential, OwnerRegistry
@@ -226,6 +232,16 @@ class TouchIdVerifier:
         return found
 
     def enroll(self, label: str) -> Credential:
+        """Enrol this Mac's key as the owner's first credential.
+
+        Any later key is added only by a ``credential.add`` approval signed by an
+        enrolled one (see :mod:`pacd.api.credential_routes`), never directly here.
+        """
+        if self.owners.has_credentials():
+            raise PresenceRequired(
+                "a key is already enrolled: another one is added only by an approval "
+                "signed by an enrolled key (carbonProof)",
+                required_level=SecurityLevel.carbonProof.value)
         public = self.key.create()
         return self.owners.add_credential(
             Credential(

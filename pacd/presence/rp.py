@@ -24,6 +24,14 @@ owner still has no credential: it is checked again at completion, in the
 transaction that adds the key, and enrolling any key drops every such pending
 registration — otherwise a process that began while nothing was enrolled could
 keep its registration alive and add a key of its own after the owner's.
+
+Only the first key is stored by the registration itself
+(:meth:`RelyingParty.enrol_first`). Any later one is verified here
+(:meth:`RelyingParty.verify_registration`) and then waits for an approval
+signed by a key already enrolled; its executor stores it with
+:meth:`RelyingParty.add_approved`. The owner's attestation policy
+(:mod:`pacd.presence.attestation`) is checked when the registration is
+verified, and its AAGUID list once more when an approved key is stored.
 Approval challenges are different: they are not random but the digest of the
 action, so the record that one was *used* is written to the state database in
 the same transaction that advances the counter, and a replay is refused even
@@ -59,19 +67,20 @@ from fido2.webauthn import (
 
 from pacd.core.models import SecurityLevel
 from pacd.errors import (
-    Busy,
     ClonedAuthenticator,
+    Forbidden,
     InvalidRequest,
     NotFound,
     PresenceFailed,
     PresenceRequired,
 )
+from pacd.presence.attestation import AttestationPolicy, aaguid_text
 from pacd.presence.clock import Clock
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import MAX_LABEL, Credential, CredentialKind, OwnerRegistry, check_text
 from pacd.store import Store
 
-__all__ = ["FIRST_CREDENTIAL", "EnrolmentHook", "RefusalHook", "RelyingParty",
+__all__ = ["FIRST_CREDENTIAL", "EnrolmentHook", "RefusalHook", "Registration", "RelyingParty",
            "VerifiedPresence"]
 
 RefusalHook = Callable[[str, dict[str, Any]], None]
@@ -83,6 +92,8 @@ FIRST_CREDENTIAL = "first_credential"
 
 RP_NAME = "pacd"
 MAX_PENDING = 64
+#: unfinished ceremonies one client (peer process) may hold; its oldest goes first
+MAX_PENDING_PER_CLIENT = 4
 MAX_ISSUED_APPROVAL_CHALLENGES = 256
 
 _SCHEMA = """
@@ -104,6 +115,19 @@ class _Pending:
     credential_kind: CredentialKind = "fido2"
     #: registrations: the session level that authorised begin, or FIRST_CREDENTIAL
     authorised: str = FIRST_CREDENTIAL
+    #: who began it (the peer process), for the per-client bound
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A new key whose registration verified, not yet enrolled."""
+
+    credential: Credential
+    #: how the begin was authorised: a session level, or FIRST_CREDENTIAL
+    authorised: str
+    #: the attestation statement's format ("none", "packed", ...)
+    attestation_format: str
 
 
 class RelyingParty:
@@ -117,6 +141,7 @@ class RelyingParty:
         challenge_ttl_s: float = 120,
         on_refusal: RefusalHook | None = None,
         carbon_proof_max_age_s: float = 120,
+        attestation: AttestationPolicy | None = None,
     ) -> None:
         if challenge_ttl_s <= 0 or carbon_proof_max_age_s <= 0:
             raise ValueError("challenge lifetimes must be positive")
@@ -128,12 +153,13 @@ class RelyingParty:
         self.challenge_ttl_s = challenge_ttl_s
         self.carbon_proof_max_age_s = carbon_proof_max_age_s
         self.on_refusal = on_refusal
+        self.attestation = attestation or AttestationPolicy()
         store.migrate("presence_rp", 1, _SCHEMA)
         # Exact origin match: the daemon tells clients which origin to use, so
         # anything else is not one of our clients.
         self._server = Fido2Server(
             PublicKeyCredentialRpEntity(name=RP_NAME, id=rp_id),
-            attestation=None,
+            attestation=self.attestation.conveyance,
             verify_origin=lambda candidate: candidate == origin,
         )
         # The client shows this as its own deadline; the server enforces ours.
@@ -190,11 +216,17 @@ class RelyingParty:
         self, registration_id: str, credential: Mapping[str, Any],
         on_enrolled: EnrolmentHook | None = None,
     ) -> Credential:
-        """Verify the attestation and store the credential.
+        """Verify the attestation and store the credential, as the owner's first key.
 
         ``on_enrolled`` runs inside the transaction that stores it (the daemon
         writes the enrolment's audit entry there): if it raises, nothing is stored.
         """
+        return self.enrol_first(self.verify_registration(registration_id, credential),
+                                on_enrolled)
+
+    def verify_registration(self, registration_id: str,
+                            credential: Mapping[str, Any]) -> Registration:
+        """Check a registration (single use) and the attestation policy; store nothing."""
         pending = self._take(registration_id, "registration")
         try:
             response = RegistrationResponse.from_dict(credential)
@@ -211,6 +243,8 @@ class RelyingParty:
             raise PresenceFailed("registration refused: no attested credential data")
         if isinstance(attested.public_key, UnsupportedKey):
             raise PresenceFailed("registration refused: unsupported key algorithm")
+        fmt = self.attestation.check(response.response.attestation_object,
+                                     response.response.client_data.hash)
         candidate = Credential(
             credential_id=attested.credential_id,
             public_key=cbor.encode(dict(attested.public_key)),
@@ -221,32 +255,57 @@ class RelyingParty:
             created_at=self.clock.wall(),
             kind=pending.credential_kind,
         )
+        return Registration(candidate, pending.authorised, fmt)
+
+    def enrol_first(self, registration: Registration,
+                    on_enrolled: EnrolmentHook | None = None) -> Credential:
+        """Store ``registration`` if the owner has no key yet; otherwise refuse.
+
+        Checked in the transaction that adds the key, so two first-key
+        registrations cannot both see an empty list.
+        """
         with self.store.transaction():
-            # Checked in the transaction that adds the key, so two first-key
-            # registrations cannot both see an empty list.
-            if pending.authorised == FIRST_CREDENTIAL and self.owners.list_credentials():
+            # has_credentials() believes "none" only if the owner's MACed record says so.
+            if self.owners.has_credentials():
+                if registration.authorised == FIRST_CREDENTIAL:
+                    raise PresenceRequired(
+                        "a presence credential was enrolled after this registration began: "
+                        "adding another key needs a biometric session (pacd session "
+                        "--level biometric), then begin again",
+                        required_level=SecurityLevel.biometric.value,
+                    )
                 raise PresenceRequired(
-                    "a presence credential was enrolled after this registration began: "
-                    "adding another key needs a biometric session (pacd session "
-                    "--level biometric), then begin again",
-                    required_level=SecurityLevel.biometric.value,
+                    "a key is already enrolled: another one is added only by an approval "
+                    "signed by an enrolled key (carbonProof)",
+                    required_level=SecurityLevel.carbonProof.value,
                 )
-            stored = self.owners.add_credential(candidate)
+            stored = self.owners.add_credential(registration.credential)
             if on_enrolled is not None:
                 on_enrolled(stored)
         self._drop_unauthorised_registrations()
         return stored
 
+    def add_approved(self, credential: Credential) -> Credential:
+        """Store a key whose addition an enrolled key approved (the approval's
+        executor, inside its transaction). The AAGUID list is asked again: the
+        policy may have changed while the approval waited."""
+        if not self.attestation.allows_aaguid(credential.aaguid):
+            raise Forbidden(
+                f"authenticator model {aaguid_text(credential.aaguid)} (AAGUID) is no longer "
+                "in allowed_aaguids of the attestation policy")
+        return self.owners.add_credential(credential)
+
     # --- sessions (enhanced / biometric) -----------------------------------
 
-    def begin_session(self, level: SecurityLevel | str) -> dict[str, Any]:
+    def begin_session(self, level: SecurityLevel | str, client: str = "") -> dict[str, Any]:
         wanted = _session_level(level)
         descriptors = self._allow_list()
         options, state = self._server.authenticate_begin(
             descriptors, user_verification=_uv_requirement(wanted == SecurityLevel.biometric)
         )
         session_id = self._remember(
-            _Pending(kind="session", state=dict(state), deadline=0.0, level=wanted)
+            _Pending(kind="session", state=dict(state), deadline=0.0, level=wanted,
+                     client=client)
         )
         return {
             "session_id": session_id,
@@ -349,8 +408,14 @@ class RelyingParty:
         with self._lock:
             for key in [k for k, p in self._pending.items() if p.deadline < now]:
                 del self._pending[key]
-            if len(self._pending) >= MAX_PENDING:
-                raise Busy("too many presence ceremonies in progress; finish or wait for one")
+            # Unfinished ceremonies never lock the owner out: past the bounds the
+            # oldest are dropped (first the same client's, then anyone's), so a
+            # fresh begin always gets a challenge.
+            mine = [k for k, p in self._pending.items() if p.client == pending.client]
+            for key in mine[: max(0, len(mine) - MAX_PENDING_PER_CLIENT + 1)]:
+                del self._pending[key]
+            while len(self._pending) >= MAX_PENDING:
+                del self._pending[next(iter(self._pending))]
             self._pending[ceremony_id] = pending
         return ceremony_id
 
@@ -441,6 +506,7 @@ class RelyingParty:
                     )
                 if uses_counter:
                     self.owners.update_sign_count(enrolled.credential_id, new)
+                self.owners.note_use(enrolled.credential_id, self.clock.wall())
         if refusal is not None:
             if self.on_refusal is not None:
                 self.on_refusal("possible_cloned_authenticator", refusal)

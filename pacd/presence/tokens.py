@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pacd.core.models import SecurityLevel
 from pacd.errors import NotFound, PresenceRequired, TokenExpired, TokenRevoked, Unauthorized
+from pacd.integrity import RowSpec
 from pacd.presence.clock import Clock
 from pacd.presence.owner import OwnerRegistry
 from pacd.store import Store
@@ -42,6 +43,10 @@ CREATE TABLE presence_tokens (
     consumed_at REAL
 )
 """
+#: every column but the MAC is MACed: a revocation or a use cannot be undone by an edit
+_ROW = RowSpec("presence_tokens", ("token_id",),
+               ("token_hash", "owner_id", "level", "scope", "single_use", "issued_at",
+                "expires_at", "revoked_at", "consumed_at"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class TokenService:
         self.lifetime_s = lifetime_s
         self.owners = OwnerRegistry(store)
         store.migrate("presence_tokens", 1, _SCHEMA)
+        store.migrate("presence_tokens", 2, "ALTER TABLE presence_tokens ADD COLUMN mac BLOB")
         self._lock = threading.Lock()
         # token_id -> monotonic deadline, for tokens this process has seen.
         self._deadlines: dict[str, float] = {}
@@ -97,15 +103,20 @@ class TokenService:
         token_id = secrets.token_hex(8)
         wall, mono = self.clock.wall(), self.clock.monotonic()
         expires_at = wall + self.lifetime_s
+        row: dict[str, object] = {
+            "token_id": token_id, "token_hash": token_hash(token), "owner_id": owner.id,
+            "level": level.value, "scope": scope, "single_use": int(single_use),
+            "issued_at": wall, "expires_at": expires_at, "revoked_at": None,
+            "consumed_at": None}
+        row["mac"] = self.store.integrity.seal_row(_ROW, row)
         with self.store.transaction() as conn:
             # Tokens expired for a day are of no further use to anyone.
             conn.execute("DELETE FROM presence_tokens WHERE expires_at < ?", (wall - 86400,))
             conn.execute(
                 "INSERT INTO presence_tokens (token_id, token_hash, owner_id, level, scope,"
-                " single_use, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (token_id, token_hash(token), owner.id, level.value, scope,
-                 int(single_use), wall, expires_at),
-            )
+                " single_use, issued_at, expires_at, revoked_at, consumed_at, mac) VALUES"
+                " (:token_id, :token_hash, :owner_id, :level, :scope, :single_use,"
+                " :issued_at, :expires_at, :revoked_at, :consumed_at, :mac)", row)
         with self._lock:
             for stale in [k for k, d in self._deadlines.items() if d <= mono]:
                 del self._deadlines[stale]
@@ -124,13 +135,16 @@ class TokenService:
         required = SecurityLevel(required)
         if not token:
             raise Unauthorized("a bearer token is required: run a presence ceremony first")
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        # Tokens are URL-safe base64; anything else (a header's undecodable bytes
+        # arrive as surrogates) is no token of ours, and must not reach the hash.
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             raise Unauthorized("unknown token")
         with self.store.transaction() as conn:
             row = conn.execute(
                 "SELECT * FROM presence_tokens WHERE token_hash = ?", (token_hash(token),)
             ).fetchone()
-            if row is None:
+            # A row the daemon did not write (its MAC fails) is no token at all.
+            if row is None or not self.store.integrity.row_ok(_ROW, row):
                 raise Unauthorized("unknown token")
             info = _info(row)
             owner = self.owners.get_owner()
@@ -152,36 +166,39 @@ class TokenService:
                     "the token was issued for another action", required_level=required.value
                 )
             if info.single_use:
-                cur = conn.execute(
-                    "UPDATE presence_tokens SET consumed_at = ?"
-                    " WHERE token_id = ? AND consumed_at IS NULL",
-                    (self.clock.wall(), info.token_id),
-                )
-                if cur.rowcount != 1:
+                cur = self._set(conn, row, "consumed_at", self.clock.wall())
+                if cur != 1:
                     raise TokenRevoked("single-use token was already used")
         return info
 
+    def _set(self, conn: sqlite3.Connection, row: sqlite3.Row, column: str,
+             value: float) -> int:
+        """Set ``column`` (still NULL) of a checked row, with its new MAC; rows changed."""
+        changed = dict(row) | {column: value}
+        return int(conn.execute(
+            f"UPDATE presence_tokens SET {column} = ?, mac = ?"  # noqa: S608 - fixed names
+            f" WHERE token_id = ? AND {column} IS NULL",
+            (value, self.store.integrity.seal_row(_ROW, changed), row["token_id"]),
+        ).rowcount)
+
     def revoke(self, token_id: str) -> None:
         with self.store.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE presence_tokens SET revoked_at = ?"
-                " WHERE token_id = ? AND revoked_at IS NULL",
-                (self.clock.wall(), token_id),
-            )
-            if cur.rowcount != 1:
-                exists = conn.execute(
-                    "SELECT 1 FROM presence_tokens WHERE token_id = ?", (token_id,)
-                ).fetchone()
-                if exists is None:
-                    raise NotFound("no such token")
+            row = conn.execute(
+                "SELECT * FROM presence_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            if row is None or not self.store.integrity.row_ok(_ROW, row):
+                raise NotFound("no such token")
+            if row["revoked_at"] is None:
+                self._set(conn, row, "revoked_at", self.clock.wall())
 
     def revoke_all(self) -> int:
         with self.store.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE presence_tokens SET revoked_at = ? WHERE revoked_at IS NULL",
-                (self.clock.wall(),),
-            )
-            return int(cur.rowcount)
+            rows = conn.execute(
+                "SELECT * FROM presence_tokens WHERE revoked_at IS NULL").fetchall()
+            now = self.clock.wall()
+            # Rows that fail their MAC are no tokens: reported, left as they are.
+            return sum(self._set(conn, row, "revoked_at", now) for row in rows
+                       if self.store.integrity.row_ok(_ROW, row))
 
     def _check_expiry(self, info: TokenInfo) -> None:
         wall, mono = self.clock.wall(), self.clock.monotonic()

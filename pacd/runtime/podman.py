@@ -374,6 +374,14 @@ class PodmanRuntime:
         except NotFound:
             return "missing"
 
+    def init_pid(self, name_or_id: str) -> int | None:
+        """The host pid of a running container's first process (its init), else None."""
+        try:
+            pid = self.inspect(name_or_id).get("State", {}).get("Pid")
+        except NotFound:
+            return None
+        return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+
     def list_labelled(self, label_filter: Mapping[str, str] = PACD_LABELS
                       ) -> list[RuntimeContainer]:
         """Every container (running or not) carrying all of these labels."""

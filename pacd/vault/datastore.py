@@ -1,13 +1,25 @@
 """Concern-domain data at rest: every value sealed by the vault, bound to its place.
 
-A value is sealed with AAD (container, concern, key), so a row copied to
+A value is sealed with AAD (container, concern, key, version), so a row copied to
 another container, concern or key fails to open rather than leaking across
 domains. Timestamps are passed in (retention purges compare against them).
+
+The row is the index of the value: its version and time are MACed
+(:mod:`pacd.integrity`), and every write picks a fresh random 63-bit version,
+so an older ciphertext of the same key — even one from before a delete —
+restored into the row does not open. A row that fails its MAC, or a value
+that fails to open, is refused with ``integrity_error`` and reported
+(``state.integrity_failure``); it is never served and never repaired.
 """
 
 from __future__ import annotations
 
-from pacd.errors import NotFound
+import secrets
+import sqlite3
+from typing import Any
+
+from pacd.errors import IntegrityError, NotFound, QuotaExceeded
+from pacd.integrity import RowSpec
 from pacd.store import Store
 from pacd.vault.envelope import Vault
 
@@ -22,38 +34,100 @@ CREATE TABLE sealed_data (
 );
 CREATE INDEX sealed_data_updated ON sealed_data (updated)
 """
+_SCHEMA_V2 = """
+ALTER TABLE sealed_data ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sealed_data ADD COLUMN mac BLOB
+"""
+_ROW = RowSpec("sealed_data", ("container", "concern", "key"), ("version", "updated"))
 
-
-_GET = "SELECT value FROM sealed_data WHERE container = ? AND concern = ? AND key = ?"
+_GET = "SELECT * FROM sealed_data WHERE container = ? AND concern = ? AND key = ?"
 
 #: values up to this size are opened on the caller's thread by get_if_quick
 #: (tens of microseconds); larger ones go to a worker thread
 QUICK_OPEN_BYTES = 64 * 1024
 
 
+def stored_bytes(store: Store, container: str) -> dict[str, int]:
+    """Bytes of sealed data per concern of ``container`` (what its quotas count)."""
+    rows = store.query("SELECT concern, SUM(length(value)) FROM sealed_data"
+                       " WHERE container = ? GROUP BY concern", (container,))
+    return {str(r[0]): int(r[1] or 0) for r in rows}
+
+
 class SealedData:
-    def __init__(self, store: Store, vault: Vault) -> None:
+    def __init__(self, store: Store, vault: Vault, *, container_quota: int | None = None,
+                 concern_quota: int | None = None) -> None:
         self._store = store
         self._vault = vault
+        #: sealed bytes a container, and one concern of it, may hold (None: no limit)
+        self.container_quota = container_quota
+        self.concern_quota = concern_quota
         store.migrate("sealed_data", 1, _SCHEMA)
+        store.migrate("sealed_data", 2, _SCHEMA_V2)
+
+    def check_quota(self, container: str, concern: str, key: str, size: int,
+                    conn: Any = None) -> None:
+        """QuotaExceeded if writing ``size`` bytes at ``key`` passes a quota.
+
+        The sealed value is a little larger than the plain one (nonce and tag):
+        ``size`` is what is counted for the new value, the stored length for the rest.
+        """
+        if self.container_quota is None and self.concern_quota is None:
+            return
+        query = conn.execute if conn is not None else self._store.query
+        rows = list(query(
+            "SELECT concern, SUM(length(value)) FROM sealed_data WHERE container = ?"
+            " AND NOT (concern = ? AND key = ?) GROUP BY concern", (container, concern, key)))
+        used = {str(r[0]): int(r[1] or 0) for r in rows}
+        total = sum(used.values()) + size
+        in_concern = used.get(concern, 0) + size
+        if self.concern_quota is not None and in_concern > self.concern_quota:
+            raise QuotaExceeded(
+                f"concern {concern!r} would hold {in_concern} bytes, over its quota of "
+                f"{self.concern_quota} (quota_per_concern_bytes)",
+                quota="quota_per_concern_bytes", limit=self.concern_quota, used=in_concern - size)
+        if self.container_quota is not None and total > self.container_quota:
+            raise QuotaExceeded(
+                f"the container would hold {total} bytes, over its quota of "
+                f"{self.container_quota} (quota_per_container_bytes)",
+                quota="quota_per_container_bytes", limit=self.container_quota,
+                used=total - size)
 
     def put(self, container: str, concern: str, key: str, value: bytes, now: float) -> None:
         if not key:
             raise ValueError("data key must not be empty")
-        sealed = self._vault.seal(container, concern, key, value)
+        version = secrets.randbits(63)
+        sealed = self._vault.seal(container, concern, key, value, version)
+        row: dict[str, object] = {"container": container, "concern": concern, "key": key,
+                                  "value": sealed, "version": version, "updated": now}
+        row["mac"] = self._store.integrity.seal_row(_ROW, row)
         with self._store.transaction() as conn:
+            self.check_quota(container, concern, key, len(sealed), conn)
             conn.execute(
-                "INSERT INTO sealed_data (container, concern, key, value, updated)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (container, concern, key)"
-                " DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                (container, concern, key, sealed, now),
+                "INSERT INTO sealed_data (container, concern, key, value, updated, version, mac)"
+                " VALUES (:container, :concern, :key, :value, :updated, :version, :mac)"
+                " ON CONFLICT (container, concern, key) DO UPDATE SET value = excluded.value,"
+                " updated = excluded.updated, version = excluded.version, mac = excluded.mac",
+                row,
             )
 
     def get(self, container: str, concern: str, key: str) -> bytes:
         row = self._store.query_one(_GET, (container, concern, key))
         if row is None:
             raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
-        return self._vault.open(container, concern, key, bytes(row[0]))
+        return self._open(row)
+
+    def _open(self, row: sqlite3.Row) -> bytes:
+        """The value of a row whose index checks and whose ciphertext is the one it pins."""
+        integrity = self._store.integrity
+        if not integrity.row_ok(_ROW, row):
+            raise IntegrityError()
+        try:
+            return self._vault.open(str(row["container"]), str(row["concern"]),
+                                    str(row["key"]), bytes(row["value"]), int(row["version"]))
+        except IntegrityError:
+            integrity.report(_ROW.table, _ROW.key_text(row))
+            raise
 
     def get_if_quick(self, container: str, concern: str, key: str) -> bytes | None:
         """:meth:`get` if it needs no waiting; None if the store is busy or the value large.
@@ -66,10 +140,9 @@ class SealedData:
             return None
         if row is None:
             raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
-        sealed = bytes(row[0])
-        if len(sealed) > QUICK_OPEN_BYTES:
+        if len(row["value"]) > QUICK_OPEN_BYTES:
             return None
-        return self._vault.open(container, concern, key, sealed)
+        return self._open(row)
 
     def delete(self, container: str, concern: str, key: str) -> None:
         with self._store.transaction() as conn:
@@ -82,10 +155,11 @@ class SealedData:
 
     def keys(self, container: str, concern: str) -> list[str]:
         rows = self._store.query(
-            "SELECT key FROM sealed_data WHERE container = ? AND concern = ? ORDER BY key",
+            "SELECT container, concern, key, version, updated, mac FROM sealed_data"
+            " WHERE container = ? AND concern = ? ORDER BY key",
             (container, concern),
         )
-        return [str(r[0]) for r in rows]
+        return [str(r["key"]) for r in rows if self._store.integrity.row_ok(_ROW, r)]
 
     def purge_older_than(self, cutoff: float) -> int:
         """Delete values last written before ``cutoff``; returns how many."""
@@ -105,8 +179,11 @@ class SealedData:
             return int(cursor.rowcount)
 
     def delete_container(self, container: str) -> int:
-        """Delete every value of ``container``; returns how many."""
+        """Delete every value of ``container`` and give their space back; how many."""
         with self._store.transaction() as conn:
-            return int(
+            count = int(
                 conn.execute("DELETE FROM sealed_data WHERE container = ?", (container,)).rowcount
             )
+        if count:
+            self._store.reclaim()
+        return count

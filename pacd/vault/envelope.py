@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pacd.core.canonical import canonical_json
 from pacd.errors import IntegrityError, KeychainError
+from pacd.integrity import INTEGRITY_LABEL, RowSealer
 from pacd.store import Store
 from pacd.vault.keychain import SecretStore
 
@@ -233,6 +234,10 @@ class Vault:
             root = self._root
         return _hkdf(root, b"pacd subkey " + label.encode("utf-8"))
 
+    def row_sealer(self) -> RowSealer:
+        """The MAC of state rows that decide access (pacd.integrity), keyed from here."""
+        return RowSealer(self.derive_subkey(INTEGRITY_LABEL))
+
     def rotate_master_key(self) -> int:
         """Replace the master key, re-wrapping every data key; returns the new version.
 
@@ -399,18 +404,29 @@ class Vault:
     # --- sealing ------------------------------------------------------------
 
     @staticmethod
-    def _aad(fmt: int, container: str, domain: str, key_name: str, key_id: int) -> bytes:
+    def _aad(fmt: int, container: str, domain: str, key_name: str, key_id: int,  # noqa: PLR0917
+             version: int | None = None) -> bytes:
         # Length-prefixed binary rather than JSON: this runs on every seal and open.
         c, d, k = container.encode(), domain.encode(), key_name.encode()
-        return b"pacd-sealed\0" + struct.pack(
+        aad = b"pacd-sealed\0" + struct.pack(
             ">BIIII", fmt, key_id, len(c), len(d), len(k)
         ) + c + d + k
+        # The version follows the length-prefixed names, so a versioned AAD is never
+        # equal to an unversioned one or to one with another version.
+        return aad if version is None else aad + struct.pack(">Q", version)
 
-    def seal(self, container: str, domain: str, key_name: str, plaintext: bytes) -> bytes:
+    def seal(self, container: str, domain: str, key_name: str, plaintext: bytes,
+             version: int | None = None) -> bytes:
+        """Seal ``plaintext`` for (container, domain, key name[, version]).
+
+        ``version`` (0 .. 2^64-1) is bound into the AAD: a caller that keeps the
+        version it wrote (MACed, see SealedData) refuses any other ciphertext of
+        the same key, an older one included.
+        """
         _check_names(container, domain)
         entry = self._reserve_use(container, domain)
         nonce = os.urandom(_NONCE)
-        aad = self._aad(_SINGLE, container, domain, key_name, entry.key_id)
+        aad = self._aad(_SINGLE, container, domain, key_name, entry.key_id, version)
         if len(plaintext) < 65536:
             return _HEADER.pack(_SINGLE, entry.key_id) + nonce + entry.aead.encrypt(
                 nonce, plaintext, aad)
@@ -422,7 +438,8 @@ class Vault:
         entry.aead.encrypt_into(nonce, plaintext, aad, memoryview(out)[head:])
         return bytes(out)
 
-    def open(self, container: str, domain: str, key_name: str, sealed: bytes) -> bytes:
+    def open(self, container: str, domain: str, key_name: str, sealed: bytes,
+             version: int | None = None) -> bytes:
         head = _HEADER.size + _NONCE
         if len(sealed) < head + _TAG:
             raise _opaque()
@@ -430,7 +447,7 @@ class Vault:
         if fmt != _SINGLE:
             raise _opaque()
         entry = self._load_key(container, domain, key_id)
-        aad = self._aad(_SINGLE, container, domain, key_name, key_id)
+        aad = self._aad(_SINGLE, container, domain, key_name, key_id, version)
         view = memoryview(sealed)
         try:
             return entry.aead.decrypt(bytes(view[_HEADER.size:head]), view[head:], aad)

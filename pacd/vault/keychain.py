@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from pacd.core.canonical import canonical_json
 from pacd.errors import ConfigError, KeychainError, KeychainLocked, KeychainUnavailable
+from pacd.private_file import write_private
 
 if TYPE_CHECKING:
     from pacd.config import Config
@@ -254,7 +255,9 @@ class PassphraseSecretStore:
 
     The header (format, KDF parameters, salt) is the AAD, so weakening the KDF
     parameters in the file makes it fail to open rather than easier to attack.
-    Writes are atomic (temp file, fsync, rename, fsync of the directory).
+    Writes are atomic and go only where meant: an exclusive ``O_EXCL|O_NOFOLLOW``
+    temporary file of an unguessable name, fsync, rename, fsync of the directory
+    (:func:`pacd.private_file.write_private`, as the client's token cache).
     """
 
     def __init__(self, path: Path, passphrase: bytes) -> None:
@@ -327,24 +330,10 @@ class PassphraseSecretStore:
             "nonce": base64.b64encode(nonce).decode("ascii"),
             "ciphertext": base64.b64encode(sealed).decode("ascii"),
         })
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-            try:
-                os.write(fd, doc)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_private(self.path, doc, sync_dir=True)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise KeychainError(f"cannot write passphrase keystore {self.path}: {exc}") from exc
 
     def get(self, name: str) -> bytes | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -147,12 +148,28 @@ class Owner:
 
     def enroll(self, label: str = "soft key",
                device: SoftAuthenticator | None = None) -> dict[str, Any]:
+        """Register a key: the first is enrolled (CredentialView); any later one
+        comes back as a queued ``credential.add`` approval (ApprovalAccepted)."""
         c = self.daemon.client(self.token)
         begin = c.request("POST", "/v1/owner/credentials/begin", {"label": label})
         credential = register(begin["publicKey"], begin["origin"], Silent(),
                               device=device or self.device)
         done: dict[str, Any] = c.request("POST", "/v1/owner/credentials/complete", {
             "credential": credential, "registration_id": begin["registration_id"]})
+        return done
+
+    def add_key(self, label: str, device: SoftAuthenticator) -> dict[str, Any]:
+        """Enrol a further key the only way there is: a biometric session to begin,
+        then the ``credential.add`` approval signed with this owner's enrolled key."""
+        if self.token is None:
+            self.session("biometric")
+        queued = self.enroll(label, device)
+        return self.approve(str(queued["approval_id"]))
+
+    def approve(self, approval_id: str) -> dict[str, Any]:
+        done: dict[str, Any] = self.daemon.client().request(
+            "POST", f"/v1/approvals/{approval_id}/approve",
+            {"credential": self.sign_approval(approval_id)})
         return done
 
     def session(self, level: str = "biometric") -> str:
@@ -217,3 +234,25 @@ class EventCollector:
                     return event
             time.sleep(0.02)
         raise AssertionError(f"no {type_} event {match}; got {[e['type'] for e in self.events]}")
+
+
+def held_connection(path: object) -> socket.socket:
+    """A keep-alive connection the daemon has accepted and counted: one request answered."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer or not _answer_complete(answer):
+        chunk = s.recv(65536)
+        assert chunk, "the daemon closed a connection within the limit"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    return s
+
+
+def _answer_complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+              if line.lower().startswith(b"content-length")]
+    return bool(length) and len(body) >= length[0]

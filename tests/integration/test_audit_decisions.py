@@ -27,6 +27,7 @@ from tests.integration.harness import (
     DaemonProcess,
     EventCollector,
     Owner,
+    held_connection,
     plugin,
     spec_with_plugins,
 )
@@ -114,8 +115,8 @@ def test_every_routed_request_is_exactly_one_entry(daemon: DaemonProcess) -> Non
     expected += [("session.begin", "allow"), ("session.create", "allow")]
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
     expected.append(("container.create", "allow"))
-    queued = c.request("POST", f"/v1/containers/{container['id']}/plugins",
-                       {"agent": "writer", "schema": plugin("text-formatter")})
+    queued = owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                                    {"agent": "writer", "schema": plugin("text-formatter")})
     expected.append(("approval.plugin.install.request", "info"))
     c.request("POST", f"/v1/approvals/{queued['approval_id']}/deny", {"reason": "no"})
     expected.append(("approval.plugin.install.deny", "deny"))
@@ -147,12 +148,8 @@ def test_every_routed_request_is_exactly_one_entry(daemon: DaemonProcess) -> Non
 
 def test_busy_refusals_are_audited_coalesced(make_daemon: Callable[..., DaemonProcess]) -> None:
     d = make_daemon(settings={"max_connections": 2})
-    held = []
-    for _ in range(2):  # two idle connections fill the limit
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(str(d.socket))
-        held.append(s)
-    time.sleep(0.2)  # let the daemon accept them
+    # two kept-alive connections, each answered once (so accepted), fill the limit
+    held = [held_connection(d.socket) for _ in range(2)]
     refused = 40
     started = time.monotonic()
     statuses = [_raw_status(d.socket, b"GET /v1/containers HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -213,6 +210,7 @@ def test_retention_purges_at_start_and_on_its_timer(
     store = Store(config.state_db)
     vault = Vault(store, open_secret_store(config))
     vault.initialize()
+    store.integrity = vault.row_sealer()  # the daemon's own row MACs
     data = SealedData(store, vault)
     inbox = Inbox(store, vault)
     now = time.time()

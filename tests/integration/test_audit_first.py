@@ -136,6 +136,8 @@ def test_unrecordable_start_and_delete_change_nothing(
         config = load_config(d.env)
         store = Store(config.state_db)
         vault = Vault(store, open_secret_store(config))
+        # Rows MACed with the daemon's own key, as an agent's write would be.
+        store.integrity = vault.row_sealer()
         SealedData(store, vault).put(cid, "personal", "note", b"keep me", time.time())
         store.close()
         d.start()
@@ -159,8 +161,9 @@ def test_unrecordable_start_and_delete_change_nothing(
         assert not actions & {"container.start", "container.delete"}
         d.stop()
         store = Store(config.state_db)
-        assert SealedData(store, Vault(store, open_secret_store(config))).get(
-            cid, "personal", "note") == b"keep me"
+        vault = Vault(store, open_secret_store(config))
+        store.integrity = vault.row_sealer()
+        assert SealedData(store, vault).get(cid, "personal", "note") == b"keep me"
         store.close()
         d.start()
         # With the log writable again, both work and are recorded.

@@ -20,8 +20,8 @@ def _pending_approval(daemon: DaemonProcess) -> dict[str, Any]:
     owner.enroll()
     owner.session("biometric")
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
-    queued = daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
-                                     {"agent": "writer", "schema": plugin("text-formatter")})
+    queued = owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                                    {"agent": "writer", "schema": plugin("text-formatter")})
     detail: dict[str, Any] = daemon.client().request("GET",
                                                      f"/v1/approvals/{queued['approval_id']}")
     return detail

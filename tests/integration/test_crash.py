@@ -34,7 +34,7 @@ def test_kill_during_burst_keeps_acknowledged_writes(daemon: DaemonProcess) -> N
             i += 1
 
     def submit_and_approve() -> None:
-        client = daemon.client()
+        client = owner.authed()
         version = 0
         while not stop.is_set():
             version += 1

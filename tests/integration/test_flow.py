@@ -63,7 +63,7 @@ def test_full_flow_plugin_approved(daemon: DaemonProcess) -> None:
     listed = daemon.client().request("GET", "/v1/containers")["containers"]
     assert {c["name"] for c in listed} == {"home", "studio"}
 
-    accepted = daemon.client().request(
+    accepted = owner.authed().request(
         "POST", f"/v1/containers/{container['id']}/plugins",
         {"agent": "writer", "schema": plugin("text-formatter")})
     approval_id = accepted["approval_id"]
@@ -109,8 +109,8 @@ def test_harvester_rejected_with_every_reason(daemon: DaemonProcess) -> None:
     owner = _ready_owner(daemon)
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
     with pytest.raises(InvalidRequest) as rejected:
-        daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
-                                {"agent": "analyst", "schema": plugin("external-data-harvester")})
+        owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                               {"agent": "analyst", "schema": plugin("external-data-harvester")})
     errors = rejected.value.errors
     joined = "\n".join(errors)
     for reason in ("carbon_based_auth_required", "domain_isolation", "max_data_access",
@@ -128,8 +128,8 @@ def test_policy_without_plugins_refuses_submission(daemon: DaemonProcess) -> Non
     spec = json.loads((EXAMPLES / "specs" / "home.json").read_text())
     container = owner.authed().request("POST", "/v1/containers", spec)
     with pytest.raises(InvalidRequest) as rejected:
-        daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
-                                {"agent": "writer", "schema": plugin("text-formatter")})
+        owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                               {"agent": "writer", "schema": plugin("text-formatter")})
     assert any("allow_plugins" in e for e in rejected.value.errors)
 
 
@@ -137,10 +137,10 @@ def test_deny_and_cross_approval(daemon: DaemonProcess) -> None:
     owner = _ready_owner(daemon)
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
     path = f"/v1/containers/{container['id']}/plugins"
-    first = daemon.client().request("POST", path, {"agent": "writer",
-                                                   "schema": plugin("text-formatter")})
+    first = owner.authed().request("POST", path, {"agent": "writer",
+                                                  "schema": plugin("text-formatter")})
     second_schema = plugin("text-formatter") | {"version": "1.1.0"}
-    second = daemon.client().request("POST", path, {"agent": "writer", "schema": second_schema})
+    second = owner.authed().request("POST", path, {"agent": "writer", "schema": second_schema})
 
     # An assertion made for the first approval cannot approve the second.
     signed_for_first = owner.sign_approval(first["approval_id"])
@@ -174,8 +174,8 @@ def test_expiry_ends_not_done(make_daemon: Callable[..., DaemonProcess]) -> None
     events = EventCollector(daemon.client())
     owner = _ready_owner(daemon)
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
-    accepted = daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
-                                       {"agent": "writer", "schema": plugin("text-formatter")})
+    accepted = owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                                      {"agent": "writer", "schema": plugin("text-formatter")})
     approval_id = accepted["approval_id"]
     credential = owner.sign_approval(approval_id)  # signed in time, posted too late
     events.wait_for("approval.expired", id=approval_id, timeout=10)
@@ -190,8 +190,8 @@ def test_expiry_ends_not_done(make_daemon: Callable[..., DaemonProcess]) -> None
 def test_restart_while_pending(daemon: DaemonProcess) -> None:
     owner = _ready_owner(daemon)
     container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
-    accepted = daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
-                                       {"agent": "writer", "schema": plugin("text-formatter")})
+    accepted = owner.authed().request("POST", f"/v1/containers/{container['id']}/plugins",
+                                      {"agent": "writer", "schema": plugin("text-formatter")})
     approval_id = accepted["approval_id"]
     assert daemon.stop() == 0
     daemon.start()
@@ -213,7 +213,8 @@ def test_second_credential_needs_biometric(daemon: DaemonProcess) -> None:
     with pytest.raises(Unauthorized):
         daemon.client().request("POST", "/v1/owner/credentials/begin", {"label": "second"})
     owner.session("biometric")
-    assert owner.enroll("second", SoftAuthenticator())["label"] == "second"
+    added = owner.approve(owner.enroll("second", SoftAuthenticator())["approval_id"])
+    assert added["result"]["label"] == "second"
     assert daemon.client().status()["owner"]["credentials"] == 2
     with pytest.raises(Conflict):
         owner.init("Mallory")

@@ -38,8 +38,9 @@ ENABLED = {"platform_presence": ["fprintd"], "platform_presence_timeout_s": 2.0}
 
 def _daemon(make: Callable[..., DaemonProcess], bus_address: str,
             settings: dict[str, Any] | None = None, owner: bool = True) -> DaemonProcess:
-    daemon = make(settings=ENABLED if settings is None else settings,
-                  env={"PACD_FPRINTD_BUS": bus_address})
+    # The bus comes from the config file only (the environment's is refused).
+    daemon = make(settings={**(ENABLED if settings is None else settings),
+                            "fprintd_bus_address": bus_address})
     if owner:
         Owner(daemon).init("Alice")
     return daemon

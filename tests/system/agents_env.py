@@ -2,14 +2,18 @@
 
 A real daemon (subprocess, own PACD_HOME/PACD_SOCKET) pointed at the real
 Podman service of ``tests.podman_env``, an owner with the software
-authenticator, and a host-side client for agent sockets (the host may talk
-to an agent socket directly: identity is the socket, whoever connects).
+authenticator, and a client for agent sockets that talks as the agent would:
+an agent socket serves only processes in its container's PID namespace, so
+the test's connections are made in that namespace (``tests.pidns_connector``)
+and then used from the test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +27,7 @@ from pacd.client import UnixHTTPConnection
 from pacd.runtime.hardening import LABEL_OWNER_ID, container_name
 from pacd.runtime.podman import PodmanRuntime
 from tests.integration.harness import DaemonProcess, Owner
+from tests.pidns_connector import NamespaceConnector
 from tests.podman_env import remove_labelled
 
 PYTHON = "/usr/bin/python3"
@@ -38,10 +43,33 @@ class AgentReply:
         return json.loads(self.body)
 
 
-def agent_request(path: Path, method: str, url: str, body: bytes | None = None,
-                  timeout: float = 30.0) -> AgentReply:
-    """One HTTP request on an agent socket, from the host."""
-    conn = UnixHTTPConnection(str(path), timeout)
+@dataclass(frozen=True)
+class AgentSocket:
+    """An agent's socket and how to connect to it from inside the agent's container."""
+
+    path: Path
+    connect: Callable[[], socket.socket]
+
+
+class _ConnectedHTTP(http.client.HTTPConnection):
+    def __init__(self, make: Callable[[], socket.socket], timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._make = make
+
+    def connect(self) -> None:
+        self.sock = self._make()
+        self.sock.settimeout(self.timeout)
+
+
+def agent_request(target: Path | AgentSocket, method: str, url: str,
+                  body: bytes | None = None, timeout: float = 30.0) -> AgentReply:
+    """One HTTP request on an agent socket: as its agent (an :class:`AgentSocket`), or
+    from this host process (a bare path; refused unless the test is the agent)."""
+    conn: http.client.HTTPConnection
+    if isinstance(target, AgentSocket):
+        conn = _ConnectedHTTP(target.connect, timeout)
+    else:
+        conn = UnixHTTPConnection(str(target), timeout)
     try:
         conn.request(method, url, body=body)
         response = conn.getresponse()
@@ -70,6 +98,8 @@ class Deployment:
         self.owner_id = str(self.owner.init("Alice")["id"])
         self.owner.enroll()
         self.owner.session("biometric")
+        #: per container init pid, a helper connecting from inside that container
+        self._connectors: dict[int, NamespaceConnector] = {}
 
     def create(self, spec: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.owner.authed().request("POST", "/v1/containers", spec)
@@ -97,6 +127,25 @@ class Deployment:
 
     def podman_name(self, cid: str, agent: str) -> str:
         return container_name(cid, agent)
+
+    def agent(self, cid: str, agent: str) -> AgentSocket:
+        """The agent's socket, connected to from inside the agent's running container."""
+        path = self.socket(cid, agent)
+
+        def connect() -> socket.socket:
+            pid = self.runtime.init_pid(self.podman_name(cid, agent))
+            assert pid is not None, f"agent {agent} of {cid} is not running"
+            connector = self._connectors.get(pid)
+            if connector is None:
+                connector = self._connectors[pid] = NamespaceConnector(pid)
+            return connector.connect(path)
+
+        return AgentSocket(path, connect)
+
+    def close_connectors(self) -> None:
+        for connector in self._connectors.values():
+            connector.close()
+        self._connectors.clear()
 
     def exec_agent(self, cid: str, agent: str, *args: str) -> tuple[int, Any]:
         """Run the reference agent inside the agent's container: (exit code, its JSON)."""
@@ -137,10 +186,12 @@ def make_deployment(real_keychain: str, short_base: Path, podman_service: str,
     made: list[Deployment] = []
     daemons: list[DaemonProcess] = []
 
-    def make(name: str = "d", env: dict[str, str] | None = None) -> Deployment:
+    def make(name: str = "d", env: dict[str, str] | None = None,
+             settings: dict[str, Any] | None = None) -> Deployment:
         base = short_base / name
         base.mkdir()
-        daemon = DaemonProcess(base, env={"PACD_PODMAN_URL": podman_service, **(env or {})})
+        daemon = DaemonProcess(base, settings,
+                               env={"PACD_PODMAN_URL": podman_service, **(env or {})})
         daemons.append(daemon)
         daemon.start()
         deployment = Deployment(daemon, podman_runtime)
@@ -157,6 +208,7 @@ def make_deployment(real_keychain: str, short_base: Path, podman_service: str,
         if daemon.alive():
             daemon.kill()
     for deployment in made:
+        deployment.close_connectors()
         remove_labelled(podman_runtime, {LABEL_OWNER_ID: deployment.owner_id})
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests.pidns_connector import NamespaceConnector
 from tests.system.agents_env import (
+    AgentSocket,
     Deployment,
     agent_request,
     agent_spec,
@@ -72,7 +74,7 @@ def test_reference_agent_stores_and_reads_through_its_socket(
     assert (code, out["value"]) == (0, "hello from inside"), out
 
     # What the reader (same concern) sees is the same value: one sealed store.
-    reply = agent_request(d.socket(cid, "reader"), "GET", "/v1/data/personal/note")
+    reply = agent_request(d.agent(cid, "reader"), "GET", "/v1/data/personal/note")
     assert (reply.status, reply.body) == (200, b"hello from inside")
 
     code, out = d.exec_agent(cid, "writer", "get", "personal", "absent")
@@ -80,7 +82,7 @@ def test_reference_agent_stores_and_reads_through_its_socket(
 
     code, out = d.exec_agent(cid, "writer", "delete", "personal", "note")
     assert code == 0, out
-    assert agent_request(d.socket(cid, "writer"), "GET",
+    assert agent_request(d.agent(cid, "writer"), "GET",
                          "/v1/data/personal/note").status == 404
 
     reads = d.audit(actor=f"agent:{cid}/writer", action="agent.data.read", decision="allow")
@@ -89,11 +91,61 @@ def test_reference_agent_stores_and_reads_through_its_socket(
     assert [e["details"]["bytes"] for e in writes] == [len("hello from inside")]
 
 
+def test_host_process_of_the_owners_uid_cannot_use_an_agent_socket(
+        home: tuple[Deployment, str]) -> None:
+    d, cid = home
+    code, out = d.exec_agent(cid, "writer", "put", "personal", "diary", "kept inside")
+    assert (code, out["stored"]) == (0, True), out
+    assert d.daemon.proc is not None
+    assert os.stat(f"/proc/{d.daemon.proc.pid}").st_uid == os.getuid()  # same uid as us
+    path = d.socket(cid, "writer")  # reachable: this process may open the socket's parents
+
+    # This test process is on the host: the daemon's uid, outside the container.
+    attempts = [("GET", "/v1/whoami", None), ("GET", "/v1/data/personal/diary", None),
+                ("PUT", "/v1/data/personal/diary", b"planted from the host")]
+    for method, url, body in attempts:
+        reply = agent_request(path, method, url, body)
+        assert reply.status == 403, (method, url, reply)
+        assert reply.json()["error"]["code"] == "peer_refused"
+        assert b"kept inside" not in reply.body
+
+    # Audited, coalesced: the entries together account for every refusal.
+    def refusals() -> list[dict[str, Any]]:
+        return d.audit(action="agent.peer_refused", target=f"agent:{cid}/writer")
+
+    wait_until(lambda: sum(e["details"]["count"] for e in refusals()) == len(attempts), 10,
+               "the host process's refusals reaching the audit log")
+    entries = refusals()
+    assert {(e["actor"], e["decision"]) for e in entries} == {
+        (f"owner:uid={os.getuid()}", "deny")}
+    assert {(e["details"]["peer_uid"], e["details"]["peer_pid"]) for e in entries} == {
+        (os.getuid(), os.getpid())}
+    # Nothing was served or written as the writer for the host process.
+    assert [e["target"] for e in d.audit(actor=f"agent:{cid}/writer",
+                                         action="agent.data.read")] == []
+
+    # The agent in its container is served as before, and the value is untouched.
+    code, who = d.exec_agent(cid, "writer", "whoami")
+    assert (code, who["agent"]) == (0, "writer"), who
+    code, out = d.exec_agent(cid, "writer", "get", "personal", "diary")
+    assert (code, out["value"]) == (0, "kept inside"), out
+    reply = agent_request(d.agent(cid, "writer"), "GET", "/v1/data/personal/diary")
+    assert (reply.status, reply.body) == (200, b"kept inside")
+    # Another agent's container is not the writer's either.
+    pid = d.runtime.init_pid(d.podman_name(cid, "reader"))
+    assert pid is not None
+    with NamespaceConnector(pid) as in_reader:
+        reply = agent_request(AgentSocket(path, lambda: in_reader.connect(path)),
+                              "GET", "/v1/whoami")
+    assert reply.status == 403, reply
+    assert reply.json()["error"]["code"] == "peer_refused"
+
+
 def test_agent_not_connected_to_a_concern_is_refused_and_audited(
         home: tuple[Deployment, str]) -> None:
     d, cid = home
     d.exec_agent(cid, "writer", "put", "personal", "secret", "s3cret")
-    path = d.socket(cid, "outsider")
+    path = d.agent(cid, "outsider")
     for method, body in (("GET", None), ("PUT", b"x"), ("DELETE", None)):
         reply = agent_request(path, method, "/v1/data/personal/secret", body)
         assert reply.status == 403, (method, reply)
@@ -104,14 +156,14 @@ def test_agent_not_connected_to_a_concern_is_refused_and_audited(
     assert deny_entries(d, cid, "outsider", "agent.data.write")
     assert deny_entries(d, cid, "outsider", "agent.data.delete")
     # The value is untouched by the refused write and delete.
-    assert agent_request(d.socket(cid, "writer"), "GET",
+    assert agent_request(d.agent(cid, "writer"), "GET",
                          "/v1/data/personal/secret").body == b"s3cret"
 
 
 def test_read_only_agent_cannot_write(home: tuple[Deployment, str]) -> None:
     d, cid = home
     d.exec_agent(cid, "writer", "put", "personal", "note", "original")
-    path = d.socket(cid, "reader")
+    path = d.agent(cid, "reader")
     assert agent_request(path, "PUT", "/v1/data/personal/note", b"overwritten").status == 403
     assert agent_request(path, "DELETE", "/v1/data/personal/note").status == 403
     assert agent_request(path, "GET", "/v1/data/personal/note").body == b"original"
@@ -120,18 +172,22 @@ def test_read_only_agent_cannot_write(home: tuple[Deployment, str]) -> None:
 
 def test_managed_agent_messages_exactly_its_allow_list(home: tuple[Deployment, str]) -> None:
     d, cid = home
-    inbox = d.socket(cid, "reader")
+    inbox = d.agent(cid, "reader")
     # A long poll waiting on the reader's inbox is woken by the delivery.
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(
         agent_request(inbox, "GET", "/v1/messages?timeout=20", timeout=30)))
     waiter.start()
-    time.sleep(0.3)
+    # The daemon reports the poll as waiting: only then is the message sent.
+    polls = f"{cid}/reader"
+    wait_until(lambda: d.daemon.client().status()["waiting_polls"].get(polls) == 1, 10,
+               "the reader's long poll waiting in the daemon")
     sent_at = time.monotonic()
     code, out = d.exec_agent(cid, "writer", "send", "reader", '{"text": "hi reader"}')
     assert code == 0, out
     assert out["response"]["to"] == "reader"
     waiter.join(30)
+    assert polls not in d.daemon.client().status()["waiting_polls"]
     assert got and got[0].status == 200
     messages = got[0].json()
     assert [(m["from"], m["body"]) for m in messages] == [("writer", {"text": "hi reader"})]
@@ -142,7 +198,7 @@ def test_managed_agent_messages_exactly_its_allow_list(home: tuple[Deployment, s
     # Not on the allow-list: refused, and nothing lands in the outsider's inbox.
     code, out = d.exec_agent(cid, "writer", "send", "outsider", '{"text": "psst"}')
     assert (code, out["status"]) == (1, 403), out
-    assert agent_request(d.socket(cid, "outsider"), "GET",
+    assert agent_request(d.agent(cid, "outsider"), "GET",
                          "/v1/messages?timeout=0").json() == []
     # A strict agent may message nobody.
     reply = agent_request(inbox, "POST", "/v1/agents/writer/messages", b'{"text": "back"}')
@@ -155,7 +211,7 @@ def test_managed_agent_messages_exactly_its_allow_list(home: tuple[Deployment, s
 
 def test_message_is_durable_until_taken(home: tuple[Deployment, str]) -> None:
     d, cid = home
-    reply = agent_request(d.socket(cid, "writer"), "POST", "/v1/agents/reader/messages",
+    reply = agent_request(d.agent(cid, "writer"), "POST", "/v1/agents/reader/messages",
                           json.dumps({"n": 1}).encode())
     assert reply.status == 202
     first_id = reply.json()["id"]
@@ -165,7 +221,7 @@ def test_message_is_durable_until_taken(home: tuple[Deployment, str]) -> None:
     assert not d.socket(cid, "reader").exists()  # a stopped daemon serves no agent
     d.daemon.start()
     wait_until(d.socket(cid, "reader").exists, 15, "the reader's socket coming back")
-    messages = agent_request(d.socket(cid, "reader"), "GET", "/v1/messages?timeout=5").json()
+    messages = agent_request(d.agent(cid, "reader"), "GET", "/v1/messages?timeout=5").json()
     assert [(m["id"], m["body"]) for m in messages] == [(first_id, {"n": 1})]
     # The agent inside, which kept running, reaches the new daemon's socket too.
     code, out = d.exec_agent(cid, "writer", "whoami")
@@ -174,7 +230,7 @@ def test_message_is_durable_until_taken(home: tuple[Deployment, str]) -> None:
 
 def test_other_routes_are_404_and_audited(home: tuple[Deployment, str]) -> None:
     d, cid = home
-    path = d.socket(cid, "writer")
+    path = d.agent(cid, "writer")
     plugin = agent_request(path, "POST", "/v1/plugins/text-formatter/format", b"{}")
     assert plugin.status == 404
     assert "is not running" in plugin.json()["error"]["message"]
@@ -190,7 +246,7 @@ def test_other_routes_are_404_and_audited(home: tuple[Deployment, str]) -> None:
 
 def test_limits_and_bad_input(home: tuple[Deployment, str]) -> None:
     d, cid = home
-    path = d.socket(cid, "writer")
+    path = d.agent(cid, "writer")
     big = agent_request(path, "PUT", "/v1/data/personal/big", b"x" * (1024 * 1024 + 1))
     assert (big.status, big.json()["error"]["code"]) == (413, "payload_too_large")
     ok = agent_request(path, "PUT", "/v1/data/personal/big", b"x" * (1024 * 1024))
@@ -224,7 +280,7 @@ def test_socket_layout_and_isolation_between_agents(home: tuple[Deployment, str]
                                    "ls /run/pacd 2>/dev/null || echo unlistable; id -u"])
     assert (code, out.split()) == (0, ["sock", "unlistable", "1000"]), out
     # The reader's socket answers as the reader, whatever the request claims.
-    who = agent_request(d.socket(cid, "reader"), "GET", "/v1/whoami").json()
+    who = agent_request(d.agent(cid, "reader"), "GET", "/v1/whoami").json()
     assert who["agent"] == "reader"
 
 
@@ -249,6 +305,15 @@ def _connect(path: Path) -> socket.socket:
         return s
 
 
+def _closed_by_peer(s: socket.socket) -> bool:
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, str]) -> None:
     d, cid = home
     assert d.daemon.proc is not None
@@ -259,7 +324,11 @@ def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, s
     try:
         for _ in range(300):
             held.append(_connect(path))
-        time.sleep(0.5)  # let the daemon accept (and drop) what is queued
+        # The daemon has taken in the whole queue once every connection is either
+        # closed by it or one of its own open descriptors; only then does the count
+        # of those descriptors say how many it holds.
+        wait_until(lambda: sum(map(_closed_by_peer, held)) + _open_fds(pid) - before >= 300,
+                   10, "the daemon accepting (and dropping) the queued connections")
         # Default policy: 10 served, up to 2 * 10 + 4 = 24 held; every other one closed.
         assert _open_fds(pid) - before <= 24 + 4, _open_fds(pid) - before
         assert d.daemon.client().status()["version"]
@@ -273,14 +342,14 @@ def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, s
         for s in held:
             s.close()
     wait_until(lambda: _open_fds(pid) <= before + 2, 10, "the daemon closing the connections")
-    assert agent_request(path, "GET", "/v1/whoami").json()["agent"] == "writer"
+    assert agent_request(d.agent(cid, "writer"), "GET", "/v1/whoami").json()["agent"] == "writer"
     dropped = d.audit(actor=f"agent:{cid}/writer", action="agent.connection.dropped")
     assert sum(e["details"]["count"] for e in dropped) >= 300 - 24
 
 
 def test_deeply_nested_message_is_refused_and_audited(home: tuple[Deployment, str]) -> None:
     d, cid = home
-    path = d.socket(cid, "writer")
+    path = d.agent(cid, "writer")
     reply = agent_request(path, "POST", "/v1/agents/reader/messages", b"[" * 60000)
     assert reply.status == 400, reply
     assert reply.json()["error"]["code"] == "invalid_request"
@@ -291,11 +360,27 @@ def test_deeply_nested_message_is_refused_and_audited(home: tuple[Deployment, st
 def test_message_bodies_are_not_stored_in_clear(home: tuple[Deployment, str]) -> None:
     d, cid = home
     mark = "okapi-umbrella-5521-in-clear"
-    reply = agent_request(d.socket(cid, "writer"), "POST", "/v1/agents/reader/messages",
+    reply = agent_request(d.agent(cid, "writer"), "POST", "/v1/agents/reader/messages",
                           json.dumps({"text": mark}).encode())
     assert reply.status == 202, reply
     raw = b"".join(p.read_bytes() for p in d.daemon.home.glob("state.sqlite3*"))
     assert raw  # the files exist and were read
     assert mark.encode() not in raw
-    messages = agent_request(d.socket(cid, "reader"), "GET", "/v1/messages?timeout=0").json()
+    messages = agent_request(d.agent(cid, "reader"), "GET", "/v1/messages?timeout=0").json()
     assert [m["body"] for m in messages] == [{"text": mark}]
+
+
+def test_lone_surrogate_in_an_agent_message_is_a_422_not_a_500(
+        home: tuple[Deployment, str]) -> None:
+    """A message is stored as UTF-8: one that is not text is refused before it is
+    accepted (and audited as a refusal, not as an allowed send that then failed)."""
+    d, cid = home
+    reply = agent_request(d.agent(cid, "writer"), "POST", "/v1/agents/reader/messages",
+                          b'{"text": ["fine", "\\ud800"]}')
+    assert reply.status == 422, reply.json()
+    assert reply.json()["error"]["message"] == (
+        "body.text[1]: contains a lone surrogate, which is not Unicode text")
+    assert agent_request(d.agent(cid, "reader"), "GET", "/v1/messages?timeout=0").json() == []
+    [entry] = deny_entries(d, cid, "writer", "agent.message.send")
+    assert entry["details"]["code"] == "invalid_request"
+    assert not [e for e in d.audit(action="agent.message.send") if e["decision"] == "allow"]

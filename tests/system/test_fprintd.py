@@ -6,6 +6,7 @@ only fprintd itself (and the fingerprint reader behind it) is simulated.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -92,29 +93,46 @@ def test_fprintd_missing_from_bus(bus: PrivateBus) -> None:
 
 
 def test_spoofed_signal_from_another_client_is_ignored(fprintd: FprintdMock) -> None:
-    """Anyone on the bus can emit a VerifyStatus-looking signal; only fprintd counts."""
+    """Anyone on the bus can emit a VerifyStatus-looking signal; only fprintd counts.
+
+    Once the verifier has started verifying (so its match rule is in place), an
+    attacker's "verify-match" goes first, then fprintd's own "verify-no-match":
+    the verifier must act on fprintd's answer (the positive control that signals
+    do reach it in this setup) and never on the attacker's."""
     from jeepney import new_signal
+    from jeepney.bus_messages import message_bus
     from jeepney.io.blocking import open_dbus_connection
     from jeepney.wrappers import DBusAddress
 
     fprintd.outcome = "silent"
     attacker = open_dbus_connection(bus=fprintd.bus_address)
-    import threading
+    errors: list[BaseException] = []
 
-    def spoof() -> None:
-        time.sleep(0.2)
-        addr = DBusAddress("/net/reactivated/Fprint/Device/0",
-                           interface="net.reactivated.Fprint.Device")
-        attacker.send(new_signal(addr, "VerifyStatus", "sb", ("verify-match", True)))
+    def spoof_then_answer() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while "VerifyStart:any" not in fprintd.calls and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert "VerifyStart:any" in fprintd.calls, fprintd.calls
+            addr = DBusAddress("/net/reactivated/Fprint/Device/0",
+                               interface="net.reactivated.Fprint.Device")
+            attacker.send(new_signal(addr, "VerifyStatus", "sb", ("verify-match", True)))
+            # A round trip through the bus: the spoof has been routed before fprintd speaks.
+            attacker.send_and_get_reply(message_bus.GetId(), timeout=5)
+            fprintd.emit("verify-no-match", True)
+        except BaseException as exc:
+            errors.append(exc)
 
-    thread = threading.Thread(target=spoof)
+    thread = threading.Thread(target=spoof_then_answer)
     thread.start()
     try:
-        with pytest.raises(CeremonyTimeout):
-            FprintdVerifier(bus_address=fprintd.bus_address).verify(b"\x08" * 32, 1.0)
+        with pytest.raises(PresenceFailed, match="did not match"):
+            FprintdVerifier(bus_address=fprintd.bus_address).verify(b"\x08" * 32, 10.0)
     finally:
         thread.join()
         attacker.close()
+    assert not errors
+    assert fprintd.calls[-2:] == ["VerifyStop", "Release"]
 
 
 def test_doctor_report_names_every_method(fprintd: FprintdMock) -> None:

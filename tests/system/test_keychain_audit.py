@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pacd.audit import AuditLog, checkpoint_name
-from pacd.errors import AuditError
 from pacd.store import Store
 from pacd.vault import KeyringSecretStore, Vault
 
@@ -65,9 +64,11 @@ def test_checkpoint_in_the_keychain_catches_truncation(
     log = AuditLog(path, key_again, secrets)
     result = log.verify()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 180, 181)
-    with pytest.raises(AuditError, match="removed"):
-        log.append("owner", "x", "y", "info", "z")
+    assert log.untrusted is not None and log.untrusted.first_bad_seq == 181
+    # It keeps recording, but the checkpoint keeps the evidence until re-anchored.
+    log.append("owner", "x", "y", "info", "z", checkpoint=True)
     log.close()
+    assert json.loads(secrets.get(checkpoint_name(path)) or b"{}")["seq"] == 200
 
 
 def test_key_survives_master_rotation(tmp_path: Path, secrets: KeyringSecretStore) -> None:

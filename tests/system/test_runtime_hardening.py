@@ -329,12 +329,22 @@ def test_events_ignore_foreign_containers_and_stop_when_idle(
     cid = podman_runtime.run_agent(foreign)
     podman_runtime.remove(cid, force=True)
     assert podman_runtime.state(cid) == "missing"
-    time.sleep(1.0)  # the remove event would have arrived by now
-    stop.set()
-    thread.join(3.0)
+    # Positive control: one of our own containers, started after the foreign one was
+    # removed. Podman's event stream is in order, so once our start has arrived the
+    # foreign container's events would have arrived before it.
+    own, _ = run(podman_runtime, make_container(agent("writer")), "writer",
+                 agent_socket.path, busybox_image, run_label)
+    try:
+        assert _wait_for(lambda: any(e.action == "start" and e.container_id == own
+                                     for e in events), 10.0), events
+    finally:
+        podman_runtime.remove(own, force=True)
+        stop.set()
+        thread.join(3.0)
     assert not thread.is_alive()
     assert not errors
     assert all(e.container_id != cid for e in events)
+    assert any(e.container_id == own for e in events)
 
 
 @pytest.mark.usefixtures("podman_cleanup")

@@ -54,6 +54,8 @@ PROGRAMS: tuple[Program, ...] = (
     Program("mount", "tests/integration/test_audit_decisions.py (a full disk)"),
     Program("umount", "tests/integration/test_audit_decisions.py (a full disk)"),
     Program("busybox", "tests/podman_env.py (the offline test images)", "/bin/busybox"),
+    Program("nsenter", "tests/pidns_connector.py (a connection from inside a container)"),
+    Program("unshare", "tests/pidns_connector.py, bench/agent_bench.py (a stand-in container)"),
     Program("ip", "Podman (container network setup)"),
     Program("fuse-overlayfs", "rootless Podman on kernels without native overlay"),
     Program("Xvfb", "the tray on a machine without a display (make run)"),

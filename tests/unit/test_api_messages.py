@@ -82,3 +82,14 @@ def test_query_integers_stay_in_sqlite_range() -> None:
     with pytest.raises(InvalidRequest):
         m.decode_query(m.AuditQuery, {"after": str(2**63)})
     assert m.decode_query(m.AuditQuery, {"after": str(2**63 - 1)}).after == 2**63 - 1
+
+
+def test_bidi_override_in_a_name_field_is_refused_naming_the_path() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        m.decode(m.PluginSubmit, {"agent": "wri\u202eter", "schema": {}})
+    assert info.value.errors == [
+        "body.agent: contains the format (invisible or bidi) character U+202E "
+        "(RIGHT-TO-LEFT OVERRIDE)"]
+    with pytest.raises(InvalidRequest, match=r"body.label: contains the format .* U\+200B"):
+        m.decode(m.CredentialBegin, {"label": "my\u200bkey"})
+    assert m.decode(m.CredentialBegin, {"label": "Zoë's key"}).label == "Zoë's key"

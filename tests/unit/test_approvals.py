@@ -6,6 +6,7 @@ client ceremony; nothing of pacd is replaced.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -17,9 +18,10 @@ from fido2.client import UserInteraction
 
 from pacd.approvals import Approval, ApprovalQueue
 from pacd.audit import AuditLog
-from pacd.core.canonical import digest
+from pacd.core.canonical import canonical_json, digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import AuditError, Conflict, NotFound, PresenceFailed
+from pacd.errors import AuditError, Conflict, NotFound, PayloadMismatch, PresenceFailed, TooMany
+from pacd.integrity import RowSealer
 from pacd.presence.client import authenticate, register
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
@@ -39,6 +41,8 @@ class World:
     def __init__(self, base: Path, now: list[float] | None = None) -> None:
         self.base = base
         self.store = Store(base / "state.sqlite3")
+        # One key across restarts, as the daemon derives it from the vault each time.
+        self.store.integrity = RowSealer(b"i" * 32)
         self.audit = AuditLog(base / "audit.sqlite3", b"k" * 32, None)
         self.owners = OwnerRegistry(self.store)
         self.rp = RelyingParty(self.store, self.owners, "pacd.localhost", ORIGIN, SystemClock())
@@ -200,3 +204,63 @@ def test_commit_failure_after_the_audit_entry_is_followed_by_a_rollback_entry(
     b = world.queue.submit("thing.do", {}, "owner", "s", 60)
     assert world.queue.approve(b.id, _verifier(world, _sign(world, b))).state == "approved"
     assert world.store.query("SELECT * FROM child") == [] and world.done() == [b.id]
+
+
+def test_pending_approvals_are_capped_per_kind_and_in_total(world: World) -> None:
+    world.queue.register("other.do", SecurityLevel.biometric, world.execute)
+    world.queue.max_pending_per_kind = 2
+    world.queue.max_pending = 3
+
+    def submit(kind: str) -> Approval:
+        return world.queue.submit(kind, {"n": 1}, "owner", f"do {kind}", 600)
+
+    submit("thing.do")
+    submit("thing.do")
+    with pytest.raises(TooMany) as per_kind:
+        submit("thing.do")
+    assert per_kind.value.extra["limit"] == "max_pending_approvals_per_kind"
+    submit("other.do")
+    with pytest.raises(TooMany) as total:
+        submit("other.do")
+    assert total.value.extra["limit"] == "max_pending_approvals"
+    assert world.queue.pending_count == 3
+    # Expired approvals no longer count.
+    world.clock[0] += 601
+    submit("thing.do")
+    assert world.queue.pending_count == 1
+
+
+def test_payload_edited_and_remaced_after_signing_is_not_executed(world: World) -> None:
+    """Even a row that carries a valid MAC (written with the key: a bug, or a reader
+    of the keychain) is executed only if its payload is the one that was signed."""
+    a = world.queue.submit("thing.do", {"formatter": "Text Formatter 1.0.0"}, "owner", "s", 60)
+    credential = _sign(world, a)
+    row = dict(world.store.query_one("SELECT * FROM approvals WHERE id = ?", (a.id,)) or {})
+    payload = json.loads(row["payload"]) | {"body": {"formatter": "Swapped Formatter 6.6.6"}}
+    row["payload"] = canonical_json(payload).decode()
+    mac = world.store.integrity.mac("approvals", [a.id], {
+        k: {"hex": v.hex()} if isinstance(v, bytes) else v for k, v in row.items()
+        if k not in ("id", "mac")})
+    with world.store.transaction() as conn:
+        conn.execute("UPDATE approvals SET payload = ?, mac = ? WHERE id = ?",
+                     (row["payload"], mac, a.id))
+    assert world.queue.get(a.id).body == {"formatter": "Swapped Formatter 6.6.6"}
+    with pytest.raises(PayloadMismatch):
+        world.queue.approve(a.id, _verifier(world, credential), assertion=credential)
+    assert world.done() == []
+    assert world.queue.get(a.id).state == "pending"
+    entries = [e for e in world.audit.entries() if e.action == "approval.thing.do.approve"]
+    assert [(e.decision, e.details["code"]) for e in entries] == [("deny", "payload_mismatch")]
+
+
+def test_a_row_without_its_mac_is_absent_and_reported_once(world: World) -> None:
+    a = world.queue.submit("thing.do", {}, "owner", "s", 60)
+    world.queue.deny(a.id, "no")
+    with world.store.transaction() as conn:
+        conn.execute("UPDATE approvals SET state = 'approved' WHERE id = ?", (a.id,))
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            world.queue.get(a.id)
+        assert a.id not in [x.id for x in world.queue.recent()]
+    assert world.store.integrity.failures() == [{"table": "approvals", "key": a.id}]
+    assert world.store.integrity.failure_count == 1

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacd.audit import (
+    CHECKPOINT_FAILURE_LIMIT,
     AuditEntry,
     AuditLog,
     _canonical,
@@ -232,13 +233,110 @@ def test_truncated_tail_is_detected_by_the_checkpoint(
     blind = AuditLog(log_path, KEY, None)
     assert blind.verify().ok
     blind.close()
-    # ... with it, the removal is named, and the log refuses to paper over it.
+    # ... with it, the removal is named, and the log is untrusted from the first removed seq.
     log = AuditLog(log_path, KEY, secrets)
     result = log.verify()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 7, 8)
-    with pytest.raises(AuditError, match="removed"):
-        log.append("a", "b", "c", "info", "r")
+    assert log.untrusted is not None and log.untrusted.first_bad_seq == 8
+    assert "8..10 were removed" in log.untrusted.found
+    assert log.health().refusing
+    # It keeps recording, but never moves the checkpoint over the evidence.
+    log.append("a", "b", "c", "info", "r", checkpoint=True)
     log.close()
+    assert read_checkpoint(secrets, checkpoint_name(log_path)) == (10, entries[-1].mac)
+
+
+def test_missing_checkpoint_of_a_non_empty_log_is_untrusted(
+    log_path: Path, secrets: PassphraseSecretStore
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    fill(log, 4)
+    log.close()
+    secrets.delete(checkpoint_name(log_path))
+    log = AuditLog(log_path, KEY, secrets)
+    try:
+        assert log.untrusted is not None and log.untrusted.first_bad_seq == 1
+        assert "no checkpoint" in log.untrusted.found
+        result = log.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 1)
+        entry = log.append("owner", "approval.audit.reanchor.approve", "x", "allow", "ok")
+        log.reanchor(entry.seq)
+        assert log.untrusted is None and not log.health().refusing
+        assert read_checkpoint(secrets, checkpoint_name(log_path)) == (entry.seq, entry.mac)
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
+def test_rewritten_entry_at_the_checkpoint_is_untrusted(
+    log_path: Path, secrets: PassphraseSecretStore
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    fill(log, 5)
+    log.close()
+    # A rewritten tail: the last entry replaced by a validly chained different one.
+    tamper(log_path, "DELETE FROM audit_log WHERE seq = 5")
+    blind = AuditLog(log_path, KEY, None)
+    blind.append("x", "y", "z", "info", "replacement")
+    blind.close()
+    log = AuditLog(log_path, KEY, secrets)
+    try:
+        assert log.untrusted is not None and log.untrusted.first_bad_seq == 5
+        assert "differs" in log.untrusted.found
+    finally:
+        log.close()
+
+
+def test_new_empty_log_without_checkpoint_is_trusted(
+    log_path: Path, secrets: PassphraseSecretStore
+) -> None:
+    log = AuditLog(log_path, KEY, secrets)
+    try:
+        assert log.untrusted is None and not log.health().refusing
+    finally:
+        log.close()
+
+
+def test_checkpointed_append_is_covered_before_it_returns(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "keys.sealed", b"pw")
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog(path, KEY, store)
+    try:
+        for i in range(20):
+            # Back to back, well inside the 0.25 s spacing of ordinary writes.
+            entry = log.append("owner", "approval.x.deny", str(i), "deny", "no", checkpoint=True)
+            assert read_checkpoint(store, checkpoint_name(path)) == (entry.seq, entry.mac)
+        health = log.health()
+        assert health.checkpoint_seq == 20 and health.checkpoint_age_s is not None
+    finally:
+        log.close()
+
+
+def test_failed_checkpoint_writes_are_counted_and_refuse_after_the_limit(
+    tmp_path: Path,
+) -> None:
+    store = PassphraseSecretStore(tmp_path / "keys" / "keys.sealed", b"pw")
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog(path, KEY, store)
+    sealed = tmp_path / "keys" / "keys.sealed"
+    try:
+        log.append("owner", "first", "", "info", "r", checkpoint=True)
+        # The keystore file becomes a directory: every write now fails in os.replace.
+        sealed.rename(tmp_path / "keys.moved")
+        sealed.mkdir()
+        for i in range(CHECKPOINT_FAILURE_LIMIT):
+            with pytest.raises(AuditError, match="checkpoint"):
+                log.append("owner", "approval.x.deny", str(i), "deny", "no", checkpoint=True)
+            health = log.health()
+            assert health.checkpoint_failures == i + 1
+            assert health.checkpoint_error is not None and "keys.sealed" in health.checkpoint_error
+            assert health.refusing == (i + 1 >= CHECKPOINT_FAILURE_LIMIT)
+        sealed.rmdir()
+        (tmp_path / "keys.moved").rename(sealed)
+        log.append("owner", "again", "", "info", "r", checkpoint=True)
+        assert log.health().checkpoint_failures == 0 and not log.health().refusing
+    finally:
+        log.close()
 
 
 def test_truncate_everything_is_detected(log_path: Path, secrets: PassphraseSecretStore) -> None:
@@ -675,7 +773,10 @@ def test_timed_out_appends_queued_behind_a_stuck_writer_never_appear(log_path: P
 
     held = threading.Thread(target=hold)
     held.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while log.writing != 1 and time.monotonic() < deadline:  # taken, stuck behind the lock
+        time.sleep(0.01)
+    assert log.writing == 1
 
     async def queued() -> list[BaseException | AuditEntry]:
         return await asyncio.gather(

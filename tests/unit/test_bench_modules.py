@@ -1,15 +1,57 @@
-"""Every benchmark `make bench` runs exists and exposes main()."""
+"""Every benchmark `make bench` runs still runs, and prints the ratio it exists for.
+
+Each runs once in its smallest configuration (``--smoke``, seconds) as its own
+process, like ``python -m bench.<name>``; the numbers mean nothing then, but a
+benchmark that broke, or stopped printing its comparison, fails here.
+"""
 
 from __future__ import annotations
 
-import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench.__main__ import BENCHES
+from tests.conftest import require_system
+
+ROOT = Path(__file__).resolve().parents[2]
+#: benchmarks that start a private Podman service (and the daemon, with the keychain)
+NEEDS_PODMAN = {"api_bench", "start_bench"}
+#: the line each benchmark exists for: its comparison against the baseline
+RATIO = {
+    "vault_bench": r"MiB seal\+open .* ratio \d+\.\d\d \(target >= 0\.50\)",
+    "audit_bench": r"group commit .* ratio \d+\.\dx \(target >= 10x",
+    "agent_bench": r"one agent socket, every read audited .* ratio \d+\.\d\d",
+    "api_bench": r"ratio pacd GET /v1/status p50 / podman ping p50, c=1: \d+\.\d\d",
+    "start_bench": r"ratio pacd/podman: \d+\.\d\d",
+}
 
 
-@pytest.mark.parametrize("name", BENCHES)
-def test_bench_module_has_main(name: str) -> None:
-    module = importlib.import_module(f"bench.{name}")
-    assert callable(module.main)
+def test_every_benchmark_is_covered_here() -> None:
+    assert set(BENCHES) == set(RATIO) and set(RATIO) >= NEEDS_PODMAN
+
+
+def _run(name: str) -> str:
+    out = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    return out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(set(BENCHES) - NEEDS_PODMAN))
+def test_benchmark_smallest_configuration_prints_its_ratio(name: str) -> None:
+    assert re.search(RATIO[name], _run(name)), name
+
+
+@pytest.mark.system
+@pytest.mark.podman
+@pytest.mark.parametrize("name", sorted(NEEDS_PODMAN))
+def test_podman_benchmark_smallest_configuration_prints_its_ratio(
+        name: str, real_keychain: str) -> None:
+    if shutil.which("podman") is None:
+        require_system("podman (apt install podman)")
+    assert re.search(RATIO[name], _run(name)), name

@@ -179,14 +179,14 @@ def test_required_levels_follow_the_design_table() -> None:
     expected = {
         SecurityLevel.basic: {"status", "list_containers", "show_container", "read_audit",
                               "verify_audit", "list_approvals", "container_config",
-                              "container_openapi", "export_kube", "submit_plugin",
-                              "deny_approval"},
+                              "container_openapi", "export_kube", "deny_approval",
+                              "list_credentials"},
         SecurityLevel.enhanced: {"start_container", "stop_container", "read_owner_data",
-                                 "build_image"},
+                                 "build_image", "submit_plugin"},
         SecurityLevel.biometric: {"create_container", "delete_container", "install_plugin",
                                   "change_policy", "enroll_credential"},
         SecurityLevel.carbonProof: {"link_containers", "rotate_keys", "export_keys",
-                                    "weaken_policy"},
+                                    "weaken_policy", "add_credential", "remove_credential"},
     }
     for level, actions in expected.items():
         assert {a.value for a in Action if required_level(a) is level} == actions

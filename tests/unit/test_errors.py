@@ -44,3 +44,21 @@ def test_error_for_code_round_trip() -> None:
 
 def test_integrity_error_is_opaque() -> None:
     assert str(errors.IntegrityError()) == "sealed data failed authentication"
+
+
+def test_api_md_exit_code_table_matches_the_hierarchy() -> None:
+    # One situation, one documented exit code: the CLI exits with its error's class code.
+    import re
+    from pathlib import Path
+
+    from pacd.api.server import RequestTimeout
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text()
+    section = text.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, int] = {}
+    for exit_code, codes in re.findall(r"^\| (\d+) \| ([^|]*) \|", section, re.MULTILINE):
+        for code in re.findall(r"`([a-z_]+)`", codes):
+            assert code not in documented, f"{code} listed twice"
+            documented[code] = int(exit_code)
+    actual = {cls.code: cls.exit_code for cls in (*errors.ALL_ERRORS, RequestTimeout)}
+    assert documented == actual

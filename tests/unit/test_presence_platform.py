@@ -21,7 +21,13 @@ from fido2.client import DefaultClientDataCollector, Fido2Client, WebAuthnClient
 
 from pacd.core.canonical import digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import CeremonyCancelled, CeremonyTimeout, PresenceFailed, PresenceUnavailable
+from pacd.errors import (
+    CeremonyCancelled,
+    CeremonyTimeout,
+    PresenceFailed,
+    PresenceRequired,
+    PresenceUnavailable,
+)
 from pacd.presence.clock import SettableClock
 from pacd.presence.levels import level_for
 from pacd.presence.macos import (
@@ -195,6 +201,18 @@ def test_touchid_enrol_and_verify(owners: OwnerRegistry,
     assert verified.method == "touchid" and verified.challenge == challenge
     assert level_for(verified) == SecurityLevel.biometric
     assert mac[1].reasons == ["confirm it is you"]
+
+
+def test_touchid_cannot_enrol_a_key_beside_an_enrolled_one(
+        owners: OwnerRegistry, mac: tuple[FakeSecurity, FakeLocalAuthentication]) -> None:
+    _touchid(owners, mac).enroll("this Mac")
+    other: tuple[FakeSecurity, FakeLocalAuthentication] = (FakeSecurity(),
+                                                            FakeLocalAuthentication())
+    with pytest.raises(PresenceRequired) as refused:
+        _touchid(owners, other).enroll("another Mac")
+    assert refused.value.extra["required_level"] == "carbonProof"
+    assert [c.label for c in owners.list_credentials()] == ["this Mac"]
+    assert other[0].keys == {}  # no Secure Enclave key was even made
 
 
 def test_touchid_signature_checked_by_daemon(owners: OwnerRegistry,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from pacd.errors import (
     CeremonyError,
     CeremonyTimeout,
     ClonedAuthenticator,
+    Forbidden,
     InvalidRequest,
     NoAuthenticator,
     NotFound,
@@ -31,6 +33,7 @@ from pacd.errors import (
     PresenceRequired,
 )
 from pacd.presence import client
+from pacd.presence.attestation import AttestationPolicy
 from pacd.presence.clock import SettableClock
 from pacd.presence.levels import level_for
 from pacd.presence.owner import Credential, OwnerRegistry
@@ -263,13 +266,61 @@ def test_same_key_cannot_enrol_twice(world: World) -> None:
         world.enroll("again", authorised="biometric")
 
 
-def test_second_key_enrols_and_both_work(world: World) -> None:
+def test_a_second_key_is_never_stored_by_its_registration(world: World) -> None:
     first = world.enroll()
     spare = SoftAuthenticator()
-    second = world.enroll("spare", key=spare, authorised="biometric")
+    begun = world.rp.begin_registration("spare", authorised="biometric")
+    registration = world.rp.verify_registration(begun["registration_id"],
+                                                _register(world, begun, spare))
+    with pytest.raises(PresenceRequired) as refused:
+        world.rp.enrol_first(registration)
+    assert refused.value.extra["required_level"] == "carbonProof"
+    assert [c.credential_id for c in world.owners.list_credentials()] == [first.credential_id]
+    # What the approval's executor does once an enrolled key signed for it:
+    second = world.rp.add_approved(registration.credential)
     assert first.credential_id != second.credential_id
     sid, response = world.sign_session("biometric", device=spare)
     assert world.rp.complete_session(sid, response).credential_id == second.credential_id
+
+
+def _direct(world: World, *aaguids: bytes) -> RelyingParty:
+    return RelyingParty(world.store, world.owners, RP_ID, ORIGIN, world.clock,
+                        attestation=AttestationPolicy("direct", frozenset(aaguids)))
+
+
+def test_direct_attestation_refuses_an_unlisted_authenticator_model(world: World) -> None:
+    rp = _direct(world, bytes(16))
+    begun = rp.begin_registration("packed key")
+    assert begun["publicKey"]["attestation"] == "direct"
+    response = _register(world, begun, SoftAuthenticator(attestation="packed"))
+    with pytest.raises(Forbidden, match="not in allowed_aaguids") as refused:
+        rp.verify_registration(begun["registration_id"], response)
+    assert refused.value.extra["aaguid"] == str(uuid.UUID(bytes=SOFT_AAGUID))
+    assert world.owners.list_credentials() == []
+
+
+def test_direct_attestation_needs_a_statement_that_verifies(world: World) -> None:
+    rp = _direct(world, SOFT_AAGUID)
+    begun = rp.begin_registration("no statement")
+    response = _register(world, begun, SoftAuthenticator(attestation="none"))
+    with pytest.raises(Forbidden, match="gave none"):
+        rp.verify_registration(begun["registration_id"], response)
+    begun = rp.begin_registration("listed")
+    stored = rp.complete_registration(
+        begun["registration_id"],
+        _register(world, begun, SoftAuthenticator(attestation="packed")))
+    assert stored.aaguid == SOFT_AAGUID
+
+
+def test_an_approved_key_is_checked_against_the_aaguid_list_again(world: World) -> None:
+    world.enroll()
+    begun = world.rp.begin_registration("spare", authorised="biometric")
+    registration = world.rp.verify_registration(
+        begun["registration_id"], _register(world, begun, SoftAuthenticator()))
+    # The policy was tightened while the approval waited (a restart with a new config).
+    with pytest.raises(Forbidden, match="no longer"):
+        _direct(world, bytes(16)).add_approved(registration.credential)
+    assert len(world.owners.list_credentials()) == 1
 
 
 def _register(world: World, begun: dict[str, Any], key: SoftAuthenticator) -> dict[str, Any]:
@@ -475,3 +526,20 @@ def test_no_device_found_explains_udev(world: World) -> None:
         client.register(begun["publicKey"], ORIGIN, world.user)
     assert "security key" in missing.value.message
     assert missing.value.message == "no FIDO2 security key found: " + client.hidraw_diagnosis()
+
+
+def test_unfinished_ceremonies_of_one_client_cannot_lock_the_owner_out(world: World) -> None:
+    world.enroll()
+    flood = [world.rp.begin_session("enhanced", "pid:666")["session_id"] for _ in range(200)]
+    # The owner's own ceremony, begun after the flood, completes.
+    sid, response = world.sign_session("enhanced")
+    assert world.rp.complete_session(sid, response).user_present
+    # The flooding client kept only its newest few; its oldest were dropped first.
+    kept = [s for s in flood if s in world.rp._pending]
+    assert kept == flood[-4:]
+    # Many clients past the global bound: the oldest ceremonies go, a new one is served.
+    for client_no in range(100):
+        world.rp.begin_session("enhanced", f"pid:{client_no}")
+    assert len(world.rp._pending) == 64
+    sid, response = world.sign_session("enhanced")
+    assert world.rp.complete_session(sid, response).user_present

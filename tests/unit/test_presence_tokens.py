@@ -169,3 +169,25 @@ def test_revoke_and_revoke_all(tokens: TokenService) -> None:
 def test_issue_needs_an_owner(tmp_path: Path, clock: SettableClock) -> None:
     with pytest.raises(NotFound, match="owner"):
         TokenService(Store(tmp_path / "empty.sqlite3"), clock).issue(SecurityLevel.enhanced)
+
+
+def test_an_edit_cannot_undo_a_use_a_revocation_or_raise_a_level(
+        tokens: TokenService, store: Store) -> None:
+    used = tokens.issue(SecurityLevel.carbonProof)
+    tokens.check(used.token, SecurityLevel.carbonProof)
+    revoked = tokens.issue(SecurityLevel.biometric)
+    tokens.revoke(revoked.token_id)
+    weak = tokens.issue(SecurityLevel.enhanced)
+    with store.transaction() as conn:
+        conn.execute("UPDATE presence_tokens SET consumed_at = NULL, revoked_at = NULL")
+        conn.execute("UPDATE presence_tokens SET level = 'carbonProof' WHERE token_id = ?",
+                     (weak.token_id,))
+    for token in (used.token, revoked.token, weak.token):
+        with pytest.raises(Unauthorized, match="unknown token"):
+            tokens.check(token, SecurityLevel.enhanced)
+    assert {f["key"] for f in store.integrity.failures()} == {
+        used.token_id, revoked.token_id, weak.token_id}
+    # revoke_all leaves rows that fail their MAC as they are: nothing is repaired.
+    assert tokens.revoke_all() == 0
+    with pytest.raises(Unauthorized):
+        tokens.check(weak.token, SecurityLevel.enhanced)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +141,16 @@ def test_no_purge_without_its_audit_entry(world: World) -> None:
 
 
 def _store_spec_text(w: World, container_id: str, text: str) -> str:
-    """Overwrite a container's stored spec (damage on disk); returns the old text."""
-    row = w.store.query_one("SELECT spec FROM registry_containers WHERE id = ?", (container_id,))
+    """Overwrite a container's stored spec with one that does not parse any more (as
+    after an upgrade), MACed like the daemon's own rows; returns the old text."""
+    row = w.store.query_one("SELECT * FROM registry_containers WHERE id = ?", (container_id,))
     assert row is not None
+    content = {"name": row["name"], "owner_id": row["owner_id"], "spec": text,
+               "created_at": row["created_at"]}
+    mac = w.store.integrity.mac("registry_containers", [container_id], content)
     with w.store.transaction() as conn:
-        conn.execute("UPDATE registry_containers SET spec = ? WHERE id = ?", (text, container_id))
+        conn.execute("UPDATE registry_containers SET spec = ?, mac = ? WHERE id = ?",
+                     (text, mac, container_id))
     return str(row["spec"])
 
 
@@ -202,3 +208,18 @@ def test_periodic_task_survives_an_unexpected_error_and_keeps_enforcing(world: W
     assert set(_errors(w.audit)) == {("", "JSONDecodeError")}
     with pytest.raises(NotFound):
         w.data.get(w.short, "personal", "k")
+
+
+def test_a_purge_gives_the_space_of_purged_data_back(world: World, tmp_path: Path) -> None:
+    w = world
+    for i in range(24):
+        w.data.put(w.short, "personal", f"old{i}", os.urandom(128 * 1024), now=T0)
+    w.store.reclaim()  # the files as they are, the WAL folded in
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in tmp_path.glob("state.sqlite3*"))
+
+    before = on_disk()
+    w.clock.now = T0 + 2 * DAY_S
+    assert [p.values for p in w.retention.run()] == [24]
+    assert on_disk() < before - 2 * 1024 * 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -100,3 +101,25 @@ def test_query_one_if_free_never_waits_for_another_thread(tmp_path: Path) -> Non
         release.set()
         holder.join(10)
     assert store.query_one_if_free("SELECT 1")[0] is True
+
+
+def test_a_database_made_without_incremental_vacuum_is_rebuilt_with_it_and_shrinks(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:  # as databases were made before
+        old.execute("CREATE TABLE t (v BLOB)")
+        old.executemany("INSERT INTO t VALUES (?)", [(os.urandom(64 * 1024),)] * 32)
+    store = Store(path)
+    row = store.query_one("PRAGMA auto_vacuum")
+    assert row is not None and row[0] == 2  # INCREMENTAL
+    assert store.query("SELECT COUNT(*) FROM t")[0][0] == 32  # nothing lost
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM t")
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in tmp_path.glob("old.sqlite3*"))
+
+    before = on_disk()
+    store.reclaim()
+    assert on_disk() < before - 1024 * 1024
+    store.close()

@@ -51,7 +51,8 @@ def test_row_moved_to_another_concern_or_key_fails(store: Store, data: SealedDat
             "SELECT value FROM sealed_data WHERE concern = 'health'").fetchone()[0]
         conn.execute("UPDATE sealed_data SET value = ? WHERE concern = 'social'", (sealed,))
         conn.execute(
-            "INSERT INTO sealed_data VALUES ('home', 'health', 'copy', ?, 1.0)", (sealed,))
+            "INSERT INTO sealed_data (container, concern, key, value, updated)"
+            " VALUES ('home', 'health', 'copy', ?, 1.0)", (sealed,))
     with pytest.raises(IntegrityError):
         data.get("home", "social", "record")
     with pytest.raises(IntegrityError):
@@ -100,3 +101,49 @@ def test_get_if_quick_reads_small_values_and_defers_when_busy_or_large(
         release.set()
         holder.join(10)
     assert data.get_if_quick("home", "personal", "small") == b"note"
+
+
+def _value(store: Store, key: str) -> bytes:
+    row = store.query_one("SELECT value FROM sealed_data WHERE key = ?", (key,))
+    assert row is not None
+    return bytes(row[0])
+
+
+def _set_value(store: Store, key: str, value: bytes) -> None:
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE sealed_data SET value = ? WHERE key = ?", (value, key))
+
+
+def test_an_older_ciphertext_of_the_same_key_is_refused(store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "balance", b"10 EUR", now=1.0)
+    old = _value(store, "balance")
+    data.put("home", "personal", "balance", b"99999 EUR", now=2.0)
+    _set_value(store, "balance", old)
+    with pytest.raises(IntegrityError):
+        data.get("home", "personal", "balance")
+    with pytest.raises(IntegrityError):
+        data.get_if_quick("home", "personal", "balance")
+    assert store.integrity.failures() == [{"table": "sealed_data",
+                                           "key": "home/personal/balance"}]
+
+
+def test_a_ciphertext_from_before_a_delete_is_refused(store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "balance", b"10 EUR", now=1.0)
+    old = _value(store, "balance")
+    data.delete("home", "personal", "balance")
+    data.put("home", "personal", "balance", b"0 EUR", now=2.0)
+    _set_value(store, "balance", old)
+    with pytest.raises(IntegrityError):
+        data.get("home", "personal", "balance")
+
+
+def test_an_edited_index_row_is_refused_and_not_listed(store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "a", b"1", now=1.0)
+    data.put("home", "personal", "b", b"2", now=1.0)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE sealed_data SET updated = 1e12 WHERE key = 'a'")
+    with pytest.raises(IntegrityError):
+        data.get("home", "personal", "a")
+    assert data.keys("home", "personal") == ["b"]
+    assert data.get("home", "personal", "b") == b"2"
+    assert store.integrity.failure_count == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -83,3 +85,34 @@ def test_open_secret_store_passphrase_only_when_configured(tmp_path: Path) -> No
         open_secret_store(Config(home=tmp_path, keystore="passphrase"))
     with pytest.raises(ConfigError, match="keystore"):
         open_secret_store(Config(home=tmp_path, keystore="plaintext"))
+
+
+def test_planted_symlink_at_the_keystore_temp_name_receives_nothing(tmp_path: Path) -> None:
+    """Another writer of the directory plants symlinks where a temp file would go:
+    the keystore never writes through them (the sealed secrets stay where meant)."""
+    path = tmp_path / "keys.sealed"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    # The name an older keystore wrote through (pid-based, predictable).
+    (tmp_path / f".keys.sealed.{os.getpid()}.tmp").symlink_to(victim)
+    store = PassphraseSecretStore(path, b"pass phrase")
+    store.set("a", b"1")
+    assert victim.read_bytes() == b"untouched"
+    assert not path.is_symlink() and PassphraseSecretStore(path, b"pass phrase").get("a") == b"1"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_keystore_temp_file_is_created_exclusively(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a planted symlink at the very name chosen is refused, not followed."""
+    path = tmp_path / "keys.sealed"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    monkeypatch.setattr(secrets, "token_hex", lambda n=None: "guessed")
+    (tmp_path / ".keys.sealed.guessed.tmp").symlink_to(victim)
+    store = PassphraseSecretStore(path, b"pass phrase")
+    with pytest.raises(KeychainError, match="cannot write passphrase keystore"):
+        store.set("a", b"1")
+    assert victim.read_bytes() == b"untouched"
+    assert not path.exists()
+    assert store.get("a") is None  # the failed write is not kept in memory either

@@ -1,0 +1,47 @@
+"""Daemon-supplied strings are shown literally: a plugin name cannot restyle a prompt.
+
+A plugin named ``</b><font color=white>…`` would, as rich text, end the bold
+summary and paint the rest of the approval prompt white on white. Every label
+and message box showing daemon text is plain text, so the owner sees the tags.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QTextDocument
+
+from gui.tray import ApprovalDialog, plain_message_box, plain_tooltip
+
+HOSTILE = "</b><font color=white>Formatter 1.0 (reads nothing)</font><b>"
+
+
+def _detail(summary: str) -> dict[str, Any]:
+    return {"id": "a1", "kind": "plugin.install", "summary": f"install plugin {summary}",
+            "required_level": "carbonProof", "expires_at": "2026-12-01T07:00:00Z",
+            "payload": {"name": summary}}
+
+
+def test_tray_shows_markup_in_plugin_name_literally(qtbot: Any) -> None:
+    dialog = ApprovalDialog(_detail(HOSTILE))
+    qtbot.addWidget(dialog)
+    for label in (dialog.summary, dialog.needs, dialog.status):
+        assert label.textFormat() == Qt.TextFormat.PlainText
+    assert dialog.summary.text() == f"install plugin {HOSTILE}"
+    # What the owner reads: the tags themselves, not a white (invisible) font.
+    shown = QTextDocument()
+    shown.setPlainText(dialog.summary.text())
+    assert "<font color=white>" in shown.toPlainText()
+    assert dialog.summary.font().bold()
+
+
+def test_tray_error_boxes_and_tooltips_show_markup_literally(qtbot: Any) -> None:
+    box = plain_message_box(f"plugin {HOSTILE} was refused")
+    qtbot.addWidget(box)
+    assert box.textFormat() == Qt.TextFormat.PlainText
+    assert box.text() == f"plugin {HOSTILE} was refused"
+    # A tooltip is rendered as HTML by Qt: the escaped text renders to the tags.
+    rendered = QTextDocument()
+    rendered.setHtml(plain_tooltip(f"pacd 0.1: {HOSTILE}"))
+    assert rendered.toPlainText() == f"pacd 0.1: {HOSTILE}"
