@@ -22,6 +22,7 @@ import asyncio
 import multiprocessing
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ from bench.agent_bench import CONCERN, VALUE, _fill, _serve
 from bench.api_bench import _start_daemon, _token
 from pacd.client import Client, UnixHTTPConnection
 from pacd.config import load_config
+from tests.pidns_connector import NamespaceConnector, stand_in_container
 
 SECONDS = float(os.environ.get("PACD_SOAK_SECONDS", "60"))
 MAX_REQUESTS = 200_000  # per client: the soak is bounded in count as well as in time
@@ -38,6 +40,8 @@ OWNER_CLIENTS = 4
 AGENT_CLIENTS = 4
 #: more than the daemon's connection limit here (64): idle ones must be closed for room
 IDLE_CONNECTIONS = 80
+#: ``--smoke``: the smallest configuration (seconds), to show the soak still runs
+SMOKE = {"SECONDS": 2.0}
 
 
 def _usage(pid: int) -> tuple[int, int]:
@@ -90,8 +94,8 @@ def _idler(sock: str, deadline: float, counts: list[int]) -> None:
     counts.append(opened)
 
 
-async def _agent(path: str, n: int, deadline: float) -> int:
-    reader, writer = await asyncio.open_unix_connection(path)
+async def _agent(sock: socket.socket, n: int, deadline: float) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
     done = 0
     try:
         while time.monotonic() < deadline and done < MAX_REQUESTS:
@@ -116,20 +120,28 @@ async def _agent(path: str, n: int, deadline: float) -> int:
     return done
 
 
-async def _agents(paths: list[str], deadline: float) -> int:
-    counts = await asyncio.gather(*(_agent(path, n, deadline)
-                                    for path in paths for n in range(AGENT_CLIENTS)))
+async def _agents(socks: list[socket.socket], deadline: float) -> int:
+    counts = await asyncio.gather(*(_agent(sock, n % AGENT_CLIENTS, deadline)
+                                    for n, sock in enumerate(socks)))
     return sum(counts)
 
 
-def main() -> None:
+def main(smoke: bool = False) -> None:
+    """The soak; ``smoke``: a few seconds of it, to show it still runs and prints."""
+    if smoke:
+        globals().update(SMOKE)
     ctx = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="pacd-soak-") as tmp:
+    # Agent sockets serve only their container's PID namespace: a stand-in
+    # process in a fresh one plays the container, as in the agent benchmark.
+    with (tempfile.TemporaryDirectory(prefix="pacd-soak-") as tmp,
+          stand_in_container() as container_pid,
+          NamespaceConnector(container_pid) as inside):
         base = Path(tmp)
         (base / "agents").mkdir()
         daemon, env = _start_daemon(base)
         parent, child = ctx.Pipe()
-        server = ctx.Process(target=_serve, args=(str(base / "agents"), child), daemon=True)
+        server = ctx.Process(target=_serve, args=(str(base / "agents"), child, container_pid),
+                             daemon=True)
         server.start()
         try:
             token = _token(env)
@@ -137,7 +149,10 @@ def main() -> None:
                 raise RuntimeError("the agent-socket server did not start")
             agent_socks, _bare, _audit = parent.recv()
             for path in agent_socks:
-                asyncio.run(_fill(path))
+                asyncio.run(_fill(inside.connect(path)))
+            # Connected before the clock starts, from inside the stand-in container.
+            agent_conns = [inside.connect(path) for path in agent_socks
+                           for _ in range(AGENT_CLIENTS)]
             Client(load_config(env), use_token_cache=False).status()
             pids = {"daemon (owner socket)": daemon.pid, "agent sockets": server.pid}
             assert server.pid is not None
@@ -153,7 +168,7 @@ def main() -> None:
                                             args=(env["PACD_SOCKET"], deadline, idle_counts)))
             for t in threads:
                 t.start()
-            agent_requests = asyncio.run(_agents(agent_socks, deadline))
+            agent_requests = asyncio.run(_agents(agent_conns, deadline))
             for t in threads:
                 t.join()
             after = {name: _usage(pid) for name, pid in pids.items()}
@@ -182,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(smoke="--smoke" in sys.argv[1:])

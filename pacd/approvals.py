@@ -431,10 +431,11 @@ class ApprovalQueue:
                 "SELECT id, kind FROM approvals WHERE state = 'pending'"
                 " AND json_extract(payload, '$.body.container_id') = ?",
                 (container_id,)).fetchall()
+            # A row that fails its MAC is left as it is (reported), never rewritten.
+            rows = [row for row in rows
+                    if self._change(conn, str(row["id"]), "pending", state="expired",
+                                    resolved_at=now, reason="container deleted")]
             for row in rows:
-                conn.execute(
-                    "UPDATE approvals SET state = 'expired', resolved_at = ?, reason = ?"
-                    " WHERE id = ? AND state = 'pending'", (now, "container deleted", row["id"]))
                 self.audit.append(actor, f"approval.{row['kind']}.cancel", str(row["id"]),
                                   "deny", "its container was deleted",
                                   {"container_id": container_id})

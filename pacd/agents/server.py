@@ -78,7 +78,7 @@ from aiohttp import web
 
 from pacd.agents.inbox import MAX_BATCH, MAX_PENDING, Doorbell, Inbox
 from pacd.api.decisions import Coalescer, actor_for
-from pacd.api.guard import ConnectionGuard, ConnState
+from pacd.api.guard import KEEP_IDLE, ConnectionGuard, ConnState
 from pacd.api.peercred import PeerCred, PidNamespace
 from pacd.audit import AuditLog
 from pacd.core.fields import refuse_surrogates
@@ -253,7 +253,8 @@ class AgentRoutes:
         self._max_in_flight = max(1, container.policy.max_concurrent_connections)
         self.refusals = Coalescer(ctx.audit)
         self.guard = ConnectionGuard(self._max_in_flight, on_malformed=self._malformed,
-                                     on_dropped=self._dropped, read_pid_namespace=True)
+                                     on_dropped=self._dropped, on_evicted=self._evicted,
+                                     read_pid_namespace=True)
         #: the agent container's PID namespace; only its processes are served
         self.peer_ns: PidNamespace | None = None
         self._peer_ns_known = asyncio.Event()
@@ -315,6 +316,11 @@ class AgentRoutes:
     def _malformed(self, _peer: PeerCred | None, status: int) -> None:
         self.refusals.note(self.me.actor, "agent.request.malformed", "",
                            "not a valid HTTP request", {"status": status})
+
+    def _evicted(self) -> None:
+        self.refusals.note(self.me.actor, "agent.connection.evicted", "",
+                           "idle connection closed to make room for a new one",
+                           {"keep_idle": KEEP_IDLE})
 
     def _dropped(self) -> None:
         self.refusals.note(self.me.actor, "agent.connection.dropped", "",

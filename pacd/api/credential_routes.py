@@ -262,7 +262,8 @@ class Credentials:
                   "queue the removal of a presence credential as a credential.remove "
                   "approval (carbonProof); the last one cannot be removed", self.remove,
                   level=basic, response=m.ApprovalAccepted, status=202,
-                  errors=(NotFound, Conflict, InvalidRequest)),
+                  errors=(NotFound, Conflict, InvalidRequest),
+                  path_patterns={"id": f"^{_HEX.pattern}$"}),
         ]
 
 

@@ -34,7 +34,9 @@ def build_openapi(routes: Iterable[Route], version: str) -> dict[str, Any]:
             "x-pacd-audit-action": route.action,
         }
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True,
+             "schema": {"type": "string"} | (
+                 {"pattern": route.path_patterns[name]} if name in route.path_patterns else {})}
             for name in _PARAM.findall(route.path)
         ]
         if route.query is not None:

@@ -78,6 +78,8 @@ class Route:
     #: the largest request body this route reads; None: the daemon's ``max_body_bytes``,
     #: or ``max_tokenless_body_bytes`` for a route reachable without a token (basic)
     max_body_bytes: int | None = None
+    #: a path parameter's pattern, where the handler refuses other spellings (OpenAPI)
+    path_patterns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

@@ -44,12 +44,12 @@ class World:
         signed = authenticate(begin["publicKey"], begin["origin"], Silent(PIN), device=self.key)
         token = client.request("POST", "/v1/sessions/complete",
                                {"session_id": begin["session_id"], "credential": signed})["token"]
-        authed = daemon.client(token)
+        authed = self.authed = daemon.client(token)
         self.container = authed.request("POST", "/v1/containers", spec_with_plugins())["id"]
 
     def queue_plugin(self, version: str) -> str:
         schema = plugin("text-formatter") | {"version": version}
-        queued = self.daemon.client().request(
+        queued = self.authed.request(
             "POST", f"/v1/containers/{self.container}/plugins",
             {"agent": "writer", "schema": schema})
         return str(queued["approval_id"])

@@ -76,7 +76,13 @@ def test_deleted_checkpoint_puts_daemon_in_audit_untrusted(daemon: DaemonProcess
 
 
 def test_container_create_refused_while_audit_untrusted(daemon: DaemonProcess) -> None:
-    owner = _untrusted_after_deleted_checkpoint(daemon)
+    owner, container_id = _ready_owner(daemon)
+    # Queued while the log was trusted (a submission needs a session, refused below).
+    accepted = owner.authed().request("POST", f"/v1/containers/{container_id}/plugins",
+                                      {"agent": "writer", "schema": plugin("text-formatter")})
+    daemon.stop()
+    _delete_checkpoint(daemon)
+    daemon.start()
     spec = spec_with_plugins() | {"name": "after-cut"}
     with pytest.raises(AuditUntrusted) as refused:
         owner.authed().request("POST", "/v1/containers", spec)
@@ -85,10 +91,11 @@ def test_container_create_refused_while_audit_untrusted(daemon: DaemonProcess) -
     # Basic reads still answer, so the owner can look and repair.
     assert [c["name"] for c in daemon.client().request("GET", "/v1/containers")[
         "containers"]] == ["studio"]
+    # Queuing a plugin needs a session, so it is refused now.
+    with pytest.raises(AuditUntrusted):
+        owner.authed().request("POST", f"/v1/containers/{container_id}/plugins",
+                               {"agent": "writer", "schema": plugin("text-formatter")})
     # An approval above basic is refused too, even with a valid assertion for it.
-    container = daemon.client().request("GET", "/v1/containers")["containers"][0]
-    accepted = daemon.client().request("POST", f"/v1/containers/{container['id']}/plugins",
-                                       {"agent": "writer", "schema": plugin("text-formatter")})
     with pytest.raises(AuditUntrusted):
         daemon.client().request("POST", f"/v1/approvals/{accepted['approval_id']}/approve",
                                 {"credential": owner.sign_approval(accepted["approval_id"])})
@@ -146,7 +153,7 @@ def test_truncated_log_after_sigkill_following_approval_is_detected(
     daemon: DaemonProcess,
 ) -> None:
     owner, container_id = _ready_owner(daemon)
-    client = daemon.client()
+    client = owner.authed()
     accepted = client.request("POST", f"/v1/containers/{container_id}/plugins",
                               {"agent": "writer", "schema": plugin("text-formatter")})
     approval_id = accepted["approval_id"]
@@ -197,7 +204,7 @@ def test_failed_checkpoint_writes_show_in_status_and_refuse_after_the_limit(
     sealed.rename(moved)
     sealed.mkdir()
     try:
-        client = daemon.client()
+        client = owner.authed()
         for attempt in range(1, CHECKPOINT_FAILURE_LIMIT + 1):
             accepted = client.request("POST", f"/v1/containers/{container_id}/plugins",
                                       {"agent": "writer", "schema": plugin("text-formatter")})

@@ -55,7 +55,8 @@ def test_lone_surrogate_in_plugin_name_is_a_422_not_a_500(daemon: DaemonProcess)
     # json.dumps writes the lone surrogate as the \ud800 escape, as an attacker would
     body = json.dumps({"agent": "writer", "schema": schema}).encode()
     assert b"\\ud800" in body
-    status, answer = _post(daemon, f"/v1/containers/{container['id']}/plugins", body)
+    status, answer = _post(daemon, f"/v1/containers/{container['id']}/plugins", body,
+                           b"Authorization: Bearer %s\r\n" % str(owner.token).encode())
     assert (status, answer["error"]["code"]) == (422, "invalid_request"), answer
     assert answer["error"]["errors"] == [
         "body.schema.name: contains a lone surrogate, which is not Unicode text"]

@@ -343,8 +343,11 @@ def test_idle_connection_flood_is_capped_and_timed_out(home: tuple[Deployment, s
             s.close()
     wait_until(lambda: _open_fds(pid) <= before + 2, 10, "the daemon closing the connections")
     assert agent_request(d.agent(cid, "writer"), "GET", "/v1/whoami").json()["agent"] == "writer"
-    dropped = d.audit(actor=f"agent:{cid}/writer", action="agent.connection.dropped")
-    assert sum(e["details"]["count"] for e in dropped) >= 300 - 24
+    # Each one beyond what is held was either evicted (idle, to make room) or
+    # dropped (beyond the hard cap): every one of them is counted in the log.
+    closed = [e for e in d.audit(actor=f"agent:{cid}/writer")
+              if e["action"] in ("agent.connection.evicted", "agent.connection.dropped")]
+    assert sum(e["details"]["count"] for e in closed) >= 300 - 24
 
 
 def test_deeply_nested_message_is_refused_and_audited(home: tuple[Deployment, str]) -> None:

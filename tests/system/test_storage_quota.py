@@ -40,7 +40,7 @@ def test_an_agent_cannot_write_past_its_quotas_and_a_deleted_container_gives_spa
          "cross_container": "isolated"}])
     cid = str(d.create(spec)["id"])
     d.start(cid)
-    sock = d.socket(cid, "alpha")
+    sock = d.agent(cid, "alpha")
     value = b"v" * (512 * KIB)
 
     def put(concern: str, key: str) -> int:

@@ -20,7 +20,7 @@ from tests.conftest import require_system
 
 ROOT = Path(__file__).resolve().parents[2]
 #: benchmarks that start a private Podman service (and the daemon, with the keychain)
-NEEDS_PODMAN = {"api_bench", "start_bench"}
+NEEDS_PODMAN = {"api_bench", "start_bench", "soak_bench"}
 #: the line each benchmark exists for: its comparison against the baseline
 RATIO = {
     "vault_bench": r"MiB seal\+open .* ratio \d+\.\d\d \(target >= 0\.50\)",
@@ -28,6 +28,9 @@ RATIO = {
     "agent_bench": r"one agent socket, every read audited .* ratio \d+\.\d\d",
     "api_bench": r"ratio pacd GET /v1/status p50 / podman ping p50, c=1: \d+\.\d\d",
     "start_bench": r"ratio pacd/podman: \d+\.\d\d",
+    # the soak's comparison is each server against itself: before -> after
+    "soak_bench": (r"daemon \(owner socket\) +\d+\.\d -> +\d+\.\d -> +\d+\.\d MiB"
+                   r" +\d+ -> +\d+ -> +\d+"),
 }
 
 

@@ -51,7 +51,7 @@ def test_api_md_exit_code_table_matches_the_hierarchy() -> None:
     import re
     from pathlib import Path
 
-    from pacd.api.server import RequestTimeout
+    from pacd.api.server import ExpectationFailed, RequestTimeout
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text()
     section = text.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
@@ -60,5 +60,6 @@ def test_api_md_exit_code_table_matches_the_hierarchy() -> None:
         for code in re.findall(r"`([a-z_]+)`", codes):
             assert code not in documented, f"{code} listed twice"
             documented[code] = int(exit_code)
-    actual = {cls.code: cls.exit_code for cls in (*errors.ALL_ERRORS, RequestTimeout)}
+    served = (*errors.ALL_ERRORS, RequestTimeout, ExpectationFailed)
+    actual = {cls.code: cls.exit_code for cls in served}
     assert documented == actual
