@@ -40,6 +40,11 @@ ENDPOINT_FIELDS = ("path", "method", "requires_auth", "rate_limit")
 RATE_LIMIT_FIELDS = ("requests_per_minute", "burst_size")
 SECURITY_FIELDS = ("carbon_based_auth_required", "domain_isolation", "encrypted_transport",
                    "audit_log", "max_data_access")
+# The seed's (Swift Codable) camelCase spellings, accepted besides snake_case.
+SCHEMA_ALIASES = f.spellings(SCHEMA_FIELDS)
+ENDPOINT_ALIASES = f.spellings(ENDPOINT_FIELDS)
+RATE_LIMIT_ALIASES = f.spellings(RATE_LIMIT_FIELDS)
+SECURITY_ALIASES = f.spellings(SECURITY_FIELDS)
 MAX_ENDPOINTS = 64
 #: 100 requests per second is far beyond what a local plugin call should need
 MAX_REQUESTS_PER_MINUTE = 6000
@@ -62,7 +67,7 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
     """
     problems = f.Problems("schema")
     obj = f.Obj(data, "", problems, SCHEMA_FIELDS, ("name", "version", "required_capabilities",
-                                                     "endpoints"))
+                                                     "endpoints"), aliases=SCHEMA_ALIASES)
     plugin_id = obj.string("id", None, check=_is_uuid, expect="a UUID", max_len=36)
     # a name the owner reads in prompts: read_string refuses control, bidi and
     # other invisible characters (fields.text_problem)
@@ -83,8 +88,8 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
                                       f"{MAX_ENDPOINTS}")
         endpoints = [_read_endpoint(raw, path, problems)
                      for path, raw in endpoint_items[:MAX_ENDPOINTS]]
-    security = (_read_security(obj.raw("security_requirements"), "security_requirements",
-                               problems)
+    security = (_read_security(obj.raw("security_requirements"),
+                               obj.at("security_requirements"), problems)
                 if obj.has("security_requirements") else PluginSecurityRequirements())
     problems.raise_if_any("plugin schema")
     assert name is not None and version is not None and capabilities is not None
@@ -117,7 +122,7 @@ def _is_uuid(value: str) -> bool:
 
 def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | None:
     before = len(problems.errors)
-    obj = f.Obj(data, path, problems, ENDPOINT_FIELDS, ("path", "method"))
+    obj = f.Obj(data, path, problems, ENDPOINT_FIELDS, ("path", "method"), aliases=ENDPOINT_ALIASES)
     if not obj.ok:
         return None
     endpoint_path = obj.string("path", max_len=MAX_PATH_LENGTH)
@@ -127,7 +132,7 @@ def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | 
     raw_limit = obj.raw("rate_limit")
     if raw_limit is not None:
         limit = f.Obj(raw_limit, obj.at("rate_limit"), problems, RATE_LIMIT_FIELDS,
-                      RATE_LIMIT_FIELDS)
+                      RATE_LIMIT_FIELDS, aliases=RATE_LIMIT_ALIASES)
         rpm = limit.integer("requests_per_minute")
         burst = limit.integer("burst_size")
         if rpm is not None and burst is not None:
@@ -141,7 +146,7 @@ def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | 
 def _read_security(data: Any, path: str, problems: f.Problems
                    ) -> PluginSecurityRequirements | None:
     before = len(problems.errors)
-    obj = f.Obj(data, path, problems, SECURITY_FIELDS)
+    obj = f.Obj(data, path, problems, SECURITY_FIELDS, aliases=SECURITY_ALIASES)
     if not obj.ok:
         return None
     defaults = PluginSecurityRequirements()
