@@ -13,6 +13,8 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from enum import Enum
 from typing import Any, Final, TypeVar
 
@@ -213,6 +215,55 @@ def spellings(fields: Sequence[str], seed: Mapping[str, str] | None = None) -> d
     seed = seed or {}
     table = {name: seed.get(name, camel_case(name)) for name in fields}
     return {name: alias for name, alias in table.items() if alias != name}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The field spellings of one kind of object and of the objects nested in it
+    (keyed by canonical field name; an array field's shape is its items')."""
+
+    aliases: Mapping[str, str]
+    children: Mapping[str, Shape] = dc_field(default_factory=dict)
+
+
+_SEGMENT = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[([0-9]+)\]")
+
+
+def as_written(message: str, data: Any, shape: Shape) -> str:
+    """``message`` (``"<canonical path>: ..."``) with its path spelled as ``data`` spells it.
+
+    Checks that run on a parsed model name fields canonically; the owner
+    should see the names of the document they wrote. Paths outside ``shape``
+    stay as they are.
+    """
+    path, sep, rest = message.partition(": ")
+    if not sep:
+        return message
+    out: list[str] = []
+    node: Any = data
+    current: Shape | None = shape
+    pos = 0
+    while pos < len(path):
+        match = _SEGMENT.match(path, pos)
+        if match is None:
+            return message
+        pos = match.end()
+        name, number = match.group(1), match.group(2)
+        if number is not None:
+            out.append(f"[{number}]")
+            i = int(number)
+            node = node[i] if isinstance(node, list) and i < len(node) else None
+            continue
+        written = name
+        if current is not None and name in current.aliases and isinstance(node, Mapping):
+            alias = current.aliases[name]
+            camel = any(other in node for other in current.aliases.values())
+            if alias in node or (name not in node and camel):
+                written = alias
+        out.append(("." if out else "") + written)
+        node = node.get(written) if isinstance(node, Mapping) else None
+        current = current.children.get(name) if current is not None else None
+    return "".join(out) + sep + rest
 
 
 class Obj:

@@ -45,6 +45,10 @@ SCHEMA_ALIASES = f.spellings(SCHEMA_FIELDS)
 ENDPOINT_ALIASES = f.spellings(ENDPOINT_FIELDS)
 RATE_LIMIT_ALIASES = f.spellings(RATE_LIMIT_FIELDS)
 SECURITY_ALIASES = f.spellings(SECURITY_FIELDS)
+SCHEMA_SHAPE = f.Shape(SCHEMA_ALIASES, {
+    "endpoints": f.Shape(ENDPOINT_ALIASES, {"rate_limit": f.Shape(RATE_LIMIT_ALIASES)}),
+    "security_requirements": f.Shape(SECURITY_ALIASES),
+})
 MAX_ENDPOINTS = 64
 #: 100 requests per second is far beyond what a local plugin call should need
 MAX_REQUESTS_PER_MINUTE = 6000
@@ -171,12 +175,22 @@ def _read_security(data: Any, path: str, problems: f.Problems
 
 
 def validate_plugin(schema: PluginAPISchema, policy: SecurityPolicy,
-                    agent: AgentDomain | None = None) -> list[str]:
+                    agent: AgentDomain | None = None, *, written: Any = None) -> list[str]:
     """Every reason the plugin may not be installed; an empty list means valid.
 
     ``agent`` is the agent domain the plugin would serve: when given, the
     plugin may not ask for capabilities or data access that agent lacks.
+    ``written`` is the document the schema was parsed from, when there is one:
+    reasons then name its fields as it spells them (camelCase or snake_case).
     """
+    errors = _plugin_errors(schema, policy, agent)
+    if written is None:
+        return errors
+    return [f.as_written(error, written, SCHEMA_SHAPE) for error in errors]
+
+
+def _plugin_errors(schema: PluginAPISchema, policy: SecurityPolicy,
+                   agent: AgentDomain | None) -> list[str]:
     errors: list[str] = []
     if not policy.allow_plugins:
         errors.append("policy.allow_plugins: this container's policy does not allow plugins")

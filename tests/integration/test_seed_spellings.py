@@ -63,3 +63,34 @@ def test_the_seeds_camel_case_text_formatter_is_accepted_and_shown_in_snake_case
     shown = daemon.client().request("GET", f"/v1/containers/{container['id']}")
     assert [(p["id"], p["name"], p["state"]) for p in shown["plugins"]] == [
         (SEED_ID, "Text Formatter", "approved")]
+
+
+def test_the_seeds_harvester_in_camel_case_is_refused_naming_its_own_fields(
+        daemon: DaemonProcess) -> None:
+    owner = Owner(daemon)
+    owner.init()
+    owner.enroll()
+    token = owner.session("biometric")
+    container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
+    snake = plugin("external-data-harvester")
+    harvester = {
+        "name": snake["name"], "version": snake["version"],
+        "requiredCapabilities": snake["required_capabilities"],
+        "endpoints": [{"path": "/harvest", "method": "POST", "requiresAuth": False,
+                       "rateLimit": None}],
+        "securityRequirements": {"carbonBasedAuthRequired": False, "domainIsolation": False,
+                                 "maxDataAccess": "crossDomain"},
+    }
+    status, refused = _post(daemon, token, f"/v1/containers/{container['id']}/plugins",
+                            {"agent": "analyst", "schema": harvester})
+    assert status == 422, refused
+    errors = refused["error"]["errors"]
+    for path in ("securityRequirements.carbonBasedAuthRequired:",
+                 "securityRequirements.domainIsolation:", "securityRequirements.maxDataAccess:",
+                 "endpoints[0].requiresAuth:", "endpoints[0].rateLimit:",
+                 "requiredCapabilities[0]:"):
+        assert any(e.startswith(path) for e in errors), (path, errors)
+    denied = [e for e in daemon.audit() if e["action"] == "plugin.submit"]
+    assert denied[-1]["decision"] == "deny"
+    assert denied[-1]["details"]["errors"] == errors
+    assert daemon.client().request("GET", "/v1/approvals")["approvals"] == []

@@ -14,13 +14,21 @@ from hypothesis import strategies as st
 
 from pacd.core import fields as f
 from pacd.core.canonical import canonical_json
-from pacd.core.models import POLICY_ALIASES, SecurityPolicy
+from pacd.core.models import (
+    POLICY_ALIASES,
+    AgentDomain,
+    Capability,
+    DataAccessLevel,
+    IsolationLevel,
+    SecurityPolicy,
+)
 from pacd.core.plugins import (
     ENDPOINT_ALIASES,
     RATE_LIMIT_ALIASES,
     SCHEMA_ALIASES,
     SECURITY_ALIASES,
     parse_plugin_schema,
+    validate_plugin,
 )
 from pacd.core.spec import (
     AGENT_ALIASES,
@@ -214,3 +222,25 @@ def test_any_mix_of_spellings_across_fields_reads_the_same(data: st.DataObject) 
                                                        "data_retention_days": 30}}
     assert parse_container_spec(respell(snake_spec, SPEC_SHAPE, camel)) == (
         parse_container_spec(snake_spec))
+
+
+def test_the_seeds_rejected_plugin_in_camel_case_is_refused_with_reasons_as_written() -> None:
+    snake = load("plugins/external-data-harvester.json")
+    camel = respell(snake, PLUGIN_SHAPE, lambda _: True)
+    schema = parse_plugin_schema(camel)
+    assert schema == parse_plugin_schema(snake)
+    analyst = AgentDomain("a", "analyst", "localhost/agent:1", (Capability.dataAnalysis,), (),
+                          DataAccessLevel.readWrite, IsolationLevel.collaborative)
+    policy = SecurityPolicy.custom(allow_plugins=True)
+    reasons = validate_plugin(schema, policy, analyst, written=camel)
+    # the same reasons as for the snake_case document, each naming the field as written
+    canonical = validate_plugin(schema, policy, analyst)
+    assert len(reasons) == len(canonical) >= 5
+    paths = [reason.split(": ")[0] for reason in reasons]
+    for path in ("securityRequirements.carbonBasedAuthRequired",
+                 "securityRequirements.domainIsolation", "securityRequirements.maxDataAccess",
+                 "requiredCapabilities[0]", "endpoints[0].requiresAuth"):
+        assert path in paths, (path, reasons)
+    assert not any("_" in path for path in paths if path != "policy.allow_plugins"), paths
+    # written in snake_case, the reasons are unchanged
+    assert validate_plugin(schema, policy, analyst, written=snake) == canonical
