@@ -250,6 +250,10 @@ class SecurityPolicy:
       (instead of 8080/8443) and 30 days of retention (instead of 90).
     * ``custom(**fields)`` -- any field overridden, validated; omitted fields
       keep the default value.
+
+    ``requires_carbon_based_auth``, ``encryption_required`` and
+    ``audit_logging`` must be true: pacd always authenticates, encrypts and
+    audits, so a policy turning one off is refused rather than ignored.
     """
 
     requires_carbon_based_auth: bool = True
@@ -325,6 +329,16 @@ def _check_policy_values(values: Mapping[str, Any], path: str, problems: f.Probl
     if values["requires_carbon_based_auth"] is not True:
         problems.add(where("requires_carbon_based_auth"),
                      "must be true: every pacd container requires carbon-based authentication")
+    # pacd has no way to turn these off, so a policy asking for that would be a
+    # promise pacd silently breaks: refused instead of ignored.
+    if values["encryption_required"] is False:
+        problems.add(where("encryption_required"),
+                     "must be true: pacd always encrypts concern data (AES-256-GCM in the "
+                     "vault) and cannot store it unencrypted")
+    if values["audit_logging"] is False:
+        problems.add(where("audit_logging"),
+                     "must be true: pacd always audits (every decision is an entry in the "
+                     "HMAC-chained audit log) and cannot turn auditing off")
     _check_range(values["max_concurrent_connections"], where("max_concurrent_connections"),
                  problems, 1, MAX_CONNECTIONS_LIMIT)
     _check_range(values["data_retention_days"], where("data_retention_days"),
