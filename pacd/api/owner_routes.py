@@ -566,7 +566,7 @@ class OwnerApi:
         if agent is None:
             errors.append(f"agent: container {record.name!r} has no agent {body.agent!r}")
         if schema is not None:
-            errors += validate_plugin(schema, container.policy, agent)
+            errors += validate_plugin(schema, container.policy, agent, written=body.schema)
         name = schema.name if schema is not None else str(body.schema.get("name", "?"))[:100]
         if errors:
             rejected = PluginRejected("", errors=errors, omitted=omitted)

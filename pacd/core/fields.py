@@ -13,6 +13,8 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from enum import Enum
 from typing import Any, Final, TypeVar
 
@@ -210,8 +212,83 @@ class Problems:
             )
 
 
+def camel_case(name: str) -> str:
+    """``requires_auth`` -> ``requiresAuth``: the spelling Swift's Codable writes."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def spellings(fields: Sequence[str], seed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The second accepted spelling of each field: canonical snake_case -> camelCase.
+
+    The camelCase name is derived, except where the seed names the field
+    differently (``seed``, e.g. ``data_access`` -> ``dataAccessLevel``). Fields
+    that are one word (``name``) have only one spelling. pacd itself always
+    writes the canonical name.
+    """
+    seed = seed or {}
+    table = {name: seed.get(name, camel_case(name)) for name in fields}
+    return {name: alias for name, alias in table.items() if alias != name}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The field spellings of one kind of object and of the objects nested in it
+    (keyed by canonical field name; an array field's shape is its items')."""
+
+    aliases: Mapping[str, str]
+    children: Mapping[str, Shape] = dc_field(default_factory=dict)
+
+
+_SEGMENT = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[([0-9]+)\]")
+
+
+def as_written(message: str, data: Any, shape: Shape) -> str:
+    """``message`` (``"<canonical path>: ..."``) with its path spelled as ``data`` spells it.
+
+    Checks that run on a parsed model name fields canonically; the owner
+    should see the names of the document they wrote. Paths outside ``shape``
+    stay as they are.
+    """
+    path, sep, rest = message.partition(": ")
+    if not sep:
+        return message
+    out: list[str] = []
+    node: Any = data
+    current: Shape | None = shape
+    pos = 0
+    while pos < len(path):
+        match = _SEGMENT.match(path, pos)
+        if match is None:
+            return message
+        pos = match.end()
+        name, number = match.group(1), match.group(2)
+        if number is not None:
+            out.append(f"[{number}]")
+            i = int(number)
+            node = node[i] if isinstance(node, list) and i < len(node) else None
+            continue
+        written = name
+        if current is not None and name in current.aliases and isinstance(node, Mapping):
+            alias = current.aliases[name]
+            camel = any(other in node for other in current.aliases.values())
+            if alias in node or (name not in node and camel):
+                written = alias
+        out.append(("." if out else "") + written)
+        node = node.get(written) if isinstance(node, Mapping) else None
+        current = current.children.get(name) if current is not None else None
+    return "".join(out) + sep + rest
+
+
 class Obj:
-    """Reads one JSON object: refuses unknown fields, reports missing required ones."""
+    """Reads one JSON object: refuses unknown fields, reports missing required ones.
+
+    ``aliases`` (canonical -> other spelling, from ``spellings``) lets a field
+    be written either way; writing both spellings of one field is a problem
+    naming both. Reads use the canonical name; paths in messages use the
+    spelling the document used (for a missing field: camelCase when the object
+    uses any camelCase name).
+    """
 
     def __init__(
         self,
@@ -220,25 +297,54 @@ class Obj:
         problems: Problems,
         fields: Sequence[str],
         required: Sequence[str] = (),
+        *,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.path = path
         self.problems = problems
         self.ok = isinstance(data, Mapping)
-        self.data: Mapping[Any, Any] = data if isinstance(data, Mapping) else {}
+        self.aliases: Mapping[str, str] = aliases or {}
+        #: canonical name -> the name the document used, for fields written the other way
+        self.written: dict[str, str] = {}
         if not self.ok:
+            self.data: Mapping[Any, Any] = {}
             problems.add(path, f"expected an object, got {json_type(data)}")
             return
-        for key in self.data:
-            if not isinstance(key, str) or key not in fields:
-                problems.add(
-                    join(path, str(key)), f"unknown field (expected one of {one_of(fields)})"
-                )
+        canonical = {alias: name for name, alias in self.aliases.items()}
+        if not canonical:
+            self.data = data
+        else:
+            normal: dict[Any, Any] = {}
+            for key, value in data.items():
+                name = canonical.get(key, key) if isinstance(key, str) else key
+                if name != key:
+                    if name in data:
+                        problems.add(join(path, key), f"{name!r} and {key!r} are two spellings "
+                                     "of one field; write only one of them")
+                        continue
+                    self.written[name] = key
+                normal[name] = value
+            self.data = normal
+        self.camel = bool(self.written)
+        for key in data:
+            name = canonical.get(key, key) if isinstance(key, str) else key
+            if not isinstance(name, str) or name not in fields:
+                expected = one_of(self._spell(k) for k in fields)
+                problems.add(join(path, str(key)), f"unknown field (expected one of {expected})")
         for key in required:
             if key not in self.data:
-                problems.add(join(path, key), "is required")
+                problems.add(self.at(key), "is required")
+
+    def _spell(self, key: str) -> str:
+        if key in self.written:
+            return self.written[key]
+        if self.camel and key in self.aliases and key not in self.data:
+            return self.aliases[key]
+        return key
 
     def at(self, key: str) -> str:
-        return join(self.path, key)
+        """The path of field ``key`` (canonical name), spelled as the document spells it."""
+        return join(self.path, self._spell(key))
 
     def has(self, key: str) -> bool:
         return key in self.data

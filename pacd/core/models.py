@@ -14,7 +14,7 @@ import binascii
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -230,6 +230,9 @@ POLICY_FIELDS: tuple[str, ...] = (
     "allow_external_apis",
     "trusted_domains",
 )
+#: the seed's spelling of each policy field (``allowExternalAPIs``: Swift keeps the acronym)
+POLICY_ALIASES: dict[str, str] = f.spellings(POLICY_FIELDS,
+                                             {"allow_external_apis": "allowExternalAPIs"})
 POLICY_PRESETS: tuple[str, ...] = ("default", "strict")
 MAX_CONNECTIONS_LIMIT = 1000
 MAX_RETENTION_DAYS = 36500
@@ -247,6 +250,10 @@ class SecurityPolicy:
       (instead of 8080/8443) and 30 days of retention (instead of 90).
     * ``custom(**fields)`` -- any field overridden, validated; omitted fields
       keep the default value.
+
+    ``requires_carbon_based_auth``, ``encryption_required`` and
+    ``audit_logging`` must be true: pacd always authenticates, encrypts and
+    audits, so a policy turning one off is refused rather than ignored.
     """
 
     requires_carbon_based_auth: bool = True
@@ -306,21 +313,37 @@ class SecurityPolicy:
         return out
 
 
-def _check_policy_values(values: Mapping[str, Any], path: str, problems: f.Problems) -> None:
-    """Type and range checks on already-decoded policy values."""
+def _check_policy_values(values: Mapping[str, Any], path: str, problems: f.Problems,
+                         at: Callable[[str], str] | None = None) -> None:
+    """Type and range checks on already-decoded policy values.
+
+    ``at`` gives a field's path as the document spells it (``Obj.at``)."""
+    def where(name: str) -> str:
+        return at(name) if at is not None else f.join(path, name)
+
     for name in ("requires_carbon_based_auth", "encryption_required", "audit_logging",
                  "allow_plugins", "allow_external_apis"):
         if not isinstance(values[name], bool):
-            problems.add(f.join(path, name),
+            problems.add(where(name),
                          f"expected a boolean, got {f.json_type(values[name])}")
     if values["requires_carbon_based_auth"] is not True:
-        problems.add(f.join(path, "requires_carbon_based_auth"),
+        problems.add(where("requires_carbon_based_auth"),
                      "must be true: every pacd container requires carbon-based authentication")
-    _check_range(values["max_concurrent_connections"], f.join(path, "max_concurrent_connections"),
+    # pacd has no way to turn these off, so a policy asking for that would be a
+    # promise pacd silently breaks: refused instead of ignored.
+    if values["encryption_required"] is False:
+        problems.add(where("encryption_required"),
+                     "must be true: pacd always encrypts concern data (AES-256-GCM in the "
+                     "vault) and cannot store it unencrypted")
+    if values["audit_logging"] is False:
+        problems.add(where("audit_logging"),
+                     "must be true: pacd always audits (every decision is an entry in the "
+                     "HMAC-chained audit log) and cannot turn auditing off")
+    _check_range(values["max_concurrent_connections"], where("max_concurrent_connections"),
                  problems, 1, MAX_CONNECTIONS_LIMIT)
-    _check_range(values["data_retention_days"], f.join(path, "data_retention_days"),
+    _check_range(values["data_retention_days"], where("data_retention_days"),
                  problems, 1, MAX_RETENTION_DAYS)
-    ports_path = f.join(path, "allowed_network_ports")
+    ports_path = where("allowed_network_ports")
     ports = values["allowed_network_ports"]
     if not isinstance(ports, tuple | list):
         problems.add(ports_path, f"expected an array, got {f.json_type(ports)}")
@@ -331,7 +354,7 @@ def _check_policy_values(values: Mapping[str, Any], path: str, problems: f.Probl
                 if port in seen:
                     problems.add(f.index(ports_path, i), f"duplicate port {port}")
                 seen.add(port)
-    domains_path = f.join(path, "trusted_domains")
+    domains_path = where("trusted_domains")
     domains = values["trusted_domains"]
     if not isinstance(domains, tuple | list):
         problems.add(domains_path, f"expected an array, got {f.json_type(domains)}")
@@ -356,7 +379,7 @@ def _check_range(value: Any, path: str, problems: f.Problems, lo: int, hi: int) 
 
 
 def read_policy(data: Any, path: str, problems: f.Problems) -> SecurityPolicy | None:
-    """A policy from a preset name or an object of SecurityPolicy fields (snake_case)."""
+    """A policy from a preset name or an object of SecurityPolicy fields (either spelling)."""
     if isinstance(data, str):
         if data not in POLICY_PRESETS:
             problems.add(path, f"{f.show(data)} is not one of {f.one_of(POLICY_PRESETS)} "
@@ -367,11 +390,11 @@ def read_policy(data: Any, path: str, problems: f.Problems) -> SecurityPolicy | 
         problems.add(path, "expected a preset name (default, strict) or a policy object, "
                            f"got {f.json_type(data)}")
         return None
-    obj = f.Obj(data, path, problems, POLICY_FIELDS)
+    obj = f.Obj(data, path, problems, POLICY_FIELDS, aliases=POLICY_ALIASES)
     values: dict[str, Any] = dataclasses.asdict(SecurityPolicy.default())
-    values.update({k: v for k, v in data.items() if k in POLICY_FIELDS})
+    values.update({k: v for k, v in obj.data.items() if k in POLICY_FIELDS})
     before = problems.count
-    _check_policy_values(values, path, problems)
+    _check_policy_values(values, path, problems, obj.at)
     if problems.count != before or not obj.ok:
         return None
     values["allowed_network_ports"] = tuple(values["allowed_network_ports"])

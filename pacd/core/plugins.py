@@ -40,6 +40,15 @@ ENDPOINT_FIELDS = ("path", "method", "requires_auth", "rate_limit")
 RATE_LIMIT_FIELDS = ("requests_per_minute", "burst_size")
 SECURITY_FIELDS = ("carbon_based_auth_required", "domain_isolation", "encrypted_transport",
                    "audit_log", "max_data_access")
+# The seed's (Swift Codable) camelCase spellings, accepted besides snake_case.
+SCHEMA_ALIASES = f.spellings(SCHEMA_FIELDS)
+ENDPOINT_ALIASES = f.spellings(ENDPOINT_FIELDS)
+RATE_LIMIT_ALIASES = f.spellings(RATE_LIMIT_FIELDS)
+SECURITY_ALIASES = f.spellings(SECURITY_FIELDS)
+SCHEMA_SHAPE = f.Shape(SCHEMA_ALIASES, {
+    "endpoints": f.Shape(ENDPOINT_ALIASES, {"rate_limit": f.Shape(RATE_LIMIT_ALIASES)}),
+    "security_requirements": f.Shape(SECURITY_ALIASES),
+})
 MAX_ENDPOINTS = 64
 #: 100 requests per second is far beyond what a local plugin call should need
 MAX_REQUESTS_PER_MINUTE = 6000
@@ -62,7 +71,7 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
     """
     problems = f.Problems("schema")
     obj = f.Obj(data, "", problems, SCHEMA_FIELDS, ("name", "version", "required_capabilities",
-                                                     "endpoints"))
+                                                     "endpoints"), aliases=SCHEMA_ALIASES)
     plugin_id = obj.string("id", None, check=_is_uuid, expect="a UUID", max_len=36)
     # a name the owner reads in prompts: read_string refuses control, bidi and
     # other invisible characters (fields.text_problem)
@@ -84,8 +93,8 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
                                       f"{MAX_ENDPOINTS}")
         endpoints = [_read_endpoint(raw, path, problems)
                      for path, raw in endpoint_items[:MAX_ENDPOINTS]]
-    security = (_read_security(obj.raw("security_requirements"), "security_requirements",
-                               problems)
+    security = (_read_security(obj.raw("security_requirements"),
+                               obj.at("security_requirements"), problems)
                 if obj.has("security_requirements") else PluginSecurityRequirements())
     problems.raise_if_any("plugin schema")
     assert name is not None and version is not None and capabilities is not None
@@ -118,7 +127,7 @@ def _is_uuid(value: str) -> bool:
 
 def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | None:
     before = problems.count
-    obj = f.Obj(data, path, problems, ENDPOINT_FIELDS, ("path", "method"))
+    obj = f.Obj(data, path, problems, ENDPOINT_FIELDS, ("path", "method"), aliases=ENDPOINT_ALIASES)
     if not obj.ok:
         return None
     endpoint_path = obj.string("path", max_len=MAX_PATH_LENGTH)
@@ -128,7 +137,7 @@ def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | 
     raw_limit = obj.raw("rate_limit")
     if raw_limit is not None:
         limit = f.Obj(raw_limit, obj.at("rate_limit"), problems, RATE_LIMIT_FIELDS,
-                      RATE_LIMIT_FIELDS)
+                      RATE_LIMIT_FIELDS, aliases=RATE_LIMIT_ALIASES)
         rpm = limit.integer("requests_per_minute")
         burst = limit.integer("burst_size")
         if rpm is not None and burst is not None:
@@ -142,7 +151,7 @@ def _read_endpoint(data: Any, path: str, problems: f.Problems) -> APIEndpoint | 
 def _read_security(data: Any, path: str, problems: f.Problems
                    ) -> PluginSecurityRequirements | None:
     before = problems.count
-    obj = f.Obj(data, path, problems, SECURITY_FIELDS)
+    obj = f.Obj(data, path, problems, SECURITY_FIELDS, aliases=SECURITY_ALIASES)
     if not obj.ok:
         return None
     defaults = PluginSecurityRequirements()
@@ -167,12 +176,22 @@ def _read_security(data: Any, path: str, problems: f.Problems
 
 
 def validate_plugin(schema: PluginAPISchema, policy: SecurityPolicy,
-                    agent: AgentDomain | None = None) -> list[str]:
+                    agent: AgentDomain | None = None, *, written: Any = None) -> list[str]:
     """Every reason the plugin may not be installed; an empty list means valid.
 
     ``agent`` is the agent domain the plugin would serve: when given, the
     plugin may not ask for capabilities or data access that agent lacks.
+    ``written`` is the document the schema was parsed from, when there is one:
+    reasons then name its fields as it spells them (camelCase or snake_case).
     """
+    errors = _plugin_errors(schema, policy, agent)
+    if written is None:
+        return errors
+    return [f.as_written(error, written, SCHEMA_SHAPE) for error in errors]
+
+
+def _plugin_errors(schema: PluginAPISchema, policy: SecurityPolicy,
+                   agent: AgentDomain | None) -> list[str]:
     errors: list[str] = []
     if not policy.allow_plugins:
         errors.append("policy.allow_plugins: this container's policy does not allow plugins")

@@ -43,6 +43,13 @@ _Named = TypeVar("_Named", AgentDomain, ConcernDomain)
 SPEC_FIELDS = ("name", "policy", "agents", "concerns")
 AGENT_FIELDS = ("name", "image", "capabilities", "data_access", "isolation", "connections")
 CONCERN_FIELDS = ("name", "category", "scope", "agents", "cross_container")
+# The seed's (Swift Codable) spelling of each field; see fields.spellings.
+SPEC_ALIASES = f.spellings(SPEC_FIELDS, {"policy": "securityPolicy", "agents": "agentDomains",
+                                         "concerns": "concernDomains"})
+AGENT_ALIASES = f.spellings(AGENT_FIELDS, {"data_access": "dataAccessLevel",
+                                           "connections": "allowedConnections"})
+CONCERN_ALIASES = f.spellings(CONCERN_FIELDS, {"agents": "connectedAgents",
+                                               "cross_container": "crossContainerPolicy"})
 MAX_AGENTS = 64
 MAX_CONCERNS = 64
 _LABEL_EXPECT = ("a lowercase DNS label (a-z, 0-9 and '-', at most 63, "
@@ -178,38 +185,37 @@ def _no_constant(name: str) -> Any:
 def parse_container_spec(data: Mapping[str, Any] | Any) -> ContainerSpec:
     """Validates decoded data as a ContainerSpec; raises one ``SpecError`` listing every problem."""
     problems = f.Problems("spec")
-    obj = f.Obj(data, "", problems, SPEC_FIELDS, ("name", "agents"))
+    obj = f.Obj(data, "", problems, SPEC_FIELDS, ("name", "agents"), aliases=SPEC_ALIASES)
     name = obj.string("name", check=f.is_label, expect=_LABEL_EXPECT, max_len=63)
-    policy = read_policy(obj.raw("policy"), "policy", problems) if obj.has("policy") else (
-        SecurityPolicy.default())
+    policy = read_policy(obj.raw("policy"), obj.at("policy"), problems) if obj.has(
+        "policy") else SecurityPolicy.default()
 
-    agents: list[AgentSpec | None] = []
-    named: list[Any] = []
+    agents: list[tuple[AgentSpec | None, f.Obj]] = []
     agent_items = obj.array("agents")
     if agent_items is not None:
         if not agent_items and obj.ok:
-            problems.add("agents", "must list at least one agent")
+            problems.add(obj.at("agents"), "must list at least one agent")
         if len(agent_items) > MAX_AGENTS:
-            problems.add("agents", f"has {len(agent_items)} agents, at most {MAX_AGENTS}")
+            problems.add(obj.at("agents"),
+                         f"has {len(agent_items)} agents, at most {MAX_AGENTS}")
         agents = [_read_agent(raw, path, problems) for path, raw in agent_items[:MAX_AGENTS]]
-        named = [raw.get("name") if isinstance(raw, Mapping) else None
-                 for _, raw in agent_items[:MAX_AGENTS]]
 
-    concerns: list[ConcernSpec | None] = []
+    concerns: list[tuple[ConcernSpec | None, f.Obj]] = []
     concern_items = obj.array("concerns", [])
     if concern_items is not None:
         if len(concern_items) > MAX_CONCERNS:
-            problems.add("concerns", f"has {len(concern_items)} concerns, at most {MAX_CONCERNS}")
+            problems.add(obj.at("concerns"),
+                         f"has {len(concern_items)} concerns, at most {MAX_CONCERNS}")
         concerns = [_read_concern(raw, path, problems)
                     for path, raw in concern_items[:MAX_CONCERNS]]
 
-    _cross_check(agents, concerns, named, problems)
+    _cross_check(agents, concerns, problems)
     problems.raise_if_any("container spec")
     assert name is not None and policy is not None
     return ContainerSpec(
         name=name,
-        agents=tuple(a for a in agents if a is not None),
-        concerns=tuple(c for c in concerns if c is not None),
+        agents=tuple(a for a, _ in agents if a is not None),
+        concerns=tuple(c for c, _ in concerns if c is not None),
         policy=policy,
     )
 
@@ -223,11 +229,12 @@ def _read_names(items: list[tuple[str, Any]] | None, problems: f.Problems,
     return f.read_unique(items, problems, read, what)
 
 
-def _read_agent(data: Any, path: str, problems: f.Problems) -> AgentSpec | None:
+def _read_agent(data: Any, path: str, problems: f.Problems) -> tuple[AgentSpec | None, f.Obj]:
+    """The agent (None if it has problems) and its reader, for cross-checks."""
     before = problems.count
-    obj = f.Obj(data, path, problems, AGENT_FIELDS, ("name", "image"))
+    obj = f.Obj(data, path, problems, AGENT_FIELDS, ("name", "image"), aliases=AGENT_ALIASES)
     if not obj.ok:
-        return None
+        return None, obj
     name = obj.string("name", check=f.is_label, expect=_LABEL_EXPECT, max_len=63)
     image = obj.string("image", check=f.is_image_reference, expect=_IMAGE_EXPECT, max_len=512)
     capabilities = f.read_unique(
@@ -241,63 +248,66 @@ def _read_agent(data: Any, path: str, problems: f.Problems) -> AgentSpec | None:
                      "a strict agent never connects to other agents; use managed or "
                      "collaborative isolation, or remove the connections")
     if problems.count != before:
-        return None
+        return None, obj
     assert name and image and capabilities is not None and connections is not None
     assert data_access is not None and isolation is not None
-    return AgentSpec(name, image, capabilities, data_access, isolation, connections)
+    return AgentSpec(name, image, capabilities, data_access, isolation, connections), obj
 
 
-def _read_concern(data: Any, path: str, problems: f.Problems) -> ConcernSpec | None:
+def _read_concern(data: Any, path: str, problems: f.Problems
+                  ) -> tuple[ConcernSpec | None, f.Obj]:
     before = problems.count
-    obj = f.Obj(data, path, problems, CONCERN_FIELDS, ("name", "category"))
+    obj = f.Obj(data, path, problems, CONCERN_FIELDS, ("name", "category"), aliases=CONCERN_ALIASES)
     if not obj.ok:
-        return None
+        return None, obj
     name = obj.string("name", check=f.is_label, expect=_LABEL_EXPECT, max_len=63)
     category = obj.enum("category", ConcernCategory)
     scope = obj.enum("scope", Scope, Scope.local)
     agents = _read_names(obj.array("agents", []), problems, "agent")
     cross = obj.enum("cross_container", CrossContainerPolicy, CrossContainerPolicy.isolated)
     if problems.count != before:
-        return None
+        return None, obj
     assert name and category is not None and scope is not None
     assert agents is not None and cross is not None
-    return ConcernSpec(name, category, scope, agents, cross)
+    return ConcernSpec(name, category, scope, agents, cross), obj
 
 
-def _cross_check(agents: list[AgentSpec | None], concerns: list[ConcernSpec | None],
-                 named: list[Any], problems: f.Problems) -> None:
+def _cross_check(agents: list[tuple[AgentSpec | None, f.Obj]],
+                 concerns: list[tuple[ConcernSpec | None, f.Obj]],
+                 problems: f.Problems) -> None:
     """Names unique; every referenced agent exists; no agent connects to itself.
 
-    ``named`` holds the name written in each agents entry, including entries
-    that failed for another reason, so one mistake does not cascade into
-    "unknown agent" noise elsewhere.
+    The known names include those written in agents entries that failed for
+    another reason, so one mistake does not cascade into "unknown agent" noise
+    elsewhere.
     """
     known: set[str] = set()
-    for i, name in enumerate(named):
+    for _, obj in agents:
+        name = obj.data.get("name")
         if not isinstance(name, str):
             continue
         if name in known:
-            problems.add(f"agents[{i}].name", f"duplicate agent name {f.show(name)}")
+            problems.add(obj.at("name"), f"duplicate agent name {f.show(name)}")
         known.add(name)
-    for i, agent in enumerate(agents):
+    for agent, obj in agents:
         if agent is None:
             continue
         for j, target in enumerate(agent.connections):
-            where = f"agents[{i}].connections[{j}]"
+            where = f.index(obj.at("connections"), j)
             if target == agent.name:
                 problems.add(where, "an agent cannot connect to itself")
             elif target not in known:
                 problems.add(where, f"unknown agent {f.show(target)}")
     concern_names: set[str] = set()
-    for i, concern in enumerate(concerns):
+    for concern, obj in concerns:
         if concern is None:
             continue
         if concern.name in concern_names:
-            problems.add(f"concerns[{i}].name", f"duplicate concern name {f.show(concern.name)}")
+            problems.add(obj.at("name"), f"duplicate concern name {f.show(concern.name)}")
         concern_names.add(concern.name)
         for j, member in enumerate(concern.agents):
             if member not in known:
-                problems.add(f"concerns[{i}].agents[{j}]", f"unknown agent {f.show(member)}")
+                problems.add(f.index(obj.at("agents"), j), f"unknown agent {f.show(member)}")
 
 
 # --- building ----------------------------------------------------------------
