@@ -120,13 +120,15 @@ class AuditQuery:
                                                  minimum=0, maximum=2**63 - 1))
     limit: int = field(default=100, metadata=_meta(minimum=1, maximum=1000))
     cursor: str = field(default="", metadata=_meta(
-        "the next_cursor of the previous page (overrides after)", max_length=32))
+        "the next_cursor of the previous page (overrides after)", max_length=18,
+        pattern=r"^[0-9]*$"))
 
 
 @dataclass(frozen=True)
 class ApprovalQuery:
     cursor: str = field(default="", metadata=_meta(
-        "the next_cursor of the previous page", max_length=128))
+        "the next_cursor of the previous page", max_length=128,
+        pattern=r"^([0-9]+\.[0-9]+(e[+-]?[0-9]+)?_[0-9a-f]{32})?$"))
     limit: int = field(default=200, metadata=_meta(minimum=1, maximum=1000))
 
 

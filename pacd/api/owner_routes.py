@@ -713,7 +713,7 @@ class OwnerApi:
         q: m.AuditQuery = call.query
         after = q.after
         if q.cursor:
-            if not q.cursor.isdigit():
+            if not (q.cursor.isascii() and q.cursor.isdigit()):
                 raise InvalidRequest(f"cursor {q.cursor!r} is not a next_cursor this daemon "
                                      "gave")
             after = int(q.cursor)

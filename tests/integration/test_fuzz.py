@@ -58,6 +58,11 @@ POSITIVE_DATA_EXEMPT: dict[tuple[str, str], str] = {
                                 "(pacd/core/spec.py: names, at least one agent, "
                                 "cross-references between agents, concerns and policy), "
                                 "which the document describes but does not encode",
+    ("POST", "/v1/containers/{id}/plugins"): "the agent is a name (no control or format "
+                                             "characters: a Unicode-category rule) and the "
+                                             "schema must pass the plugin rules "
+                                             "(pacd/core/plugins.py), which the document "
+                                             "describes but does not encode",
 }
 
 
