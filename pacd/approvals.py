@@ -43,7 +43,15 @@ from typing import Any, Protocol
 
 from pacd.core.canonical import canonical_json, digest
 from pacd.core.models import SecurityLevel
-from pacd.errors import Conflict, InvalidRequest, NotFound, PacdError, PayloadMismatch, TooMany
+from pacd.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PacdError,
+    PayloadMismatch,
+    TooMany,
+    UncoveredEntry,
+)
 from pacd.integrity import RowSpec
 from pacd.store import Store
 
@@ -330,6 +338,10 @@ class ApprovalQueue:
         except Exception as exc:
             if stage == "commit" and approval is not None:
                 self._record_rollback(tx, approval, audited, exc, actor)
+            elif stage == "audit" and approval is not None and isinstance(exc, UncoveredEntry):
+                # The approve entry is durable but its checkpoint is not: the
+                # transaction rolled back, so the log must say the action did not happen.
+                self._record_rollback(tx, approval, exc.entry_seq, exc, actor)
             elif isinstance(exc, PacdError):
                 self._record_failure(approval_id, approval, stage, exc, actor)
             raise
@@ -340,18 +352,20 @@ class ApprovalQueue:
 
     def _record_rollback(self, tx: sqlite3.Connection | None, approval: Approval,
                          audited: Any, exc: Exception, actor: str) -> None:
-        """The COMMIT failed after the approval's audit entry was made durable.
+        """The state change did not commit after the approval's audit entry was made
+        durable (a failed COMMIT, or a checkpoint that could not cover the entry).
 
-        The audit log already says the action was approved and executed; the
-        follow-up entry says it was not, so the log does not claim an action
+        The audit log already says the approval was approved (or denied); the
+        follow-up entry says it was not, so the log does not claim a decision
         the state database never saw. The approval stays pending.
         """
         # Store.transaction() has already rolled the failed COMMIT back.
-        seq = getattr(audited, "seq", None)
+        seq = audited if isinstance(audited, int) else getattr(audited, "seq", None)
         try:
             self.audit.append(
                 actor, f"approval.{approval.kind}.rolled_back", approval.id, "deny",
-                f"not committed ({type(exc).__name__}); the approved action did not happen",
+                f"not committed ({type(exc).__name__}); what entry {seq} records did not "
+                "happen and the approval is still pending",
                 {"approve_seq": seq, "error": type(exc).__name__})
         except Exception:
             log.exception("approval %s: audit entry %s is not followed by its rollback",
@@ -383,14 +397,22 @@ class ApprovalQueue:
 
     def deny(self, approval_id: str, reason: str | None, actor: str = "owner") -> Approval:
         self.expire_due()
-        with self.store.transaction() as conn:
-            approval = self._pending(conn, approval_id)
-            self._change(conn, approval_id, "pending", state="denied", resolved_at=self._now(),
-                         reason=reason or "denied by the owner")
-            # The checkpoint covers the denial before it is answered: a crash right
-            # after cannot take the entry with it unnoticed.
-            self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
-                              reason or "denied by the owner", checkpoint=True)
+        approval: Approval | None = None
+        try:
+            with self.store.transaction() as conn:
+                approval = self._pending(conn, approval_id)
+                self._change(conn, approval_id, "pending", state="denied",
+                             resolved_at=self._now(), reason=reason or "denied by the owner")
+                # The checkpoint covers the denial before it is answered: a crash right
+                # after cannot take the entry with it unnoticed.
+                self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
+                                  reason or "denied by the owner", checkpoint=True)
+        except UncoveredEntry as exc:
+            # The denial's entry is durable, the state change rolled back: the
+            # approval is still pending, and the log must say so after the entry.
+            if approval is not None:
+                self._record_rollback(None, approval, exc.entry_seq, exc, actor)
+            raise
         self._recount()
         self._on_event("approval.resolved", id=approval_id, kind=approval.kind, state="denied")
         return self.get(approval_id, expire=False)

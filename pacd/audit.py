@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from pacd.core.canonical import canonical_json
-from pacd.errors import AuditError, InvalidRequest, KeychainError
+from pacd.errors import AuditError, InvalidRequest, KeychainError, UncoveredEntry
 from pacd.vault.keychain import SecretStore
 
 log = logging.getLogger(__name__)
@@ -897,7 +897,10 @@ class AuditLog:
         """
         entry = self._append(actor, action, target, decision, reason, details)
         if checkpoint:
-            self._cover(entry.seq)
+            try:
+                self._cover(entry.seq)
+            except AuditError as exc:
+                raise UncoveredEntry(exc.message, entry.seq) from exc
         return entry
 
     def _cover(self, seq: int) -> None:

@@ -152,6 +152,14 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "max_connections": (1, None),
     "retention_interval_s": (0.001, None),
     "platform_presence_timeout_s": (0.001, None),
+    "max_tokenless_body_bytes": (1, None),
+    "max_containers": (1, None),
+    "max_agents_per_container": (1, None),
+    # at least 1: an audit-untrusted daemon must always be able to queue its re-anchor
+    "max_pending_approvals": (1, None),
+    "max_pending_approvals_per_kind": (1, None),
+    "quota_per_container_bytes": (1, None),
+    "quota_per_concern_bytes": (1, None),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -181,6 +181,12 @@ class ContainerLifecycle:
         if ns is None:
             log.error("cannot tell the PID namespace of %s/%s: its socket serves no one",
                       container_id, agent)
+        elif ns == pid_namespace(os.getpid()):
+            # A container in the host's PID namespace would let every host process
+            # of the owner's uid act as the agent: serve no one instead.
+            log.error("%s/%s runs in the host's PID namespace: its socket serves no one",
+                      container_id, agent)
+            ns = None
         self._on_loop(self.sockets.serve_namespace(container_id, agent, ns))
 
     def _close_socket(self, container_id: str, agent: str) -> bool:

@@ -281,6 +281,16 @@ class AuditError(PacdError):
     exit_code = 9
 
 
+class UncoveredEntry(AuditError):
+    """The entry is durable in the log, but the keychain checkpoint that was to cover
+    it before the answer could not be written: the caller undoes its action and
+    records that it did (the entry stays, so it must be followed by its undoing)."""
+
+    def __init__(self, message: str, entry_seq: int) -> None:
+        super().__init__(message)
+        self.entry_seq = entry_seq
+
+
 class AuditUntrusted(PacdError):
     """The audit log cannot vouch for itself (checkpoint missing, behind, or failing).
 

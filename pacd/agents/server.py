@@ -361,10 +361,15 @@ class AgentRoutes:
                     Busy(f"agent {self.me.agent!r} already has {self._max_in_flight} requests "
                          "in flight (the policy's maxConcurrentConnections); retry shortly"))
             self._in_flight += 1
+            # Not idle while the agent's request is handled (long polls included), so
+            # the guard's eviction never closes it to make room; a refused peer's
+            # connection stays idle and is closed first.
+            state.active += 1
             try:
                 return await handler(request)
             finally:
                 self._in_flight -= 1
+                state.active -= 1
         except PacdError as exc:
             return _error(exc)
         except (asyncio.CancelledError, ConnectionError):

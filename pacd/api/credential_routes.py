@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -37,7 +38,6 @@ from pacd.api.decisions import DecisionLog
 from pacd.api.route import Call, Reply, Route
 from pacd.api.services import Services
 from pacd.approvals import Approval, b64url, iso
-from pacd.core.models import SecurityLevel
 from pacd.core.rules import Action, required_level
 from pacd.errors import (
     AuditError,
@@ -49,7 +49,9 @@ from pacd.errors import (
     PacdError,
     PresenceFailed,
     PresenceRequired,
+    TooMany,
     Unauthorized,
+    UncoveredEntry,
 )
 from pacd.presence.attestation import aaguid_text
 from pacd.presence.owner import Credential
@@ -58,6 +60,7 @@ from pacd.presence.rp import FIRST_CREDENTIAL, Registration
 CREDENTIAL_ADD = "credential.add"
 CREDENTIAL_REMOVE = "credential.remove"
 ENROL_ACTION = "credential.enroll"
+log = logging.getLogger(__name__)
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2}){1,1024}")
 
 
@@ -158,6 +161,18 @@ class Credentials:
 
         try:
             reply = await asyncio.to_thread(complete)
+        except UncoveredEntry as exc:
+            # The enrolment entry is durable but the key was not stored (its
+            # checkpoint failed): say so after it, or the log claims a key that isn't.
+            try:
+                await self.sink.append_async(
+                    self.actor, ENROL_ACTION, registration_id, "deny",
+                    "not stored: the audit checkpoint could not be written",
+                    {"code": exc.code, "enroll_seq": exc.entry_seq})
+            except AuditError:
+                log.exception("enrolment entry %s is not followed by its undoing",
+                              exc.entry_seq)
+            raise
         except AuditError:
             raise  # nothing was stored, and there is no log to record the refusal in
         except PacdError as exc:
@@ -238,7 +253,6 @@ class Credentials:
         async def begin(call: Call) -> m.CredentialOptions:
             return await self.begin(call, require)
 
-        basic = SecurityLevel.basic.value
         return [
             Route("POST", "/v1/owner/credentials/begin", "begin_credential",
                   "start enrolling a presence credential (biometric token needed once one "
@@ -261,8 +275,10 @@ class Credentials:
             Route("DELETE", "/v1/owner/credentials/{id}", "remove_credential",
                   "queue the removal of a presence credential as a credential.remove "
                   "approval (carbonProof); the last one cannot be removed", self.remove,
-                  level=basic, response=m.ApprovalAccepted, status=202,
-                  errors=(NotFound, Conflict, InvalidRequest),
+                  level=required_level(Action.request_credential_removal).value,
+                  response=m.ApprovalAccepted, status=202,
+                  errors=(NotFound, Conflict, InvalidRequest, Unauthorized, PresenceRequired,
+                          TooMany, AuditError),
                   path_patterns={"id": f"^{_HEX.pattern}$"}),
         ]
 

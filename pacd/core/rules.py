@@ -82,6 +82,7 @@ class Action(StrEnum):
     list_credentials = "list_credentials"
     add_credential = "add_credential"
     remove_credential = "remove_credential"
+    request_credential_removal = "request_credential_removal"
     link_containers = "link_containers"
     rotate_keys = "rotate_keys"
     export_keys = "export_keys"
@@ -108,6 +109,7 @@ _REQUIRED: dict[Action, SecurityLevel] = {
     Action.read_owner_data: SecurityLevel.enhanced,
     Action.build_image: SecurityLevel.enhanced,
     Action.submit_plugin: SecurityLevel.enhanced,
+    Action.request_credential_removal: SecurityLevel.enhanced,
     Action.create_container: SecurityLevel.biometric,
     Action.delete_container: SecurityLevel.biometric,
     Action.install_plugin: SecurityLevel.biometric,

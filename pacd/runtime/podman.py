@@ -165,6 +165,9 @@ def create_body(spec: AgentRunSpec, network_mode: str) -> dict[str, Any]:
         },
         "mounts": mounts,
         "netns": {"nsmode": network_mode if spec.network else "none"},
+        # Always its own PID namespace, whatever containers.conf says: the agent
+        # socket tells the container's processes from the host's by it.
+        "pidns": {"nsmode": "private"},
         "portmappings": [
             {"container_port": p.container_port, "host_port": p.host_port,
              "host_ip": p.host_ip, "protocol": p.protocol}

@@ -205,13 +205,39 @@ def test_failed_checkpoint_writes_show_in_status_and_refuse_after_the_limit(
     sealed.mkdir()
     try:
         client = owner.authed()
-        for attempt in range(1, CHECKPOINT_FAILURE_LIMIT + 1):
+        # An approval whose entry cannot be covered is not approved, and the log says
+        # so right after that entry.
+        accepted = client.request("POST", f"/v1/containers/{container_id}/plugins",
+                                  {"agent": "writer", "schema": plugin("text-formatter")})
+        signed = owner.sign_approval(accepted["approval_id"])
+        with pytest.raises(AuditError):
+            client.request("POST", f"/v1/approvals/{accepted['approval_id']}/approve",
+                           {"credential": signed})
+        assert client.request(
+            "GET", f"/v1/approvals/{accepted['approval_id']}")["state"] == "pending"
+        approve, undone = [e for e in daemon.audit() if e["target"] == accepted["approval_id"]
+                           and e["action"].startswith("approval.plugin.install.")][-2:]
+        assert (approve["action"], approve["decision"]) == (
+            "approval.plugin.install.approve", "allow")
+        assert (undone["action"], undone["details"]["approve_seq"]) == (
+            "approval.plugin.install.rolled_back", approve["seq"])
+        # That was the first failed write; the denials below make up the rest.
+        for attempt in range(2, CHECKPOINT_FAILURE_LIMIT + 1):
             accepted = client.request("POST", f"/v1/containers/{container_id}/plugins",
                                       {"agent": "writer", "schema": plugin("text-formatter")})
             # A denial is answered only once its checkpoint is written: not now.
             with pytest.raises(AuditError) as failed:
                 client.request("POST", f"/v1/approvals/{accepted['approval_id']}/deny", {})
             assert "checkpoint" in failed.value.message
+            assert client.request(
+                "GET", f"/v1/approvals/{accepted['approval_id']}")["state"] == "pending"
+            if attempt == 2:  # below the limit: the deny entry is followed by its undoing
+                deny, undone = [e for e in daemon.audit()
+                                if e["target"] == accepted["approval_id"]
+                                and e["action"].startswith("approval.plugin.install.")][-2:]
+                assert (deny["action"], undone["action"], undone["details"]["approve_seq"]) == (
+                    "approval.plugin.install.deny", "approval.plugin.install.rolled_back",
+                    deny["seq"])
             error = client.status()["audit"]["checkpoint_error"]
             assert error is not None and error["count"] >= attempt
             assert "keystore.sealed" in error["message"]

@@ -193,7 +193,7 @@ def test_a_biometric_session_assertion_cannot_approve_a_new_key(
 def test_the_last_key_cannot_be_removed(daemon: DaemonProcess) -> None:
     owner = _owner_with_token(daemon)
     (only,) = _listed(daemon)
-    c = daemon.client()
+    c = owner.authed()
     refused = _refused(lambda: c.remove_credential(only["credential_id"]))
     assert (refused.status, refused.code) == (409, "conflict")
     assert c.request("GET", "/v1/approvals")["approvals"] == []
@@ -207,7 +207,9 @@ def test_the_last_key_cannot_be_removed(daemon: DaemonProcess) -> None:
     for bad in ("not-hex", hex_id[:-1], spaced):
         assert _refused(lambda b=bad: c.remove_credential(b)).code == "invalid_request"
     assert _listed(daemon) == [only]
-    assert owner.token is not None  # the session that asked was a valid biometric one
+    # Asking queues an approval for the owner's attention: not without a session.
+    anonymous = _refused(lambda: daemon.client().remove_credential(only["credential_id"]))
+    assert (anonymous.status, anonymous.code) == (401, "unauthorized")
 
 
 def test_a_second_key_is_removed_only_by_an_approved_removal(daemon: DaemonProcess) -> None:
@@ -215,7 +217,7 @@ def test_a_second_key_is_removed_only_by_an_approved_removal(daemon: DaemonProce
     spare = SoftAuthenticator()
     owner.add_key("key B", spare)
     key_a, key_b = _listed(daemon)
-    c = daemon.client()
+    c = owner.authed()
     queued = c.remove_credential(key_b["credential_id"])
     assert queued["required_level"] == "carbonProof"
     assert len(_listed(daemon)) == 2  # queued, not removed
@@ -235,7 +237,7 @@ def test_removing_down_to_no_key_is_refused_when_approved(daemon: DaemonProcess)
     spare = SoftAuthenticator()
     owner.add_key("key B", spare)
     key_a, key_b = _listed(daemon)
-    c = daemon.client()
+    c = owner.authed()
     # Two removals, each allowed when asked (two keys exist)...
     first = c.remove_credential(key_b["credential_id"])["approval_id"]
     second = c.remove_credential(key_a["credential_id"])["approval_id"]
@@ -306,6 +308,7 @@ def test_direct_attestation_enrols_a_listed_model_with_a_statement(
 
 def test_cli_lists_and_queues_removal(daemon: DaemonProcess) -> None:
     owner = _owner_with_token(daemon)
+    daemon.env["PACD_TOKEN"] = str(owner.token)  # the CLI asks with the owner's session
     only = json.loads(daemon.cli("credentials", "list", "--json").stdout)["credentials"]
     assert [x["label"] for x in only] == ["key A"]
     last = daemon.cli("credentials", "remove", only[0]["credential_id"])

@@ -59,6 +59,9 @@ def test_home_without_runtime_dir_keeps_socket_under_home(tmp_path: Path) -> Non
         ("header_timeout_s = nan\n", "header_timeout_s (in "),
         ("retention_interval_s = 0.0\n", "retention_interval_s (in "),
         ("platform_presence_timeout_s = -inf\n", "platform_presence_timeout_s (in "),
+        ("max_pending_approvals = 0\n", "max_pending_approvals (in "),
+        ("max_tokenless_body_bytes = -1\n", "max_tokenless_body_bytes (in "),
+        ("quota_per_container_bytes = -5\n", "quota_per_container_bytes (in "),
     ],
 )
 def test_bad_config_is_refused_with_its_reason(tmp_path: Path, text: str, fragment: str) -> None:

@@ -133,6 +133,8 @@ def test_create_body_sets_every_hardening_field_by_its_podman_name() -> None:
     assert body["resource_limits"] == {"pids": {"limit": 40},
                                        "memory": {"limit": 1 << 27, "swap": 1 << 27}}
     assert body["netns"] == {"nsmode": "none"}
+    # its own PID namespace even where containers.conf says pidns = "host"
+    assert body["pidns"] == {"nsmode": "private"}
     assert body["portmappings"] == [] and body["publish_image_ports"] is False
     assert "selinux_opts" not in body
     tmp = next(m for m in body["mounts"] if m["destination"] == "/tmp")
