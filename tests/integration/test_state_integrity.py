@@ -138,7 +138,8 @@ def test_inserted_plugin_row_is_not_an_approved_plugin(daemon: DaemonProcess) ->
     assert_reported(daemon, "registry_plugins", f"{container['id']}/{schema['id']}/writer")
 
 
-def test_flipped_approval_state_is_not_shown_as_approved(daemon: DaemonProcess) -> None:
+def _queued_plugin(daemon: DaemonProcess) -> tuple[Owner, dict[str, Any], str]:
+    """An owner with a session, a container, and a plugin approval waiting for them."""
     owner = Owner(daemon)
     owner.init()
     owner.enroll()
@@ -147,6 +148,11 @@ def test_flipped_approval_state_is_not_shown_as_approved(daemon: DaemonProcess) 
     approval = owner.authed().request(
         "POST", f"/v1/containers/{container['id']}/plugins",
         {"agent": "writer", "schema": plugin("text-formatter")})["approval_id"]
+    return owner, container, str(approval)
+
+
+def test_flipped_approval_state_is_not_shown_as_approved(daemon: DaemonProcess) -> None:
+    owner, container, approval = _queued_plugin(daemon)
     daemon.client().request("POST", f"/v1/approvals/{approval}/deny", {"reason": "no"})
     edit_state(daemon, "UPDATE approvals SET state = 'approved' WHERE id = ?", (approval,))
     c = daemon.client()
@@ -187,14 +193,7 @@ def test_deleted_credentials_do_not_reopen_first_key_enrolment(
 
 
 def test_payload_edited_after_signing_is_not_executed(daemon: DaemonProcess) -> None:
-    owner = Owner(daemon)
-    owner.init()
-    owner.enroll()
-    owner.session("biometric")
-    container = owner.authed().request("POST", "/v1/containers", spec_with_plugins())
-    approval = owner.authed().request(
-        "POST", f"/v1/containers/{container['id']}/plugins",
-        {"agent": "writer", "schema": plugin("text-formatter")})["approval_id"]
+    owner, container, approval = _queued_plugin(daemon)
     credential = owner.sign_approval(approval)
     row = state_row(daemon, "SELECT payload FROM approvals WHERE id = ?", (approval,))
     payload = json.loads(row["payload"])
