@@ -182,7 +182,7 @@ def test_required_levels_follow_the_design_table() -> None:
                               "container_openapi", "export_kube", "deny_approval",
                               "list_credentials"},
         SecurityLevel.enhanced: {"start_container", "stop_container", "read_owner_data",
-                                 "build_image", "submit_plugin"},
+                                 "build_image", "submit_plugin", "request_credential_removal"},
         SecurityLevel.biometric: {"create_container", "delete_container", "install_plugin",
                                   "change_policy", "enroll_credential"},
         SecurityLevel.carbonProof: {"link_containers", "rotate_keys", "export_keys",
