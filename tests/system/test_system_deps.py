@@ -56,6 +56,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("busybox", "tests/podman_env.py (the offline test images)", "/bin/busybox"),
     Program("nsenter", "tests/pidns_connector.py (a connection from inside a container)"),
     Program("unshare", "tests/pidns_connector.py, bench/agent_bench.py (a stand-in container)"),
+    Program("ss", "tests/system/test_agents.py (a listening socket's accept backlog)"),
     Program("ip", "Podman (container network setup)"),
     Program("fuse-overlayfs", "rootless Podman on kernels without native overlay"),
     Program("Xvfb", "the tray on a machine without a display (make run)"),
