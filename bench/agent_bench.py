@@ -73,7 +73,7 @@ def _serve(base: str, conn: Connection, container_pid: int) -> None:
         store = Store(root / "state.sqlite3")
         vault = Vault(store, secrets)
         vault.initialize()
-        audit = AuditLog(root / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
+        audit = AuditLog.open(root / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
         container = PersonalAIContainer(
             id=CONTAINER_ID, name="bench", owner_id="o" * 32,
             agents=tuple(AgentDomain(id=name, name=name, image="unused",

@@ -51,7 +51,7 @@ SMOKE = {"ROUNDS": 1, "VERIFY_ENTRIES": 2000, "WORK": 0.1}
 
 
 def run_blocking(path: Path, max_batch: int, per_thread: int) -> float:
-    log = AuditLog(path, KEY, None, max_batch=max_batch)
+    log = AuditLog.open(path, KEY, None, max_batch=max_batch)
     barrier = threading.Barrier(THREADS + 1)
 
     def writer(n: int) -> None:
@@ -72,7 +72,7 @@ def run_blocking(path: Path, max_batch: int, per_thread: int) -> float:
 
 
 def run_concurrent(path: Path, max_batch: int, per_task: int) -> float:
-    log = AuditLog(path, KEY, None, max_batch=max_batch)
+    log = AuditLog.open(path, KEY, None, max_batch=max_batch)
     barrier = threading.Barrier(THREADS + 1)
 
     async def requests(n: int) -> None:
@@ -99,7 +99,7 @@ def run_concurrent(path: Path, max_batch: int, per_task: int) -> float:
 
 
 def verify_timing(path: Path) -> tuple[float, float]:
-    log = AuditLog(path, KEY, None)
+    log = AuditLog.open(path, KEY, None)
 
     async def fill() -> None:
         async def chunk(start: int) -> None:

@@ -129,7 +129,7 @@ def build_services(config: Config) -> Services:
     store = Store(config.state_db)
     vault = Vault(store, secrets)
     vault.initialize()
-    audit = AuditLog(config.audit_db, vault.derive_subkey("audit"), secrets)
+    audit = AuditLog.open(config.audit_db, vault.derive_subkey("audit"), secrets)
     # Before any module reads a row that decides access (pacd.integrity).
     store.integrity = vault.row_sealer()
     failures = AuditedFailures(audit.append)

@@ -63,7 +63,7 @@ def served(short_tmp: Path) -> Iterator[Served]:
     store = Store(tmp_path / "state.sqlite3")
     vault = Vault(store, secrets)
     vault.initialize()
-    audit = AuditLog(tmp_path / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
+    audit = AuditLog.open(tmp_path / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
     container = PersonalAIContainer(
         id=CID, name="home", owner_id="o" * 32,
         agents=(AgentDomain(id=AGENT, name=AGENT, image="unused",

@@ -39,7 +39,7 @@ def test_checkpoint_in_the_keychain_catches_truncation(
     key = vault.derive_subkey("audit-log")
     path = tmp_path / "audit.sqlite3"
 
-    log = AuditLog(path, key, secrets)
+    log = AuditLog.open(path, key, secrets)
     threads = [
         threading.Thread(target=lambda n=n: [
             log.append(f"agent{n}", "data.read", f"k{i}", "allow", "connected")
@@ -61,7 +61,7 @@ def test_checkpoint_in_the_keychain_catches_truncation(
         conn.execute("DELETE FROM audit_log WHERE seq > 180")
     # a restarted daemon derives the same key from the vault and sees the cut
     key_again = Vault(Store(tmp_path / "state.sqlite3"), secrets).derive_subkey("audit-log")
-    log = AuditLog(path, key_again, secrets)
+    log = AuditLog.open(path, key_again, secrets)
     result = log.verify()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 180, 181)
     assert log.untrusted is not None and log.untrusted.first_bad_seq == 181
@@ -76,11 +76,11 @@ def test_key_survives_master_rotation(tmp_path: Path, secrets: KeyringSecretStor
     vault = Vault(store, secrets)
     vault.initialize()
     path = tmp_path / "audit.sqlite3"
-    log = AuditLog(path, vault.derive_subkey("audit-log"), secrets)
+    log = AuditLog.open(path, vault.derive_subkey("audit-log"), secrets)
     log.append("owner", "vault.rotate", "master", "allow", "carbonProof")
     log.close()
     vault.rotate_master_key()
-    log = AuditLog(path, Vault(store, secrets).derive_subkey("audit-log"), secrets)
+    log = AuditLog.open(path, Vault(store, secrets).derive_subkey("audit-log"), secrets)
     result = log.verify()
     log.close()
     assert (result.ok, result.entries) == (True, 1)

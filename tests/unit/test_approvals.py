@@ -43,7 +43,7 @@ class World:
         self.store = Store(base / "state.sqlite3")
         # One key across restarts, as the daemon derives it from the vault each time.
         self.store.integrity = RowSealer(b"i" * 32)
-        self.audit = AuditLog(base / "audit.sqlite3", b"k" * 32, None)
+        self.audit = AuditLog.open(base / "audit.sqlite3", b"k" * 32, None)
         self.owners = OwnerRegistry(self.store)
         self.rp = RelyingParty(self.store, self.owners, "pacd.localhost", ORIGIN, SystemClock())
         self.clock = now or [time.time()]

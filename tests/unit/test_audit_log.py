@@ -28,13 +28,11 @@ from pacd.audit import (
     CHECKPOINT_FAILURE_LIMIT,
     AuditEntry,
     AuditLog,
-    _canonical,
-    _ChainKey,
-    _entry_parts,
-    _splice,
     checkpoint_name,
     read_checkpoint,
 )
+from pacd.audit.entry import canonical_entry
+from pacd.audit.writer import _ChainKey, _entry_parts, _splice
 from pacd.core.canonical import canonical_json
 from pacd.errors import AuditError, InvalidRequest
 from pacd.vault import PassphraseSecretStore
@@ -54,7 +52,7 @@ def log_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def audit(log_path: Path, secrets: PassphraseSecretStore) -> Iterator[AuditLog]:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     yield log
     log.close()
 
@@ -89,10 +87,10 @@ def test_append_and_read_back(audit: AuditLog) -> None:
 def test_entries_survive_reopen_and_chain_continues(
     log_path: Path, secrets: PassphraseSecretStore
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     fill(log, 3)
     log.close()
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     assert log.head()[0] == 3
     assert log.append("owner", "container.start", "home", "allow", "ok").seq == 4
     result = log.verify()
@@ -101,10 +99,10 @@ def test_entries_survive_reopen_and_chain_continues(
 
 
 def test_wrong_key_fails_at_the_first_entry(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     fill(log, 3)
     log.close()
-    other = AuditLog(log_path, bytes(32), None)
+    other = AuditLog.open(log_path, bytes(32), None)
     result = other.verify()
     other.close()
     assert (result.ok, result.first_bad_seq) == (False, 1)
@@ -143,14 +141,14 @@ COLUMN_EDITS = {
 def test_edited_column_is_detected_at_its_seq(
     log_path: Path, secrets: PassphraseSecretStore, column: str
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     fill(log, 10)
     log.close()
     target = 5 if column != "decision" else 6  # seq 6 is "deny", so the edit changes it
     with sqlite3.connect(log_path) as conn:
         changed = conn.execute(COLUMN_EDITS[column], (target,)).rowcount
     assert changed == 1
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     result = log.verify()
     log.close()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 10, target)
@@ -158,7 +156,7 @@ def test_edited_column_is_detected_at_its_seq(
 
 
 def test_single_flipped_byte_anywhere_in_a_row(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     fill(log, 6)
     log.close()
     with sqlite3.connect(log_path) as conn:
@@ -168,11 +166,11 @@ def test_single_flipped_byte_anywhere_in_a_row(log_path: Path) -> None:
         for i in range(len(text)):
             flipped = text[:i] + chr(ord(text[i]) ^ 1) + text[i + 1:]
             tamper(log_path, f"UPDATE audit_log SET {column} = ? WHERE seq = 4", (flipped,))
-            log = AuditLog(log_path, KEY, None)
+            log = AuditLog.open(log_path, KEY, None)
             assert log.verify().first_bad_seq == 4, (column, i)
             log.close()
             tamper(log_path, f"UPDATE audit_log SET {column} = ? WHERE seq = 4", (text,))
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     assert log.verify().ok
     log.close()
 
@@ -180,11 +178,11 @@ def test_single_flipped_byte_anywhere_in_a_row(log_path: Path) -> None:
 def test_deleted_middle_entry_names_the_missing_seq(
     log_path: Path, secrets: PassphraseSecretStore
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     fill(log, 10)
     log.close()
     tamper(log_path, "DELETE FROM audit_log WHERE seq = 4")
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     result = log.verify()
     log.close()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 9, 4)
@@ -192,28 +190,28 @@ def test_deleted_middle_entry_names_the_missing_seq(
 
 
 def test_deleted_and_renumbered_entry_is_detected(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     fill(log, 8)
     log.close()
     with sqlite3.connect(log_path) as conn:
         conn.execute("DELETE FROM audit_log WHERE seq = 3")
         for seq in range(4, 9):
             conn.execute("UPDATE audit_log SET seq = ? WHERE seq = ?", (seq - 1, seq))
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     result = log.verify()
     log.close()
     assert (result.ok, result.first_bad_seq) == (False, 3)
 
 
 def test_reordered_entries_are_detected_at_the_first_moved_seq(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     fill(log, 10)
     log.close()
     with sqlite3.connect(log_path) as conn:  # swap rows 3 and 7 (contents change places)
         conn.execute("UPDATE audit_log SET seq = -1 WHERE seq = 3")
         conn.execute("UPDATE audit_log SET seq = 3 WHERE seq = 7")
         conn.execute("UPDATE audit_log SET seq = 7 WHERE seq = -1")
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     result = log.verify()
     log.close()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 10, 3)
@@ -222,7 +220,7 @@ def test_reordered_entries_are_detected_at_the_first_moved_seq(log_path: Path) -
 def test_truncated_tail_is_detected_by_the_checkpoint(
     log_path: Path, secrets: PassphraseSecretStore
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     entries = fill(log, 10)
     log.close()
     stored = secrets.get(checkpoint_name(log_path))
@@ -230,11 +228,11 @@ def test_truncated_tail_is_detected_by_the_checkpoint(
     tamper(log_path, "DELETE FROM audit_log WHERE seq > 7")
 
     # Without the checkpoint the shortened chain is still a valid chain ...
-    blind = AuditLog(log_path, KEY, None)
+    blind = AuditLog.open(log_path, KEY, None)
     assert blind.verify().ok
     blind.close()
     # ... with it, the removal is named, and the log is untrusted from the first removed seq.
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     result = log.verify()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 7, 8)
     assert log.untrusted is not None and log.untrusted.first_bad_seq == 8
@@ -249,11 +247,11 @@ def test_truncated_tail_is_detected_by_the_checkpoint(
 def test_missing_checkpoint_of_a_non_empty_log_is_untrusted(
     log_path: Path, secrets: PassphraseSecretStore
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     fill(log, 4)
     log.close()
     secrets.delete(checkpoint_name(log_path))
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     try:
         assert log.untrusted is not None and log.untrusted.first_bad_seq == 1
         assert "no checkpoint" in log.untrusted.found
@@ -271,15 +269,15 @@ def test_missing_checkpoint_of_a_non_empty_log_is_untrusted(
 def test_rewritten_entry_at_the_checkpoint_is_untrusted(
     log_path: Path, secrets: PassphraseSecretStore
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     fill(log, 5)
     log.close()
     # A rewritten tail: the last entry replaced by a validly chained different one.
     tamper(log_path, "DELETE FROM audit_log WHERE seq = 5")
-    blind = AuditLog(log_path, KEY, None)
+    blind = AuditLog.open(log_path, KEY, None)
     blind.append("x", "y", "z", "info", "replacement")
     blind.close()
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     try:
         assert log.untrusted is not None and log.untrusted.first_bad_seq == 5
         assert "differs" in log.untrusted.found
@@ -290,7 +288,7 @@ def test_rewritten_entry_at_the_checkpoint_is_untrusted(
 def test_new_empty_log_without_checkpoint_is_trusted(
     log_path: Path, secrets: PassphraseSecretStore
 ) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     try:
         assert log.untrusted is None and not log.health().refusing
     finally:
@@ -300,7 +298,7 @@ def test_new_empty_log_without_checkpoint_is_trusted(
 def test_checkpointed_append_is_covered_before_it_returns(tmp_path: Path) -> None:
     store = CountingStore(tmp_path / "keys.sealed", b"pw")
     path = tmp_path / "audit.sqlite3"
-    log = AuditLog(path, KEY, store)
+    log = AuditLog.open(path, KEY, store)
     try:
         for i in range(20):
             # Back to back, well inside the 0.25 s spacing of ordinary writes.
@@ -317,7 +315,7 @@ def test_failed_checkpoint_writes_are_counted_and_refuse_after_the_limit(
 ) -> None:
     store = PassphraseSecretStore(tmp_path / "keys" / "keys.sealed", b"pw")
     path = tmp_path / "audit.sqlite3"
-    log = AuditLog(path, KEY, store)
+    log = AuditLog.open(path, KEY, store)
     sealed = tmp_path / "keys" / "keys.sealed"
     try:
         log.append("owner", "first", "", "info", "r", checkpoint=True)
@@ -340,12 +338,12 @@ def test_failed_checkpoint_writes_are_counted_and_refuse_after_the_limit(
 
 
 def test_truncate_everything_is_detected(log_path: Path, secrets: PassphraseSecretStore) -> None:
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     fill(log, 3)
     log.close()
     for suffix in ("", "-wal", "-shm"):
         Path(str(log_path) + suffix).unlink(missing_ok=True)
-    log = AuditLog(log_path, KEY, secrets)
+    log = AuditLog.open(log_path, KEY, secrets)
     result = log.verify()
     log.close()
     assert (result.ok, result.entries, result.first_bad_seq) == (False, 0, 1)
@@ -355,7 +353,7 @@ def test_group_commit_shares_transactions_and_keeps_seqs_contiguous(log_path: Pa
     # Every entry of one batch gets the time read once per batch; a clock that
     # ticks on every read shows how many batches (transactions) there were.
     ticks = itertools.count()
-    log = AuditLog(log_path, KEY, None, clock=lambda: float(next(ticks)))
+    log = AuditLog.open(log_path, KEY, None, clock=lambda: float(next(ticks)))
     per_thread: dict[int, list[int]] = {}
     start = threading.Barrier(8)
 
@@ -382,7 +380,7 @@ def test_group_commit_shares_transactions_and_keeps_seqs_contiguous(log_path: Pa
 
 
 def test_append_async_does_not_block_the_loop(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
 
     async def main() -> tuple[list[int], int]:
         ticks = 0
@@ -411,7 +409,7 @@ def test_append_async_does_not_block_the_loop(log_path: Path) -> None:
 
 
 def test_listeners_run_after_commit(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     seen: list[tuple[int, int]] = []
 
     def listener(entry: AuditEntry) -> None:
@@ -443,7 +441,7 @@ from pacd.audit import AuditLog
 from pacd.errors import AuditError
 
 path = Path(sys.argv[1])
-log = AuditLog(path, bytes(range(32)), None)
+log = AuditLog.open(path, bytes(range(32)), None)
 acked = [log.append("w", "before", str(i), "info", "r").seq for i in range(3)]
 # From here on no file of this process may grow: the next WAL frame cannot be written.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -479,7 +477,7 @@ def test_append_that_cannot_be_made_durable_raises(log_path: Path) -> None:
     assert all(e is not None and "durably" in e for e in report["errors"]), report
     # space is back: the log continues right after the last durable entry
     assert report["after"] == 4
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     result = log.verify()
     kept = log.entries()
     log.close()
@@ -493,7 +491,7 @@ from pathlib import Path
 from pacd.audit import AuditLog
 from pacd.vault import PassphraseSecretStore
 
-log = AuditLog(Path(sys.argv[1]), bytes(range(32)),
+log = AuditLog.open(Path(sys.argv[1]), bytes(range(32)),
                PassphraseSecretStore(Path(sys.argv[2]), b"pw"))
 lock = threading.Lock()
 
@@ -531,7 +529,7 @@ def test_every_acknowledged_append_survives_kill_9(tmp_path: Path, log_path: Pat
     acknowledged.extend(int(line) for line in proc.stdout.read().split())
     assert len(acknowledged) >= 400
 
-    log = AuditLog(log_path, KEY, PassphraseSecretStore(keys, b"pw"))
+    log = AuditLog.open(log_path, KEY, PassphraseSecretStore(keys, b"pw"))
     result = log.verify()
     present = {e.seq for after in range(0, log.head()[0], 1000) for e in log.entries(after, 1000)}
     # the checkpoint never runs ahead of the database, so the log accepts new entries
@@ -572,7 +570,7 @@ def test_spliced_entry_equals_canonical_json(
     actor, action, target, reason = texts
     prefix, middle = _entry_parts(actor, action, target, decision, reason,
                                   canonical_json(details).decode("utf-8"))
-    assert _splice(prefix, seq, middle, when) == _canonical(
+    assert _splice(prefix, seq, middle, when) == canonical_entry(
         seq, when, actor, action, target, decision, reason, details)
 
 
@@ -602,11 +600,11 @@ def reference_rows(n: int, key: bytes) -> list[tuple[object, ...]]:
 
 
 def test_log_written_by_the_format_definition_verifies_and_continues(log_path: Path) -> None:
-    AuditLog(log_path, KEY, None).close()  # creates the table
+    AuditLog.open(log_path, KEY, None).close()  # creates the table
     with sqlite3.connect(log_path) as conn:
         conn.executemany("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          reference_rows(40, KEY))
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     assert log.verify().ok
     assert log.append("owner", "after", "x", "info", "r").seq == 41
     result = log.verify()
@@ -615,7 +613,7 @@ def test_log_written_by_the_format_definition_verifies_and_continues(log_path: P
 
 
 def test_writer_rows_match_an_independent_recomputation(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
 
     async def many() -> None:
         await asyncio.gather(*(
@@ -645,7 +643,7 @@ def block_writes(path: Path) -> sqlite3.Connection:
 
 def test_one_batch_larger_than_an_insert_chunk(log_path: Path) -> None:
     ticks = itertools.count()
-    log = AuditLog(log_path, KEY, None, clock=lambda: float(next(ticks)))
+    log = AuditLog.open(log_path, KEY, None, clock=lambda: float(next(ticks)))
     blocker = block_writes(log_path)
 
     async def many() -> list[AuditEntry]:
@@ -667,7 +665,7 @@ def test_one_batch_larger_than_an_insert_chunk(log_path: Path) -> None:
 
 
 def test_append_async_times_out_oldest_first_while_the_writer_is_stuck(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None, append_timeout_s=0.8)
+    log = AuditLog.open(log_path, KEY, None, append_timeout_s=0.8)
     blocker = block_writes(log_path)
 
     async def main() -> tuple[str, bool, str]:
@@ -698,7 +696,7 @@ def test_append_async_times_out_oldest_first_while_the_writer_is_stuck(log_path:
 
 
 def test_blocking_append_times_out_while_the_writer_is_stuck(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None, append_timeout_s=0.3)
+    log = AuditLog.open(log_path, KEY, None, append_timeout_s=0.3)
     blocker = block_writes(log_path)
     with pytest.raises(AuditError, match="did not confirm"):
         log.append("a", "stuck", "", "info", "r")
@@ -712,7 +710,7 @@ def test_blocking_append_times_out_while_the_writer_is_stuck(log_path: Path) -> 
 
 
 def test_cancelled_waiter_leaves_the_others_alone(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     blocker = block_writes(log_path)
 
     async def main() -> list[AuditEntry | BaseException]:
@@ -739,7 +737,7 @@ def test_cancelled_waiter_leaves_the_others_alone(log_path: Path) -> None:
 
 
 def test_a_closed_loop_with_a_waiter_is_forgotten(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     blocker = block_writes(log_path)
     loop = asyncio.new_event_loop()
     task = loop.create_task(log.append_async("a", "b", "c", "info", "r"))
@@ -761,7 +759,7 @@ def test_timed_out_appends_queued_behind_a_stuck_writer_never_appear(log_path: P
     # The writer has taken "held" and is stuck behind another connection's
     # write lock; everything submitted after it waits in the queue. Those
     # appenders fail on timeout, so their "allow"s must never reach the log.
-    log = AuditLog(log_path, KEY, None, append_timeout_s=0.4)
+    log = AuditLog.open(log_path, KEY, None, append_timeout_s=0.4)
     blocker = block_writes(log_path)
     held_outcome: list[BaseException | AuditEntry] = []
 
@@ -801,7 +799,7 @@ def test_timed_out_appends_queued_behind_a_stuck_writer_never_appear(log_path: P
 
 
 def test_cancelled_waiter_of_an_entry_being_written_is_noted(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     blocker = block_writes(log_path)
 
     async def main() -> None:
@@ -815,7 +813,7 @@ def test_cancelled_waiter_of_an_entry_being_written_is_noted(log_path: Path) -> 
     blocker.execute("COMMIT")
     blocker.close()
     log.close()  # drains the note
-    reopened = AuditLog(log_path, KEY, None)
+    reopened = AuditLog.open(log_path, KEY, None)
     assert [(e.seq, e.action, e.details) for e in reopened.entries()] == [
         (1, "held", {}), (2, "audit.abandoned", {"seqs": [1]})]
     assert reopened.verify().ok
@@ -830,7 +828,7 @@ def test_str_subclasses_are_stored_as_their_value(log_path: Path) -> None:
         def __str__(self) -> str:
             return "not what was passed"
 
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     entry = log.append(Loud("agent"), "data.read", "t", Decision.ALLOW, "r")
     assert (type(entry.actor), entry.actor, type(entry.decision)) == (str, "agent", str)
     stored = log.entries()[0]
@@ -840,7 +838,7 @@ def test_str_subclasses_are_stored_as_their_value(log_path: Path) -> None:
 
 
 def test_listeners_get_the_entry_the_appender_gets(log_path: Path) -> None:
-    log = AuditLog(log_path, KEY, None)
+    log = AuditLog.open(log_path, KEY, None)
     seen: list[AuditEntry] = []
     log.add_listener(seen.append)
     returned = log.append("a", "b", "c", "info", "r")
@@ -863,7 +861,7 @@ class CountingStore(PassphraseSecretStore):
 
 def test_checkpoint_writes_are_spaced_but_flush_catches_up(tmp_path: Path) -> None:
     store = CountingStore(tmp_path / "keys.sealed", b"pw")
-    log = AuditLog(tmp_path / "audit.sqlite3", KEY, store)
+    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, store)
     try:
         started = time.monotonic()
         for i in range(300):

@@ -69,7 +69,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     secrets = PassphraseSecretStore(tmp_path / "keys.sealed", b"pw")
     vault = Vault(store, secrets)
     vault.initialize()
-    audit = AuditLog(tmp_path / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
+    audit = AuditLog.open(tmp_path / "audit.sqlite3", vault.derive_subkey("audit"), secrets)
     registry = ContainerRegistry(store)
     data, inbox, clock = SealedData(store, vault), Inbox(store, vault), Clock(T0)
     retention = Retention(store, registry, data, inbox, audit, clock)

@@ -1,10 +1,4 @@
-"""The tamper-evident audit log: HMAC hash chain, keychain checkpoint, group commit.
-
-Every entry carries ``mac = HMAC-SHA256(key, prev_mac ‖ canonical_json(entry))``
-with ``prev_mac`` of the first entry = 32 zero bytes, so editing, deleting or
-reordering any entry breaks the chain at that entry. Deleting the *tail* keeps
-the chain intact, so after each committed batch the head (seq, mac) is also
-written to the secret store (the keychain), outside the database's reach.
+"""The group-commit writer: one thread gives entries their seq and MAC and commits them.
 
 The log lives in its own SQLite file (WAL, ``synchronous=FULL``): an entry is
 acknowledged only after the transaction holding it is committed and synced.
@@ -16,8 +10,10 @@ so the action it was logging fails closed.
 
 Under load the writer, not the disk, is the limit, so the per-entry work is
 kept small: callers pre-encode their entry, the writer splices in only seq and
-time, and each event loop is woken once per batch with all of its results
-(its waiters' timeouts share one timer instead of one timer each).
+time (:func:`_entry_parts`, checked against :func:`pacd.audit.entry.canonical_entry`
+by a property test and by every ``verify``), and each event loop is woken once
+per batch with all of its results (its waiters' timeouts share one timer
+instead of one timer each).
 
 An appender that stops waiting (its timeout passed, or it was cancelled) has
 failed, so its action does not happen. Its entry is then withdrawn if the
@@ -26,18 +22,14 @@ anyway, and the writer follows it with an ``audit.abandoned`` entry naming its
 seq, so the log never shows an "allow" for an action that was not done without
 also saying so.
 
-If at open the checkpoint is ahead of the database (entries were removed),
-disagrees with it, or is missing while the log has entries, the log is
-*untrusted* (:class:`Untrusted`): it keeps recording, but the checkpoint is not
-moved forward (that would erase the evidence) until the owner re-anchors it
-with a carbonProof approval whose own entry is the first the new checkpoint
-covers (:meth:`AuditLog.reanchor`). Repeated failed checkpoint writes make the
-log's :class:`AuditHealth` refuse in the same way until a write succeeds. The
-daemon refuses every action above *basic* while the health refuses.
+While the log is untrusted (see :mod:`pacd.audit.checkpoint`) the checkpoint
+is not moved until the owner re-anchors it with a carbonProof approval whose
+own entry is the first the new checkpoint covers (:meth:`AuditLog.reanchor`).
+The daemon refuses every action above *basic* while the health refuses.
 
 The checkpoint normally trails the database by up to 0.25 s (see
-:class:`_Checkpointer`); an entry appended with ``checkpoint=True`` is not
-acknowledged until the checkpoint covers it.
+:class:`~pacd.audit.checkpoint.Checkpointer`); an entry appended with
+``checkpoint=True`` is not acknowledged until the checkpoint covers it.
 """
 
 from __future__ import annotations
@@ -46,7 +38,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -56,131 +47,39 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from pacd.audit.checkpoint import (
+    AuditHealth,
+    Checkpointer,
+    Untrusted,
+    check_against_checkpoint,
+    checkpoint_name,
+)
+from pacd.audit.entry import (
+    COLUMNS,
+    DAEMON_ACTOR,
+    DECISIONS,
+    GENESIS,
+    MAX_DETAILS_BYTES,
+    MAX_REASON_CHARS,
+    SCHEMA,
+    AuditEntry,
+    capped_details,
+    capped_reason,
+    plain_columns,
+)
+from pacd.audit.verify import VerifyResult, read_connection, verify
 from pacd.core.canonical import canonical_json
-from pacd.errors import AuditError, InvalidRequest, KeychainError, UncoveredEntry
+from pacd.errors import AuditError, InvalidRequest, UncoveredEntry
 from pacd.vault.keychain import SecretStore
 
 log = logging.getLogger(__name__)
 
-DECISIONS = ("allow", "deny", "info")
-_GENESIS = bytes(32)
 _SHA256_BLOCK = 64
 _DEFAULT_MAX_BATCH = 1024
-_COLUMNS = "seq, time, actor, action, target, decision, reason, details, mac"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    details TEXT NOT NULL,
-    mac BLOB NOT NULL
-)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    seq: int
-    time: float
-    actor: str
-    action: str
-    target: str
-    decision: str
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-    mac: bytes = b""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "actor": self.actor,
-            "action": self.action,
-            "target": self.target,
-            "decision": self.decision,
-            "reason": self.reason,
-            "details": self.details,
-            "mac": self.mac.hex(),
-        }
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    entries: int
-    first_bad_seq: int | None
-    #: human explanation of the first problem ("" when ok)
-    problem: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "entries": self.entries, "first_bad_seq": self.first_bad_seq}
-
-
-#: consecutive failed checkpoint writes after which the log stops vouching for itself
-CHECKPOINT_FAILURE_LIMIT = 3
-
-
-@dataclass(frozen=True)
-class Untrusted:
-    """What was found at open that the checkpoint cannot account for."""
-
-    #: the first entry the checkpoint no longer vouches for
-    first_bad_seq: int
-    #: a plain description of what was found
-    found: str
-    #: the log's head and the checkpoint when it was found
-    head_seq: int
-    checkpoint_seq: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"first_bad_seq": self.first_bad_seq, "found": self.found,
-                "head_seq": self.head_seq, "checkpoint_seq": self.checkpoint_seq}
-
-
-@dataclass(frozen=True)
-class AuditHealth:
-    """How far the log can vouch for itself right now (``status`` shows this)."""
-
-    head_seq: int
-    #: the newest seq known to be in the keychain checkpoint (None: none known)
-    checkpoint_seq: int | None
-    #: seconds since this process last wrote the checkpoint (None: not yet)
-    checkpoint_age_s: float | None
-    untrusted: Untrusted | None
-    checkpoint_error: str | None
-    checkpoint_failures: int
-
-    @property
-    def refusing(self) -> bool:
-        """Actions above basic must be refused: truncation would go unnoticed."""
-        return (self.untrusted is not None
-                or self.checkpoint_failures >= CHECKPOINT_FAILURE_LIMIT)
-
-    def reason(self) -> str:
-        if self.untrusted is not None:
-            return (f"the audit log is untrusted from entry {self.untrusted.first_bad_seq}: "
-                    f"{self.untrusted.found}")
-        return (f"the audit checkpoint could not be written {self.checkpoint_failures} times "
-                f"in a row ({self.checkpoint_error})")
-
-
-def _canonical(  # noqa: PLR0917 - one parameter per MACed column
-    seq: int, when: float, actor: str, action: str, target: str, decision: str, reason: str,
-    details: Any,
-) -> bytes:
-    return canonical_json({
-        "seq": seq, "time": when, "actor": actor, "action": action, "target": target,
-        "decision": decision, "reason": reason, "details": details,
-    })
 
 
 # What canonical_json (ensure_ascii=False) does to a str, without the
@@ -199,7 +98,7 @@ def _entry_parts(  # noqa: PLR0917 - one parameter per MACed column
     """The canonical entry around its seq and time, so the writer only splices those in.
 
     ``prefix + str(seq) + middle + _json_float(time) + "}"`` is byte for byte
-    ``_canonical(...)`` (keys in sorted order; ``details_text`` is canonical
+    ``canonical_entry(...)`` (keys in sorted order; ``details_text`` is canonical
     JSON already). Building the parts in the appending thread keeps the single
     writer's per-entry work small.
     """
@@ -211,40 +110,8 @@ def _entry_parts(  # noqa: PLR0917 - one parameter per MACed column
     return prefix, ',"target":' + enc(target) + ',"time":'
 
 
-#: an entry's details (canonical JSON) take at most this many bytes, and its reason
-#: at most MAX_REASON_CHARS characters: what an entry records must not grow with
-#: what a request sent. Longer ones are cut and name the SHA-256 of the full text.
-MAX_DETAILS_BYTES = 4096
-MAX_REASON_CHARS = 1024
-
-
-def _capped_details(text: str) -> tuple[dict[str, Any], str]:
-    """Details too long to keep: a summary (size, SHA-256, the start) within the cap."""
-    data = text.encode("utf-8")
-    summary: dict[str, Any] = {"truncated": True, "bytes": len(data),
-                               "sha256": hashlib.sha256(data).hexdigest(), "head": ""}
-    head = text[:MAX_DETAILS_BYTES]
-    while True:
-        summary["head"] = head
-        out = canonical_json(summary)
-        if len(out) <= MAX_DETAILS_BYTES:
-            return summary, out.decode("utf-8")
-        # Escapes and multi-byte characters make the text longer than its slice.
-        head = head[: max(0, len(head) - (len(out) - MAX_DETAILS_BYTES))]
-
-
-def _capped_reason(reason: str) -> str:
-    full = reason.encode("utf-8", "surrogatepass")
-    note = f" … (cut from {len(reason)} characters; sha256 {hashlib.sha256(full).hexdigest()})"
-    return reason[: MAX_REASON_CHARS - len(note)] + note
-
-
 def _splice(prefix: str, seq: int, middle: str, when: float) -> bytes:
     return (prefix + str(seq) + middle + _json_float(when) + "}").encode("utf-8")
-
-
-def _chain(key: bytes, prev_mac: bytes, canonical: bytes) -> bytes:
-    return hmac.digest(key, prev_mac + canonical, "sha256")
 
 
 _IPAD = bytes(b ^ 0x36 for b in range(256))
@@ -254,7 +121,7 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 class _ChainKey:
     """HMAC-SHA256 (RFC 2104) under one key, with the key's two padded blocks hashed once.
 
-    ``link(prev, canonical)`` equals ``_chain(key, prev, canonical)``. Keying
+    ``link(prev, canonical)`` equals ``chain_mac(key, prev, canonical)``. Keying
     ``hmac.digest`` again for every entry costs about three times as much, and
     the single writer does this once per entry. ``verify`` keeps using the
     standard library's ``hmac``, so each verification also checks this code.
@@ -284,7 +151,7 @@ _INSERT_CHUNK = 256
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    return f"INSERT INTO audit_log ({_COLUMNS}) VALUES " + ", ".join([_ROW_PARAMS] * rows)  # noqa: S608
+    return f"INSERT INTO audit_log ({COLUMNS}) VALUES " + ", ".join([_ROW_PARAMS] * rows)  # noqa: S608
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -300,12 +167,6 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         size = min(_INSERT_CHUNK, 1 << ((total - start).bit_length() - 1))
         conn.execute(_insert_sql(size), list(chain.from_iterable(rows[start:start + size])))
         start += size
-
-
-def checkpoint_name(path: Path) -> str:
-    """The secret-store name holding the checkpoint of the log at ``path``."""
-    digest = hashlib.sha256(os.path.realpath(path).encode("utf-8")).hexdigest()[:16]
-    return f"audit-checkpoint-{digest}"
 
 
 class _Pending:
@@ -450,174 +311,24 @@ def _settled(pending: _Pending) -> bool:
     return pending.future is None or pending.future.done()
 
 
-class _Checkpointer:
-    """Writes the newest (seq, mac) to the secret store, at most one write in flight.
-
-    Newer heads replace older pending ones, so a burst of batches costs one or
-    two keychain writes, not one per batch. Writes are also spaced at least
-    ``min_interval_s`` apart: a keychain write is a D-Bus round trip with a key
-    exchange, and under a steady load of audited reads back-to-back writes would
-    take a core. The cost is that the last ``min_interval_s`` of entries may be
-    missing from the checkpoint after a crash; ``flush``, ``cover`` and ``close``
-    skip the wait (``cover`` is how the decisions that matter most close that
-    window before they are answered).
-
-    A failed write is not retried on its own: the next committed batch schedules
-    the newest head again. ``failures`` counts consecutive failures; the log
-    turns them into its health (see :class:`AuditHealth`).
-    """
-
-    def __init__(self, secrets: SecretStore, name: str, min_interval_s: float = 0.25,
-                 on_result: Callable[[], None] | None = None) -> None:
-        self._secrets = secrets
-        self._name = name
-        self._min_interval_s = min_interval_s
-        self._on_result = on_result
-        self._last_write = float("-inf")
-        self._urgent = False
-        self._cond = threading.Condition()
-        self._pending: tuple[int, bytes] | None = None
-        self._busy = False
-        self._stop = False
-        self.last_error: Exception | None = None
-        #: consecutive failed writes (0 after any success)
-        self.failures = 0
-        #: seq of the newest head known to be in the secret store, and when (monotonic)
-        self.written_seq: int | None = None
-        self.written_at: float | None = None
-        self._thread = threading.Thread(target=self._run, name="pacd-audit-ckpt", daemon=True)
-        self._thread.start()
-
-    def schedule(self, seq: int, mac: bytes) -> None:
-        with self._cond:
-            self._pending = (seq, mac)
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._stop:
-                    self._cond.wait()
-                if self._pending is None:
-                    return
-                # Space writes out unless someone waits for this one (flush/close).
-                while not (self._stop or self._urgent):
-                    wait = self._last_write + self._min_interval_s - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                seq, mac = self._pending
-                self._pending = None
-                self._busy = True
-            error: Exception | None = None
-            try:
-                self._secrets.set(self._name, canonical_json({"seq": seq, "mac": mac.hex()}))
-            except Exception as exc:
-                # The entries are durable in the database; only truncation evidence
-                # lags. The log's health reports it, and refuses after a few in a row.
-                error = exc
-                log.warning("audit checkpoint not written (seq %d): %s", seq, exc)
-            finally:
-                with self._cond:
-                    self._last_write = time.monotonic()
-                    if error is None:
-                        self.failures = 0
-                        self.last_error = None
-                        if self.written_seq is None or seq > self.written_seq:
-                            self.written_seq = seq
-                        self.written_at = self._last_write
-                    else:
-                        self.failures += 1
-                        self.last_error = error
-                    self._busy = False
-                    if self._pending is None:
-                        self._urgent = False
-                    self._cond.notify_all()
-            if self._on_result is not None:
-                try:
-                    self._on_result()
-                except Exception:
-                    log.exception("audit checkpoint listener failed")
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the newest scheduled head is written (or failed)."""
-        with self._cond:
-            self._urgent = True
-            self._cond.notify_all()
-            done = self._cond.wait_for(
-                lambda: self._pending is None and not self._busy, timeout=timeout
-            )
-            if done:
-                self._urgent = False
-            return done
-
-    def snapshot(self) -> tuple[int | None, float | None, Exception | None, int]:
-        """(written_seq, written_at, last_error, failures), read together."""
-        with self._cond:
-            return self.written_seq, self.written_at, self.last_error, self.failures
-
-    def cover(self, seq: int, timeout: float) -> None:
-        """Write now (no spacing) and return once the stored checkpoint is at ``seq`` or later.
-
-        Raises AuditError if the write covering ``seq`` failed or did not finish
-        in ``timeout`` seconds: the entry is durable, but a removal of it would
-        not be detected, so the decision it records must not be answered as done.
-        """
-        with self._cond:
-            self._urgent = True
-            self._cond.notify_all()
-            self._cond.wait_for(
-                lambda: (self.written_seq is not None and self.written_seq >= seq)
-                or (self._pending is None and not self._busy), timeout=timeout)
-            if self.written_seq is not None and self.written_seq >= seq:
-                return
-            why = self.last_error if self.last_error is not None else "it timed out"
-        raise AuditError(f"audit entry {seq} is recorded, but the keychain checkpoint "
-                         f"covering it could not be written ({why})")
-
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join()
+def _connect(path: Path) -> sqlite3.Connection:
+    """The writer's connection to the log at ``path`` (created owner-only), in WAL mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        # Create it owner-only; SQLite gives the -wal/-shm files the same mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise AuditError(f"the audit log {path} cannot use WAL mode (got {mode!r})")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
 
 
-def read_checkpoint(secrets: SecretStore, name: str) -> tuple[int, bytes] | None:
-    raw = secrets.get(name)
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-        return int(doc["seq"]), bytes.fromhex(doc["mac"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AuditError(f"the audit checkpoint {name!r} in the keychain is unreadable") from exc
-
-
-def _plain_columns(  # noqa: PLR0917 - one parameter per entry column
-    actor: object, action: object, target: object, decision: object, reason: object,
-    details_problem: str,
-) -> tuple[str, str, str, str, str]:
-    """The text columns as plain str, or InvalidRequest naming every problem.
-
-    A str subclass (a StrEnum member, say) is stored and MACed as its string
-    value, exactly as SQLite and the JSON encoder see it.
-    """
-    problems = [
-        f"{name} must be a string"
-        for name, value in (("actor", actor), ("action", action), ("target", target),
-                            ("reason", reason))
-        if not isinstance(value, str)
-    ]
-    if not isinstance(decision, str) or decision not in DECISIONS:
-        problems.append(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
-    if details_problem:
-        problems.append(details_problem)
-    if problems:
-        raise InvalidRequest("invalid audit entry: " + "; ".join(problems), errors=problems)
-    assert isinstance(actor, str) and isinstance(action, str) and isinstance(target, str)
-    assert isinstance(decision, str) and isinstance(reason, str)
-    plain = str.__str__
-    return plain(actor), plain(action), plain(target), plain(decision), plain(reason)
+def _read_head(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    row = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
 
 
 class AuditLog:
@@ -629,22 +340,21 @@ class AuditLog:
     """
 
     def __init__(
-        self,
-        path: Path,
-        key: bytes,
-        checkpoints: SecretStore | None,
-        clock: Callable[[], float] = time.time,
-        *,
-        max_batch: int = _DEFAULT_MAX_BATCH,
-        append_timeout_s: float = 30.0,
+        self, path: Path, key: bytes, conn: sqlite3.Connection, head: tuple[int, bytes], *,
+        checkpoints: SecretStore | None, untrusted: Untrusted | None,
+        checkpoint_seq: int | None, clock: Callable[[], float], max_batch: int,
+        append_timeout_s: float,
     ) -> None:
+        """Wire up a log already opened by :meth:`open` (no I/O, no threads here)."""
         if len(key) < 32:
             raise ValueError("the audit key must be at least 256 bits")
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.path = Path(path)
+        self.path = path
         self._key = bytes(key)
         self._chain_key = _ChainKey(self._key)
+        self._conn = conn
+        self._head = head
         self._clock = clock
         self._max_batch = max_batch
         self._append_timeout_s = append_timeout_s
@@ -666,77 +376,63 @@ class AuditLog:
         self._loop_waiters: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
         self._closing = False
         self._closed = False
-        self._untrusted: Untrusted | None = None
-        self._checkpoint_seq: int | None = None
+        self._untrusted = untrusted
+        self._checkpoint_seq = checkpoint_seq
         self._health_listeners: list[Callable[[AuditHealth], None]] = []
         self._resync = False
-        self.checkpoint_name = checkpoint_name(self.path)
+        self.checkpoint_name = checkpoint_name(path)
         self._secrets = checkpoints
+        self._checkpointer: Checkpointer | None = None
+        self._writer = threading.Thread(target=self._run, name="pacd-audit-writer", daemon=True)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        key: bytes,
+        checkpoints: SecretStore | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_batch: int = _DEFAULT_MAX_BATCH,
+        append_timeout_s: float = 30.0,
+    ) -> AuditLog:
+        """Open (or create) the log at ``path``, check it against its checkpoint, start writing.
+
+        ``checkpoints`` may be None only where truncation detection is not wanted
+        (tests, benchmarks); the daemon always passes its secret store.
+        ``max_batch`` bounds entries per transaction (1 = one fsync per entry).
+        """
+        path = Path(path)
         try:
-            self._conn = self._connect()
-            self._conn.execute(_SCHEMA)
-            row = self._conn.execute(
-                "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
+            conn = _connect(path)
         except sqlite3.Error as exc:
-            raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
-        self._head: tuple[int, bytes] = (0, _GENESIS) if row is None else (
-            int(row[0]), bytes(row[1])
-        )
-        if checkpoints is not None:
-            self._untrusted = self._check_against_checkpoint(checkpoints)
-            self._checkpointer: _Checkpointer | None = _Checkpointer(
-                checkpoints, self.checkpoint_name, on_result=self._health_changed
-            )
+            raise AuditError(f"cannot open the audit log {path}: {exc}") from exc
+        try:
+            conn.execute(SCHEMA)
+            head = _read_head(conn)
+            untrusted, checkpoint_seq = (None, None) if checkpoints is None else (
+                check_against_checkpoint(conn, checkpoints, checkpoint_name(path), head[0]))
+            log = cls(path, key, conn, head, checkpoints=checkpoints, untrusted=untrusted,
+                      checkpoint_seq=checkpoint_seq, clock=clock, max_batch=max_batch,
+                      append_timeout_s=append_timeout_s)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise AuditError(f"cannot open the audit log {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        log._start()
+        return log
+
+    def _start(self) -> None:
+        if self._secrets is not None:
+            self._checkpointer = Checkpointer(
+                self._secrets, self.checkpoint_name, on_result=self._health_changed)
             if self._untrusted is None and self._head[0] > 0:
                 # A crash between a commit and its checkpoint write leaves the
                 # checkpoint behind; bring it up to the (consistent) head now.
                 self._checkpointer.schedule(*self._head)
-        else:
-            self._checkpointer = None
-        self._writer = threading.Thread(target=self._run, name="pacd-audit-writer", daemon=True)
         self._writer.start()
-
-    # --- storage ------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            # Create it owner-only; SQLite gives the -wal/-shm files the same mode.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(
-            str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            conn.close()
-            raise AuditError(f"the audit log {self.path} cannot use WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
-
-    def _check_against_checkpoint(self, secrets: SecretStore) -> Untrusted | None:
-        try:
-            checkpoint = read_checkpoint(secrets, self.checkpoint_name)
-        except KeychainError as exc:
-            raise AuditError(f"cannot read the audit checkpoint: {exc.message}") from exc
-        head_seq = self._head[0]
-        if checkpoint is None:
-            if head_seq == 0:
-                return None  # a new log
-            return Untrusted(1, f"the log holds {head_seq} entries but the keychain holds no "
-                             "checkpoint for it: the checkpoint was deleted, so a removal "
-                             "of entries cannot be ruled out", head_seq, None)
-        seq, mac = checkpoint
-        self._checkpoint_seq = seq
-        if seq > head_seq:
-            return Untrusted(head_seq + 1, f"the log ends at entry {head_seq} but its keychain "
-                             f"checkpoint records entry {seq}: entries {head_seq + 1}..{seq} "
-                             "were removed", head_seq, seq)
-        row = self._conn.execute("SELECT mac FROM audit_log WHERE seq = ?", (seq,)).fetchone()
-        if row is None or not hmac.compare_digest(bytes(row[0]), mac):
-            return Untrusted(seq, f"entry {seq} differs from the keychain checkpoint: the log "
-                             "was rewritten", head_seq, seq)
-        return None
 
     # --- health -----------------------------------------------------------------
 
@@ -824,14 +520,14 @@ class AuditLog:
             details_problem = "details must be a JSON object"
         if len(details_text) > MAX_DETAILS_BYTES // 4 and (
                 len(details_text.encode("utf-8")) > MAX_DETAILS_BYTES):
-            details, details_text = _capped_details(details_text)
+            details, details_text = capped_details(details_text)
         if type(reason) is str and len(reason) > MAX_REASON_CHARS:
-            reason = _capped_reason(reason)
+            reason = capped_reason(reason)
         if details_problem or not (
             type(actor) is str and type(action) is str and type(target) is str
             and type(reason) is str and type(decision) is str and decision in DECISIONS
         ):
-            actor, action, target, decision, reason = _plain_columns(
+            actor, action, target, decision, reason = plain_columns(
                 actor, action, target, decision, reason, details_problem)
         prefix, middle = _entry_parts(actor, action, target, decision, reason, details_text)
         return _Pending(actor, action, target, decision, reason, details, details_text,
@@ -875,7 +571,7 @@ class AuditLog:
     def _abandoned_note(self, seqs: list[int]) -> _Pending:
         """The entry naming durable entries whose appenders had already failed."""
         return self._prepare(
-            "pacd", "audit.abandoned", "audit", "info",
+            DAEMON_ACTOR, "audit.abandoned", "audit", "info",
             "the appenders of these entries stopped waiting before they were confirmed, "
             "so the actions they record failed", {"seqs": sorted(seqs)})
 
@@ -1111,11 +807,8 @@ class AuditLog:
         # A connection that saw an I/O error may keep stale state: start afresh.
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
-        self._conn = self._connect()
-        row = self._conn.execute(
-            "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        self._head = (0, _GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+        self._conn = _connect(self.path)
+        self._head = _read_head(self._conn)
         self._resync = False
 
     # --- reading ----------------------------------------------------------------
@@ -1131,19 +824,14 @@ class AuditLog:
         """(seq, mac) of the newest committed entry; (0, 32 zero bytes) when empty."""
         return self._head
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
-        conn.execute("PRAGMA query_only=ON")
-        return conn
-
     def entries(self, after: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Up to ``limit`` entries with seq > ``after``, oldest first."""
         if limit < 1 or limit > 10_000:
             raise InvalidRequest("limit must be between 1 and 10000")
-        conn = self._reader()
+        conn = read_connection(self.path)
         try:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT {COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
                 (after, limit),
             ).fetchall()
         except sqlite3.Error as exc:
@@ -1161,85 +849,9 @@ class AuditLog:
         return result
 
     def verify(self) -> VerifyResult:
-        """Check the whole chain and the checkpoint; names the first bad seq."""
-        # Checkpoint first: it is written after commit, so the snapshot read next
-        # contains at least the entries it covers.
-        checkpoint = None
-        if self._secrets is not None:
-            try:
-                checkpoint = read_checkpoint(self._secrets, self.checkpoint_name)
-            except KeychainError as exc:
-                raise AuditError(f"cannot read the audit checkpoint: {exc.message}") from exc
-        conn = self._reader()
-        try:
-            conn.execute("BEGIN")
-            cursor = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq")  # noqa: S608
-            count = 0
-            expected = 1
-            prev = _GENESIS
-            first_bad: int | None = None
-            problem = ""
-            checkpoint_mac: bytes | None = None
-            while True:
-                rows = cursor.fetchmany(4096)
-                if not rows:
-                    break
-                for row in rows:
-                    count += 1
-                    if first_bad is not None:
-                        continue
-                    seq = row[0]
-                    if seq != expected:
-                        first_bad = expected
-                        problem = (f"entry {expected} is missing" if isinstance(seq, int)
-                                   and seq > expected else f"entry {expected} is out of order")
-                        continue
-                    why = self._check_row(row, prev)
-                    if why:
-                        first_bad, problem = expected, f"entry {expected} {why}"
-                        continue
-                    prev = bytes(row[8])
-                    if checkpoint is not None and seq == checkpoint[0]:
-                        checkpoint_mac = prev
-                    expected += 1
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot read the audit log: {exc}") from exc
-        finally:
-            conn.close()
-        if first_bad is None and checkpoint is None and self._secrets is not None and count:
-            first_bad = 1
-            problem = (f"the log holds {count} entries but the keychain holds no checkpoint "
-                       "for it: a removal of entries cannot be ruled out")
-        if first_bad is None and checkpoint is not None and checkpoint[0] > 0:
-            last = expected - 1
-            if checkpoint[0] > last:
-                first_bad = last + 1
-                problem = (f"entries {last + 1}..{checkpoint[0]} were removed from the end "
-                           "(the keychain checkpoint records them)")
-            elif checkpoint_mac is None or not hmac.compare_digest(checkpoint_mac, checkpoint[1]):
-                first_bad = checkpoint[0]
-                problem = f"entry {checkpoint[0]} differs from the keychain checkpoint"
-        return VerifyResult(first_bad is None, count, first_bad, problem)
-
-    def _check_row(self, row: tuple[Any, ...], prev: bytes) -> str:
-        seq, when, actor, action, target, decision, reason, details, mac = row
-        if not isinstance(when, float) or not all(
-            isinstance(v, str) for v in (actor, action, target, decision, reason, details)
-        ) or not isinstance(mac, bytes):
-            return "has a column of the wrong type"
-        if details != "{}":
-            try:
-                parsed = json.loads(details)
-            except ValueError:
-                return "has unparseable details"
-            if not isinstance(parsed, dict) or canonical_json(parsed).decode("utf-8") != details:
-                return "has altered details"
-        prefix, middle = _entry_parts(actor, action, target, decision, reason, details)
-        if not hmac.compare_digest(_chain(self._key, prev, _splice(prefix, seq, middle, when)),
-                                   mac):
-            return "fails its MAC (edited, reordered, or chained to a removed entry)"
-        return ""
+        """Check the whole chain and the checkpoint; names the first bad seq (see
+        :func:`pacd.audit.verify.verify`, which recomputes without this writer's encoder)."""
+        return verify(self.path, self._key, self._secrets, self.checkpoint_name)
 
     # --- shutdown ---------------------------------------------------------------
 
