@@ -8,6 +8,16 @@ every waiter of that batch — many concurrent writers share each fsync. If the
 batch cannot be made durable every waiter gets :class:`~pacd.errors.AuditError`
 so the action it was logging fails closed.
 
+Two durability classes (``append(..., durable=...)``). *Durable* (the
+default; actions that change state or release data): answered only after the
+fsync, as above. *Written* (reads of metadata): answered once the batch is
+committed to the WAL file, without waiting for an fsync, so a killed daemon
+keeps the entry (the kernel has it) but a power loss within the next few
+milliseconds may not; the writer fsyncs the WAL at most ``written_sync_s``
+after such a commit, or sooner with the next durable batch, sharing one fsync
+among everything written meanwhile. The keychain checkpoint only ever names
+fsynced entries (:attr:`AuditLog.synced_seq`).
+
 Under load the writer, not the disk, is the limit, so the per-entry work is
 kept small: callers pre-encode their entry, the writer splices in only seq and
 time (:func:`_entry_parts`, checked against :func:`pacd.audit.entry.canonical_entry`
@@ -80,6 +90,12 @@ log = logging.getLogger(__name__)
 
 _SHA256_BLOCK = 64
 _DEFAULT_MAX_BATCH = 1024
+#: how long after a "written" entry is committed its fsync starts at the latest:
+#: entries written meanwhile share it. With the fsync itself (a fraction of a
+#: millisecond to a few on this class of disk) it stays within the 10 ms promised.
+WRITTEN_SYNC_S = 0.001
+#: after a failed fsync of written entries, when to try again
+_SYNC_RETRY_S = 1.0
 
 
 # What canonical_json (ensure_ascii=False) does to a str, without the
@@ -172,9 +188,9 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 class _Pending:
     """One submitted entry, from its submitter to the writer and back."""
 
-    __slots__ = ("action", "actor", "decision", "details", "details_text", "done", "entry",
-                 "error", "future", "middle", "owner", "prefix", "reason", "row", "target",
-                 "ticket", "waker")
+    __slots__ = ("action", "actor", "decision", "details", "details_text", "done", "durable",
+                 "entry", "error", "future", "middle", "owner", "prefix", "reason", "row",
+                 "target", "ticket", "waker")
 
     def __init__(  # noqa: PLR0917 - one parameter per entry column
         self, actor: str, action: str, target: str, decision: str, reason: str,
@@ -202,6 +218,8 @@ class _Pending:
         self.done = False
         #: submission order, set under the queue lock (see AuditLog._give_up)
         self.ticket = -1
+        #: answered only once fsynced (else once written to the file; see AuditLog.append)
+        self.durable = True
 
     def committed(self) -> AuditEntry:
         """The entry as committed (call once ``done`` and no ``error``).
@@ -326,6 +344,27 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _fsync_wal(path: Path) -> None:
+    """Make every frame SQLite has written to the log's WAL durable.
+
+    Entries committed with ``synchronous=NORMAL`` are in the WAL file (the
+    kernel's page cache) but not yet on the disk. fsync covers the whole file,
+    so one call makes every such commit durable; SQLite itself syncs the WAL
+    before it copies frames into the database, so frames already moved out are
+    durable too.
+    """
+    fd = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_class(checkpoint: bool, durable: bool) -> None:
+    if checkpoint and not durable:
+        raise ValueError("an entry the checkpoint must cover has to be durable")
+
+
 def _read_head(conn: sqlite3.Connection) -> tuple[int, bytes]:
     row = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     return (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
@@ -343,7 +382,7 @@ class AuditLog:
         self, path: Path, key: bytes, conn: sqlite3.Connection, head: tuple[int, bytes], *,
         checkpoints: SecretStore | None, untrusted: Untrusted | None,
         checkpoint_seq: int | None, clock: Callable[[], float], max_batch: int,
-        append_timeout_s: float,
+        append_timeout_s: float, written_sync_s: float = WRITTEN_SYNC_S,
     ) -> None:
         """Wire up a log already opened by :meth:`open` (no I/O, no threads here)."""
         if len(key) < 32:
@@ -383,6 +422,20 @@ class AuditLog:
         self.checkpoint_name = checkpoint_name(path)
         self._secrets = checkpoints
         self._checkpointer: Checkpointer | None = None
+        self._written_sync_s = written_sync_s
+        #: the newest (seq, mac) known to be fsynced; the head at open is (open syncs it)
+        self._synced = head
+        #: (writer thread only) when the oldest commit not yet fsynced was made,
+        #: and when its fsync is due (monotonic); None: everything committed is synced
+        self._unsynced_from: float | None = None
+        self._sync_due: float | None = None
+        #: (writer thread only) the connection's setting is synchronous=FULL
+        self._sync_full = True
+        #: a deferred fsync failed: commit every batch with FULL until one succeeds
+        self._force_full = False
+        #: seconds from the oldest unsynced commit to the end of the fsync covering
+        #: it, for the last such fsync (None: none yet)
+        self.written_sync_lag_s: float | None = None
         self._writer = threading.Thread(target=self._run, name="pacd-audit-writer", daemon=True)
 
     @classmethod
@@ -395,13 +448,17 @@ class AuditLog:
         *,
         max_batch: int = _DEFAULT_MAX_BATCH,
         append_timeout_s: float = 30.0,
+        written_sync_s: float = WRITTEN_SYNC_S,
     ) -> AuditLog:
         """Open (or create) the log at ``path``, check it against its checkpoint, start writing.
 
         ``checkpoints`` may be None only where truncation detection is not wanted
         (tests, benchmarks); the daemon always passes its secret store.
         ``max_batch`` bounds entries per transaction (1 = one fsync per entry).
+        ``written_sync_s``: how long a "written" entry may wait for its fsync to start.
         """
+        if written_sync_s < 0:
+            raise ValueError("written_sync_s must not be negative")
         path = Path(path)
         try:
             conn = _connect(path)
@@ -410,12 +467,16 @@ class AuditLog:
         try:
             conn.execute(SCHEMA)
             head = _read_head(conn)
+            # A process killed right after a "written" entry leaves it in the file
+            # but maybe not on the disk; the checkpoint must not get ahead of it.
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_wal(path)
             untrusted, checkpoint_seq = (None, None) if checkpoints is None else (
                 check_against_checkpoint(conn, checkpoints, checkpoint_name(path), head[0]))
             log = cls(path, key, conn, head, checkpoints=checkpoints, untrusted=untrusted,
                       checkpoint_seq=checkpoint_seq, clock=clock, max_batch=max_batch,
-                      append_timeout_s=append_timeout_s)
-        except sqlite3.Error as exc:
+                      append_timeout_s=append_timeout_s, written_sync_s=written_sync_s)
+        except (sqlite3.Error, OSError) as exc:
             conn.close()
             raise AuditError(f"cannot open the audit log {path}: {exc}") from exc
         except BaseException:
@@ -481,7 +542,9 @@ class AuditLog:
             return
         with self._lock:
             previous, self._untrusted = self._untrusted, None
-        cp.schedule(*self._head)  # the head is at least ``seq``: its writer set it first
+        # ``seq`` is durable, so the synced head is at least ``seq``: its writer set it
+        # first. Not the head: a checkpoint ahead of the disk could outlive the entries.
+        cp.schedule(*self._synced)
         try:
             cp.cover(seq, self._append_timeout_s)
         except AuditError:
@@ -583,15 +646,24 @@ class AuditLog:
     def append(  # noqa: PLR0917 - one parameter per entry column
         self, actor: str, action: str, target: str, decision: str, reason: str,
         details: dict[str, Any] | None = None, *, checkpoint: bool = False,
+        durable: bool = True,
     ) -> AuditEntry:
         """Record one entry; returns once it is durable, else raises AuditError.
+
+        ``durable=False`` (the "written" class, for reads of metadata): return
+        once the entry is committed to the log's file, so a killed daemon keeps
+        it, without waiting for the fsync; the writer fsyncs it within
+        ``written_sync_s`` (plus the fsync itself), sharing one fsync among all
+        entries written meanwhile. A power loss in that window can lose it.
 
         ``checkpoint``: also wait until the keychain checkpoint covers the entry
         (AuditError if that write fails), so removing it is detected even after
         a crash right after the answer. While the log is untrusted there is no
         checkpoint to move (that needs the owner's re-anchor), so it is not waited for.
+        A checkpointed entry is always durable.
         """
-        entry = self._append(actor, action, target, decision, reason, details)
+        _check_class(checkpoint, durable)
+        entry = self._append(actor, action, target, decision, reason, details, durable)
         if checkpoint:
             try:
                 self._cover(entry.seq)
@@ -605,9 +677,10 @@ class AuditLog:
 
     def _append(  # noqa: PLR0917 - one parameter per entry column
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None,
+        details: dict[str, Any] | None, durable: bool,
     ) -> AuditEntry:
         pending = self._prepare(actor, action, target, decision, reason, details)
+        pending.durable = durable
         # A lock of its own, held until the writer is done with the entry: each
         # appender is woken alone, not every blocked appender on every batch.
         pending.waker = waker = threading.Lock()
@@ -622,19 +695,23 @@ class AuditLog:
     async def append_async(  # noqa: PLR0917 - mirrors append
         self, actor: str, action: str, target: str, decision: str, reason: str,
         details: dict[str, Any] | None = None, *, checkpoint: bool = False,
+        durable: bool = True,
     ) -> AuditEntry:
         """Like :meth:`append` without blocking the event loop."""
-        entry = await self._append_async(actor, action, target, decision, reason, details)
+        _check_class(checkpoint, durable)
+        entry = await self._append_async(actor, action, target, decision, reason, details,
+                                         durable)
         if checkpoint and self._checkpointer is not None and self._untrusted is None:
             await asyncio.to_thread(self._cover, entry.seq)
         return entry
 
     async def _append_async(  # noqa: PLR0917 - mirrors append
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None,
+        details: dict[str, Any] | None, durable: bool,
     ) -> AuditEntry:
         loop = asyncio.get_running_loop()
         pending = self._prepare(actor, action, target, decision, reason, details)
+        pending.durable = durable
         owner = self._loop_waiters.get(loop)
         if owner is None:
             owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s,
@@ -694,6 +771,8 @@ class AuditLog:
             # the one after. Larger batches, fewer fsyncs, and no timed wait that
             # would delay a lone appender.
             time.sleep(0)
+            if self._sync_due is not None and time.monotonic() >= self._sync_due:
+                self._sync_written()
             with self._lock:
                 # The previous batch is over: from here on an appender that gives
                 # up finds its entry finished (see _give_up).
@@ -708,20 +787,31 @@ class AuditLog:
                             note_due = True
                     if self._queue or self._closing or note_due:
                         break
+                    wait = None
+                    if self._sync_due is not None:
+                        wait = self._sync_due - time.monotonic()
+                        if wait <= 0:
+                            break
                     self._writer_sleeping = True
                     try:
-                        self._cond.wait()
+                        self._cond.wait(wait)
                     finally:
                         self._writer_sleeping = False
                 if not self._queue and not abandoned:
-                    return
-                if len(self._queue) <= self._max_batch:
+                    if not self._closing:
+                        continue  # woke for the fsync of written entries
+                    batch = None
+                elif len(self._queue) <= self._max_batch:
                     batch = list(self._queue)
                     self._queue.clear()
                 else:
                     batch = [self._queue.popleft() for _ in range(self._max_batch)]
                 if batch:
                     self._taken = batch[-1].ticket + 1
+            if batch is None:  # closing, and nothing left to write
+                if self._sync_due is not None:
+                    self._sync_written()
+                return
             if abandoned:
                 batch.insert(0, self._abandoned_note(abandoned))
             committed = False
@@ -763,7 +853,14 @@ class AuditLog:
             p.row = row = (seq, when, p.actor, p.action, p.target, p.decision, p.reason,
                            p.details_text, mac)
             add_row(row)
+        # One durable entry makes the whole batch durable (today's one fsync per
+        # batch); a batch of only "written" entries is committed to the file and
+        # its fsync deferred to _sync_written, shared with what follows.
+        durable = self._force_full or any(p.durable for p in batch)
         try:
+            if durable != self._sync_full:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._sync_full = durable
             self._conn.execute("BEGIN IMMEDIATE")
             _insert_rows(self._conn, rows)
             self._conn.execute("COMMIT")
@@ -773,10 +870,13 @@ class AuditLog:
                 f"the audit log could not record the entry durably: {exc}"))
             return False
         self._head = (seq, mac)
-        if self._checkpointer is not None and self._untrusted is None:
+        if durable:
             # Before the waiters wake: one that needs the checkpoint (``cover``)
             # then finds the write covering its entry already scheduled.
-            self._checkpointer.schedule(seq, mac)
+            self._synced_up_to((seq, mac))
+        elif self._sync_due is None:
+            self._unsynced_from = time.monotonic()
+            self._sync_due = self._unsynced_from + self._written_sync_s
         listeners = list(self._listeners)
         if listeners:
             # Built before the waiters wake, so waiter and listeners share one object.
@@ -790,6 +890,35 @@ class AuditLog:
                     except Exception:
                         log.exception("audit listener failed")
         return True
+
+    def _synced_up_to(self, head: tuple[int, bytes]) -> None:
+        """Everything up to ``head`` is fsynced: say so, and checkpoint it.
+
+        The checkpoint only ever names synced entries: one naming an entry a
+        power loss then took would make the log look truncated.
+        """
+        self._synced = head
+        self._force_full = False
+        if self._unsynced_from is not None:
+            self.written_sync_lag_s = time.monotonic() - self._unsynced_from
+        self._unsynced_from = self._sync_due = None
+        if self._checkpointer is not None and self._untrusted is None:
+            self._checkpointer.schedule(*head)
+
+    def _sync_written(self) -> None:
+        """fsync the entries committed without one (the "written" class)."""
+        head = self._head
+        try:
+            _fsync_wal(self.path)
+        except OSError as exc:
+            # Nobody waits for these entries; the next batch is committed with a
+            # full sync, so its waiters fail closed while the disk fails.
+            log.error("audit entries up to %d are written but could not be made durable: %s",
+                      head[0], exc)
+            self._force_full = True
+            self._sync_due = time.monotonic() + _SYNC_RETRY_S
+            return
+        self._synced_up_to(head)
 
     def _recover_after_failure(self) -> None:
         """After a failed commit, trust only what the database says it holds.
@@ -808,6 +937,7 @@ class AuditLog:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
         self._conn = _connect(self.path)
+        self._sync_full = True
         self._head = _read_head(self._conn)
         self._resync = False
 
@@ -819,6 +949,11 @@ class AuditLog:
         observing a writer stuck behind the database's lock)."""
         with self._lock:
             return self._taken - self._finished
+
+    @property
+    def synced_seq(self) -> int:
+        """The newest seq known to be fsynced (``head()`` may be ahead by "written" entries)."""
+        return self._synced[0]
 
     def head(self) -> tuple[int, bytes]:
         """(seq, mac) of the newest committed entry; (0, 32 zero bytes) when empty."""
