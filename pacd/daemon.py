@@ -80,7 +80,7 @@ def _presence_report(config: Config) -> list[dict[str, Any]]:
 
     def run() -> None:
         try:
-            from pacd.presence.verifiers import presence_methods_report
+            from pacd.presence.report import presence_methods_report
 
             result.extend(a.to_json() for a in presence_methods_report(
                 config.fprintd_bus_address, config.platform_presence))

@@ -130,7 +130,7 @@ def check_host_tools(path_dirs: Sequence[Path] | None = None,
 
 def check_presence(config: Config | None = None) -> list[Check]:
     try:
-        from pacd.presence.verifiers import presence_methods_report
+        from pacd.presence.report import presence_methods_report
 
         report = (presence_methods_report() if config is None else
                   presence_methods_report(config.fprintd_bus_address, config.platform_presence))

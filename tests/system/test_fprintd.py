@@ -15,7 +15,7 @@ from pacd.core.models import SecurityLevel
 from pacd.errors import CeremonyTimeout, PresenceFailed, PresenceUnavailable
 from pacd.presence.fprintd import FprintdVerifier
 from pacd.presence.levels import level_for
-from pacd.presence.verifiers import presence_methods_report
+from pacd.presence.report import presence_methods_report
 from tests.fprintd_mock import FprintdMock, PrivateBus, bus, fprintd
 
 __all__ = ["bus", "fprintd"]  # the shared fixtures this module uses
