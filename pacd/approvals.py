@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.canonical import canonical_json, digest
 from pacd.core.models import SecurityLevel
 from pacd.errors import (
@@ -433,7 +434,7 @@ class ApprovalQueue:
                                 resolved_at=now, reason="expired"):
                     expired.append((str(row["id"]), str(row["kind"])))
             for approval_id, kind in expired:
-                self.audit.append("pacd", f"approval.{kind}.expire", approval_id, "deny",
+                self.audit.append(DAEMON_ACTOR, f"approval.{kind}.expire", approval_id, "deny",
                                   "expired before the owner approved it")
         self._recount()
         for approval_id, kind in expired:

@@ -44,6 +44,7 @@ from pacd.agents.server import (
 )
 from pacd.api.peercred import pid_namespace
 from pacd.api.services import Services
+from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.generators import generate_containerfile
 from pacd.core.models import PersonalAIContainer
 from pacd.errors import NotFound, PacdError, RuntimeUnavailable
@@ -73,7 +74,6 @@ MISSING = "missing"
 LOOP_CALL_TIMEOUT_S = 30.0
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
-ACTOR = "pacd"
 
 
 def agent_state(podman_state: str) -> str:
@@ -380,7 +380,7 @@ class ContainerLifecycle:
                         "not know it; left alone", orphan.name, orphan.podman_id[:12])
             with contextlib.suppress(PacdError):
                 self.s.audit.append(
-                    ACTOR, "container.orphan", orphan.podman_id, "info",
+                    DAEMON_ACTOR, "container.orphan", orphan.podman_id, "info",
                     "a container with pacd's labels that pacd does not know; not adopted",
                     orphan.to_json())
             self.s.events.publish("container.orphan", **orphan.to_json())
@@ -402,7 +402,7 @@ class ContainerLifecycle:
             return
         if state != RUNNING:
             with contextlib.suppress(PacdError):
-                self.s.audit.append(ACTOR, "container.agent_state", record.id, "info",
+                self.s.audit.append(DAEMON_ACTOR, "container.agent_state", record.id, "info",
                                     f"agent {agent!r} is {state} (not stopped by pacd)",
                                     {"agent": agent, "state": state})
         self._publish(record, agent, state)

@@ -54,6 +54,7 @@ from pacd.approvals import ApprovalQueue
 from pacd.audit import AuditEntry, AuditHealth, AuditLog
 from pacd.config import Config
 from pacd.containers import attach_lifecycle
+from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.rules import Action, required_level
 from pacd.errors import PacdError
 from pacd.events import EventBus
@@ -205,7 +206,7 @@ class Daemon:
             await self._serve(loop, services, listener)
         finally:
             with contextlib.suppress(PacdError):
-                await asyncio.to_thread(services.audit.append, "pacd", "daemon.stop",
+                await asyncio.to_thread(services.audit.append, DAEMON_ACTOR, "daemon.stop",
                                         str(self.config.socket), "info", "pacd stopped", {})
             await asyncio.to_thread(services.store.integrity.close)
             await asyncio.to_thread(services.audit.close)
@@ -265,7 +266,7 @@ class Daemon:
         lifecycle = await attach_lifecycle(services)
         try:
             await server.start(listener.sock)
-            await asyncio.to_thread(services.audit.append, "pacd", "daemon.start",
+            await asyncio.to_thread(services.audit.append, DAEMON_ACTOR, "daemon.start",
                                     str(self.config.socket), "info",
                                     f"pacd {__version__} listening", {"pid": os.getpid()})
             sd_notify("READY=1")

@@ -36,6 +36,7 @@ from functools import cached_property
 from operator import itemgetter
 from typing import Any
 
+from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.canonical import canonical_json
 
 log = logging.getLogger("pacd.integrity")
@@ -220,7 +221,7 @@ class AuditedFailures:
 
     def _write(self, table: str, key: str) -> None:
         try:
-            self._append("pacd", self.ACTION, f"{table}/{key}", "deny",
+            self._append(DAEMON_ACTOR, self.ACTION, f"{table}/{key}", "deny",
                          f"a {table} row failed its integrity check: treated as absent, "
                          "kept for inspection", {"table": table, "key": key})
         except Exception:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pacd.agents.inbox import Inbox
+from pacd.core.actors import DAEMON_ACTOR
 from pacd.registry import ContainerRegistry
 from pacd.store import Store
 from pacd.vault import SealedData
@@ -35,7 +36,6 @@ from pacd.vault import SealedData
 log = logging.getLogger("pacd.retention")
 
 DAY_S = 86400.0
-ACTOR = "pacd"
 
 
 class AuditSink(Protocol):
@@ -141,7 +141,7 @@ class Retention:
         # The failure may be the audit log itself; the log line above then stands alone.
         with contextlib.suppress(Exception):
             self._audit.append(
-                ACTOR, "retention.error", container_id, "info",
+                DAEMON_ACTOR, "retention.error", container_id, "info",
                 f"retention not enforced this run: {type(exc).__name__}",
                 {"error": type(exc).__name__, "message": str(exc)[:500]})
 
@@ -153,7 +153,7 @@ class Retention:
             if result.count:
                 # Inside the transaction: no purge without its record.
                 self._audit.append(
-                    ACTOR, "retention.purge", purge.container_id, "allow",
+                    DAEMON_ACTOR, "retention.purge", purge.container_id, "allow",
                     f"purged {result.count} item(s) older than {purge.days} day(s)",
                     {"count": result.count, "values": values, "messages": messages,
                      "retention_days": purge.days, "cutoff": purge.cutoff})

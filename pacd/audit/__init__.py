@@ -26,7 +26,6 @@ from pacd.audit.checkpoint import (
     read_checkpoint,
 )
 from pacd.audit.entry import (
-    DAEMON_ACTOR,
     DECISIONS,
     MAX_DETAILS_BYTES,
     MAX_REASON_CHARS,
@@ -37,7 +36,6 @@ from pacd.audit.writer import AuditLog
 
 __all__ = [
     "CHECKPOINT_FAILURE_LIMIT",
-    "DAEMON_ACTOR",
     "DECISIONS",
     "MAX_DETAILS_BYTES",
     "MAX_REASON_CHARS",

@@ -18,10 +18,6 @@ from typing import Any
 from pacd.core.canonical import canonical_json
 from pacd.errors import InvalidRequest
 
-#: the actor of entries the daemon writes on its own account (start, stop,
-#: expiries, orphan containers, retention, integrity findings)
-DAEMON_ACTOR = "pacd"
-
 DECISIONS = ("allow", "deny", "info")
 #: the ``prev_mac`` of the first entry
 GENESIS = bytes(32)

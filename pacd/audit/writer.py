@@ -70,7 +70,6 @@ from pacd.audit.checkpoint import (
 )
 from pacd.audit.entry import (
     COLUMNS,
-    DAEMON_ACTOR,
     DECISIONS,
     GENESIS,
     MAX_DETAILS_BYTES,
@@ -82,6 +81,7 @@ from pacd.audit.entry import (
     plain_columns,
 )
 from pacd.audit.verify import VerifyResult, read_connection, verify
+from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.canonical import canonical_json
 from pacd.errors import AuditError, InvalidRequest, UncoveredEntry
 from pacd.vault.keychain import SecretStore
