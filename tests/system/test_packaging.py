@@ -112,6 +112,13 @@ def test_the_wheel_installed_with_pipx_runs_a_daemon_its_own_cli_reaches(
     assert tray.returncode == 2, tray.stdout + tray.stderr
     assert "pacd[gui]" in tray.stderr and "Traceback" not in tray.stderr
 
+    _assert_daemon_answers_its_cli_and_stops(pacd, tmp_path, stopped_afterwards)
+
+
+def _assert_daemon_answers_its_cli_and_stops(
+        pacd: Path, tmp_path: Path, stopped_afterwards: list[subprocess.Popen[bytes]]) -> None:
+    """``pacd daemon`` from the installed command answers that command's ``pacd status``
+    and ends cleanly on SIGTERM, after which the same CLI says the daemon is gone."""
     home = tmp_path / "home"
     config = tmp_path / "config.toml"
     config.write_text("")
@@ -157,3 +164,52 @@ def test_the_deb_installs_answers_from_its_activated_socket_and_purges_without_a
         require_system(result.stderr.strip())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== passed" in result.stdout
+
+
+def _freeze(spec: str, tmp_path: Path) -> Path:
+    """A PyInstaller one-dir build of ``packaging/freeze/<spec>.spec`` under ``tmp_path``.
+
+    Offline by construction: PyInstaller only collects what the venv already has.
+    """
+    pyinstaller = Path(sys.executable).parent / "pyinstaller"
+    if not pyinstaller.exists():
+        require_system("PyInstaller in the venv (the freeze extra, part of dev)")
+    result = subprocess.run(
+        [str(pyinstaller), "--noconfirm", "--log-level", "WARN",
+         "--distpath", str(tmp_path / "dist"), "--workpath", str(tmp_path / "work"),
+         str(ROOT / "packaging" / "freeze" / f"{spec}.spec")],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp_path / "dist" / spec
+
+
+@pytest.mark.system
+def test_the_frozen_daemon_bundle_runs_a_daemon_its_own_cli_reaches(
+        tmp_path: Path, real_keychain: str,
+        stopped_afterwards: list[subprocess.Popen[bytes]]) -> None:
+    bundle = _freeze("pacd", tmp_path)
+    pacd = bundle / "pacd"
+    # the daemon bundle carries no Qt and none of the build venv's test tools
+    internal = {p.name for p in (bundle / "_internal").iterdir()}
+    assert not internal & {"PySide6", "pytest", "hypothesis", "mypy", "pydantic_core"}, internal
+    version = subprocess.run([str(pacd), "--version"], capture_output=True, text=True,
+                             timeout=60, check=False, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "nowhere")})
+    assert version.returncode == 0, version.stdout + version.stderr
+    assert version.stdout.strip() == f"pacd {_version()}"
+    _assert_daemon_answers_its_cli_and_stops(pacd, tmp_path, stopped_afterwards)
+
+
+@pytest.mark.system
+def test_the_frozen_tray_bundle_loads_qt_and_says_when_there_is_no_tray(
+        tmp_path: Path) -> None:
+    """The tray bundle imports the tray with its own Qt and platform plugins: with Qt's
+    offscreen platform (which has no system tray) it starts, says so and exits 1."""
+    bundle = _freeze("pacd-tray", tmp_path)
+    assert (bundle / "_internal" / "gui" / "icons" / "pacd.svg").exists()
+    tray = subprocess.run([str(bundle / "pacd-tray")], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert tray.returncode == 1, tray.stdout + tray.stderr
+    assert "no system tray on this desktop" in tray.stderr
+    assert "Traceback" not in tray.stderr
