@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: test run bench lint system-deps doctor-deps package test-deb clean
+.PHONY: test run bench lint system-deps doctor-deps package freeze test-deb clean
 
 system-deps:
 	@scripts/install-system-deps
@@ -36,8 +36,16 @@ bench: system-deps $(STAMP)
 	scripts/dev-session $(PY) -m bench
 
 # dist/pacd_<version>_<arch>.deb (the wheel in a private venv under /usr/lib/pacd)
-package: system-deps $(STAMP)
+# and the frozen one-dir bundles (make freeze)
+package: system-deps $(STAMP) freeze
 	packaging/linux/build-deb
+
+# dist/freeze/pacd/pacd (daemon and CLI) and dist/freeze/pacd-tray/pacd-tray:
+# PyInstaller one-dir bundles of this platform, built offline from the venv
+FREEZE := $(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist/freeze --workpath build/freeze
+freeze: $(STAMP)
+	$(FREEZE) packaging/freeze/pacd.spec
+	$(FREEZE) packaging/freeze/pacd-tray.spec
 
 # Builds, lints, installs, socket-activates and purges the .deb on this host (root).
 test-deb: system-deps $(STAMP)

@@ -3,11 +3,11 @@
 systemd: a ``.socket`` unit passes the listening socket as fd 3 with
 ``LISTEN_FDS``/``LISTEN_PID`` set (see ``packaging/linux/pacd.socket``).
 
-launchd: the agent plist declares a ``Sockets`` dictionary with key
-``Listeners`` (``SockPathName`` = the socket path, ``SockPathMode`` = 384, i.e.
-0600); the daemon collects the fd with ``launch_activate_socket("Listeners")``
-from libSystem. Outside launchd that call fails with ESRCH and the daemon binds
-its own socket.
+launchd: the agent plist (written by :mod:`pacd.launchagent`) declares a
+``Sockets`` dictionary with key ``Listeners`` (``SockPathName`` = the socket
+path, ``SockPathMode`` = 384, i.e. 0600); the daemon collects the fd with
+``launch_activate_socket("Listeners")`` from libSystem. Outside launchd that
+call fails with ESRCH and the daemon binds its own socket.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import socket
 import sys
 from collections.abc import MutableMapping
+
+from pacd.launchagent import LAUNCHD_SOCKET_NAME
 
 SD_LISTEN_FDS_START = 3
 
@@ -38,25 +40,41 @@ def systemd_socket(env: MutableMapping[str, str] | None = None) -> socket.socket
     return socket.socket(fileno=SD_LISTEN_FDS_START)
 
 
-def launchd_socket(name: str = "Listeners") -> socket.socket | None:
+def launchd_socket(name: str = LAUNCHD_SOCKET_NAME) -> socket.socket | None:
+    """The listening socket launchd holds for us under ``name``, or None.
+
+    ``int launch_activate_socket(const char *name, int **fds, size_t *cnt)``
+    (<launch.h>): on success ``*fds`` is a malloc'ed array of ``*cnt``
+    descriptors that we own. We keep the first (one ``SockPathName`` gives one),
+    close any others and free the array. Off macOS, or run outside launchd
+    (ESRCH), or for a name the plist does not declare (ENOENT): None, and the
+    daemon binds its own socket.
+    """
     if sys.platform != "darwin":
         return None
     path = ctypes.util.find_library("System")
     if not path:
         return None
     libsystem = ctypes.CDLL(path, use_errno=True)
+    activate = libsystem.launch_activate_socket
+    activate.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int)),
+                         ctypes.POINTER(ctypes.c_size_t)]
+    activate.restype = ctypes.c_int
+    libsystem.free.argtypes = [ctypes.c_void_p]
+    libsystem.free.restype = None
     fds = ctypes.POINTER(ctypes.c_int)()
     count = ctypes.c_size_t(0)
-    err = libsystem.launch_activate_socket(
-        name.encode(), ctypes.byref(fds), ctypes.byref(count)
-    )
-    if err != 0 or count.value < 1:
+    if activate(name.encode(), ctypes.byref(fds), ctypes.byref(count)) != 0:
         return None
     try:
+        if count.value < 1:
+            return None
+        for i in range(1, count.value):
+            os.close(fds[i])
+        os.set_inheritable(fds[0], False)
         return socket.socket(fileno=fds[0])
     finally:
-        libc = ctypes.CDLL(None)
-        libc.free(fds)
+        libsystem.free(fds)
 
 
 def activated_socket() -> socket.socket | None:

@@ -35,6 +35,24 @@ class PeerCred:
 _SOL_LOCAL = 0
 _LOCAL_PEERCRED = 0x001
 _XUCRED = struct.Struct("=IIh")  # cr_version, cr_uid, cr_ngroups (then groups)
+#: the only ``struct xucred`` layout we know (<sys/ucred.h>); any other is refused
+XUCRED_VERSION = 0
+_XUCRED_NGROUPS = 16
+
+
+def parse_xucred(raw: bytes) -> PeerCred | None:
+    """The uid in a ``LOCAL_PEERCRED`` answer, or None unless it is a version-0 ``xucred``.
+
+    Pure, so the macOS/BSD path is tested on any machine: a buffer too short for
+    the header, or a ``cr_version`` other than ``XUCRED_VERSION`` (a layout whose
+    uid may sit elsewhere), is unknown and the caller refuses the peer.
+    """
+    if len(raw) < _XUCRED.size:
+        return None
+    version, uid, ngroups = _XUCRED.unpack_from(raw)
+    if version != XUCRED_VERSION or not 0 <= ngroups <= _XUCRED_NGROUPS:
+        return None
+    return PeerCred(uid=uid, pid=None, gid=None)
 
 
 def peer_cred(sock: _SockOpt) -> PeerCred | None:
@@ -47,9 +65,8 @@ def peer_cred(sock: _SockOpt) -> PeerCred | None:
             return PeerCred(uid=uid, pid=pid, gid=gid)
         if sys.platform == "darwin" or "bsd" in sys.platform:
             optname = getattr(socket, "LOCAL_PEERCRED", _LOCAL_PEERCRED)
-            raw = sock.getsockopt(_SOL_LOCAL, optname, _XUCRED.size + 4 * 16 + 4)
-            _version, uid, _ngroups = _XUCRED.unpack_from(raw)
-            return PeerCred(uid=uid, pid=None, gid=None)
+            raw = sock.getsockopt(_SOL_LOCAL, optname, _XUCRED.size + 4 * _XUCRED_NGROUPS + 4)
+            return parse_xucred(raw)
     except (OSError, struct.error):
         return None
     return None

@@ -112,6 +112,13 @@ def test_the_wheel_installed_with_pipx_runs_a_daemon_its_own_cli_reaches(
     assert tray.returncode == 2, tray.stdout + tray.stderr
     assert "pacd[gui]" in tray.stderr and "Traceback" not in tray.stderr
 
+    _assert_daemon_answers_its_cli_and_stops(pacd, tmp_path, stopped_afterwards)
+
+
+def _assert_daemon_answers_its_cli_and_stops(
+        pacd: Path, tmp_path: Path, stopped_afterwards: list[subprocess.Popen[bytes]]) -> None:
+    """``pacd daemon`` from the installed command answers that command's ``pacd status``
+    and ends cleanly on SIGTERM, after which the same CLI says the daemon is gone."""
     home = tmp_path / "home"
     config = tmp_path / "config.toml"
     config.write_text("")
@@ -157,3 +164,131 @@ def test_the_deb_installs_answers_from_its_activated_socket_and_purges_without_a
         require_system(result.stderr.strip())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== passed" in result.stdout
+
+
+def _freeze(spec: str, tmp_path: Path) -> Path:
+    """A PyInstaller one-dir build of ``packaging/freeze/<spec>.spec`` under ``tmp_path``.
+
+    Offline by construction: PyInstaller only collects what the venv already has.
+    """
+    pyinstaller = Path(sys.executable).parent / "pyinstaller"
+    if not pyinstaller.exists():
+        require_system("PyInstaller in the venv (the freeze extra, part of dev)")
+    result = subprocess.run(
+        [str(pyinstaller), "--noconfirm", "--log-level", "WARN",
+         "--distpath", str(tmp_path / "dist"), "--workpath", str(tmp_path / "work"),
+         str(ROOT / "packaging" / "freeze" / f"{spec}.spec")],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp_path / "dist" / spec
+
+
+@pytest.mark.system
+def test_the_frozen_daemon_bundle_runs_a_daemon_its_own_cli_reaches(
+        tmp_path: Path, real_keychain: str,
+        stopped_afterwards: list[subprocess.Popen[bytes]]) -> None:
+    bundle = _freeze("pacd", tmp_path)
+    pacd = bundle / "pacd"
+    # the daemon bundle carries no Qt and none of the build venv's test tools
+    internal = {p.name for p in (bundle / "_internal").iterdir()}
+    assert not internal & {"PySide6", "pytest", "hypothesis", "mypy", "pydantic_core"}, internal
+    version = subprocess.run([str(pacd), "--version"], capture_output=True, text=True,
+                             timeout=60, check=False, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "nowhere")})
+    assert version.returncode == 0, version.stdout + version.stderr
+    assert version.stdout.strip() == f"pacd {_version()}"
+    _assert_daemon_answers_its_cli_and_stops(pacd, tmp_path, stopped_afterwards)
+
+
+@pytest.mark.system
+def test_the_frozen_tray_bundle_loads_qt_and_says_when_there_is_no_tray(
+        tmp_path: Path) -> None:
+    """The tray bundle imports the tray with its own Qt and platform plugins: with Qt's
+    offscreen platform (which has no system tray) it starts, says so and exits 1."""
+    bundle = _freeze("pacd-tray", tmp_path)
+    assert (bundle / "_internal" / "gui" / "icons" / "pacd.svg").exists()
+    tray = subprocess.run([str(bundle / "pacd-tray")], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert tray.returncode == 1, tray.stdout + tray.stderr
+    assert "no system tray on this desktop" in tray.stderr
+    assert "Traceback" not in tray.stderr
+
+
+RUN_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run"
+UNINSTALL_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Uninstall\pacd"
+
+
+@pytest.mark.system
+def test_the_windows_installer_needs_no_admin_writes_its_run_key_and_uninstalls_without_a_trace(
+        tmp_path: Path) -> None:
+    """packaging/windows/pacd.nsi compiled with makensis (warnings are errors) and run
+    silently under wine in a private prefix, with placeholder bundles: what only
+    Windows shows (the real bundles starting, the uninstaller stopping a running
+    tray and daemon) is the Windows CI job's."""
+    for tool in ("makensis", "wine", "wineserver"):
+        if shutil.which(tool) is None:
+            require_system(f"{tool} (scripts/install-system-deps installs nsis and wine)")
+    bundles = tmp_path / "bundles"
+    for exe in ("pacd/pacd.exe", "pacd-tray/pacd-tray.exe"):
+        (bundles / exe).parent.mkdir(parents=True)
+        (bundles / exe).write_bytes(b"placeholder " + exe.encode())
+    installer = tmp_path / "pacd-win64.exe"
+    nsi = ROOT / "packaging" / "windows" / "pacd.nsi"
+    # per user, no elevation: wine does not enforce UAC, so the script says it itself
+    script = nsi.read_text()
+    assert "RequestExecutionLevel user" in script.splitlines()
+    assert 'InstallDir "$LOCALAPPDATA\\Programs\\pacd"' in script.splitlines()
+    assert "HKLM" not in script and "$PROGRAMFILES" not in script
+    built = subprocess.run(["makensis", "-V2", "-WX", f"-DVERSION={_version()}",
+                            f"-DDIST={bundles}", f"-DOUTFILE={installer}", str(nsi)],
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert installer.read_bytes()[:2] == b"MZ"
+
+    (tmp_path / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(WINEPREFIX=str(tmp_path / "wine"), WINEDEBUG="-all",
+               # no Mono/Gecko download prompts, no menu entries in the real HOME
+               WINEDLLOVERRIDES="mscoree,mshtml=;winemenubuilder.exe=d",
+               HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "home" / "share"),
+               XDG_CONFIG_HOME=str(tmp_path / "home" / "config"))
+
+    def wine(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["wine", *args], env=env, capture_output=True, text=True,
+                                timeout=300, check=False)
+        # the installer and the uninstaller's copy of itself run on after wine returns
+        subprocess.run(["wineserver", "-w"], env=env, timeout=300, check=True)
+        return result
+
+    def run_value() -> str | None:
+        query = wine("reg", "query", RUN_KEY, "/v", "pacd")
+        if query.returncode != 0:
+            return None
+        line = next(line for line in query.stdout.splitlines() if "REG_SZ" in line)
+        return line.split("REG_SZ", 1)[1].strip()
+
+    try:
+        assert run_value() is None
+        installed = wine(str(installer), "/S")
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        local = next((tmp_path / "wine" / "drive_c" / "users").glob("*/AppData/Local"))
+        home = local / "Programs" / "pacd"
+        assert (home / "pacd" / "pacd.exe").read_bytes() == b"placeholder pacd/pacd.exe"
+        assert (home / "pacd-tray" / "pacd-tray.exe").exists()
+        value = run_value()
+        assert value is not None and value.startswith('"C:\\users\\')
+        assert value.endswith('\\AppData\\Local\\Programs\\pacd\\pacd-tray\\pacd-tray.exe"')
+        assert wine("reg", "query", UNINSTALL_KEY, "/v", "UninstallString").returncode == 0
+        # the owner's data, which the uninstaller must keep
+        (local / "pacd").mkdir()
+        (local / "pacd" / "state.db").write_bytes(b"owner data")
+
+        removed = wine(str(home / "uninstall.exe"), "/S")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert run_value() is None
+        assert wine("reg", "query", UNINSTALL_KEY).returncode != 0
+        assert not home.exists(), sorted(str(p) for p in home.rglob("*"))
+        assert (local / "pacd" / "state.db").read_bytes() == b"owner data"
+    finally:
+        subprocess.run(["wineserver", "-k"], env=env, timeout=60, check=False)

@@ -66,6 +66,9 @@ PROGRAMS: tuple[Program, ...] = (
     Program("lintian", "packaging/linux/test-deb"),
     Program("systemd-analyze", "packaging/linux/test-deb (verifies the user units)"),
     Program("systemd-socket-activate", "packaging/linux/test-deb (socket activation)"),
+    Program("makensis", "tests/system/test_packaging.py (the Windows installer)"),
+    Program("wine", "tests/system/test_packaging.py (installs and uninstalls it)"),
+    Program("wineserver", "tests/system/test_packaging.py (waits for wine's processes)"),
 )
 
 #: everything the test resolves, by name: the tests' programs and Podman's helpers

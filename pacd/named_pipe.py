@@ -1,0 +1,295 @@
+"""The owner socket on Windows: the same HTTP over a named pipe only the owner can open.
+
+CPython has no ``AF_UNIX`` on Windows, so the daemon serves its HTTP on
+``\\\\.\\pipe\\pacd-<owner's SID>`` instead:
+
+- the pipe's security descriptor (:func:`owner_only_sddl`) has a protected DACL
+  with one allow entry, for the owner's SID, and denies network logons; the
+  pipe is also created with ``PIPE_REJECT_REMOTE_CLIENTS``;
+- the first instance is created with ``FILE_FLAG_FIRST_PIPE_INSTANCE``, so if
+  another process (squatter) already owns the name the daemon fails to start
+  instead of serving beside it;
+- the server checks each client's process owner (``GetNamedPipeClientProcessId``
+  → token user SID) and the client checks the server's
+  (``GetNamedPipeServerProcessId``): a pipe of that name held by anyone but the
+  owner is refused (:class:`pacd.errors.PeerRefused`).
+
+What runs on any machine, and is tested on Linux: the pipe name and SDDL
+construction and :class:`PipeStream`, the byte-stream adapter through which
+``http.client`` speaks over a pipe handle (partial writes, end of stream on a
+broken pipe). Everything under ``if sys.platform == "win32"`` calls the Win32 API
+through ctypes and has run on no machine of this project yet: only a Windows
+machine can show that the DACL keeps another user out, that the first-instance
+flag defeats a squatter, and that the owner checks hold (see README, "what has
+been run where"). It is not type-checked here either (mypy checks for linux).
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import re
+import sys
+from collections.abc import Callable
+
+from pacd.errors import ConfigError, PeerRefused
+
+PIPE_PREFIX = "\\\\.\\pipe\\pacd-"
+#: a string SID: S-1-<authority>-<sub authorities>, e.g. S-1-5-21-1004336348-...-1001
+_SID = re.compile(r"S-1-[0-9]{1,14}(-[0-9]{1,10}){1,15}")
+#: SDDL rights and trustees used below: GA = GENERIC_ALL, NU = NETWORK logon users
+_DENY_NETWORK = "(D;;GA;;;NU)"
+
+
+def check_sid(sid: str) -> str:
+    """``sid`` if it is a well-formed string SID; anything else could inject SDDL."""
+    if not _SID.fullmatch(sid):
+        raise ConfigError(f"not a Windows SID: {sid!r}")
+    return sid
+
+
+def pipe_name(sid: str) -> str:
+    """The owner pipe of the user ``sid``: one per user, its name says whose."""
+    return PIPE_PREFIX + check_sid(sid)
+
+
+def owner_only_sddl(sid: str) -> str:
+    """The pipe's security descriptor: owned by ``sid``, DACL protected (``P``: nothing
+    inherited), network logons denied first, then full access for ``sid`` and no one
+    else (no entry for SYSTEM, Administrators or Everyone)."""
+    sid = check_sid(sid)
+    return f"O:{sid}G:{sid}D:P{_DENY_NETWORK}(A;;GA;;;{sid})"
+
+
+class PipeStream(io.RawIOBase):
+    """A byte stream over a pipe handle's read and write calls.
+
+    ``read(n)`` returns up to ``n`` bytes (b"" or a ``BrokenPipeError`` — Windows'
+    ERROR_BROKEN_PIPE — is the end of the stream); ``write(b)`` returns how many
+    bytes it took, which may be fewer. HTTP's own framing (Content-Length,
+    chunks) does the rest: the pipe is in byte mode, a stream like a socket.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], int],
+                 close: Callable[[], None]) -> None:
+        super().__init__()
+        self._read, self._write, self._close = read, write, close
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._read(len(buffer))
+        except BrokenPipeError:
+            return 0
+        buffer[:len(data)] = data
+        return len(data)
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return self._write(bytes(data))
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self.write(bytes(view))
+            if sent <= 0:
+                raise BrokenPipeError("the pipe took no bytes")
+            view = view[sent:]
+
+    def makefile(self, mode: str = "rb") -> io.BufferedReader:
+        """What http.client reads a response from. Closing it (as http.client does after
+        each response) leaves the pipe open, as a socket's makefile does."""
+        if mode != "rb":
+            raise ValueError(f"PipeStream.makefile supports 'rb' only, not {mode!r}")
+        return io.BufferedReader(_Borrowed(self))
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+        super().close()
+
+
+class _Borrowed(io.RawIOBase):
+    """Reads through to a :class:`PipeStream` without owning it."""
+
+    def __init__(self, stream: PipeStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._stream.readinto(buffer)
+
+
+class PipeHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over the owner pipe, after checking who serves it (Windows only)."""
+
+    def __init__(self, name: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._name = name
+
+    def connect(self) -> None:
+        self.sock = open_owner_pipe(self._name)
+
+
+def open_owner_pipe(name: str) -> PipeStream:
+    if sys.platform == "win32":
+        return _win32_open(name)
+    raise ConfigError(f"the owner pipe exists only on Windows (this is {sys.platform})")
+
+
+if sys.platform == "win32":
+    import _winapi
+    import asyncio
+    import ctypes
+    from asyncio import windows_events, windows_utils
+    from ctypes import wintypes
+
+    _kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    _advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
+    _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+    _TOKEN_QUERY = 0x0008
+    _TOKEN_USER = 1
+    _SDDL_REVISION_1 = 1
+    # <winbase.h>; _winapi has only the message-mode constants
+    _PIPE_TYPE_BYTE = 0x00000000
+    _PIPE_READMODE_BYTE = 0x00000000
+    _PIPE_REJECT_REMOTE_CLIENTS = 0x00000008
+
+    class _SecurityAttributes(ctypes.Structure):
+        _fields_ = [("nLength", wintypes.DWORD), ("lpSecurityDescriptor", wintypes.LPVOID),
+                    ("bInheritHandle", wintypes.BOOL)]
+
+    def _check(ok: int) -> None:
+        if not ok:
+            raise ctypes.WinError(ctypes.get_last_error())
+
+    def _token_sid(process: int) -> str:
+        token = wintypes.HANDLE()
+        _check(_advapi32.OpenProcessToken(wintypes.HANDLE(process), _TOKEN_QUERY,
+                                          ctypes.byref(token)))
+        try:
+            size = wintypes.DWORD()
+            _advapi32.GetTokenInformation(token, _TOKEN_USER, None, 0, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            _check(_advapi32.GetTokenInformation(token, _TOKEN_USER, buf, size,
+                                                 ctypes.byref(size)))
+            psid = ctypes.cast(buf, ctypes.POINTER(ctypes.c_void_p))[0]  # TOKEN_USER.User.Sid
+            text = wintypes.LPWSTR()
+            _check(_advapi32.ConvertSidToStringSidW(ctypes.c_void_p(psid), ctypes.byref(text)))
+            try:
+                return str(text.value)
+            finally:
+                _kernel32.LocalFree(text)
+        finally:
+            _kernel32.CloseHandle(token)
+
+    def current_user_sid() -> str:
+        return _token_sid(_kernel32.GetCurrentProcess())
+
+    def process_user_sid(pid: int) -> str:
+        process = _kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        _check(process)
+        try:
+            return _token_sid(process)
+        finally:
+            _kernel32.CloseHandle(process)
+
+    def _other_end_sid(handle: int, server: bool) -> str:
+        pid = wintypes.ULONG()
+        query = (_kernel32.GetNamedPipeServerProcessId if server
+                 else _kernel32.GetNamedPipeClientProcessId)
+        _check(query(wintypes.HANDLE(handle), ctypes.byref(pid)))
+        return process_user_sid(pid.value)
+
+    def _win32_open(name: str) -> PipeStream:
+        handle = _winapi.CreateFile(name, _winapi.GENERIC_READ | _winapi.GENERIC_WRITE, 0,
+                                    _winapi.NULL, _winapi.OPEN_EXISTING, 0, _winapi.NULL)
+        try:
+            if _other_end_sid(handle, server=True) != current_user_sid():
+                raise PeerRefused(f"{name} is served by a process of another user")
+        except BaseException:
+            _winapi.CloseHandle(handle)
+            raise
+
+        def read(n: int) -> bytes:
+            data, _err = _winapi.ReadFile(handle, n)
+            return bytes(data)
+
+        def write(data: bytes) -> int:
+            written, _err = _winapi.WriteFile(handle, data)
+            return int(written)
+
+        return PipeStream(read, write, lambda: _winapi.CloseHandle(handle))
+
+    class OwnerPipeServer(windows_events.PipeServer):  # type: ignore[misc]
+        """asyncio's pipe server with our security descriptor, byte mode, local clients only.
+
+        It reuses asyncio's private pipe-server internals (``_address``,
+        ``_free_instances``, the proactor's ``accept_pipe``), as
+        ``ProactorEventLoop.start_serving_pipe`` does: pinned by the CI build on Windows.
+        """
+
+        accept_task: asyncio.Task[None] | None = None
+
+        def __init__(self, address: str, sid: str) -> None:
+            descriptor = ctypes.c_void_p()
+            _check(_advapi32.ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                owner_only_sddl(sid), _SDDL_REVISION_1, ctypes.byref(descriptor), None))
+            self._attributes = _SecurityAttributes(
+                ctypes.sizeof(_SecurityAttributes), descriptor, False)
+            super().__init__(address)
+
+        def _server_pipe_handle(self, first: bool) -> windows_utils.PipeHandle | None:
+            if self.closed():
+                return None
+            flags = _winapi.PIPE_ACCESS_DUPLEX | _winapi.FILE_FLAG_OVERLAPPED
+            if first:
+                flags |= _winapi.FILE_FLAG_FIRST_PIPE_INSTANCE  # a squatter makes this fail
+            handle = _winapi.CreateNamedPipe(
+                self._address, flags,
+                _PIPE_TYPE_BYTE | _PIPE_READMODE_BYTE | _winapi.PIPE_WAIT
+                | _PIPE_REJECT_REMOTE_CLIENTS,
+                _winapi.PIPE_UNLIMITED_INSTANCES, windows_utils.BUFSIZE, windows_utils.BUFSIZE,
+                _winapi.NMPWAIT_WAIT_FOREVER, ctypes.addressof(self._attributes))
+            pipe = windows_utils.PipeHandle(handle)
+            self._free_instances.add(pipe)
+            return pipe
+
+    async def serve_owner_pipe(protocol_factory: Callable[[], asyncio.Protocol],
+                               sid: str) -> OwnerPipeServer:
+        """Serve ``protocol_factory`` (e.g. an aiohttp ``AppRunner.server``) on the owner
+        pipe of ``sid``; clients whose process is not ``sid``'s are disconnected."""
+        loop = asyncio.get_running_loop()
+        address = pipe_name(sid)
+        server = OwnerPipeServer(address, sid)
+
+        async def accept() -> None:
+            while not server.closed():
+                pipe = server._get_unconnected_pipe()
+                if pipe is None:
+                    return
+                try:
+                    pipe = await loop._proactor.accept_pipe(pipe)  # type: ignore[attr-defined]
+                except BrokenPipeError:
+                    pipe.close()
+                    continue
+                server._free_instances.discard(pipe)
+                try:
+                    ours = _other_end_sid(pipe.fileno(), server=False) == sid
+                except OSError:
+                    ours = False
+                if not ours:
+                    pipe.close()
+                    continue
+                loop._make_duplex_pipe_transport(  # type: ignore[attr-defined]
+                    pipe, protocol_factory(), extra={"addr": address, "peer_sid": sid})
+
+        server.accept_task = loop.create_task(accept())
+        return server
