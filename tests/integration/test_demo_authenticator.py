@@ -123,7 +123,8 @@ def test_readme_walkthrough_without_a_security_key(
     enrolled = _cli_json(daemon, "enroll", "--demo")
     created = _cli_json(daemon, "container", "create",
                         str(EXAMPLES / "specs" / "studio.json"), "--demo")
-    queued = _cli_json(daemon, "plugin", "submit", created["id"],
+    assert created["name"] == "studio"
+    queued = _cli_json(daemon, "plugin", "submit", "studio",
                        str(EXAMPLES / "plugins" / "text-formatter.json"), "--agent", "writer",
                        "--demo")
     pending = _cli_json(daemon, "approvals")["approvals"]
