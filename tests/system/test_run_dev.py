@@ -114,6 +114,14 @@ def test_ctrl_c_on_make_run_stops_the_keychain_after_the_daemon_checkpointed(
                         use_token_cache=False, timeout=30)
         status = _status(client)
         assert status["demo_authenticator"]["allowed"] is True  # the dev config
+        # The daemon follows the launcher's private Podman service, and says so.
+        podman_url = f"unix://{dev_dir / 'podman' / 'podman.sock'}"
+        deadline = time.monotonic() + 30
+        while not (status["podman"] or {}).get("connected"):
+            assert time.monotonic() < deadline, status["podman"]
+            time.sleep(0.1)
+            status = client.status()
+        assert status["podman"]["url"] == podman_url
         client.request("POST", "/v1/owner", {"name": "Ada"})
 
         os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C
