@@ -166,6 +166,11 @@ def _status_text(s: dict[str, Any]) -> str:
         lines.append(f"INTEGRITY:  {len(failures)} state row(s) failed their check "
                      "(treated as absent; see `pacd audit tail`):")
         lines += [f"  {f['table']} {f['key']}" for f in failures]
+    demo = s.get("demo_authenticator") or {}
+    if demo.get("allowed") or demo.get("enrolled"):
+        lines.append(f"demo key:   {'accepted' if demo.get('allowed') else 'REFUSED'}, "
+                     f"{demo.get('enrolled', 0)} enrolled (a software key: NOT secure; "
+                     "allow_software_authenticator in config.toml)")
     lines += _audit_status_lines(s.get("audit"))
     if s.get("fprintd_bus_address"):
         lines.append(f"fprintd bus: {s['fprintd_bus_address']} (NOT the system bus: whatever "

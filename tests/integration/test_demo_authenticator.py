@@ -121,6 +121,8 @@ def test_readme_walkthrough_without_a_security_key(
     daemon = make_daemon("walk", ALLOW)
     _cli_json(daemon, "init", "--name", "Ada")
     enrolled = _cli_json(daemon, "enroll", "--demo")
+    shown = daemon.cli("status")
+    assert "demo key:   accepted, 1 enrolled (a software key: NOT secure" in shown.stdout
     created = _cli_json(daemon, "container", "create",
                         str(EXAMPLES / "specs" / "studio.json"), "--demo")
     assert created["name"] == "studio"
@@ -150,3 +152,22 @@ def test_readme_walkthrough_without_a_security_key(
     assert device.export_state() not in raw
     scalar = credential.private_key.private_numbers().private_value.to_bytes(32, "big")
     assert scalar not in raw
+
+
+def test_software_key_queued_while_allowed_is_not_added_once_disallowed(
+        make_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = make_daemon("late", ALLOW)
+    owner = Owner(daemon)
+    owner.init()
+    owner.enroll("usb key")
+    owner.session("biometric")
+    queued = owner.enroll("demo", _demo_key())
+    daemon.stop()
+    daemon.config_path.write_text("")
+    daemon.start()
+    with pytest.raises(SoftwareAuthenticatorRefused):
+        owner.approve(str(queued["approval_id"]))
+    assert [c["software"] for c in daemon.client().credentials()] == [False]
+    refused = _entries(daemon, "approval.credential.add.approve")[-1]
+    assert refused["decision"] == "deny"
+    assert refused["details"]["code"] == "software_authenticator_refused"
