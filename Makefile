@@ -30,7 +30,7 @@ test: system-deps $(STAMP) lint
 	scripts/dev-session $(PY) -m pytest $(PYTEST_ARGS)
 
 run: system-deps $(STAMP)
-	PACD_DEV_HOME=$(CURDIR)/.dev/home scripts/dev-session scripts/run-dev
+	scripts/run-dev
 
 bench: system-deps $(STAMP)
 	scripts/dev-session $(PY) -m bench

@@ -8,6 +8,12 @@ security key…", PIN by getpass) and the command is retried once.
 
 ``--credential-json FILE`` (``approve``) posts an assertion made elsewhere —
 for scripts, and for tests that sign with a software authenticator.
+
+``--demo`` (any command) uses the demo authenticator
+(:mod:`pacd.presence.demo_authenticator`) instead of a security key, for a
+first run on a machine without one; only when the daemon says it accepts it
+(``allow_software_authenticator``). Nobody touches it, so its ceremonies run
+without a terminal too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from fido2.client import UserInteraction
+from fido2.ctap import CtapDevice
 
 from pacd import __version__
 from pacd.config import load_config
@@ -32,6 +39,7 @@ from pacd.errors import (
     InvalidRequest,
     PacdError,
     PresenceRequired,
+    SoftwareAuthenticatorRefused,
     Unauthorized,
 )
 
@@ -46,6 +54,8 @@ class Ctx:
 
         self.args = args
         self.json = bool(getattr(args, "json", False))
+        #: ceremonies use the demo authenticator, not a security key
+        self.demo = bool(getattr(args, "demo", False))
         self.config = load_config()
         self.client = Client(self.config)
 
@@ -78,7 +88,7 @@ class Ctx:
             return send()
         except (PresenceRequired, Unauthorized) as exc:
             level = exc.extra.get("required_level") or getattr(exc, "required_level", "")
-            if not level or not sys.stdin.isatty():
+            if not level or not (sys.stdin.isatty() or self.demo):
                 raise type(exc)(
                     f"{exc.message} — open a session first: pacd session --level "
                     f"{level or 'biometric'}", **exc.extra) from None
@@ -90,8 +100,29 @@ class Ctx:
 
         begin = self.client.request("POST", "/v1/sessions/begin", {"level": level}, auth=False)
         self.say(f"Presence needed for a {level} session.")
-        credential = authenticate(begin["publicKey"], begin["origin"], TerminalInteraction(self))
+        with self.authenticator() as device:
+            credential = authenticate(begin["publicKey"], begin["origin"],
+                                      TerminalInteraction(self), device)
         return self.client.complete_session(begin["session_id"], credential)
+
+    @contextlib.contextmanager
+    def authenticator(self) -> Iterator[CtapDevice | None]:
+        """The device ceremonies use: the demo authenticator with ``--demo`` (its state
+        saved afterwards), else None (the security key found then)."""
+        if not self.demo:
+            yield None
+            return
+        from pacd.presence.demo_authenticator import demo_authenticator
+
+        allowed = self.client.status().get("demo_authenticator", {}).get("allowed")
+        if not allowed:
+            raise SoftwareAuthenticatorRefused(
+                "the daemon does not accept the demo authenticator (set "
+                "allow_software_authenticator = true in its config.toml, as make run does); "
+                "use a security key")
+        self.say("Using the demo authenticator (a software key: NOT secure).")
+        with demo_authenticator(self.config) as device:
+            yield device
 
 
 class TerminalInteraction(UserInteraction):
@@ -101,13 +132,15 @@ class TerminalInteraction(UserInteraction):
         self.ctx = ctx
 
     def prompt_up(self) -> None:
-        self.ctx.say("Touch your security key…")
+        if not self.ctx.demo:  # the demo authenticator needs no touch
+            self.ctx.say("Touch your security key…")
 
     def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
         return getpass.getpass("Security key PIN: ")
 
     def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
-        self.ctx.say("Verify yourself on the key (fingerprint or PIN)…")
+        if not self.ctx.demo:
+            self.ctx.say("Verify yourself on the key (fingerprint or PIN)…")
         return True
 
 
@@ -133,6 +166,11 @@ def _status_text(s: dict[str, Any]) -> str:
         lines.append(f"INTEGRITY:  {len(failures)} state row(s) failed their check "
                      "(treated as absent; see `pacd audit tail`):")
         lines += [f"  {f['table']} {f['key']}" for f in failures]
+    demo = s.get("demo_authenticator") or {}
+    if demo.get("allowed") or demo.get("enrolled"):
+        lines.append(f"demo key:   {'accepted' if demo.get('allowed') else 'REFUSED'}, "
+                     f"{demo.get('enrolled', 0)} enrolled (a software key: NOT secure; "
+                     "allow_software_authenticator in config.toml)")
     lines += _audit_status_lines(s.get("audit"))
     if s.get("fprintd_bus_address"):
         lines.append(f"fprintd bus: {s['fprintd_bus_address']} (NOT the system bus: whatever "
@@ -209,10 +247,13 @@ def cmd_init(args: argparse.Namespace, ctx: Ctx) -> None:
 def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
     from pacd.presence.client import register
 
-    body = {"label": args.label} if args.label else {}
+    label = args.label or ("demo key (software, not secure)" if ctx.demo else "")
+    body = {"label": label} if label else {}
     begin = ctx.call("POST", "/v1/owner/credentials/begin", body)
     ctx.say("Enrolling a presence credential.")
-    credential = register(begin["publicKey"], begin["origin"], TerminalInteraction(ctx))
+    with ctx.authenticator() as device:
+        credential = register(begin["publicKey"], begin["origin"], TerminalInteraction(ctx),
+                              device)
     done = ctx.client.request("POST", "/v1/owner/credentials/complete",
                               {"credential": credential,
                                "registration_id": begin["registration_id"]})
@@ -394,8 +435,9 @@ def cmd_approve(args: argparse.Namespace, ctx: Ctx) -> None:
                 "SHA-256 of the payload it shows; refusing to sign")
         ctx.say(f"You are approving: {detail['summary']}")
         ctx.say(json.dumps(detail["payload"], indent=2, sort_keys=True))
-        credential = authenticate(detail["publicKey"], detail["origin"],
-                                  TerminalInteraction(ctx))
+        with ctx.authenticator() as device:
+            credential = authenticate(detail["publicKey"], detail["origin"],
+                                      TerminalInteraction(ctx), device)
     done = ctx.client.request("POST", f"/v1/approvals/{args.id}/approve",
                               {"credential": credential})
     ctx.out(done, f"approval {done['id']}: {done['state']}")
@@ -453,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine output (one JSON document)")
+    common.add_argument("--demo", action="store_true", default=argparse.SUPPRESS,
+                        help="prove presence with the demo authenticator, a software key "
+                             "(NOT secure; only when the daemon allows it)")
     parser = argparse.ArgumentParser(prog="pacd", parents=[common],
                                      description="personal AI containers behind owner presence")
     parser.add_argument("--version", action="version", version=f"pacd {__version__}")

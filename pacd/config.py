@@ -102,6 +102,10 @@ class Config:
     #: environment variable must not be able to loosen who may become the owner.
     attestation: str = "none"
     allowed_aaguids: tuple[str, ...] = ()
+    #: accept credentials of pacd's software (demo) authenticator, which is not secure
+    #: (its keys sit in the user's keychain and need no touch). File only, like
+    #: attestation; ``make run`` sets it in its development config.
+    allow_software_authenticator: bool = False
 
     @property
     def origin(self) -> str:

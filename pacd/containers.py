@@ -143,6 +143,14 @@ class ContainerLifecycle:
                 self._runtime = connect_podman(self.s.config.podman_url, os.environ)
             return self._runtime
 
+    def podman_view(self) -> dict[str, Any]:
+        with self._runtime_lock:
+            current = self._runtime
+        problem = self.runtime_problem
+        url = current.url if current is not None else self.s.config.podman_url
+        return {"connected": not problem, "url": url,
+                "detail": problem or f"following Podman events on {url}"}
+
     def _lost_runtime(self, runtime: PodmanRuntime) -> None:
         # Forget the adapter so the next call looks for Podman again (the rootless
         # socket may appear, or the owner may have started podman.socket).

@@ -147,7 +147,8 @@ def build_services(config: Config) -> Services:
                       challenge_ttl_s=config.challenge_ttl_s, on_refusal=on_refusal,
                       carbon_proof_max_age_s=config.carbon_proof_max_age_s,
                       attestation=AttestationPolicy.from_config(config.attestation,
-                                                                config.allowed_aaguids))
+                                                                config.allowed_aaguids),
+                      allow_software=config.allow_software_authenticator)
     tokens = TokenService(store, clock, config.token_lifetime_s)
     # Through DecisionLog: an approval's entry is the entry of the request resolving it.
     approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish,

@@ -3,6 +3,14 @@
 Each check is ``{"name", "status": ok|warn|fail, "detail", "fix"}``. ``fail``
 means pacd cannot work as configured (no keychain, unsafe socket directory);
 ``warn`` means a feature is missing (no Podman, no presence method yet).
+
+When a daemon answers, its keychain, Podman and presence methods are what pacd
+uses, and they may not be what this shell sees (``make run`` gives the daemon
+a private keychain and Podman service): doctor then reports the daemon's view
+(from ``GET /v1/status``) under the plain names, and this shell's own result
+next to it as ``… (this shell)`` wherever the two differ. A keychain this
+shell cannot reach is a warning then, not a failure: the daemon holds the keys
+(only ``--demo`` needs the keychain on this side).
 """
 
 from __future__ import annotations
@@ -38,10 +46,12 @@ def check_keychain(config: Config) -> Check:
     return _check("keychain", "ok", f"{store.backend_name} ({config.keystore})")
 
 
-def check_socket(config: Config) -> list[Check]:
+def check_socket(config: Config) -> tuple[list[Check], dict[str, Any] | None]:
+    """The socket directory and the daemon; with the daemon's status when it answers."""
     from pacd.client import Client
 
     checks: list[Check] = []
+    status: dict[str, Any] | None = None
     directory = config.socket.parent
     if directory.exists():
         st = os.lstat(directory)
@@ -60,7 +70,7 @@ def check_socket(config: Config) -> list[Check]:
     except PacdError as exc:
         checks.append(_check("daemon", "warn", exc.message,
                              "pacd daemon   (or: systemctl --user start pacd)"))
-    return checks
+    return checks, status
 
 
 def podman_socket(config: Config) -> Path | None:
@@ -156,6 +166,80 @@ def check_fprintd_bus(config: Config) -> list[Check]:
                    "test bus you run yourself")]
 
 
+# --- the daemon's view ------------------------------------------------------------
+
+THIS_SHELL = " (this shell)"
+
+
+def _own(check: Check, status: str | None = None, fix: str | None = None) -> Check:
+    """This shell's result of a check, labelled as such."""
+    return {**check, "name": check["name"] + THIS_SHELL,
+            "status": status or check["status"], "fix": check["fix"] if fix is None else fix}
+
+
+def daemon_keychain(status: dict[str, Any], own: Check) -> list[Check]:
+    backend = f"{status['keychain_backend']} ({status.get('keystore', 'keychain')})"
+    error = (status.get("audit") or {}).get("checkpoint_error")
+    if error:
+        ours = _check("keychain", "warn",
+                      f"the daemon's: {backend}, but its audit checkpoint write failed "
+                      f"{error['count']} time(s): {error['message']}",
+                      "unlock the keychain the daemon uses (pacd status shows the audit)")
+    else:
+        ours = _check("keychain", "ok", f"the daemon's: {backend}")
+    if own["status"] == "ok" and own["detail"] == backend:
+        return [ours]
+    # The daemon holds the keys; this shell needs the keychain only for --demo.
+    return [ours, _own(own, "warn" if own["status"] == "fail" else own["status"],
+                       "only pacd --demo needs this shell to reach the daemon's keychain; "
+                       "with make run: . .dev/env")]
+
+
+def daemon_podman(status: dict[str, Any], own: Check, own_path: Path | None) -> list[Check]:
+    fix = "systemctl --user enable --now podman.socket (or set podman_url for the daemon)"
+    view = status.get("podman")
+    if view is None:
+        ours = _check("podman", "warn", "the daemon runs without a container runtime", fix)
+        url = None
+    else:
+        url = view.get("url")
+        ours = (_check("podman", "ok", f"the daemon's: {url}") if view["connected"] else
+                _check("podman", "warn", f"the daemon's: {view['detail']}", fix))
+    daemon_path = Path(url.removeprefix("unix://")) if url else None
+    # Not connected, the daemon names no socket: then only the verdicts can differ.
+    if own["status"] == ours["status"] and daemon_path in (None, own_path):
+        return [ours]
+    return [ours, _own(own)]
+
+
+def daemon_presence(status: dict[str, Any], own: list[Check]) -> list[Check]:
+    methods = status.get("presence_methods") or []
+    checks = [_check(f"presence: {p['name']}", "ok" if p["available"] else "warn",
+                     f"the daemon's: {p['detail']}") for p in methods]
+    if not any(p["available"] for p in methods):
+        checks.append(_check("presence", "warn",
+                             "the daemon sees no presence method available",
+                             "plug in a FIDO2 security key"))
+    seen = {c["name"]: c["status"] for c in checks}
+    checks += [_own(c) for c in own if seen.get(c["name"]) != c["status"]]
+    demo = status.get("demo_authenticator") or {}
+    if demo.get("allowed"):
+        checks.append(_check("presence: demo authenticator", "warn",
+                             f"the daemon accepts the software demo key (NOT secure); "
+                             f"{demo.get('enrolled', 0)} enrolled",
+                             "remove allow_software_authenticator from the daemon's "
+                             "config.toml outside a trial"))
+    return checks
+
+
 def run_checks(config: Config) -> list[Check]:
-    return [check_keychain(config), *check_socket(config), check_podman(config),
-            *check_host_tools(), *check_presence(config), *check_fprintd_bus(config)]
+    keychain = check_keychain(config)
+    socket_checks, status = check_socket(config)
+    podman = check_podman(config)
+    presence = check_presence(config)
+    if status is None:
+        return [keychain, *socket_checks, podman, *check_host_tools(), *presence,
+                *check_fprintd_bus(config)]
+    return [*daemon_keychain(status, keychain), *socket_checks,
+            *daemon_podman(status, podman, podman_socket(config)), *check_host_tools(),
+            *daemon_presence(status, presence), *check_fprintd_bus(config)]

@@ -187,6 +187,12 @@ class ClonedAuthenticator(PresenceFailed):
     code = "possible_cloned_authenticator"
 
 
+class SoftwareAuthenticatorRefused(Forbidden):
+    """A software authenticator's credential, while config does not allow them."""
+
+    code = "software_authenticator_refused"
+
+
 class PeerRefused(Forbidden):
     code = "peer_refused"
 
@@ -345,6 +351,7 @@ ALL_ERRORS: tuple[type[PacdError], ...] = (
     RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
     PayloadMismatch,
     AuditUntrusted,
+    SoftwareAuthenticatorRefused,
 )
 
 

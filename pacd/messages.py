@@ -168,6 +168,26 @@ class PresenceMethodView:
 
 
 @dataclass(frozen=True)
+class DemoAuthenticatorView:
+    """pacd's software (demo) authenticator as the daemon treats it."""
+
+    allowed: bool = field(metadata=_meta(
+        "allow_software_authenticator is set: its credentials may be enrolled and used"))
+    enrolled: int = field(metadata=_meta("how many of the owner's credentials are its"))
+
+
+@dataclass(frozen=True)
+class PodmanStatusView:
+    """The Podman service as the daemon sees it."""
+
+    connected: bool = field(metadata=_meta("the daemon is following this Podman service"))
+    url: str | None = field(metadata=_meta(
+        "the service it follows (or is configured for); null: the first of the default "
+        "candidates that answers"))
+    detail: str = field(metadata=_meta("why it is not connected, or what it follows"))
+
+
+@dataclass(frozen=True)
 class IntegrityFailureView:
     """A state row that does not carry the MAC the daemon gives every row it writes."""
 
@@ -235,6 +255,12 @@ class StatusView:
     fprintd_bus_address: str | None = field(default=None, metadata=_meta(
         "the D-Bus address fprintd is reached on when it is not the system bus "
         "(whatever answers there can open biometric sessions); null: the system bus"))
+    demo_authenticator: DemoAuthenticatorView = field(
+        default_factory=lambda: DemoAuthenticatorView(allowed=False, enrolled=0))
+    #: "keychain" or "passphrase": which secret store keychain_backend names
+    keystore: str = "keychain"
+    #: null while no container runtime is wired in
+    podman: PodmanStatusView | None = None
 
 
 @dataclass(frozen=True)
@@ -262,8 +288,9 @@ class CredentialEntry:
     user_verifying: bool
     created_at: str
     last_used_at: str | None = field(metadata=_meta("when it last signed; null: never"))
-    software: bool | None = field(
-        metadata=_meta("a software authenticator; null when pacd cannot tell"))
+    software: bool = field(
+        metadata=_meta("pacd's software (demo) authenticator, by the AAGUID the key states; "
+                       "false is no proof of hardware"))
 
 
 @dataclass(frozen=True)

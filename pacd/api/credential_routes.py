@@ -83,6 +83,7 @@ def add_payload(registration: Registration) -> dict[str, Any]:
         "label": c.label,
         "kind": c.kind,
         "user_verifying": c.uv_capable,
+        "software": c.software,
         "sign_count": c.sign_count,
         "attestation_format": registration.attestation_format,
     }
@@ -147,7 +148,8 @@ class Credentials:
             self.sink.append(self.actor, ENROL_ACTION, cred.credential_id.hex(), "allow",
                              "first presence credential enrolled",
                              {"label": cred.label, "uv_capable": cred.uv_capable,
-                              "aaguid": aaguid_text(cred.aaguid)}, checkpoint=True)
+                              "aaguid": aaguid_text(cred.aaguid),
+                              "software": cred.software}, checkpoint=True)
 
         def complete() -> Reply:
             registration = self.s.rp.verify_registration(registration_id, body.credential)
@@ -188,7 +190,8 @@ class Credentials:
         if self.s.owners.find_credential(cred.credential_id) is not None:
             raise Conflict("this credential is already enrolled")
         payload = add_payload(registration)
-        summary = (f"add presence credential {cred.label!r} (authenticator "
+        summary = (f"add {'SOFTWARE (demo, not secure) ' if cred.software else ''}"
+                   f"presence credential {cred.label!r} (authenticator "
                    f"{payload['aaguid']}, key {payload['credential_id'][:16]}…)")
         approval = self.s.approvals.submit(CREDENTIAL_ADD, payload, self.actor, summary,
                                            float(self.s.config.approval_ttl_s))
@@ -210,9 +213,9 @@ class Credentials:
                 aaguid=aaguid_text(c.aaguid), user_verifying=c.uv_capable,
                 created_at=iso(c.created_at) or "",
                 last_used_at=iso(used.get(c.credential_id)),
-                # pacd cannot tell a software authenticator from a hardware one by
-                # what it says about itself; null until something can.
-                software=None)
+                # What the key says about itself (its AAGUID): true for pacd's own
+                # software authenticator; false is no proof of hardware.
+                software=c.software)
             for c in self.s.owners.list_credentials()])
 
     async def list_all(self, call: Call) -> m.CredentialList:
@@ -224,11 +227,12 @@ class Credentials:
         def queue() -> m.ApprovalAccepted:
             cred = self.s.owners.get_credential(credential_id)
             _not_the_last(self.s.owners.count_credentials())
-            payload = {
+            payload: dict[str, Any] = {
                 "credential_id": cred.credential_id.hex(),
                 "public_key": b64url(cred.public_key),
                 "aaguid": aaguid_text(cred.aaguid),
                 "label": cred.label,
+                "software": cred.software,
             }
             summary = (f"remove presence credential {cred.label!r} "
                        f"(key {payload['credential_id'][:16]}…)")

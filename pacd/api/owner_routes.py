@@ -115,7 +115,7 @@ class OwnerApi:
         #: the audit log as handlers write to it: entries here count as the request's own
         self.sink = DecisionLog(services.audit)
         self.credentials = Credentials(services, self.sink, ACTOR, self.owner_changed)
-        self._status_key: tuple[int, int, int, int, int] | None = None
+        self._status_key: tuple[int, int, int, int, int, str] | None = None
         self._status_json = Json(b"")
         self._owner_version = 0
         self.routes = self._table()
@@ -169,15 +169,17 @@ class OwnerApi:
         key = (self._owner_version, self.s.approvals.pending_count,
                -1 if lifecycle is None else lifecycle.orphans_generation,
                -1 if lifecycle is None else lifecycle.polls_generation,
-               self.s.store.integrity.failure_count)
+               self.s.store.integrity.failure_count,
+               "" if lifecycle is None else lifecycle.runtime_problem)
         if key != self._status_key:
             orphans = lifecycle.orphans() if lifecycle is not None else []
             owner = self.s.owners.get_owner()
+            credentials = self.s.owners.list_credentials()
             view = m.StatusView(
                 version=__version__,
                 owner=None if owner is None else m.OwnerView(
                     id=owner.id, name=owner.name, created_at=iso(owner.created_at) or "",
-                    credentials=len(self.s.owners.list_credentials())),
+                    credentials=len(credentials)),
                 pending_approvals=self.s.approvals.pending_count,
                 keychain_backend=self.s.secrets.backend_name,
                 presence_methods=[
@@ -195,6 +197,12 @@ class OwnerApi:
                                     for f in self.s.store.integrity.failures()],
                 waiting_polls={} if lifecycle is None else lifecycle.waiting_polls(),
                 fprintd_bus_address=self.s.config.fprintd_bus_address,
+                demo_authenticator=m.DemoAuthenticatorView(
+                    allowed=self.s.config.allow_software_authenticator,
+                    enrolled=sum(c.software for c in credentials)),
+                keystore=self.s.config.keystore,
+                podman=None if lifecycle is None else m.PodmanStatusView(
+                    **lifecycle.podman_view()),
             )
             base = m.encode(view)
             base.pop("audit", None)
@@ -263,7 +271,8 @@ class OwnerApi:
         await self.audit("session.create", issued.token_id, "allow",
                          f"{presence.level.value} session opened",
                          {"credential_id": presence.credential_id.hex(),
-                          "user_verified": presence.user_verified})
+                          "user_verified": presence.user_verified,
+                          "software": presence.software})
         return m.SessionToken(token=issued.token, level=issued.level.value,
                               expires_at=iso(issued.expires_at) or "")
 
@@ -695,7 +704,8 @@ class OwnerApi:
                     f"this approval needs {level.value}; the assertion proves "
                     f"{presence.level.value}")
             return {"credential_id": presence.credential_id.hex(),
-                    "user_verified": presence.user_verified, "level": presence.level.value}
+                    "user_verified": presence.user_verified, "level": presence.level.value,
+                    "software": presence.software}
 
         done = await _thread(self.s.approvals.approve, call.params["id"], verify, ACTOR,
                              body.credential)

@@ -28,6 +28,13 @@ class Lifecycle(Protocol):
 
     #: changes whenever orphans() would answer differently (a cheap cache key)
     orphans_generation: int
+    #: why the runtime is not followed right now ("" when it is)
+    runtime_problem: str
+
+    def podman_view(self) -> dict[str, Any]:
+        """``{"connected", "url", "detail"}``: the Podman service as followed now
+        (non-blocking)."""
+        ...
 
     def agent_states(self, record: ContainerRecord) -> dict[str, str]: ...
 

@@ -11,6 +11,15 @@ requires — not that a vendor made the authenticator. An authenticator that
 lies (a software one, say) can name any AAGUID. The list keeps out keys the
 owner did not choose; what keeps out a key an attacker chose is that adding any
 key after the first needs a carbonProof approval signed by an enrolled one.
+
+Software authenticators: pacd's own (the demo authenticator,
+:mod:`pacd.presence.software_authenticator`) states the AAGUID
+:data:`SOFTWARE_AUTHENTICATOR_AAGUID`. A credential naming it is ``software``:
+listed so, audited so, and enrolled or used only while the owner's config sets
+``allow_software_authenticator`` (:func:`check_software_allowed`). This is a
+label an honest authenticator puts on itself, not a proof: another software
+authenticator can name a hardware model's AAGUID, which only
+``attestation = "direct"`` with ``allowed_aaguids`` narrows.
 """
 
 from __future__ import annotations
@@ -22,9 +31,27 @@ from dataclasses import dataclass
 from fido2.attestation.base import Attestation, InvalidAttestation
 from fido2.webauthn import AttestationConveyancePreference, AttestationObject
 
-from pacd.errors import Forbidden
+from pacd.errors import Forbidden, SoftwareAuthenticatorRefused
 
 MODES = ("none", "direct")
+
+#: the model pacd's software (demo) authenticator states: ASCII "pacdsoftwaredemo"
+SOFTWARE_AUTHENTICATOR_AAGUID = uuid.UUID("70616364-736f-6674-7761-726564656d6f").bytes
+
+
+def is_software_authenticator(aaguid: bytes) -> bool:
+    """Whether a credential of this model is pacd's software authenticator's."""
+    return aaguid == SOFTWARE_AUTHENTICATOR_AAGUID
+
+
+def check_software_allowed(aaguid: bytes, allowed: bool, doing: str) -> None:
+    """Refuse a software authenticator's credential unless the owner allowed them."""
+    if is_software_authenticator(aaguid) and not allowed:
+        raise SoftwareAuthenticatorRefused(
+            f"{doing} refused: this is pacd's software (demo) authenticator, which is not "
+            "secure and is accepted only with allow_software_authenticator = true in "
+            "config.toml (make run sets it for its development daemon); use a security key",
+            aaguid=aaguid_text(aaguid))
 
 
 def aaguid_bytes(text: str) -> bytes:

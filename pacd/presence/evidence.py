@@ -23,3 +23,5 @@ class VerifiedPresence:
     method: str = "fido2"
     #: the challenge the proof was bound to (what was signed), when there was one
     challenge: bytes | None = None
+    #: the credential that signed is pacd's software (demo) authenticator's
+    software: bool = False

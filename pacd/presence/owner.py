@@ -22,6 +22,7 @@ from fido2.cose import CoseKey
 from pacd.core.models import Owner
 from pacd.errors import Conflict, IntegrityError, InvalidRequest, NotFound
 from pacd.integrity import RowSpec
+from pacd.presence.attestation import is_software_authenticator
 from pacd.store import Store
 from pacd.vault.keychain import SecretStore
 
@@ -97,6 +98,11 @@ class Credential:
             raise ValueError("public key is not a COSE_Key map")
         return CoseKey.parse(decoded)
 
+    @property
+    def software(self) -> bool:
+        """pacd's software (demo) authenticator made it (by the AAGUID it states)."""
+        return is_software_authenticator(self.aaguid)
+
     def to_json(self) -> dict[str, object]:
         """Public description (no key material is secret, but none is needed either)."""
         return {
@@ -105,6 +111,7 @@ class Credential:
             "kind": self.kind,
             "aaguid": self.aaguid.hex(),
             "uv_capable": self.uv_capable,
+            "software": self.software,
             "sign_count": self.sign_count,
             "created_at": self.created_at,
         }

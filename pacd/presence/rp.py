@@ -32,6 +32,9 @@ signed by a key already enrolled; its executor stores it with
 :meth:`RelyingParty.add_approved`. The owner's attestation policy
 (:mod:`pacd.presence.attestation`) is checked when the registration is
 verified, and its AAGUID list once more when an approved key is stored.
+Credentials of pacd's software authenticator are refused at registration,
+at storage and at every assertion unless ``allow_software`` (the owner's
+``allow_software_authenticator``) says otherwise.
 Approval challenges are different: they are not random but the digest of the
 action, so the record that one was *used* is written to the state database in
 the same transaction that advances the counter, and a replay is refused even
@@ -74,7 +77,7 @@ from pacd.errors import (
     PresenceFailed,
     PresenceRequired,
 )
-from pacd.presence.attestation import AttestationPolicy, aaguid_text
+from pacd.presence.attestation import AttestationPolicy, aaguid_text, check_software_allowed
 from pacd.presence.clock import Clock
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import MAX_LABEL, Credential, CredentialKind, OwnerRegistry, check_text
@@ -142,6 +145,7 @@ class RelyingParty:
         on_refusal: RefusalHook | None = None,
         carbon_proof_max_age_s: float = 120,
         attestation: AttestationPolicy | None = None,
+        allow_software: bool = False,
     ) -> None:
         if challenge_ttl_s <= 0 or carbon_proof_max_age_s <= 0:
             raise ValueError("challenge lifetimes must be positive")
@@ -154,6 +158,7 @@ class RelyingParty:
         self.carbon_proof_max_age_s = carbon_proof_max_age_s
         self.on_refusal = on_refusal
         self.attestation = attestation or AttestationPolicy()
+        self.allow_software = allow_software
         store.migrate("presence_rp", 1, _SCHEMA)
         # Exact origin match: the daemon tells clients which origin to use, so
         # anything else is not one of our clients.
@@ -243,6 +248,7 @@ class RelyingParty:
             raise PresenceFailed("registration refused: no attested credential data")
         if isinstance(attested.public_key, UnsupportedKey):
             raise PresenceFailed("registration refused: unsupported key algorithm")
+        check_software_allowed(bytes(attested.aaguid), self.allow_software, "registration")
         fmt = self.attestation.check(response.response.attestation_object,
                                      response.response.client_data.hash)
         candidate = Credential(
@@ -289,6 +295,7 @@ class RelyingParty:
         """Store a key whose addition an enrolled key approved (the approval's
         executor, inside its transaction). The AAGUID list is asked again: the
         policy may have changed while the approval waited."""
+        check_software_allowed(credential.aaguid, self.allow_software, "adding this key")
         if not self.attestation.allows_aaguid(credential.aaguid):
             raise Forbidden(
                 f"authenticator model {aaguid_text(credential.aaguid)} (AAGUID) is no longer "
@@ -324,6 +331,7 @@ class RelyingParty:
             credential_id=enrolled.credential_id,
             user_present=auth_data.is_user_present(),
             user_verified=auth_data.is_user_verified(),
+            software=enrolled.software,
         )
 
     # --- approvals and carbonProof -----------------------------------------
@@ -391,6 +399,7 @@ class RelyingParty:
             user_present=auth_data.is_user_present(),
             user_verified=verified,
             challenge=challenge,
+            software=enrolled.software,
         )
 
     # --- internals ----------------------------------------------------------
@@ -454,6 +463,7 @@ class RelyingParty:
         enrolled = self.owners.find_credential(response.raw_id)
         if enrolled is None:
             raise PresenceFailed("this key is not enrolled with pacd")
+        check_software_allowed(enrolled.aaguid, self.allow_software, "assertion")
         try:
             self._server.authenticate_complete(state, [_attested(enrolled)], response)
         except ValueError as exc:

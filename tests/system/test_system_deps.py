@@ -40,12 +40,13 @@ class Program:
 
 PROGRAMS: tuple[Program, ...] = (
     Program("dbus-run-session", "scripts/dev-session (the private session bus)"),
-    Program("gnome-keyring-daemon", "scripts/dev-session (the real keychain)"),
+    Program("gnome-keyring-daemon", "scripts/dev-session, scripts/run_dev.py (the real keychain)"),
     Program("mktemp", "scripts/dev-session (a fresh HOME)"),
     Program("apt-get", "scripts/install-system-deps, tests/podman_env.py (image packages)"),
     Program("dpkg-query", "scripts/install-system-deps (what is installed)"),
     Program("dpkg", "tests/podman_env.py (unpacks the Python test image)"),
-    Program("dbus-daemon", "tests/fprintd_mock.py (a private bus for the fprintd double)"),
+    Program("dbus-daemon", "tests/fprintd_mock.py (a private bus for the fprintd double), "
+            "scripts/run_dev.py (make run's session bus)"),
     Program("useradd", "tests/integration/test_peer.py (a second OS user)"),
     Program("userdel", "tests/integration/test_peer.py (removes that user)"),
     Program("runuser", "tests/integration/test_peer.py (connects as that user)"),
