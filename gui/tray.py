@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal, Slot
-from PySide6.QtGui import QAction, QIcon
+from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from gui.approval_dialog import ApprovalDialog
@@ -157,8 +157,22 @@ class Tray(QObject):
             self.follower.start()
 
     @staticmethod
-    def _icon(name: str) -> QIcon:
-        return QIcon(str(ICONS / f"{name}.svg"))
+    def _icon(name: str, count: int = 0) -> QIcon:
+        icon = QIcon(str(ICONS / f"{name}.svg"))
+        if not count:
+            return icon
+        # The waiting icon carries its count in the badge the SVG leaves for it.
+        pixmap = icon.pixmap(64, 64)
+        painter = QPainter(pixmap)
+        font = QFont(painter.font())
+        font.setBold(True)
+        font.setPixelSize(18)
+        painter.setFont(font)
+        painter.setPen(QColor("#ffffff"))
+        painter.drawText(QRect(34, 34, 28, 28), Qt.AlignmentFlag.AlignCenter,
+                         str(count) if count < 10 else "9+")
+        painter.end()
+        return QIcon(pixmap)
 
     def notify(self, title: str, text: str,
                icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Information
@@ -236,7 +250,8 @@ class Tray(QObject):
 
     def _apply(self, state: TrayState) -> None:
         self.state = state
-        self.icon.setIcon(self._icon(state.icon_name))
+        self.icon.setIcon(self._icon(state.icon_name, len(state.pending)
+                                     if state.icon_name == "pacd-waiting" else 0))
         self.icon.setToolTip(plain_tooltip(state.headline))
         self._rebuild_menu()
         self.state_changed.emit(state)

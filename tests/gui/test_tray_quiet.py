@@ -94,3 +94,13 @@ def test_a_second_tray_raises_the_first_instead_of_starting(qtbot: Any,
     again = SingleInstance(tmp_path / "tray.sock")
     assert again.claim()
     again.release()
+
+
+def test_waiting_icon_carries_the_count_of_approvals(qtbot: Any) -> None:
+    from gui.tray import Tray
+
+    plain = Tray._icon("pacd-waiting").pixmap(64, 64).toImage()
+    three = Tray._icon("pacd-waiting", 3).pixmap(64, 64).toImage()
+    assert not plain.isNull() and not three.isNull()
+    assert plain != three  # the digit is drawn into the badge
+    assert Tray._icon("pacd-waiting", 3).pixmap(64, 64).toImage() == three
