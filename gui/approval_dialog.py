@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from gui.ceremony import MISMATCH, Authenticator, CeremonyWorker, device_authenticate
 from gui.renderers import render
+from gui.signals import emit
 from gui.text import plain_label, set_plain
 from pacd.client import Client, approval_challenge_matches
 
@@ -203,7 +204,7 @@ class ApprovalDialog(QDialog):
             return
         self._outcome = outcome
         self.cancel_ceremony()
-        self.decided.emit(self.approval_id, outcome)
+        emit(self.decided, self.approval_id, outcome)
         super().done(0)
 
     def reject(self) -> None:
@@ -214,7 +215,7 @@ class ApprovalDialog(QDialog):
         super().closeEvent(event)
 
     def _deny(self) -> None:
-        self.deny_requested.emit(self.approval_id)
+        emit(self.deny_requested, self.approval_id)
         self._finish("denied")
 
     def close_for(self, why: str) -> None:

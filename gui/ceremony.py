@@ -17,6 +17,7 @@ from typing import Any
 from fido2.client import UserInteraction
 from PySide6.QtCore import QObject, Signal, Slot
 
+from gui.signals import emit
 from pacd.client import Client, approval_challenge_matches
 from pacd.errors import PacdError
 
@@ -97,7 +98,7 @@ class CeremonyWorker(QObject):
         again = " (wrong PIN before; a key blocks after 8 wrong tries)" if self._pin_asked > 1 \
             else ""
         self._pin_given.clear()
-        self.pin_needed.emit(f"Enter the PIN of your {self.device_name}{again}:")
+        emit(self.pin_needed, f"Enter the PIN of your {self.device_name}{again}:")
         while not self._pin_given.wait(0.1):
             if self.cancel_event.is_set():
                 return None
@@ -106,35 +107,35 @@ class CeremonyWorker(QObject):
     @Slot()
     def run(self) -> None:
         if not approval_challenge_matches(self.detail):
-            self.finished.emit(MISMATCH)
+            emit(self.finished, MISMATCH)
             return
         worker = self
 
         class Interaction(UserInteraction):
             def prompt_up(self) -> None:
-                worker.prompt.emit(f"Touch your {worker.device_name} now.")
+                emit(worker.prompt, f"Touch your {worker.device_name} now.")
 
             def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
                 return worker._ask_pin()
 
             def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
-                worker.prompt.emit(f"Verify yourself on your {worker.device_name} "
+                emit(worker.prompt, f"Verify yourself on your {worker.device_name} "
                                    "(fingerprint or PIN on the key).")
                 return True
 
-        self.prompt.emit(f"Touch your {self.device_name} when it blinks.")
+        emit(self.prompt, f"Touch your {self.device_name} when it blinks.")
         try:
             credential = self.authenticator(self.detail["publicKey"], str(self.detail["origin"]),
                                             Interaction(), self.cancel_event, self.timeout_s)
             if self.cancel_event.is_set():
-                self.finished.emit(SENTENCES["cancelled"])
+                emit(self.finished, SENTENCES["cancelled"])
                 return
             self.client.request("POST", f"/v1/approvals/{self.detail['id']}/approve",
                                 {"credential": credential})
         except PacdError as exc:
-            self.finished.emit(failure_sentence(exc))
+            emit(self.finished, failure_sentence(exc))
             return
         except Exception as exc:  # a broken key or driver must not take the tray down
-            self.finished.emit(f"Not approved: the key could not be used ({exc!r}).")
+            emit(self.finished, f"Not approved: the key could not be used ({exc!r}).")
             return
-        self.finished.emit("")
+        emit(self.finished, "")

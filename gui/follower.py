@@ -18,6 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
+from gui.signals import emit
 from pacd.client import Client
 from pacd.errors import PacdError
 
@@ -76,7 +77,7 @@ class EventFollower(QObject):
             if code == "subscribed":
                 delay = self.first_retry_s  # it worked for a while: start the backoff over
                 code, message = "daemon_unavailable", "the daemon closed the event stream"
-            self.lost.emit(code, message)
+            emit(self.lost, code, message)
             self._wake.wait(delay)
             self._wake.clear()
             delay = min(delay * 2, self.max_retry_s)
@@ -90,9 +91,9 @@ class EventFollower(QObject):
                     continue
                 if item.get("type") == "subscribed":
                     subscribed = True
-                    self.connected.emit()
+                    emit(self.connected)
                     continue
-                self.received.emit(_plain(item))
+                emit(self.received, _plain(item))
         except PacdError as exc:
             return exc.code, exc.message
         except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -11,6 +11,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
+from gui.signals import emit
+
 CONNECT_TIMEOUT_MS = 1000
 
 
@@ -47,7 +49,7 @@ class SingleInstance(QObject):
         while self.server.hasPendingConnections():
             conn = self.server.nextPendingConnection()
             conn.disconnected.connect(conn.deleteLater)
-            self.raise_requested.emit()
+            emit(self.raise_requested)
 
     def release(self) -> None:
         if self.server is not None:

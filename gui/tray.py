@@ -31,6 +31,7 @@ from gui.ceremony import Authenticator
 from gui.daemon_start import start_daemon
 from gui.follower import EventFollower
 from gui.instance import SingleInstance
+from gui.signals import emit
 from gui.text import menu_text, plain_message_box, plain_tooltip, visible
 from pacd.client import Client
 from pacd.errors import PacdError
@@ -183,7 +184,7 @@ class Tray(QObject):
     def _background(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
         def run() -> None:
             result = work()
-            self._gui.emit(lambda: then(result))
+            emit(self._gui, lambda: then(result))
         self._pool.submit(run)
 
     # --- following the daemon ----------------------------------------------
@@ -254,7 +255,7 @@ class Tray(QObject):
                                      if state.icon_name == "pacd-waiting" else 0))
         self.icon.setToolTip(plain_tooltip(state.headline))
         self._rebuild_menu()
-        self.state_changed.emit(state)
+        emit(self.state_changed, state)
 
     # --- the menu -----------------------------------------------------------
 
@@ -347,7 +348,7 @@ class Tray(QObject):
         dialog.decided.connect(self._decided)
         self.dialog = dialog
         dialog.show()
-        self.dialog_shown.emit(approval_id)
+        emit(self.dialog_shown, approval_id)
 
     @Slot(str, str)
     def _decided(self, approval_id: str, outcome: str) -> None:

@@ -104,3 +104,22 @@ def test_waiting_icon_carries_the_count_of_approvals(qtbot: Any) -> None:
     assert not plain.isNull() and not three.isNull()
     assert plain != three  # the digit is drawn into the badge
     assert Tray._icon("pacd-waiting", 3).pixmap(64, 64).toImage() == three
+
+
+def test_emitting_tray_signals_does_not_drain_the_reference_to_true() -> None:
+    # PySide6 6.12's emit drops a reference to True per call; enough of them and
+    # the tray aborts ("bool_dealloc"). The tray emits only through gui.signals.emit.
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    from gui.signals import emit
+
+    class Emitter(QObject):
+        fired = Signal(str)
+
+    emitter = Emitter()
+    before = sys.getrefcount(True)
+    for _ in range(500):
+        emit(emitter.fired, "x")
+    assert sys.getrefcount(True) >= before
