@@ -32,7 +32,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.ceremony import MISMATCH, Authenticator, CeremonyWorker, device_authenticate
+from gui.ceremony import (
+    CEREMONY_TIMEOUT_S,
+    MISMATCH,
+    Authenticator,
+    CeremonyWorker,
+    device_authenticate,
+)
 from gui.renderers import render
 from gui.signals import emit
 from gui.text import plain_label, set_plain
@@ -76,7 +82,8 @@ class ApprovalDialog(QDialog):
 
     def __init__(self, detail: dict[str, Any], client: Client | None = None,
                  authenticator: Authenticator | None = None, parent: QWidget | None = None,
-                 *, arm_delay_ms: int = ARM_DELAY_MS) -> None:
+                 *, arm_delay_ms: int = ARM_DELAY_MS,
+                 ceremony_timeout_s: float = CEREMONY_TIMEOUT_S) -> None:
         super().__init__(parent)
         self.detail = detail
         self.client = client
@@ -85,6 +92,7 @@ class ApprovalDialog(QDialog):
         self.payload: dict[str, Any] = payload if isinstance(payload, dict) else {}
         self.approval_id = str(self.payload.get("id") or detail.get("id", ""))
         self.signable = approval_challenge_matches(detail)
+        self.ceremony_timeout_s = ceremony_timeout_s
         self._outcome = ""
         self._thread: QThread | None = None
         self._worker: CeremonyWorker | None = None
@@ -234,7 +242,8 @@ class ApprovalDialog(QDialog):
         self.approve_button.setEnabled(False)
         self.cancel_button.setVisible(True)
         thread = QThread(self)
-        worker = CeremonyWorker(self.client, self.detail, self.authenticator)
+        worker = CeremonyWorker(self.client, self.detail, self.authenticator,
+                                self.ceremony_timeout_s)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         worker.prompt.connect(self._show_prompt)
