@@ -26,7 +26,9 @@ from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
+from gui import autostart
 from gui.approval_dialog import ApprovalDialog
+from gui.audit_view import AuditView
 from gui.ceremony import Authenticator
 from gui.daemon_start import start_daemon
 from gui.follower import EventFollower
@@ -145,6 +147,7 @@ class Tray(QObject):
         self.queue: list[str] = []
         self.dialog: ApprovalDialog | None = None
         self.messages: list[tuple[str, str]] = []
+        self.audit_view: AuditView | None = None
         self.icon = QSystemTrayIcon(self._icon("pacd-offline"))
         self.menu = QMenu()
         self.icon.setContextMenu(self.menu)
@@ -214,6 +217,8 @@ class Tray(QObject):
                                                    event.get("found") or kind),
                         QSystemTrayIcon.MessageIcon.Critical)
         elif kind == "audit.appended":
+            if self.audit_view is not None:
+                self.audit_view.append(event)
             action = str(event.get("action", ""))
             if action.startswith(STATE_ACTIONS):
                 self.refresh()
@@ -282,9 +287,27 @@ class Tray(QObject):
             action.triggered.connect(lambda _=False, a=approval_id: self.review(a))
             approvals.addAction(action)
         self.menu.addSeparator()
+        audit = QAction("Audit log…", self.menu)
+        audit.setEnabled(self.state.reachable)
+        audit.triggered.connect(self.show_audit)
+        self.menu.addAction(audit)
+        login = QAction("Start at login", self.menu)
+        login.setCheckable(True)
+        login.setChecked(autostart.enabled())
+        login.toggled.connect(autostart.set_enabled)
+        self.menu.addAction(login)
+        self.menu.addSeparator()
         quit_action = QAction("Quit tray", self.menu)
         quit_action.triggered.connect(QApplication.quit)
         self.menu.addAction(quit_action)
+
+    @Slot()
+    def show_audit(self) -> None:
+        if self.audit_view is None:
+            self.audit_view = AuditView(self.client, self._background)
+            self.audit_view.load()
+        self.audit_view.show()
+        self.audit_view.raise_()
 
     @Slot()
     def start_daemon(self) -> None:
