@@ -66,6 +66,9 @@ PROGRAMS: tuple[Program, ...] = (
     Program("lintian", "packaging/linux/test-deb"),
     Program("systemd-analyze", "packaging/linux/test-deb (verifies the user units)"),
     Program("systemd-socket-activate", "packaging/linux/test-deb (socket activation)"),
+    Program("trayer", "scripts/screenshots (a tray host on the private X server)"),
+    Program("xdotool", "scripts/screenshots (finds and clicks the tray's windows)"),
+    Program("import", "scripts/screenshots (ImageMagick: saves the PNGs)"),
 )
 
 #: everything the test resolves, by name: the tests' programs and Podman's helpers
