@@ -57,6 +57,8 @@ def test_an_approval_asked_through_the_api_appears_as_a_dialog_at_once(
     qtbot.waitUntil(lambda: tray.dialog is not None and tray.dialog.isVisible(), timeout=5000)
     assert time.monotonic() - asked < SHOWN_WITHIN_S
     assert shown.args == [approval_id]
+    assert ("pacd: approval requested", "install plugin Text Formatter 1.0.0 for agent writer "
+            "in container studio") in tray.messages  # the notification
     dialog = open_dialog(qtbot, tray, approval_id)
     # Rendered from the payload, field by field.
     rows = [label.text() for label in dialog.value_labels]

@@ -123,3 +123,20 @@ def test_emitting_tray_signals_does_not_drain_the_reference_to_true() -> None:
     for _ in range(500):
         emit(emitter.fired, "x")
     assert sys.getrefcount(True) >= before
+
+
+def test_an_audit_refusal_is_shown_as_such_not_as_a_missing_daemon(
+        qtbot: Any, bare_world: World) -> None:
+    tray, _ = bare_world.tray()
+    try:
+        wait_reachable(qtbot, tray)
+        # What the follower reports when the daemon answers 503 audit_untrusted.
+        tray.on_lost("audit_untrusted", "the audit checkpoint does not match the log")
+        assert tray.state.reachable
+        assert tray.state.icon_name == "pacd-attention"
+        head = tray.menu.actions()[0].text()
+        assert head == ("pacd: audit log not trusted — the audit checkpoint does not match "
+                        "the log")
+        assert "Start daemon" not in [a.text() for a in tray.menu.actions()]
+    finally:
+        tray.close()
