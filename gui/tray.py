@@ -59,6 +59,7 @@ class TrayState:
     owner: str | None = None
     version: str = ""
     approvals: list[dict[str, Any]] = field(default_factory=list)
+    containers: list[dict[str, Any]] = field(default_factory=list)
     demo_enrolled: int = 0
 
     @property
@@ -92,6 +93,7 @@ def fetch_state(client: Client) -> TrayState:
     try:
         status = client.status()
         approvals = client.request("GET", "/v1/approvals").get("approvals", [])
+        containers = client.request("GET", "/v1/containers").get("containers", [])
     except PacdError as exc:
         if exc.code in AUDIT_PROBLEMS:
             return TrayState(reachable=True, problem=exc.code, error=exc.message)
@@ -110,6 +112,7 @@ def fetch_state(client: Client) -> TrayState:
         owner=owner.get("name") if isinstance(owner, dict) else None,
         version=str(status.get("version", "")),
         approvals=list(approvals),
+        containers=list(containers),
         demo_enrolled=int(demo.get("enrolled", 0)) if isinstance(demo, dict) else 0,
     )
 
@@ -286,6 +289,7 @@ class Tray(QObject):
             approval_id = str(item.get("id"))
             action.triggered.connect(lambda _=False, a=approval_id: self.review(a))
             approvals.addAction(action)
+        self._containers_menu()
         self.menu.addSeparator()
         audit = QAction("Audit log…", self.menu)
         audit.setEnabled(self.state.reachable)
@@ -300,6 +304,23 @@ class Tray(QObject):
         quit_action = QAction("Quit tray", self.menu)
         quit_action.triggered.connect(QApplication.quit)
         self.menu.addAction(quit_action)
+
+    def _containers_menu(self) -> None:
+        """Each container with its agents and plugins and their states (read-only)."""
+        containers = self.state.containers
+        menu = self.menu.addMenu(f"Containers ({len(containers)})")
+        menu.setEnabled(self.state.reachable and bool(containers))
+        for container in containers:
+            sub = menu.addMenu(menu_text(f"{container.get('name')} — {container.get('state')}"))
+            lines = [f"agent {a.get('name')}: {a.get('state')}"
+                     for a in container.get("agents") or [] if isinstance(a, dict)]
+            lines += [f"plugin {p.get('name')} {p.get('version')} ({p.get('agent')}): "
+                      f"{p.get('state')}"
+                      for p in container.get("plugins") or [] if isinstance(p, dict)]
+            for line in lines or ["no agents"]:
+                entry = QAction(menu_text(line), sub)
+                entry.setEnabled(False)
+                sub.addAction(entry)
 
     @Slot()
     def show_audit(self) -> None:

@@ -61,3 +61,20 @@ def test_start_at_login_writes_and_removes_the_xdg_autostart_entry(
         assert not entry.exists()
     finally:
         tray.close()
+
+
+def test_the_menu_lists_each_container_with_its_agents_and_their_state(
+        qtbot: Any, world: World) -> None:
+    tray, _ = world.tray()
+    try:
+        qtbot.waitUntil(lambda: bool(tray.state.containers), timeout=10_000)
+        containers = next(a for a in tray.menu.actions() if a.text().startswith("Containers"))
+        assert containers.text() == "Containers (1)"
+        menu = containers.menu()
+        studio = menu.actions()[0]
+        state = tray.state.containers[0]["state"]
+        assert studio.text() == f"studio — {state}"
+        lines = [a.text() for a in studio.menu().actions()]
+        assert any(line.startswith("agent writer: ") for line in lines), lines
+    finally:
+        tray.close()
