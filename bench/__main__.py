@@ -7,7 +7,7 @@ import sys
 import time
 
 BENCHES = ("vault_bench", "audit_bench", "api_bench", "start_bench", "agent_bench",
-           "soak_bench")
+           "soak_bench", "tray_bench")
 
 
 def main(argv: list[str]) -> int:

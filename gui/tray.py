@@ -1,64 +1,66 @@
-"""The pacd tray: daemon status, pending approvals, approve with your key.
+"""The pacd tray: daemon status, approvals as they arrive, approve with your key.
 
-The tray is only a client: it reads ``/v1/status`` and ``/v1/approvals`` over
-the owner socket and runs the presence ceremony locally, like the CLI. When the
-daemon is down it shows a grey icon and keeps retrying; nothing is ever
-approved by default — closing a dialog, a timeout or an error is a "no".
+The tray is only a client of the owner socket. It follows ``GET /v1/events``
+(:mod:`gui.follower`) and fetches ``/v1/status`` and ``/v1/approvals`` only
+when an event says something changed, so an idle tray sends no requests and
+adds nothing to the audit log. Its own reads are audit entries too, whose
+``audit.appended`` events must not trigger reads again: only events that
+report a change of state do.
 
-Every string the daemon supplies (summaries, plugin and owner names, error
-messages) is shown as plain text: Qt would otherwise guess that a string with
-tags is rich text, and a plugin named ``</b><font color=white>…`` could hide
-or restyle part of the very prompt the owner approves from.
+When the daemon is down the icon is grey with a "Start daemon" action; a daemon
+that refuses because its audit log cannot be written or trusted is shown as
+exactly that. Nothing is ever approved by default — closing a dialog, a
+timeout or an error is a "not now" or a "no".
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QFont, QIcon
-from PySide6.QtGui import Qt as QtGuiNamespace
-from PySide6.QtWidgets import (
-    QApplication,
-    QDialog,
-    QDialogButtonBox,
-    QInputDialog,
-    QLabel,
-    QLineEdit,
-    QMenu,
-    QMessageBox,
-    QPlainTextEdit,
-    QSystemTrayIcon,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
-from pacd.client import Client, approval_challenge_matches
+from gui import autostart
+from gui.approval_dialog import ApprovalDialog
+from gui.audit_view import AuditView
+from gui.ceremony import Authenticator
+from gui.daemon_start import start_daemon
+from gui.follower import EventFollower
+from gui.instance import SingleInstance
+from gui.signals import emit
+from gui.text import menu_text, plain_message_box, plain_tooltip, visible
+from pacd.client import Client
 from pacd.errors import PacdError
 
 ICONS = Path(__file__).resolve().parent / "icons"
-POLL_INTERVAL_MS = 2000
-#: why an approval is not offered for signing
-MISMATCH = ("the challenge the daemon asks you to sign is not the digest of the payload it "
-            "shows; not signed")
+#: events after which the tray's picture of the daemon may be out of date
+STATE_EVENTS = frozenset({"approval.created", "approval.resolved", "approval.expired",
+                          "container.state", "container.orphan", "audit.untrusted",
+                          "audit.trusted", "audit.checkpoint_error"})
+#: audit actions (of ``audit.appended``) that change what the tray shows
+STATE_ACTIONS = ("owner.create", "credential.", "container.create", "container.delete")
+AUDIT_PROBLEMS = ("audit_unavailable", "audit_untrusted")
 
 
 @dataclass
 class TrayState:
-    """What the tray shows; rebuilt from each poll."""
+    """What the tray shows; rebuilt after each change the daemon reports."""
 
     reachable: bool = False
     error: str = ""
+    #: ``audit_unavailable``/``audit_untrusted`` when the daemon answers but refuses
+    problem: str = ""
     owner: str | None = None
     version: str = ""
     approvals: list[dict[str, Any]] = field(default_factory=list)
+    containers: list[dict[str, Any]] = field(default_factory=list)
+    demo_enrolled: int = 0
 
     @property
     def pending(self) -> list[dict[str, Any]]:
@@ -68,183 +70,217 @@ class TrayState:
     def icon_name(self) -> str:
         if not self.reachable:
             return "pacd-offline"
-        return "pacd-attention" if self.pending else "pacd"
+        if self.problem:
+            return "pacd-attention"
+        return "pacd-waiting" if self.pending else "pacd"
 
     @property
     def headline(self) -> str:
         if not self.reachable:
-            return "pacd: daemon not reachable (retrying)"
+            return "pacd: daemon not running"
+        if self.problem == "audit_untrusted":
+            return f"pacd: audit log not trusted — {self.error}"
+        if self.problem == "audit_unavailable":
+            return f"pacd: audit log unavailable — {self.error}"
         who = self.owner or "no owner yet (run: pacd init)"
         count = len(self.pending)
         waiting = f", {count} approval{'s' if count != 1 else ''} waiting" if count else ""
         return f"pacd {self.version}: {who}{waiting}"
 
 
-def poll(client: Client) -> TrayState:
-    """One round trip to the daemon; never raises."""
+def fetch_state(client: Client) -> TrayState:
+    """The daemon's status and approvals; never raises."""
     try:
         status = client.status()
         approvals = client.request("GET", "/v1/approvals").get("approvals", [])
+        containers = client.request("GET", "/v1/containers").get("containers", [])
     except PacdError as exc:
-        return TrayState(reachable=False, error=exc.message)
+        if exc.code in AUDIT_PROBLEMS:
+            return TrayState(reachable=True, problem=exc.code, error=exc.message)
+        return TrayState(reachable=exc.code != "daemon_unavailable", error=exc.message,
+                         problem=exc.code if exc.code != "daemon_unavailable" else "")
     owner = status.get("owner")
+    audit = status.get("audit")
+    problem, error = "", ""
+    if isinstance(audit, dict) and not audit.get("trusted", True):
+        problem, error = "audit_untrusted", _audit_reason(audit)
+    demo = status.get("demo_authenticator")
     return TrayState(
         reachable=True,
+        problem=problem,
+        error=error,
         owner=owner.get("name") if isinstance(owner, dict) else None,
         version=str(status.get("version", "")),
         approvals=list(approvals),
+        containers=list(containers),
+        demo_enrolled=int(demo.get("enrolled", 0)) if isinstance(demo, dict) else 0,
     )
 
 
-class PinBridge(QObject):
-    """Lets the ceremony thread ask the GUI thread for a PIN and wait for it."""
-
-    asked = Signal(str)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__()
-        self._parent = parent
-        self._answer: str | None = None
-        self._done = threading.Event()
-        self.asked.connect(self._ask)
-
-    @Slot(str)
-    def _ask(self, prompt: str) -> None:
-        text, ok = QInputDialog.getText(
-            self._parent, "pacd", prompt, QLineEdit.EchoMode.Password
-        )
-        self._answer = text if ok and text else None
-        self._done.set()
-
-    def request(self, prompt: str) -> str | None:
-        self._done.clear()
-        self.asked.emit(prompt)
-        self._done.wait()
-        return self._answer
-
-
-def plain_label(text: str) -> QLabel:
-    """A label that shows ``text`` literally, whatever tags it contains."""
-    label = QLabel()
-    label.setTextFormat(Qt.TextFormat.PlainText)
-    label.setText(text)
-    return label
-
-
-def plain_message_box(text: str, parent: QWidget | None = None) -> QMessageBox:
-    """A warning box that shows ``text`` literally (QMessageBox.warning would guess)."""
-    box = QMessageBox(QMessageBox.Icon.Warning, "pacd", "", QMessageBox.StandardButton.Ok,
-                      parent)
-    box.setTextFormat(Qt.TextFormat.PlainText)
-    box.setText(text)
-    return box
-
-
-def _warn(text: str) -> None:
-    plain_message_box(text).exec()
-
-
-def plain_tooltip(text: str) -> str:
-    """Tool tips guess rich text too: hand them the plain text already escaped."""
-    return str(QtGuiNamespace.convertFromPlainText(text))
-
-
-def menu_text(text: str) -> str:
-    """A menu entry shows ``&`` as a shortcut marker unless it is doubled."""
-    return text.replace("&", "&&")
-
-
-class ApprovalDialog(QDialog):
-    """Shows exactly what will be signed, then approves with a key touch or denies."""
-
-    def __init__(self, detail: dict[str, Any], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("pacd: approval requested")
-        layout = QVBoxLayout(self)
-        # Plain text, bold by font rather than by markup: see the module docstring.
-        self.summary = plain_label(str(detail.get("summary", detail.get("kind", "approval"))))
-        font = QFont(self.summary.font())
-        font.setBold(True)
-        self.summary.setFont(font)
-        self.summary.setWordWrap(True)
-        layout.addWidget(self.summary)
-        self.needs = plain_label(f"needs: {detail.get('required_level', '?')}, "
-                                 f"expires {detail.get('expires_at', '?')}")
-        self.needs.setWordWrap(True)
-        layout.addWidget(self.needs)
-        payload = QPlainTextEdit()
-        payload.setReadOnly(True)
-        payload.setPlainText(json.dumps(detail.get("payload", {}), indent=2, sort_keys=True))
-        layout.addWidget(payload)
-        self.status = plain_label("Approving asks you to touch your security key.")
-        layout.addWidget(self.status)
-        self.buttons = QDialogButtonBox()
-        self.approve_button = self.buttons.addButton(
-            "Approve with key", QDialogButtonBox.ButtonRole.AcceptRole
-        )
-        self.deny_button = self.buttons.addButton("Deny", QDialogButtonBox.ButtonRole.RejectRole)
-        layout.addWidget(self.buttons)
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
+def _audit_reason(audit: dict[str, Any]) -> str:
+    untrusted = audit.get("untrusted")
+    if isinstance(untrusted, dict):
+        return f"{untrusted.get('found', '?')} at entry {untrusted.get('first_bad_seq', '?')}"
+    failing = audit.get("checkpoint_error")
+    if isinstance(failing, dict):
+        return f"checkpoint writes failing: {failing.get('message', '?')}"
+    return "see pacd status"
 
 
 class Tray(QObject):
-    """Owns the tray icon, the menu and the polling loop."""
+    """Owns the tray icon, its menu, the event follower and the approval dialogs."""
 
     state_changed = Signal(object)
-    _polled = Signal(object)
-    _ceremony_done = Signal(str, str)
+    #: an approval dialog is on screen (its approval id)
+    dialog_shown = Signal(str)
+    #: a callable to run on the GUI thread (results of background requests)
+    _gui = Signal(object)
 
-    def __init__(
-        self,
-        client: Client,
-        poll_interval_ms: int = POLL_INTERVAL_MS,
-        authenticate: Callable[..., dict[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, client: Client, authenticator: Authenticator | None = None, *,
+                 arm_delay_ms: int = 1000, follow: bool = True) -> None:
         super().__init__()
         self.client = client
         self.state = TrayState()
+        self.authenticator = authenticator
+        self.arm_delay_ms = arm_delay_ms
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pacd-tray")
-        self._inflight: Future[TrayState] | None = None
-        self._authenticate = authenticate
+        self._refreshing = False
+        self._stale = False
+        self._seen: set[str] = set()
+        self.queue: list[str] = []
+        self.dialog: ApprovalDialog | None = None
+        self.messages: list[tuple[str, str]] = []
+        self.audit_view: AuditView | None = None
         self.icon = QSystemTrayIcon(self._icon("pacd-offline"))
         self.menu = QMenu()
         self.icon.setContextMenu(self.menu)
-        self.pins = PinBridge()
-        self._polled.connect(self._apply)
-        self._ceremony_done.connect(self._after_ceremony)
-        self.timer = QTimer(self)
-        self.timer.timeout.connect(self.refresh)
-        self.timer.start(poll_interval_ms)
+        self._gui.connect(lambda fn: fn())
+        self.follower = EventFollower(client)
+        self.follower.connected.connect(self.refresh)
+        self.follower.received.connect(self.on_event)
+        self.follower.lost.connect(self.on_lost)
         self._rebuild_menu()
+        if follow:
+            self.follower.start()
 
     @staticmethod
-    def _icon(name: str) -> QIcon:
-        return QIcon(str(ICONS / f"{name}.svg"))
+    def _icon(name: str, count: int = 0) -> QIcon:
+        icon = QIcon(str(ICONS / f"{name}.svg"))
+        if not count:
+            return icon
+        # The waiting icon carries its count in the badge the SVG leaves for it.
+        pixmap = icon.pixmap(64, 64)
+        painter = QPainter(pixmap)
+        font = QFont(painter.font())
+        font.setBold(True)
+        font.setPixelSize(18)
+        painter.setFont(font)
+        painter.setPen(QColor("#ffffff"))
+        painter.drawText(QRect(34, 34, 28, 28), Qt.AlignmentFlag.AlignCenter,
+                         str(count) if count < 10 else "9+")
+        painter.end()
+        return QIcon(pixmap)
 
-    # --- polling ------------------------------------------------------------
+    def notify(self, title: str, text: str,
+               icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Information
+               ) -> None:
+        self.messages.append((title, text))
+        self.icon.showMessage(title, visible(text), icon)
+
+    def _background(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        def run() -> None:
+            result = work()
+            emit(self._gui, lambda: then(result))
+        self._pool.submit(run)
+
+    # --- following the daemon ----------------------------------------------
+
+    @Slot(dict)
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type", ""))
+        if kind == "approval.created":
+            approval_id = str(event.get("id", ""))
+            self.notify("pacd: approval requested", str(event.get("summary", "")))
+            self.enqueue(approval_id)
+        elif kind in ("approval.resolved", "approval.expired"):
+            approval_id = str(event.get("id", ""))
+            if approval_id in self.queue:
+                self.queue.remove(approval_id)
+            if self.dialog is not None and self.dialog.approval_id == approval_id:
+                self.dialog.close_for(event.get("state", "expired") if kind ==
+                                      "approval.resolved" else "expired")
+            if kind == "approval.expired":
+                self.notify("pacd: approval expired", f"approval {approval_id} expired")
+        elif kind == "container.state" and event.get("state") in ("exited", "failed",
+                                                                  "stopped-unexpectedly"):
+            self.notify("pacd: container stopped", f"container {event.get('name')} "
+                        f"is {event.get('state')}", QSystemTrayIcon.MessageIcon.Warning)
+        elif kind in ("audit.untrusted", "audit.checkpoint_error"):
+            self.notify("pacd: audit problem", str(event.get("message") or
+                                                   event.get("found") or kind),
+                        QSystemTrayIcon.MessageIcon.Critical)
+        elif kind == "audit.appended":
+            if self.audit_view is not None:
+                self.audit_view.append(event)
+            action = str(event.get("action", ""))
+            if action.startswith(STATE_ACTIONS):
+                self.refresh()
+            return
+        if kind in STATE_EVENTS:
+            self.refresh()
+
+    @Slot(str, str)
+    def on_lost(self, code: str, message: str) -> None:
+        if code in AUDIT_PROBLEMS:
+            self._apply(TrayState(reachable=True, problem=code, error=message))
+            return
+        if self.dialog is not None:
+            self.dialog.close_for("daemon lost")
+        self.queue.clear()
+        self._apply(TrayState(reachable=False, error=message))
 
     @Slot()
     def refresh(self) -> None:
-        if self._inflight is not None and not self._inflight.done():
-            return  # the previous poll is still waiting on the daemon
-        self._inflight = self._pool.submit(poll, self.client)
-        self._inflight.add_done_callback(lambda f: self._polled.emit(f.result()))
+        """Fetch status and approvals once; a refresh asked for meanwhile runs after it."""
+        if self._refreshing:
+            self._stale = True
+            return
+        self._refreshing = True
+        self._background(lambda: fetch_state(self.client), self._refreshed)
 
-    @Slot(object)
+    def _refreshed(self, state: TrayState) -> None:
+        self._refreshing = False
+        self._apply(state)
+        for item in state.pending:
+            self.enqueue(str(item.get("id")))
+        if self._stale:
+            self._stale = False
+            self.refresh()
+
     def _apply(self, state: TrayState) -> None:
         self.state = state
-        self.icon.setIcon(self._icon(state.icon_name))
+        self.icon.setIcon(self._icon(state.icon_name, len(state.pending)
+                                     if state.icon_name == "pacd-waiting" else 0))
         self.icon.setToolTip(plain_tooltip(state.headline))
         self._rebuild_menu()
-        self.state_changed.emit(state)
+        emit(self.state_changed, state)
+
+    # --- the menu -----------------------------------------------------------
 
     def _rebuild_menu(self) -> None:
         self.menu.clear()
         head = QAction(menu_text(self.state.headline), self.menu)
         head.setEnabled(False)
         self.menu.addAction(head)
+        if self.state.demo_enrolled:
+            demo = QAction("demo key — not secure", self.menu)
+            demo.setEnabled(False)
+            self.menu.addAction(demo)
         self.menu.addSeparator()
+        if not self.state.reachable:
+            start = QAction("Start daemon", self.menu)
+            start.triggered.connect(self.start_daemon)
+            self.menu.addAction(start)
         pending = self.state.pending
         approvals = self.menu.addMenu(f"Approvals ({len(pending)})")
         approvals.setEnabled(self.state.reachable and bool(pending))
@@ -253,104 +289,165 @@ class Tray(QObject):
             approval_id = str(item.get("id"))
             action.triggered.connect(lambda _=False, a=approval_id: self.review(a))
             approvals.addAction(action)
+        self._containers_menu()
+        self.menu.addSeparator()
+        audit = QAction("Audit log…", self.menu)
+        audit.setEnabled(self.state.reachable)
+        audit.triggered.connect(self.show_audit)
+        self.menu.addAction(audit)
+        login = QAction("Start at login", self.menu)
+        login.setCheckable(True)
+        login.setChecked(autostart.enabled())
+        login.toggled.connect(autostart.set_enabled)
+        self.menu.addAction(login)
         self.menu.addSeparator()
         quit_action = QAction("Quit tray", self.menu)
         quit_action.triggered.connect(QApplication.quit)
         self.menu.addAction(quit_action)
 
+    def _containers_menu(self) -> None:
+        """Each container with its agents and plugins and their states (read-only)."""
+        containers = self.state.containers
+        menu = self.menu.addMenu(f"Containers ({len(containers)})")
+        menu.setEnabled(self.state.reachable and bool(containers))
+        for container in containers:
+            sub = menu.addMenu(menu_text(f"{container.get('name')} — {container.get('state')}"))
+            lines = [f"agent {a.get('name')}: {a.get('state')}"
+                     for a in container.get("agents") or [] if isinstance(a, dict)]
+            lines += [f"plugin {p.get('name')} {p.get('version')} ({p.get('agent')}): "
+                      f"{p.get('state')}"
+                      for p in container.get("plugins") or [] if isinstance(p, dict)]
+            for line in lines or ["no agents"]:
+                entry = QAction(menu_text(line), sub)
+                entry.setEnabled(False)
+                sub.addAction(entry)
+
+    @Slot()
+    def show_audit(self) -> None:
+        if self.audit_view is None:
+            self.audit_view = AuditView(self.client, self._background)
+            self.audit_view.load()
+        self.audit_view.show()
+        self.audit_view.raise_()
+
+    @Slot()
+    def start_daemon(self) -> None:
+        try:
+            start_daemon()
+        except OSError as exc:
+            plain_message_box(f"could not start the daemon: {exc}").exec()
+            return
+        self.follower.retry_now()
+
     # --- approvals ----------------------------------------------------------
 
+    def enqueue(self, approval_id: str) -> None:
+        """Queue an approval's dialog (once); dialogs come one after another."""
+        if not approval_id or approval_id in self._seen:
+            return
+        self._seen.add(approval_id)
+        self.queue.append(approval_id)
+        self._next()
+
     def review(self, approval_id: str) -> None:
-        try:
-            detail = self.client.request("GET", f"/v1/approvals/{approval_id}")
-        except PacdError as exc:
-            _warn(exc.message)
+        """Open (again) an approval the owner picked from the menu."""
+        if self.dialog is not None and self.dialog.approval_id == approval_id:
+            self.dialog.raise_()
             return
-        if not approval_challenge_matches(detail):
-            # What the key would sign is not what the dialog would show: no dialog.
-            _warn(MISMATCH)
+        if approval_id in self.queue:
+            self.queue.remove(approval_id)
+        self.queue.insert(0, approval_id)
+        self._seen.add(approval_id)
+        self._next()
+
+    def _next(self) -> None:
+        if self.dialog is not None or not self.queue:
             return
-        dialog = ApprovalDialog(detail)
-        if dialog.exec() == QDialog.DialogCode.Accepted:
-            self.approve(approval_id, detail)
-        else:
-            self.deny(approval_id)
+        approval_id = self.queue[0]
 
-    def deny(self, approval_id: str) -> None:
-        try:
-            self.client.request("POST", f"/v1/approvals/{approval_id}/deny", {})
-        except PacdError as exc:
-            _warn(exc.message)
-        self.refresh()
-
-    def approve(self, approval_id: str, detail: dict[str, Any]) -> None:
-        """Run the key ceremony off the GUI thread, then post the assertion."""
-        self.icon.showMessage("pacd", "Touch your security key to approve.")
-
-        def ceremony() -> None:
-            if not approval_challenge_matches(detail):
-                self._ceremony_done.emit(approval_id, MISMATCH)
-                return
+        def fetch() -> dict[str, Any] | PacdError:
             try:
-                credential = self._run_ceremony(detail)
-                self.client.request(
-                    "POST", f"/v1/approvals/{approval_id}/approve", {"credential": credential}
-                )
+                detail: dict[str, Any] = self.client.request("GET",
+                                                             f"/v1/approvals/{approval_id}")
             except PacdError as exc:
-                self._ceremony_done.emit(approval_id, exc.message)
-                return
-            self._ceremony_done.emit(approval_id, "")
+                return exc
+            return detail
 
-        self._pool.submit(ceremony)
+        self.dialog = _PENDING  # one fetch at a time
+        self._background(fetch, lambda d: self._show(approval_id, d))
 
-    def _run_ceremony(self, detail: dict[str, Any]) -> dict[str, Any]:
-        if self._authenticate is not None:
-            return self._authenticate(detail["publicKey"], detail["origin"])
-        from fido2.client import UserInteraction
-
-        from pacd.presence.client import authenticate
-
-        pins = self.pins
-
-        class Interaction(UserInteraction):
-            def prompt_up(self) -> None:
-                pass
-
-            def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
-                return pins.request("Security key PIN:")
-
-            def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
-                return True
-
-        return authenticate(detail["publicKey"], detail["origin"], Interaction())
+    def _show(self, approval_id: str, detail: dict[str, Any] | PacdError) -> None:
+        self.dialog = None
+        if approval_id in self.queue:
+            self.queue.remove(approval_id)
+        else:
+            self._next()  # resolved while its detail was on its way
+            return
+        if isinstance(detail, PacdError) or detail.get("state") != "pending":
+            self._next()
+            return
+        dialog = ApprovalDialog(detail, self.client, self.authenticator,
+                                arm_delay_ms=self.arm_delay_ms)
+        dialog.deny_requested.connect(self.deny)
+        dialog.decided.connect(self._decided)
+        self.dialog = dialog
+        dialog.show()
+        emit(self.dialog_shown, approval_id)
 
     @Slot(str, str)
-    def _after_ceremony(self, approval_id: str, error: str) -> None:
-        if error:
-            self.icon.showMessage(
-                "pacd", f"Not approved: {error}", QSystemTrayIcon.MessageIcon.Warning
-            )
-        else:
-            self.icon.showMessage("pacd", f"Approved {approval_id}.")
-        self.refresh()
+    def _decided(self, approval_id: str, outcome: str) -> None:
+        self.dialog = None
+        if outcome == "later":
+            # Still pending: it stays in the menu; the menu entry opens it again.
+            pass
+        self._next()
+
+    @Slot(str)
+    def deny(self, approval_id: str) -> None:
+        def post() -> PacdError | None:
+            try:
+                self.client.request("POST", f"/v1/approvals/{approval_id}/deny", {})
+            except PacdError as exc:
+                return exc
+            return None
+
+        def after(error: PacdError | None) -> None:
+            if error is not None:
+                self.notify("pacd: deny failed", error.message,
+                            QSystemTrayIcon.MessageIcon.Warning)
+
+        self._background(post, after)
 
     def close(self) -> None:
-        self.timer.stop()
+        self.follower.stop()
+        if isinstance(self.dialog, ApprovalDialog):
+            self.dialog.close_for("tray closed")
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.icon.hide()
+
+
+#: stands in for the dialog while its detail is fetched, so only one is fetched at a time
+_PENDING: Any = object()
 
 
 def main() -> int:
     app = QApplication(sys.argv)
     app.setQuitOnLastWindowClosed(False)
+    client = Client()
+    instance = SingleInstance(client.socket_path.parent / "tray.sock")
+    if not instance.claim():
+        print("pacd-tray: already running; asked it to show itself", file=sys.stderr)
+        return 0
     if not QSystemTrayIcon.isSystemTrayAvailable():
         print("pacd-tray: no system tray on this desktop; use the pacd CLI", file=sys.stderr)
         return 1
-    tray = Tray(Client())
+    tray = Tray(client)
+    instance.raise_requested.connect(lambda: tray.icon.contextMenu().popup(
+        tray.icon.geometry().center()))
     tray.icon.show()
-    tray.refresh()
     code = app.exec()
     tray.close()
+    instance.release()
     return code
 
 

@@ -23,7 +23,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -224,11 +224,20 @@ class Client:
             raise error
         return parsed
 
-    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield events from ``GET /v1/events`` until the daemon ends the stream."""
+    def events(self, timeout: float | None = None,
+               opened: Callable[[socket.socket], None] | None = None
+               ) -> Iterator[dict[str, Any]]:
+        """Yield events from ``GET /v1/events`` until the daemon ends the stream.
+
+        ``opened(sock)`` is called with the connected socket, so another thread
+        can end a stream that waits without a timeout (``sock.shutdown``).
+        """
         conn = self._connection(timeout)
         try:
             try:
+                conn.connect()
+                if opened is not None and conn.sock is not None:
+                    opened(conn.sock)
                 conn.request("GET", "/v1/events", headers={"Accept": "application/x-ndjson"})
                 resp = conn.getresponse()
             except OSError as exc:

@@ -244,7 +244,8 @@ class Daemon:
 
         def on_audit(entry: AuditEntry) -> None:
             services.events.publish("audit.appended", seq=entry.seq, action=entry.action,
-                                    decision=entry.decision, target=entry.target)
+                                    decision=entry.decision, target=entry.target,
+                                    actor=entry.actor)
 
         services.audit.add_listener(on_audit)
         server = OwnerServer(

@@ -1,4 +1,40 @@
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 # Qt renders offscreen in tests: no display server needed.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from tests.gui.world import World
+from tests.integration.harness import DaemonProcess
+
+
+@pytest.fixture
+def daemon_base(real_keychain: str) -> Iterator[Path]:
+    # Unix socket paths are limited to ~107 bytes: pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="pacd-gui-") as base:
+        yield Path(base)
+
+
+@pytest.fixture
+def world(daemon_base: Path) -> Iterator[World]:
+    daemon = DaemonProcess(daemon_base).start()
+    try:
+        yield World(daemon)
+    finally:
+        if daemon.alive():
+            daemon.stop(timeout=30)
+
+
+@pytest.fixture
+def bare_world(daemon_base: Path) -> Iterator[World]:
+    """A daemon with no owner yet."""
+    daemon = DaemonProcess(daemon_base).start()
+    try:
+        yield World(daemon, owner=False)
+    finally:
+        if daemon.alive():
+            daemon.stop(timeout=30)

@@ -12,28 +12,20 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextDocument
 
-from gui.tray import ApprovalDialog, plain_message_box, plain_tooltip
+from gui.text import plain_label, plain_message_box, plain_tooltip
 
 HOSTILE = "</b><font color=white>Formatter 1.0 (reads nothing)</font><b>"
 
 
-def _detail(summary: str) -> dict[str, Any]:
-    return {"id": "a1", "kind": "plugin.install", "summary": f"install plugin {summary}",
-            "required_level": "carbonProof", "expires_at": "2026-12-01T07:00:00Z",
-            "payload": {"name": summary}}
-
-
-def test_tray_shows_markup_in_plugin_name_literally(qtbot: Any) -> None:
-    dialog = ApprovalDialog(_detail(HOSTILE))
-    qtbot.addWidget(dialog)
-    for label in (dialog.summary, dialog.needs, dialog.status):
-        assert label.textFormat() == Qt.TextFormat.PlainText
-    assert dialog.summary.text() == f"install plugin {HOSTILE}"
+def test_tray_labels_show_markup_and_controls_literally(qtbot: Any) -> None:
+    label = plain_label(f"install plugin {HOSTILE}\u202e\x1b[2J")
+    qtbot.addWidget(label)
+    assert label.textFormat() == Qt.TextFormat.PlainText
+    assert label.text() == f"install plugin {HOSTILE}\\u202e\\x1b[2J"
     # What the owner reads: the tags themselves, not a white (invisible) font.
     shown = QTextDocument()
-    shown.setPlainText(dialog.summary.text())
+    shown.setPlainText(label.text())
     assert "<font color=white>" in shown.toPlainText()
-    assert dialog.summary.font().bold()
 
 
 def test_tray_error_boxes_and_tooltips_show_markup_literally(qtbot: Any) -> None:

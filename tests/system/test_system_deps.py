@@ -70,6 +70,9 @@ PROGRAMS: tuple[Program, ...] = (
     Program("makensis", "tests/system/test_packaging.py (the Windows installer)"),
     Program("wine", "tests/system/test_packaging.py (installs and uninstalls it)"),
     Program("wineserver", "tests/system/test_packaging.py (waits for wine's processes)"),
+    Program("trayer", "scripts/screenshots (a tray host on the private X server)"),
+    Program("xdotool", "scripts/screenshots (finds and clicks the tray's windows)"),
+    Program("import", "scripts/screenshots (ImageMagick: saves the PNGs)"),
 )
 
 #: everything the test resolves, by name: the tests' programs and Podman's helpers

@@ -21,6 +21,8 @@ from tests.conftest import require_system
 ROOT = Path(__file__).resolve().parents[2]
 #: benchmarks that start a private Podman service (and the daemon, with the keychain)
 NEEDS_PODMAN = {"api_bench", "start_bench", "soak_bench"}
+#: benchmarks that start the daemon (with the keychain) but no Podman
+NEEDS_KEYCHAIN = {"tray_bench"}
 #: the line each benchmark exists for: its comparison against the baseline
 RATIO = {
     "vault_bench": r"MiB seal\+open .* ratio \d+\.\d\d \(target >= 0\.50\)",
@@ -31,6 +33,7 @@ RATIO = {
     # the soak's comparison is each server against itself: before -> after
     "soak_bench": (r"daemon \(owner socket\) +\d+\.\d -> +\d+\.\d -> +\d+\.\d MiB"
                    r" +\d+ -> +\d+ -> +\d+"),
+    "tray_bench": r"ratio p95 / target: \d+\.\d\d \(target p95 <= 100 ms\)",
 }
 
 
@@ -45,7 +48,7 @@ def _run(name: str) -> str:
     return out.stdout
 
 
-@pytest.mark.parametrize("name", sorted(set(BENCHES) - NEEDS_PODMAN))
+@pytest.mark.parametrize("name", sorted(set(BENCHES) - NEEDS_PODMAN - NEEDS_KEYCHAIN))
 def test_benchmark_smallest_configuration_prints_its_ratio(name: str) -> None:
     assert re.search(RATIO[name], _run(name)), name
 
@@ -57,4 +60,11 @@ def test_podman_benchmark_smallest_configuration_prints_its_ratio(
         name: str, real_keychain: str) -> None:
     if shutil.which("podman") is None:
         require_system("podman (apt install podman)")
+    assert re.search(RATIO[name], _run(name)), name
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("name", sorted(NEEDS_KEYCHAIN))
+def test_daemon_benchmark_smallest_configuration_prints_its_ratio(
+        name: str, real_keychain: str) -> None:
     assert re.search(RATIO[name], _run(name)), name

@@ -1,0 +1,141 @@
+"""The presence ceremony for one approval, run off the GUI thread.
+
+A :class:`CeremonyWorker` lives on its own ``QThread``: it checks (again) that
+the challenge is the payload's digest, asks the key to sign — telling the
+panel to say "touch your key", or asking it for the PIN — and posts the
+assertion. Cancel sets the ceremony's cancel event, which the key and
+python-fido2 honour; a timeout does the same. Each way it can fail ends in one
+sentence the owner can act on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fido2.client import UserInteraction
+from PySide6.QtCore import QObject, Signal, Slot
+
+from gui.signals import emit
+from pacd.client import Client, approval_challenge_matches
+from pacd.errors import PacdError
+
+#: (options, origin, interaction, cancel, timeout_s) -> AuthenticationResponseJSON
+Authenticator = Callable[[Mapping[str, Any], str, UserInteraction, threading.Event, float],
+                         dict[str, Any]]
+CEREMONY_TIMEOUT_S = 60.0
+MISMATCH = ("the challenge the daemon asks you to sign is not the digest of the payload it "
+            "shows; not signed")
+
+#: one sentence per way a ceremony fails, by error code
+SENTENCES = {
+    "no_authenticator": "No security key was found: plug one in and try again.",
+    "pin_invalid": "Wrong PIN for the security key; nothing was approved.",
+    "pin_blocked": "The security key's PIN is blocked; nothing was approved.",
+    "timeout": "The security key was not touched in time; nothing was approved.",
+    "cancelled": "Cancelled; nothing was approved.",
+    "presence_failed": "The daemon did not accept this key's signature (is the key enrolled "
+                       "with pacd?); nothing was approved.",
+    "possible_cloned_authenticator": "The key's signature counter went backwards (a cloned "
+                                     "key?); nothing was approved and the daemon raised an "
+                                     "alarm.",
+    "payload_mismatch": "The daemon's stored request no longer matches its challenge; nothing "
+                        "was approved.",
+}
+
+
+def failure_sentence(exc: PacdError) -> str:
+    if exc.code == "ceremony_failed" and "not enrolled" in exc.message:
+        return "This security key is not enrolled with pacd; nothing was approved."
+    return SENTENCES.get(exc.code, f"Not approved: {exc.message}")
+
+
+def device_authenticate(options: Mapping[str, Any], origin: str, interaction: UserInteraction,
+                        cancel: threading.Event, timeout_s: float) -> dict[str, Any]:
+    """The real ceremony: the first USB/NFC key (or Windows Hello where it is the client)."""
+    from pacd.presence.client import authenticate
+
+    return authenticate(options, origin, interaction, timeout_s=timeout_s, cancel=cancel)
+
+
+class CeremonyWorker(QObject):
+    """Signs and posts one approval. Lives on a QThread; talk to it through its slots."""
+
+    #: what the panel should say now ("Touch your security key", ...)
+    prompt = Signal(str)
+    #: the key asks for its PIN; the panel answers with :meth:`provide_pin`
+    pin_needed = Signal(str)
+    #: "" when approved, else the sentence saying why not
+    finished = Signal(str)
+
+    def __init__(self, client: Client, detail: dict[str, Any], authenticator: Authenticator,
+                 timeout_s: float = CEREMONY_TIMEOUT_S, device_name: str = "security key"
+                 ) -> None:
+        super().__init__()
+        self.client = client
+        self.detail = detail
+        self.authenticator = authenticator
+        self.timeout_s = timeout_s
+        self.device_name = device_name
+        self.cancel_event = threading.Event()
+        self._pin: str | None = None
+        self._pin_given = threading.Event()
+        self._pin_asked = 0
+
+    def cancel(self) -> None:
+        """Callable from any thread: ends the ceremony as "cancelled"."""
+        self.cancel_event.set()
+        self._pin = None
+        self._pin_given.set()
+
+    def provide_pin(self, pin: str | None) -> None:
+        self._pin = pin or None
+        self._pin_given.set()
+
+    def _ask_pin(self) -> str | None:
+        self._pin_asked += 1
+        again = " (wrong PIN before; a key blocks after 8 wrong tries)" if self._pin_asked > 1 \
+            else ""
+        self._pin_given.clear()
+        emit(self.pin_needed, f"Enter the PIN of your {self.device_name}{again}:")
+        while not self._pin_given.wait(0.1):
+            if self.cancel_event.is_set():
+                return None
+        return None if self.cancel_event.is_set() else self._pin
+
+    @Slot()
+    def run(self) -> None:
+        if not approval_challenge_matches(self.detail):
+            emit(self.finished, MISMATCH)
+            return
+        worker = self
+
+        class Interaction(UserInteraction):
+            def prompt_up(self) -> None:
+                emit(worker.prompt, f"Touch your {worker.device_name} now.")
+
+            def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
+                return worker._ask_pin()
+
+            def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
+                emit(worker.prompt, f"Verify yourself on your {worker.device_name} "
+                                   "(fingerprint or PIN on the key).")
+                return True
+
+        emit(self.prompt, f"Touch your {self.device_name} when it blinks.")
+        try:
+            credential = self.authenticator(self.detail["publicKey"], str(self.detail["origin"]),
+                                            Interaction(), self.cancel_event, self.timeout_s)
+            if self.cancel_event.is_set():
+                emit(self.finished, SENTENCES["cancelled"])
+                return
+            self.client.request("POST", f"/v1/approvals/{self.detail['id']}/approve",
+                                {"credential": credential})
+        except PacdError as exc:
+            emit(self.finished, failure_sentence(exc))
+            return
+        except Exception as exc:  # a broken key or driver must not take the tray down
+            emit(self.finished, f"Not approved: the key could not be used ({exc!r}).")
+            return
+        emit(self.finished, "")
