@@ -20,6 +20,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+#: where agents find the proxy: a listener inside their own network namespace
+PROXY_HOST = "127.0.0.1"
+PROXY_PORT = 3128
+PROXY_URL = f"http://{PROXY_HOST}:{PROXY_PORT}"
+#: the environment a networked agent gets: the proxy under every name clients read
+PROXY_ENV = {name: PROXY_URL for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                          "https_proxy")}
+
 #: the most a request head (request line and headers) may take
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
