@@ -42,7 +42,9 @@ def raw(data, host="127.0.0.1", port=3128):
     except OSError as exc:
         return "errno:%s" % exc.errno
     s.sendall(data.encode("latin-1"))
-    out = b""
+    return rest(s, b"")
+
+def rest(s, out):
     while True:
         chunk = s.recv(65536)
         if not chunk:
@@ -63,14 +65,7 @@ def tunnel(authority, request):
     if not head.startswith(b"HTTP/1.1 200"):
         return head.decode("latin-1") + s.recv(65536).decode("latin-1")
     s.sendall(request.encode())
-    out = head
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        out += chunk
-    s.close()
-    return out.decode("latin-1")
+    return rest(s, head)
 
 def direct(host, port):
     try:
