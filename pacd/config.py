@@ -84,9 +84,10 @@ class Config:
     quota_per_concern_bytes: int = 128 * 1024 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 10
-    #: trusted_domains cannot be enforced yet (no egress proxy): agents get external
-    #: network only when the owner accepts unrestricted egress here
-    unrestricted_egress: bool = False
+    #: let the egress proxy connect to loopback addresses (a trusted name resolving to
+    #: 127.0.0.1 or ::1). Off: loopback is the owner's own machine. For test daemons
+    #: whose test servers run on loopback; config.toml only, never the environment.
+    egress_allow_loopback: bool = False
     #: how often the retention task purges data older than each container's
     #: policy.data_retention_days (it also runs once at start-up)
     retention_interval_s: float = 3600.0
@@ -135,13 +136,23 @@ _ENV = {
     "PACD_APPROVAL_TTL": "approval_ttl_s",
     "PACD_RP_ID": "rp_id",
     "PACD_IMAGE_REPOSITORY": "image_repository",
-    "PACD_UNRESTRICTED_EGRESS": "unrestricted_egress",
     "PACD_RETENTION_INTERVAL": "retention_interval_s",
     "PACD_BASE_IMAGE": "base_image",
     "PACD_PLATFORM_PRESENCE": "platform_presence",
 }
 #: environment variables refused outright: their setting is read from config.toml only
-_FILE_ONLY = {"PACD_FPRINTD_BUS": "fprintd_bus_address"}
+_FILE_ONLY = {
+    "PACD_FPRINTD_BUS": ("fprintd_bus_address", "a bus that answers 'match' opens biometric "
+                                                "sessions"),
+    "PACD_EGRESS_ALLOW_LOOPBACK": ("egress_allow_loopback", "it lets agents reach the "
+                                                            "owner's own machine"),
+}
+#: settings that no longer exist, and why; naming one is an error, not a silent no-op
+_REMOVED = {
+    "unrestricted_egress": "networked agents now reach the outside only through pacd's "
+                           "egress proxy, limited to the policy's trusted_domains on its "
+                           "allowed_network_ports; there is no unrestricted egress",
+}
 
 #: (smallest, largest) allowed value of each lifetime and limit; None: no upper bound.
 #: Tokens live at most an hour and approvals at most a day, as the threat model assumes.
@@ -217,16 +228,22 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config: cannot read {path}: {exc}") from exc
         for key, value in data.items():
+            if key in _REMOVED:
+                raise ConfigError(f"config: {key} (in {path}) was removed: {_REMOVED[key]}")
             if key not in _FIELDS or key == "config_path":
                 raise ConfigError(f"config: unknown key {key!r} in {path}")
             values[key] = _coerce(key, value)
             source[key] = f"{key} (in {path})"
-    for var, name in _FILE_ONLY.items():
+    for var, (name, why) in _FILE_ONLY.items():
         if env.get(var):
             raise ConfigError(
-                f"config: {var} is not read from the environment (a bus that answers "
-                f"'match' opens biometric sessions): unset it and set {name} in {path}"
+                f"config: {var} is not read from the environment ({why}): unset it and "
+                f"set {name} in {path}"
             )
+    for name, why in _REMOVED.items():
+        var = f"PACD_{name.upper()}"
+        if env.get(var):
+            raise ConfigError(f"config: {var} was removed: {why}")
     for var, name in _ENV.items():
         if env.get(var):
             values[name] = _coerce(name, env[var])

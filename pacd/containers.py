@@ -45,9 +45,12 @@ from pacd.agents.server import (
 from pacd.api.peercred import pid_namespace
 from pacd.api.services import Services
 from pacd.core.actors import DAEMON_ACTOR
+from pacd.core.egress import PROXY_HOST, PROXY_PORT
 from pacd.core.generators import generate_containerfile
-from pacd.core.models import PersonalAIContainer
-from pacd.errors import NotFound, PacdError, RuntimeUnavailable
+from pacd.core.models import PersonalAIContainer, SecurityPolicy
+from pacd.egress.netns import bind_in_netns
+from pacd.egress.proxy import EgressProxy, PolicyOf
+from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
 from pacd.registry import ContainerRecord
 from pacd.runtime.hardening import (
     LABEL_AGENT,
@@ -56,6 +59,7 @@ from pacd.runtime.hardening import (
     PACD_LABELS,
     agent_run_spec,
     container_name,
+    egress_via_proxy,
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
@@ -120,6 +124,8 @@ class ContainerLifecycle:
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
             clock=services.clock.wall))
+        self.egress = EgressProxy(services.audit,
+                                  allow_loopback=services.config.egress_allow_loopback)
         self._runtime_lock = threading.Lock()
         self._runtime: PodmanRuntime | None = None
         #: the last state pacd saw per agent, so each change is reported once
@@ -198,7 +204,49 @@ class ContainerLifecycle:
         self._on_loop(self.sockets.serve_namespace(container_id, agent, ns))
 
     def _close_socket(self, container_id: str, agent: str) -> bool:
+        self._on_loop(self.egress.close(container_id, agent))
         return self._on_loop(self.sockets.close(container_id, agent))
+
+    def _open_egress(self, runtime: PodmanRuntime, record: ContainerRecord, agent: str) -> None:
+        """Serve the egress proxy inside a running agent's container when its policy lets
+        it out (the container itself has loopback only). Looked up at each start or
+        sighting, like the socket's namespace; a listener already in this container
+        is kept."""
+        model = record.model()
+        member = model.agent(agent)
+        if member is None or not egress_via_proxy(model, member):
+            return
+        pid = runtime.init_pid(container_name(record.id, agent))
+        if pid is None:
+            raise RuntimeFailed(f"agent {agent!r} of {record.id} is not running: "
+                                "no egress proxy for it")
+        if self.egress.serving(record.id, agent) == pid:
+            return
+        sock = bind_in_netns(pid, PROXY_HOST, PROXY_PORT)
+        try:
+            self._on_loop(self.egress.open(record.id, agent, pid, sock,
+                                           self._egress_policy(record.id, agent)))
+        except BaseException:
+            sock.close()
+            raise
+
+    def _egress_policy(self, container_id: str, agent: str) -> PolicyOf:
+        """The policy each egress connection is checked against: the container's as it
+        is now, or None once the agent may no longer go out (or the container is gone)."""
+        def read() -> SecurityPolicy | None:
+            try:
+                model = self.s.registry.get(container_id).model()
+            except NotFound:
+                return None
+            member = model.agent(agent)
+            if member is None or not egress_via_proxy(model, member):
+                return None
+            return model.policy
+
+        async def policy() -> SecurityPolicy | None:
+            return await asyncio.to_thread(read)
+
+        return policy
 
     # --- Lifecycle ---------------------------------------------------------------------
 
@@ -238,16 +286,17 @@ class ContainerLifecycle:
                     # Running already (e.g. across a daemon restart): just serve it.
                     self._open_socket(record, model, agent.name)
                     self._serve_container(runtime, record.id, agent.name)
+                    self._open_egress(runtime, record, agent.name)
                     continue
                 # The socket exists before the agent does, so its first request works.
                 self._open_socket(record, model, agent.name)
                 started.append(agent.name)
                 path = socket_path(self.s.config.agent_socket_dir, record.id, agent.name)
                 spec = agent_run_spec(model, agent, record.owner_id, path,
-                                      socket_dir=path.parent,
-                                      unrestricted_egress=self.s.config.unrestricted_egress)
+                                      socket_dir=path.parent)
                 runtime.run_agent(spec, replace=True)
                 self._serve_container(runtime, record.id, agent.name)
+                self._open_egress(runtime, record, agent.name)
                 self._note(record.id, agent.name, RUNNING)
         except BaseException:
             # All or nothing: a container whose agents half run is worse than one
@@ -330,8 +379,7 @@ class ContainerLifecycle:
         return tag, lines()
 
     def export_kube(self, record: ContainerRecord) -> str:
-        return export_kube(record.model(), record.owner_id,
-                           unrestricted_egress=self.s.config.unrestricted_egress)
+        return export_kube(record.model(), record.owner_id)
 
     # --- orphans & reconciling ---------------------------------------------------------
 
@@ -402,8 +450,10 @@ class ContainerLifecycle:
             try:
                 self._open_socket(record, record.model(), agent)
                 self._serve_container(runtime, record.id, agent)
+                self._open_egress(runtime, record, agent)
             except PacdError as exc:
-                log.error("cannot open the socket of %s/%s: %s", record.id, agent, exc.message)
+                log.error("cannot open the socket or egress proxy of %s/%s: %s", record.id,
+                          agent, exc.message)
         else:
             self._close_socket(record.id, agent)
         if not self._note(record.id, agent, state):
@@ -486,6 +536,7 @@ class ContainerLifecycle:
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, 10.0)
         await self.sockets.close_all()
+        await self.egress.close_all()
         with self._runtime_lock:
             runtime, self._runtime = self._runtime, None
         if runtime is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pacd.core import fields as f
 from pacd.core.canonical import canonical_json
+from pacd.core.egress import is_domain_pattern
 from pacd.errors import SpecError
 
 # --- enums -------------------------------------------------------------------
@@ -362,8 +363,9 @@ def _check_policy_values(values: Mapping[str, Any], path: str, problems: f.Probl
         seen_domains: set[str] = set()
         for i, domain in enumerate(domains):
             item = f.index(domains_path, i)
-            if f.read_string(domain, item, problems, check=f.is_hostname,
-                             expect="a lowercase host name (like api.example.org)", max_len=253):
+            if f.read_string(domain, item, problems, check=is_domain_pattern,
+                             expect="a lowercase host name (like api.example.org) or "
+                                    "*.example.org for the names below it", max_len=255):
                 if domain in seen_domains:
                     problems.add(item, f"duplicate domain {f.show(domain)}")
                 seen_domains.add(domain)

@@ -5,8 +5,8 @@
 only translates it to the Podman API, so what is tested here is exactly what
 runs. Every container gets the same floor (read-only root, uid 1000, no
 capabilities, no-new-privileges, pids/memory limits, a small noexec ``/tmp``);
-the network is the only thing the policy can open, and only as far as
-DESIGN.md §5 allows.
+no agent gets a network interface but loopback: the policy can open only a
+way out through pacd's egress proxy (DESIGN.md §5), never a route.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pacd.core.egress import PROXY_ENV
 from pacd.core.generators import LABEL_CARBON_BASED, LABEL_PERSONAL_AI, generate_container_config
 from pacd.core.models import (
     EXTERNAL_CAPABILITIES,
@@ -172,20 +173,12 @@ def seed_env(container: PersonalAIContainer, owner_id: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def network_allowed(
-    container: PersonalAIContainer, agent: AgentDomain, *, unrestricted_egress: bool = False
-) -> bool:
-    """External network only when the policy allows external APIs, the agent holds a
-    network capability, and its isolation is not strict (DESIGN.md §5).
-
-    DESIGN.md also limits that network to the policy's ``trusted_domains``, which
-    needs an egress proxy pacd does not have yet. Rather than hand out network
-    that reaches everywhere, it is withheld unless the owner has said, in the
-    daemon's configuration (``unrestricted_egress = true``), that unrestricted
-    egress is acceptable: fail closed until the restriction can be enforced.
-    """
-    if not unrestricted_egress:
-        return False
+def egress_via_proxy(container: PersonalAIContainer, agent: AgentDomain) -> bool:
+    """Whether the agent may reach the outside (DESIGN.md §5): the policy allows
+    external APIs, the agent holds a network capability, and its isolation is not
+    strict. Even then it gets no network interface but loopback: its only way out
+    is pacd's egress proxy (``HTTP_PROXY``), limited to ``trusted_domains`` on
+    ``allowed_network_ports``."""
     if agent.isolation is IsolationLevel.strict:
         return False
     if not container.policy.allow_external_apis:
@@ -205,7 +198,6 @@ def agent_run_spec(
     pids_limit: int = DEFAULT_PIDS_LIMIT,
     memory_limit_bytes: int = DEFAULT_MEMORY_BYTES,
     tmp_bytes: int = DEFAULT_TMP_BYTES,
-    unrestricted_egress: bool = False,
 ) -> AgentRunSpec:
     """The hardened run spec for one agent of a container.
 
@@ -215,6 +207,8 @@ def agent_run_spec(
     re-created by a restarted daemon stays reachable in a running container,
     which a bind mount of the socket file itself does not.
     ``image`` overrides the agent's image (e.g. the owner's built image).
+    Every agent gets a network namespace of its own with loopback only; one that
+    may go out (:func:`egress_via_proxy`) is told where the proxy listens.
     """
     if container.agent(agent.name) != agent:
         raise InvalidRequest(f"agent {agent.name!r} is not part of container {container.id}")
@@ -223,6 +217,7 @@ def agent_run_spec(
         "PACD_AGENT_SOCKET": AGENT_SOCKET_IN_CONTAINER,
         "PACD_AGENT": agent.name,
         "PACD_CONTAINER_ID": container.id,
+        **(PROXY_ENV if egress_via_proxy(container, agent) else {}),
     }
     if socket_dir is not None:
         if PurePosixPath(socket_path) != PurePosixPath(socket_dir) / "agent.sock":
@@ -231,11 +226,6 @@ def agent_run_spec(
         mount = BindMount(str(socket_dir), AGENT_SOCKET_DIR_IN_CONTAINER)
     else:
         mount = BindMount(str(socket_path), AGENT_SOCKET_IN_CONTAINER)
-    network = network_allowed(container, agent, unrestricted_egress=unrestricted_egress)
-    ports = (
-        tuple(PortPublish(p) for p in sorted(container.policy.allowed_network_ports))
-        if network else ()
-    )
     return AgentRunSpec(
         name=container_name(container.id, agent.name),
         image=image or agent.image,
@@ -246,7 +236,5 @@ def agent_run_spec(
         pids_limit=pids_limit,
         memory_limit_bytes=memory_limit_bytes,
         tmpfs=(TmpfsMount(CONTAINER_TMP, tmp_bytes),),
-        network=network,
-        published_ports=ports,
         hostname=agent.name,
     )

@@ -22,7 +22,6 @@ from pacd.runtime.hardening import (
     DEFAULT_TMP_BYTES,
     agent_labels,
     container_name,
-    network_allowed,
     seed_env,
 )
 
@@ -48,18 +47,13 @@ def _security_context() -> dict[str, Any]:
 
 
 def agent_pod(container: PersonalAIContainer, agent_name: str, owner_id: str,
-              image: str, *, unrestricted_egress: bool = False) -> dict[str, Any]:
+              image: str) -> dict[str, Any]:
     agent = container.agent(agent_name)
     if agent is None:
         raise InvalidRequest(f"no agent {agent_name!r} in container {container.id}")
     name = container_name(container.id, agent.name)
     env = {**seed_env(container, owner_id), "PACD_AGENT_SOCKET": AGENT_SOCKET_IN_CONTAINER,
            "PACD_AGENT": agent.name, "PACD_CONTAINER_ID": container.id}
-    ports = (
-        [{"containerPort": p, "protocol": "TCP"}
-         for p in sorted(container.policy.allowed_network_ports)]
-        if network_allowed(container, agent, unrestricted_egress=unrestricted_egress) else []
-    )
     spec_container: dict[str, Any] = {
         # Podman names it <pod>-<container>: pacd-<id>-<agent>-agent.
         "name": "agent",
@@ -70,8 +64,6 @@ def agent_pod(container: PersonalAIContainer, agent_name: str, owner_id: str,
         "resources": {"limits": {"memory": _mebibytes(DEFAULT_MEMORY_BYTES)}},
         "volumeMounts": [{"name": "tmp", "mountPath": CONTAINER_TMP}],
     }
-    if ports:
-        spec_container["ports"] = ports
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -98,10 +90,11 @@ def agent_pod(container: PersonalAIContainer, agent_name: str, owner_id: str,
 
 
 def agent_network_policy(container: PersonalAIContainer, agent_name: str,
-                         owner_id: str, *, unrestricted_egress: bool = False) -> dict[str, Any]:
-    """Deny-all for agents without network (strict isolation, or no external APIs /
-    no network capability). Agents with network get egress, and ingress only on
-    the policy's ports; agent-to-agent traffic goes through pacd, never pod to pod."""
+                         owner_id: str) -> dict[str, Any]:
+    """Deny-all, for every agent. Agent-to-agent traffic goes through pacd, never pod
+    to pod, and the way out that pacd grants (its egress proxy, limited to the
+    policy's trusted_domains) does not exist in a cluster: opening the pod's
+    network there would give unrestricted egress instead."""
     agent = container.agent(agent_name)
     if agent is None:
         raise InvalidRequest(f"no agent {agent_name!r} in container {container.id}")
@@ -110,12 +103,6 @@ def agent_network_policy(container: PersonalAIContainer, agent_name: str,
         "podSelector": {"matchLabels": labels},
         "policyTypes": ["Ingress", "Egress"],
     }
-    if network_allowed(container, agent, unrestricted_egress=unrestricted_egress):
-        spec["egress"] = [{}]
-        if container.policy.allowed_network_ports:
-            spec["ingress"] = [{"ports": [{"protocol": "TCP", "port": p}
-                                          for p in sorted(
-                                              container.policy.allowed_network_ports)]}]
     # No ingress/egress rules listed ⇒ everything of that direction is denied.
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -127,7 +114,7 @@ def agent_network_policy(container: PersonalAIContainer, agent_name: str,
 
 def export_kube(container: PersonalAIContainer, owner_id: str,
                 image_for_agent: Callable[[str], str] | None = None,
-                *, network_policies: bool = True, unrestricted_egress: bool = False) -> str:
+                *, network_policies: bool = True) -> str:
     """Multi-document Kubernetes YAML: a Pod per agent, then a NetworkPolicy per agent.
 
     ``image_for_agent(agent_name)`` picks each agent's image (default: the
@@ -137,10 +124,8 @@ def export_kube(container: PersonalAIContainer, owner_id: str,
     docs: list[dict[str, Any]] = []
     for agent in container.agents:
         image = image_for_agent(agent.name) if image_for_agent else agent.image
-        docs.append(agent_pod(container, agent.name, owner_id, image,
-                              unrestricted_egress=unrestricted_egress))
+        docs.append(agent_pod(container, agent.name, owner_id, image))
     if network_policies:
-        docs.extend(agent_network_policy(container, a.name, owner_id,
-                                         unrestricted_egress=unrestricted_egress)
+        docs.extend(agent_network_policy(container, a.name, owner_id)
                     for a in container.agents)
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)

@@ -117,3 +117,27 @@ def test_fprintd_bus_is_read_from_the_file_only(tmp_path: Path) -> None:
         "unix:path=/tmp/test-bus")
     with pytest.raises(ConfigError, match="PACD_FPRINTD_BUS is not read from the environment"):
         load_config({"PACD_CONFIG": str(conf), "PACD_FPRINTD_BUS": "unix:path=/tmp/other"})
+
+
+def test_loopback_egress_is_off_by_default_and_never_from_the_environment(
+        tmp_path: Path) -> None:
+    absent = str(tmp_path / "absent.toml")
+    assert load_config({"PACD_CONFIG": absent}).egress_allow_loopback is False
+    conf = tmp_path / "config.toml"
+    conf.write_text("egress_allow_loopback = true\n")
+    assert load_config({"PACD_CONFIG": str(conf)}).egress_allow_loopback is True
+    with pytest.raises(ConfigError, match="PACD_EGRESS_ALLOW_LOOPBACK is not read from the "
+                                          r"environment .*owner's own machine"):
+        load_config({"PACD_CONFIG": absent, "PACD_EGRESS_ALLOW_LOOPBACK": "true"})
+
+
+def test_unrestricted_egress_setting_is_refused_not_silently_ignored(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text("unrestricted_egress = true\n")
+    with pytest.raises(ConfigError, match=r"unrestricted_egress \(in .*\) was removed: "
+                                          "networked agents now reach the outside only "
+                                          "through pacd's egress proxy"):
+        load_config({"PACD_CONFIG": str(conf)})
+    with pytest.raises(ConfigError, match="PACD_UNRESTRICTED_EGRESS was removed"):
+        load_config({"PACD_CONFIG": str(tmp_path / "absent.toml"),
+                     "PACD_UNRESTRICTED_EGRESS": "false"})

@@ -25,7 +25,7 @@ from pacd.runtime.hardening import (
     BindMount,
     PortPublish,
     agent_run_spec,
-    network_allowed,
+    egress_via_proxy,
 )
 from pacd.runtime.images import owner_image_tag
 from pacd.runtime.kube import export_kube
@@ -88,36 +88,22 @@ def test_image_override() -> None:
     IsolationLevel, (False, True),
     ((), (Capability.textGeneration,), (Capability.networkAccess,), (Capability.webSearch,),
      (Capability.apiCall, Capability.dataAnalysis), (Capability.fileAccess,)))))
-def test_network_only_with_policy_capability_and_non_strict_isolation(
+def test_no_agent_gets_a_route_out_only_the_proxy_when_policy_and_capability_allow(
         isolation: IsolationLevel, allow: bool, caps: tuple[Capability, ...]) -> None:
     a = agent(isolation=isolation, caps=caps)
     policy = SecurityPolicy.custom(allow_external_apis=allow, allowed_network_ports=[8080, 443])
-    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK,
-                          unrestricted_egress=True)
+    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK)
     expected = (isolation is not IsolationLevel.strict and allow
                 and bool(set(caps) & EXTERNAL_CAPABILITIES))
-    assert spec.network is expected
-    assert network_allowed(container_of(a, policy=policy), a,
-                           unrestricted_egress=True) is expected
-    # trusted_domains cannot be enforced yet: without the owner's explicit
-    # acceptance of unrestricted egress, no agent gets network at all.
-    withheld = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK)
-    assert withheld.network is False and withheld.published_ports == ()
-    assert network_allowed(container_of(a, policy=policy), a) is False
-    assert [p.container_port for p in spec.published_ports] == ([443, 8080] if expected else [])
-    assert all(p.host_ip == "127.0.0.1" for p in spec.published_ports)
+    assert egress_via_proxy(container_of(a, policy=policy), a) is expected
+    # Whatever the policy says: loopback only, nothing published.
+    assert spec.network is False and spec.published_ports == ()
     body = create_body(spec, "bridge")
-    assert body["netns"] == {"nsmode": "bridge" if expected else "none"}
-    assert [m["container_port"] for m in body["portmappings"]] == (
-        [443, 8080] if expected else [])
-
-
-def test_strict_preset_publishes_nothing_even_with_network() -> None:
-    a = agent(isolation=IsolationLevel.managed, caps=(Capability.networkAccess,))
-    policy = SecurityPolicy.custom(allow_external_apis=True, allowed_network_ports=[])
-    spec = agent_run_spec(container_of(a, policy=policy), a, "owner-1", SOCK,
-                          unrestricted_egress=True)
-    assert spec.network is True and spec.published_ports == ()
+    assert body["netns"] == {"nsmode": "none"}
+    assert body["portmappings"] == []
+    proxy_env = {k: v for k, v in spec.env.items() if k.lower().endswith("_proxy")}
+    assert proxy_env == ({k: "http://127.0.0.1:3128" for k in (
+        "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")} if expected else {})
 
 
 def test_create_body_sets_every_hardening_field_by_its_podman_name() -> None:
@@ -190,11 +176,7 @@ def test_kube_export_pods_and_network_policies() -> None:
     c = container_of(strict, scout,
                      policy=SecurityPolicy.custom(allow_external_apis=True,
                                                   allowed_network_ports=[8443]))
-    closed = list(yaml.safe_load_all(export_kube(c, "owner-1")))
-    # Without accepted unrestricted egress every agent's policy denies everything.
-    assert all("egress" not in d["spec"] for d in closed if d["kind"] == "NetworkPolicy")
-    docs = list(yaml.safe_load_all(export_kube(c, "owner-1", lambda n: f"localhost/{n}:1",
-                                               unrestricted_egress=True)))
+    docs = list(yaml.safe_load_all(export_kube(c, "owner-1", lambda n: f"localhost/{n}:1")))
     pods = {d["metadata"]["labels"]["com.luciverse.agent"]: d for d in docs if d["kind"] == "Pod"}
     policies = {d["metadata"]["labels"]["com.luciverse.agent"]: d
                 for d in docs if d["kind"] == "NetworkPolicy"}
@@ -213,16 +195,14 @@ def test_kube_export_pods_and_network_policies() -> None:
         assert pod["spec"]["automountServiceAccountToken"] is False
         env = {e["name"]: e["value"] for e in ctr["env"]}
         assert env["CARBON_BASED_AUTH"] == "required"
-    assert "ports" not in pods["writer"]["spec"]["containers"][0]
-    assert pods["scout"]["spec"]["containers"][0]["ports"] == [
-        {"containerPort": 8443, "protocol": "TCP"}]
-    deny = policies["writer"]["spec"]
-    assert deny["policyTypes"] == ["Ingress", "Egress"]
-    assert "ingress" not in deny and "egress" not in deny  # no rule ⇒ all denied
-    assert deny["podSelector"]["matchLabels"]["com.luciverse.agent"] == "writer"
-    opened = policies["scout"]["spec"]
-    assert opened["egress"] == [{}]
-    assert opened["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8443}]}]
+    # A cluster has no pacd egress proxy: even the agent whose policy allows external
+    # APIs gets no ports and a deny-all policy, never unrestricted egress.
+    for name in ("writer", "scout"):
+        assert "ports" not in pods[name]["spec"]["containers"][0]
+        deny = policies[name]["spec"]
+        assert deny["policyTypes"] == ["Ingress", "Egress"]
+        assert "ingress" not in deny and "egress" not in deny  # no rule ⇒ all denied
+        assert deny["podSelector"]["matchLabels"]["com.luciverse.agent"] == name
 
 
 def test_owner_image_tag() -> None:
