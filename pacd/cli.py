@@ -20,9 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-
-from fido2.client import UserInteraction
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pacd import __version__
 from pacd.config import load_config
@@ -34,6 +32,9 @@ from pacd.errors import (
     PresenceRequired,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from fido2.client import UserInteraction
 
 Handler = Callable[[argparse.Namespace, "Ctx"], Any]
 
@@ -90,25 +91,31 @@ class Ctx:
 
         begin = self.client.request("POST", "/v1/sessions/begin", {"level": level}, auth=False)
         self.say(f"Presence needed for a {level} session.")
-        credential = authenticate(begin["publicKey"], begin["origin"], TerminalInteraction(self))
+        credential = authenticate(begin["publicKey"], begin["origin"], terminal_interaction(self))
         return self.client.complete_session(begin["session_id"], credential)
 
 
-class TerminalInteraction(UserInteraction):
-    """python-fido2's UserInteraction for a terminal."""
+def terminal_interaction(ctx: Ctx) -> UserInteraction:
+    """python-fido2's UserInteraction for a terminal.
 
-    def __init__(self, ctx: Ctx) -> None:
-        self.ctx = ctx
+    ``fido2.client`` (and the X.509 code it brings) is imported here, by the
+    commands that run a ceremony: ``pacd daemon`` starts through this module
+    too, and a daemon start must not wait for modules it never uses.
+    """
+    from fido2.client import UserInteraction
 
-    def prompt_up(self) -> None:
-        self.ctx.say("Touch your security key…")
+    class TerminalInteraction(UserInteraction):
+        def prompt_up(self) -> None:
+            ctx.say("Touch your security key…")
 
-    def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
-        return getpass.getpass("Security key PIN: ")
+        def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
+            return getpass.getpass("Security key PIN: ")
 
-    def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
-        self.ctx.say("Verify yourself on the key (fingerprint or PIN)…")
-        return True
+        def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
+            ctx.say("Verify yourself on the key (fingerprint or PIN)…")
+            return True
+
+    return TerminalInteraction()
 
 
 # --- human formatting ----------------------------------------------------------
@@ -212,7 +219,7 @@ def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
     body = {"label": args.label} if args.label else {}
     begin = ctx.call("POST", "/v1/owner/credentials/begin", body)
     ctx.say("Enrolling a presence credential.")
-    credential = register(begin["publicKey"], begin["origin"], TerminalInteraction(ctx))
+    credential = register(begin["publicKey"], begin["origin"], terminal_interaction(ctx))
     done = ctx.client.request("POST", "/v1/owner/credentials/complete",
                               {"credential": credential,
                                "registration_id": begin["registration_id"]})
@@ -395,7 +402,7 @@ def cmd_approve(args: argparse.Namespace, ctx: Ctx) -> None:
         ctx.say(f"You are approving: {detail['summary']}")
         ctx.say(json.dumps(detail["payload"], indent=2, sort_keys=True))
         credential = authenticate(detail["publicKey"], detail["origin"],
-                                  TerminalInteraction(ctx))
+                                  terminal_interaction(ctx))
     done = ctx.client.request("POST", f"/v1/approvals/{args.id}/approve",
                               {"credential": credential})
     ctx.out(done, f"approval {done['id']}: {done['state']}")
