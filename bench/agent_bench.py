@@ -35,6 +35,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bench.loadavg import reports_load
 from tests.pidns_connector import NamespaceConnector, stand_in_container
 
 CLIENTS = 8  # per agent: below the default policy's maxConcurrentConnections (10)
@@ -185,6 +186,7 @@ def _audited_reads(audit_db: str) -> int:
     return int(row[0])
 
 
+@reports_load
 def main(smoke: bool = False) -> None:
     """The benchmark; ``smoke``: its smallest configuration, once (seconds), to show it
     still runs and prints its ratios — the numbers mean nothing then."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import sys
 import tempfile
 import threading
@@ -35,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.loadavg import reports_load
 from pacd.audit import AuditLog
 from pacd.core.canonical import canonical_json
 
@@ -138,20 +138,16 @@ def alternate(
     return max(base), max(group)
 
 
-def load() -> str:
-    return "/".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def _n(count: int) -> int:
     return max(1, int(count * WORK))
 
 
+@reports_load
 def main(smoke: bool = False) -> None:
     """The benchmark; ``smoke``: its smallest configuration, once (seconds), to show it
     still runs and prints its ratios — the numbers mean nothing then."""
     if smoke:
         globals().update(SMOKE)
-    print(f"load average before: {load()} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"disk: {root} (a temporary directory); best of {ROUNDS} alternating rounds")
@@ -177,7 +173,6 @@ def main(smoke: bool = False) -> None:
     print(f"verify {VERIFY_ENTRIES} entries: {verify_s:.2f} s "
           f"({VERIFY_ENTRIES / verify_s:.0f} entries/s); bare HMAC chain {hmac_s:.2f} s; "
           f"ratio {verify_s / hmac_s:.1f}x")
-    print(f"load average after: {load()}")
 
 
 if __name__ == "__main__":

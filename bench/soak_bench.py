@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench.agent_bench import CONCERN, VALUE, _fill, _serve
 from bench.api_bench import _start_daemon, _token
+from bench.loadavg import reports_load
 from pacd.client import Client, UnixHTTPConnection
 from pacd.config import load_config
 from tests.pidns_connector import NamespaceConnector, stand_in_container
@@ -126,6 +127,7 @@ async def _agents(socks: list[socket.socket], deadline: float) -> int:
     return sum(counts)
 
 
+@reports_load
 def main(smoke: bool = False) -> None:
     """The soak; ``smoke``: a few seconds of it, to show it still runs and prints."""
     if smoke:

@@ -1,4 +1,13 @@
-"""Agent start time: ``PodmanRuntime.run_agent`` (+ state check) against ``podman run -d``.
+"""Start-up: the daemon's own, then an agent's.
+
+Daemon: ``python -m pacd daemon`` from exec to the first answer to ``GET
+/v1/status`` on its socket (polled every millisecond with the benchmark's
+lean client), ``DAEMON_RUNS`` starts on one home (a first start makes the
+keys and the databases: it is run once before, untimed), median; and the
+daemon's resident set (``VmRSS``) once it has answered and sat idle for a
+second. Targets: median <= 0.4 s, RSS <= 50 MB.
+
+Agent: ``PodmanRuntime.run_agent`` (+ state check) against ``podman run -d``.
 
 Both start the same hardened container (same image, same options: read-only
 root, uid 1000, cap-drop ALL, no-new-privileges, pids/memory limits, noexec
@@ -24,6 +33,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.api_bench import LeanConnection
+from bench.loadavg import reports_load
 from pacd.core.models import AgentDomain, PersonalAIContainer, SecurityPolicy
 from pacd.runtime.hardening import AgentRunSpec, agent_run_spec
 from pacd.runtime.podman import PodmanRuntime
@@ -36,8 +47,11 @@ from pacd.runtime.service import (
 from tests.podman_env import TEST_LABEL, ensure_busybox_image, tag_for_run
 
 N = 10
+DAEMON_RUNS = 5
+START_TARGET_S = 0.4
+RSS_TARGET_MB = 50.0
 #: ``--smoke``: the smallest configuration
-SMOKE = {"N": 1}
+SMOKE = {"N": 1, "DAEMON_RUNS": 1}
 COMMAND = ("/bin/busybox", "sleep", "3600")
 
 
@@ -102,11 +116,65 @@ def measure(runtime: PodmanRuntime, env: dict[str, str], image: str, sock: Path,
     return ours, cli
 
 
+def _daemon_start(env: dict[str, str], log: Path) -> tuple[float, float]:
+    """Start the daemon once: (seconds to its first status answer, idle RSS in MB)."""
+    sock = env["PACD_SOCKET"]
+    with open(log, "ab") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "pacd", "daemon"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        while True:
+            try:
+                LeanConnection(sock, "/v1/status", {}).get()
+                break
+            except (OSError, RuntimeError):
+                if proc.poll() is not None:
+                    raise RuntimeError(log.read_text()) from None
+                if time.perf_counter() - started > 60:
+                    raise RuntimeError("the daemon did not answer within 60 s") from None
+                time.sleep(0.001)
+        took = time.perf_counter() - started
+        time.sleep(1.0)  # idle: what it holds when nobody asks anything
+        return took, _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def daemon_start() -> None:
+    """Print the daemon's start-up time and idle RSS against their targets."""
+    with tempfile.TemporaryDirectory(prefix="pacd-bench-") as tmp:
+        base = Path(tmp)
+        env = {**os.environ, "PACD_HOME": str(base / "home"),
+               "PACD_SOCKET": str(base / "run" / "pacd.sock"),
+               "PACD_CONFIG": str(base / "config.toml")}
+        (base / "config.toml").write_text("")
+        _daemon_start(env, base / "daemon.log")  # first start: keys and databases
+        runs = [_daemon_start(env, base / "daemon.log") for _ in range(DAEMON_RUNS)]
+    took = statistics.median(t for t, _ in runs)
+    rss = statistics.median(r for _, r in runs)
+    print(f"daemon start to first GET /v1/status answer, {DAEMON_RUNS} runs: median "
+          f"{took:.3f} s (min {min(t for t, _ in runs):.3f}, max {max(t for t, _ in runs):.3f})"
+          f" (target <= {START_TARGET_S:g} s: {'met' if took <= START_TARGET_S else 'NOT met'})")
+    print(f"daemon idle RSS after start: median {rss:.1f} MB (target <= {RSS_TARGET_MB:g} MB: "
+          f"{'met' if rss <= RSS_TARGET_MB else 'NOT met'})")
+
+
+@reports_load
 def main(smoke: bool = False) -> None:
     """The benchmark; ``smoke``: its smallest configuration, once (seconds), to show it
     still runs and prints its ratios — the numbers mean nothing then."""
     if smoke:
         globals().update(SMOKE)
+    daemon_start()
     if shutil.which("podman") is None:
         raise SystemExit("start_bench: podman is not installed")
     base = Path(tempfile.mkdtemp(prefix="pacd-bench-"))

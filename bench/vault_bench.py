@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.loadavg import reports_load
 from pacd.store import Store
 from pacd.vault import PassphraseSecretStore, Vault
 
@@ -47,6 +48,7 @@ class _Sink(io.RawIOBase):
         return len(data)
 
 
+@reports_load
 def main(smoke: bool = False) -> None:
     """The benchmark; ``smoke``: its smallest configuration, once (seconds), to show it
     still runs and prints its ratios — the numbers mean nothing then."""

@@ -26,10 +26,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-
-from fido2.client import UserInteraction
-from fido2.ctap import CtapDevice
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pacd import __version__
 from pacd.config import load_config
@@ -42,6 +39,10 @@ from pacd.errors import (
     SoftwareAuthenticatorRefused,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from fido2.client import UserInteraction
+    from fido2.ctap import CtapDevice
 
 Handler = Callable[[argparse.Namespace, "Ctx"], Any]
 
@@ -102,7 +103,7 @@ class Ctx:
         self.say(f"Presence needed for a {level} session.")
         with self.authenticator() as device:
             credential = authenticate(begin["publicKey"], begin["origin"],
-                                      TerminalInteraction(self), device)
+                                      terminal_interaction(self), device)
         return self.client.complete_session(begin["session_id"], credential)
 
     @contextlib.contextmanager
@@ -125,23 +126,29 @@ class Ctx:
             yield device
 
 
-class TerminalInteraction(UserInteraction):
-    """python-fido2's UserInteraction for a terminal."""
+def terminal_interaction(ctx: Ctx) -> UserInteraction:
+    """python-fido2's UserInteraction for a terminal.
 
-    def __init__(self, ctx: Ctx) -> None:
-        self.ctx = ctx
+    ``fido2.client`` (and the X.509 code it brings) is imported here, by the
+    commands that run a ceremony: ``pacd daemon`` starts through this module
+    too, and a daemon start must not wait for modules it never uses.
+    """
+    from fido2.client import UserInteraction
 
-    def prompt_up(self) -> None:
-        if not self.ctx.demo:  # the demo authenticator needs no touch
-            self.ctx.say("Touch your security key…")
+    class TerminalInteraction(UserInteraction):
+        def prompt_up(self) -> None:
+            if not ctx.demo:  # the demo authenticator needs no touch
+                ctx.say("Touch your security key…")
 
-    def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
-        return getpass.getpass("Security key PIN: ")
+        def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
+            return getpass.getpass("Security key PIN: ")
 
-    def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
-        if not self.ctx.demo:
-            self.ctx.say("Verify yourself on the key (fingerprint or PIN)…")
-        return True
+        def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
+            if not ctx.demo:
+                ctx.say("Verify yourself on the key (fingerprint or PIN)…")
+            return True
+
+    return TerminalInteraction()
 
 
 # --- human formatting ----------------------------------------------------------
@@ -252,7 +259,7 @@ def cmd_enroll(args: argparse.Namespace, ctx: Ctx) -> None:
     begin = ctx.call("POST", "/v1/owner/credentials/begin", body)
     ctx.say("Enrolling a presence credential.")
     with ctx.authenticator() as device:
-        credential = register(begin["publicKey"], begin["origin"], TerminalInteraction(ctx),
+        credential = register(begin["publicKey"], begin["origin"], terminal_interaction(ctx),
                               device)
     done = ctx.client.request("POST", "/v1/owner/credentials/complete",
                               {"credential": credential,
@@ -437,7 +444,7 @@ def cmd_approve(args: argparse.Namespace, ctx: Ctx) -> None:
         ctx.say(json.dumps(detail["payload"], indent=2, sort_keys=True))
         with ctx.authenticator() as device:
             credential = authenticate(detail["publicKey"], detail["origin"],
-                                      TerminalInteraction(ctx), device)
+                                      terminal_interaction(ctx), device)
     done = ctx.client.request("POST", f"/v1/approvals/{args.id}/approve",
                               {"credential": credential})
     ctx.out(done, f"approval {done['id']}: {done['state']}")

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pacd.agents.inbox import Doorbell, Inbox
 from pacd.agents.server import (
@@ -63,8 +63,13 @@ from pacd.runtime.hardening import (
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
-from pacd.runtime.podman import PodmanRuntime, RuntimeEvent, connect_podman
 from pacd.vault import SealedData
+
+if TYPE_CHECKING:
+    # The adapter pulls in podman-py, requests and urllib3 (a third of the
+    # daemon's import time): it is imported by runtime(), when Podman is first
+    # used, so a daemon that never touches a container never loads it.
+    from pacd.runtime.podman import PodmanRuntime, RuntimeEvent
 
 log = logging.getLogger("pacd.containers")
 
@@ -146,6 +151,8 @@ class ContainerLifecycle:
         """The Podman adapter, connecting on first use; RuntimeUnavailable if none answers."""
         with self._runtime_lock:
             if self._runtime is None:
+                from pacd.runtime.podman import connect_podman  # lazy: see TYPE_CHECKING above
+
                 self._runtime = connect_podman(self.s.config.podman_url, os.environ)
             return self._runtime
 
@@ -358,7 +365,7 @@ class ContainerLifecycle:
         repository = self.s.config.image_repository
         tag = owner_image_tag(record.owner_id, repository)
         generate_containerfile(model, base_image)  # the reference is checked before Podman
-        if not self._with_runtime(PodmanRuntime.image_exists, base_image):
+        if not self._with_runtime(lambda runtime: runtime.image_exists(base_image)):
             raise NotFound(
                 f"base image {base_image} is not in local Podman storage, and pacd builds "
                 "without registry access. Put a base image there first (`podman load -i "

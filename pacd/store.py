@@ -8,6 +8,12 @@ guarded by a lock; SQLite work is short, and async callers run it through
 ``synchronous=FULL``: an acknowledged write survives power loss, which is what
 "nothing acknowledged is lost" requires.
 
+Reads that must not queue behind writers (a bearer-token check on every
+authenticated request) go through :meth:`Store.read`: a second connection
+whose deferred transaction sees the last committed state and takes no write
+lock, so a write transaction waiting on its fsync (or on the audit log's)
+holds up other writers only.
+
 The file is created 0600 before SQLite opens it (and an existing one is set
 to 0600), whatever the process umask: SQLite gives its ``-wal`` and ``-shm``
 files the database file's mode, so all three are private.
@@ -52,6 +58,16 @@ class Store:
             "CREATE TABLE IF NOT EXISTS schema_versions (name TEXT PRIMARY KEY, version INTEGER)"
         )
         self._depth = 0
+        #: the thread inside transaction(), so read() on it joins that transaction
+        self._writer: int | None = None
+        if str(path) == ":memory:":
+            # One private database per connection: reads share the writer's.
+            self._reader, self._read_lock = self._conn, self._lock
+        else:
+            self._reader = sqlite3.connect(str(path), check_same_thread=False,
+                                           isolation_level=None, timeout=30.0)
+            self._reader.row_factory = sqlite3.Row
+            self._read_lock = threading.RLock()
         #: checks the MACs of rows that decide access (pacd.integrity); the daemon
         #: attaches the one keyed from the vault, until then nothing stored checks
         self.integrity: RowSealer = RowSealer.ephemeral()
@@ -85,13 +101,16 @@ class Store:
                 return
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._writer = threading.get_ident()
             try:
                 yield self._conn
             except BaseException:
                 self._depth = 0
+                self._writer = None
                 self._conn.execute("ROLLBACK")
                 raise
             self._depth = 0
+            self._writer = None
             try:
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -101,6 +120,30 @@ class Store:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only view of the last committed state; no write lock taken.
+
+        Statements inside see one snapshot (a deferred transaction on the read
+        connection). Called inside :meth:`transaction` on the same thread, it joins
+        that transaction instead, so the caller sees its own uncommitted writes.
+        Writing through the yielded connection is a bug: SQLite would upgrade the
+        snapshot to a write lock, which is what this exists to avoid.
+        """
+        if self._writer == threading.get_ident():
+            with self._lock:
+                yield self._conn
+            return
+        with self._read_lock:
+            if self._reader.in_transaction:  # a nested read: same snapshot
+                yield self._reader
+                return
+            self._reader.execute("BEGIN DEFERRED")
+            try:
+                yield self._reader
+            finally:
+                self._reader.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -144,6 +187,9 @@ class Store:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not self._conn:
+                self._reader.close()
         with self._lock:
             self._conn.close()
 

@@ -28,7 +28,6 @@ from pacd import __version__
 from pacd import messages as m
 from pacd.api.credential_routes import Credentials
 from pacd.api.decisions import DecisionLog, actor_for
-from pacd.api.openapi import build_openapi
 from pacd.api.peercred import peer_cred
 from pacd.api.platform_routes import PlatformSessions
 from pacd.api.route import Call, Json, Principal, Reply, Route
@@ -119,7 +118,7 @@ class OwnerApi:
         self._status_json = Json(b"")
         self._owner_version = 0
         self.routes = self._table()
-        self._openapi = Json(json.dumps(build_openapi(self.routes, __version__)).encode())
+        self._openapi: Json | None = None  # built when first asked for: see openapi()
 
     # --- audit & auth -------------------------------------------------------
 
@@ -220,6 +219,12 @@ class OwnerApi:
         return self._status_body()
 
     async def openapi(self, call: Call) -> Json:
+        if self._openapi is None:
+            # Walking every route's message types takes tens of milliseconds that
+            # a daemon start need not wait for: built on the first request.
+            from pacd.api.openapi import build_openapi
+
+            self._openapi = Json(json.dumps(build_openapi(self.routes, __version__)).encode())
         return self._openapi
 
     # --- owner & credentials ------------------------------------------------

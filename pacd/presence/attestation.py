@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fido2.attestation.base import Attestation, InvalidAttestation
 from fido2.webauthn import AttestationConveyancePreference, AttestationObject
 
 from pacd.errors import Forbidden, SoftwareAuthenticatorRefused
@@ -90,6 +89,10 @@ class AttestationPolicy:
             raise Forbidden(
                 "registration refused: the attestation policy (attestation = \"direct\") "
                 "needs an attestation statement and this authenticator gave none")
+        # Statement verifiers pull in cryptography's X.509 (tens of milliseconds):
+        # imported by the first enrolment that needs one, not at daemon start.
+        from fido2.attestation.base import Attestation, InvalidAttestation
+
         try:
             Attestation.for_type(fmt)().verify(attestation.att_stmt, attestation.auth_data,
                                                client_data_hash)

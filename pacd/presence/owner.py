@@ -167,9 +167,10 @@ class OwnerRegistry:
                 "it was not written by this daemon")
         return row
 
-    def get_owner(self) -> Owner | None:
+    def get_owner(self, conn: sqlite3.Connection | None = None) -> Owner | None:
+        """The owner, if there is one whose row checks (read through ``conn`` if given)."""
         try:
-            row = self._owner_row()
+            row = self._owner_row(conn)
         except IntegrityError:
             return None  # treated as absent; reported by the check
         if row is None:

@@ -48,11 +48,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fido2 import cbor
 from fido2.cose import CoseKey, UnsupportedKey
-from fido2.server import Fido2Server
 from fido2.utils import websafe_encode
 from fido2.webauthn import (
     AttestedCredentialData,
@@ -82,6 +81,9 @@ from pacd.presence.clock import Clock
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import MAX_LABEL, Credential, CredentialKind, OwnerRegistry, check_text
 from pacd.store import Store
+
+if TYPE_CHECKING:
+    from fido2.server import Fido2Server
 
 __all__ = ["FIRST_CREDENTIAL", "EnrolmentHook", "RefusalHook", "Registration", "RelyingParty",
            "VerifiedPresence"]
@@ -160,18 +162,35 @@ class RelyingParty:
         self.attestation = attestation or AttestationPolicy()
         self.allow_software = allow_software
         store.migrate("presence_rp", 1, _SCHEMA)
-        # Exact origin match: the daemon tells clients which origin to use, so
-        # anything else is not one of our clients.
-        self._server = Fido2Server(
-            PublicKeyCredentialRpEntity(name=RP_NAME, id=rp_id),
-            attestation=self.attestation.conveyance,
-            verify_origin=lambda candidate: candidate == origin,
-        )
-        # The client shows this as its own deadline; the server enforces ours.
-        self._server.timeout = int(challenge_ttl_s * 1000)  # type: ignore[assignment]
+        self._fido2: Fido2Server | None = None
+        self._fido2_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._issued: OrderedDict[bytes, float] = OrderedDict()
+
+    @property
+    def _server(self) -> Fido2Server:
+        """python-fido2's server, made on the first ceremony.
+
+        ``fido2.server`` and the attestation verifiers it brings load tens of
+        milliseconds of modules (cryptography's X.509 among them) that a daemon
+        answering only tokens and status never needs: imported here, not at start.
+        """
+        with self._fido2_lock:
+            if self._fido2 is None:
+                from fido2.server import Fido2Server
+
+                # Exact origin match: the daemon tells clients which origin to use,
+                # so anything else is not one of our clients.
+                server = Fido2Server(
+                    PublicKeyCredentialRpEntity(name=RP_NAME, id=self.rp_id),
+                    attestation=self.attestation.conveyance,
+                    verify_origin=lambda candidate: candidate == self.origin,
+                )
+                # The client shows this as its own deadline; the server enforces ours.
+                server.timeout = int(self.challenge_ttl_s * 1000)  # type: ignore[assignment]
+                self._fido2 = server
+            return self._fido2
 
     # --- registration -------------------------------------------------------
 

@@ -4,8 +4,11 @@
   SHA-256. A plain hash is enough (no HMAC key to guard): the input has 256
   bits of entropy, so a stolen table cannot be brute-forced back to tokens.
 - Bound to the owner, a security level and a scope (``"*"`` or one action).
-- carbonProof tokens are single-use: the check that accepts one consumes it in
-  the same transaction, so two concurrent uses cannot both pass.
+- A check is a read (:meth:`pacd.store.Store.read`): it takes no write lock,
+  so authenticated requests do not queue behind other requests' writes and
+  their fsyncs. The one check that writes is the use of a single-use
+  (carbonProof) token: it checks again and consumes the token in one write
+  transaction, so two concurrent uses cannot both pass.
 - Expiry is checked twice: against wall time stored in the database (so a
   restart does not revive a token) and against the monotonic clock while the
   process runs (so setting the system time back does not extend one).
@@ -139,37 +142,47 @@ class TokenService:
         # arrive as surrogates) is no token of ours, and must not reach the hash.
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             raise Unauthorized("unknown token")
-        with self.store.transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM presence_tokens WHERE token_hash = ?", (token_hash(token),)
-            ).fetchone()
-            # A row the daemon did not write (its MAC fails) is no token at all.
-            if row is None or not self.store.integrity.row_ok(_ROW, row):
-                raise Unauthorized("unknown token")
-            info = _info(row)
-            owner = self.owners.get_owner()
-            if owner is None or owner.id != info.owner_id:
-                raise Unauthorized("token belongs to another owner")
-            if row["revoked_at"] is not None:
-                raise TokenRevoked("token was revoked")
-            if row["consumed_at"] is not None:
-                raise TokenRevoked("single-use token was already used")
-            self._check_expiry(info)
-            if not info.level.satisfies(required):
-                raise PresenceRequired(
-                    f"this needs presence level {required.value};"
-                    f" the token proves only {info.level.value}",
-                    required_level=required.value,
-                )
-            if info.scope not in (ANY_SCOPE, scope):
-                raise PresenceRequired(
-                    "the token was issued for another action", required_level=required.value
-                )
-            if info.single_use:
-                cur = self._set(conn, row, "consumed_at", self.clock.wall())
-                if cur != 1:
+        digest = token_hash(token)
+        with self.store.read() as conn:
+            info = self._verified(conn, digest, required, scope)[1]
+        if info.single_use:
+            # The one write a check makes. Checked again inside the transaction:
+            # between the read and here another use may have consumed it.
+            with self.store.transaction() as conn:
+                row, info = self._verified(conn, digest, required, scope)
+                if self._set(conn, row, "consumed_at", self.clock.wall()) != 1:
                     raise TokenRevoked("single-use token was already used")
         return info
+
+    def _verified(self, conn: sqlite3.Connection, digest: bytes, required: SecurityLevel,
+                  scope: str) -> tuple[sqlite3.Row, TokenInfo]:
+        """The row of the token hashing to ``digest`` and its details, if it may be
+        used for ``required`` at ``scope`` now; raises as :meth:`check` says."""
+        row = conn.execute(
+            "SELECT * FROM presence_tokens WHERE token_hash = ?", (digest,)).fetchone()
+        # A row the daemon did not write (its MAC fails) is no token at all.
+        if row is None or not self.store.integrity.row_ok(_ROW, row):
+            raise Unauthorized("unknown token")
+        info = _info(row)
+        owner = self.owners.get_owner(conn)
+        if owner is None or owner.id != info.owner_id:
+            raise Unauthorized("token belongs to another owner")
+        if row["revoked_at"] is not None:
+            raise TokenRevoked("token was revoked")
+        if row["consumed_at"] is not None:
+            raise TokenRevoked("single-use token was already used")
+        self._check_expiry(info)
+        if not info.level.satisfies(required):
+            raise PresenceRequired(
+                f"this needs presence level {required.value};"
+                f" the token proves only {info.level.value}",
+                required_level=required.value,
+            )
+        if info.scope not in (ANY_SCOPE, scope):
+            raise PresenceRequired(
+                "the token was issued for another action", required_level=required.value
+            )
+        return row, info
 
     def _set(self, conn: sqlite3.Connection, row: sqlite3.Row, column: str,
              value: float) -> int:

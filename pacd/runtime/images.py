@@ -11,11 +11,14 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacd.core.generators import DEFAULT_BASE_IMAGE, generate_containerfile
 from pacd.core.models import PersonalAIContainer
 from pacd.errors import InvalidRequest, NotFound
-from pacd.runtime.podman import PodmanRuntime
+
+if TYPE_CHECKING:  # podman-py is imported when Podman is first used, not at start-up
+    from pacd.runtime.podman import PodmanRuntime
 
 DEFAULT_REPOSITORY = "localhost/personal-ai"
 CONTAINERFILE = "Containerfile"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from pacd.core.models import SecurityLevel
 from pacd.errors import NotFound, PresenceRequired, TokenExpired, TokenRevoked, Unauthorized
 from pacd.presence.clock import SettableClock
 from pacd.presence.owner import OwnerRegistry
-from pacd.presence.tokens import TokenService
+from pacd.presence.tokens import TokenInfo, TokenService
 from pacd.store import Store
 
 
@@ -191,3 +193,89 @@ def test_an_edit_cannot_undo_a_use_a_revocation_or_raise_a_level(
     assert tokens.revoke_all() == 0
     with pytest.raises(Unauthorized):
         tokens.check(weak.token, SecurityLevel.enhanced)
+
+
+def _check_in_thread(tokens: TokenService, token: str, level: SecurityLevel
+                     ) -> tuple[threading.Thread, threading.Event, list[object]]:
+    done = threading.Event()
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(tokens.check(token, level))
+        except Exception as exc:  # handed to the test, which asserts on it
+            outcome.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, done, outcome
+
+
+def test_a_token_check_does_not_queue_behind_another_connections_write_lock(
+        tokens: TokenService, tmp_path: Path) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock, like a commit mid-fsync
+    other.execute("DELETE FROM presence_tokens")  # uncommitted: the check must not see it
+    try:
+        thread, done, outcome = _check_in_thread(tokens, issued.token, SecurityLevel.enhanced)
+        # A check that took the write lock would wait for the busy timeout (30 s).
+        assert done.wait(5), "the token check waited for another connection's write lock"
+        assert [type(o) for o in outcome] == [TokenInfo]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    thread.join()
+
+
+class _Undone(Exception):
+    pass
+
+
+def test_a_token_check_does_not_queue_behind_a_write_transaction_waiting_on_its_fsync(
+        tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    inside, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        # What a handler does that writes state and waits for its audit entry's fsync;
+        # then it fails, so the row stays as it was (and MAC-valid).
+        with contextlib.suppress(_Undone), store.transaction() as conn:
+            conn.execute("UPDATE presence_tokens SET scope = 'other'")
+            inside.set()
+            release.wait(30)
+            raise _Undone
+
+    holder = threading.Thread(target=writer)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        thread, done, outcome = _check_in_thread(tokens, issued.token, SecurityLevel.enhanced)
+        assert done.wait(5), "the token check waited for another request's write transaction"
+        # It saw the committed state, not the writer's uncommitted change.
+        assert [type(o) for o in outcome] == [TokenInfo]
+        assert isinstance(outcome[0], TokenInfo) and outcome[0].scope == "*"
+    finally:
+        release.set()
+        holder.join()
+    thread.join()
+
+
+def test_a_single_use_token_is_consumed_by_a_write_that_waits_for_the_lock(
+        tokens: TokenService, tmp_path: Path) -> None:
+    issued = tokens.issue(SecurityLevel.carbonProof)
+    other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        thread, done, outcome = _check_in_thread(tokens, issued.token, SecurityLevel.carbonProof)
+        # Consuming is a write: it waits for the lock (up to the busy timeout)...
+        assert not done.wait(0.5)  # waits-on: external clock — proves it is still blocked
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    thread.join(30)
+    # ...and, once it has it, uses the token up.
+    assert [type(o) for o in outcome] == [TokenInfo]
+    with pytest.raises(TokenRevoked, match="already used"):
+        tokens.check(issued.token, SecurityLevel.carbonProof)

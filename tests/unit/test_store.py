@@ -123,3 +123,22 @@ def test_a_database_made_without_incremental_vacuum_is_rebuilt_with_it_and_shrin
     store.reclaim()
     assert on_disk() < before - 1024 * 1024
     store.close()
+
+
+@pytest.mark.parametrize("where", ["file", ":memory:"])
+def test_a_read_sees_committed_state_and_inside_a_transaction_its_own_writes(
+        tmp_path: Path, where: str) -> None:
+    store = Store(tmp_path / "s.sqlite3" if where == "file" else ":memory:")
+    store.migrate("t", 1, "CREATE TABLE t (v INTEGER)")
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    with store.read() as conn:
+        assert [r[0] for r in conn.execute("SELECT v FROM t")] == [1]
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+        # The writer's own thread reads through its transaction: it sees its write.
+        with store.read() as inner:
+            assert [r[0] for r in inner.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+    with store.read() as conn:
+        assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+    store.close()
