@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.loadavg import reports_load
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROUNDS = 40
@@ -61,6 +63,7 @@ def _wait(app: Any, check: Any, timeout: float) -> None:
         time.sleep(0.001)
 
 
+@reports_load
 def main(smoke: bool = False) -> None:
     """Runs the measurement in its own process (see :func:`_exit_quietly`)."""
     subprocess.run([sys.executable, "-m", "bench.tray_bench", "--measure",

@@ -35,6 +35,9 @@ class SingleInstance(QObject):
             probe.disconnectFromServer()
             return False  # the running tray shows itself
         # Nobody answers: a socket left by a crashed tray is removed and taken over.
+        # Before the daemon ever ran its socket directory may not exist yet; made
+        # here 0700 as the daemon itself would (it refuses anything less private).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         QLocalServer.removeServer(str(self.path))
         server = QLocalServer(self)
         server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)

@@ -22,7 +22,8 @@ EXCLUDES = [
 
 #: Qt modules the tray does not load (PySide6's hook would otherwise collect them)
 QT_EXCLUDES = [
-    "PySide6.QtNetwork", "PySide6.QtQml", "PySide6.QtQuick", "PySide6.QtOpenGL",
+    # QtNetwork stays: the tray keeps one instance per user with QLocalServer
+    "PySide6.QtQml", "PySide6.QtQuick", "PySide6.QtOpenGL",
     "PySide6.QtSql", "PySide6.QtTest", "PySide6.QtXml", "PySide6.QtPdf",
     "PySide6.QtMultimedia", "PySide6.QtWebEngineCore", "PySide6.QtDesigner",
     "PySide6.QtConcurrent", "PySide6.QtDBus", "PySide6.QtPrintSupport",
