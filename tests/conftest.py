@@ -8,11 +8,12 @@ missing they skip on a developer machine but FAIL under ``CI=true`` or
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from tests.host_guard import GUARDED_DIRS, differences, snapshot
+from tests.host_guard import GUARDED_DIRS, RUN_MARKER, differences, snapshot, stop_left_running
 
 
 def system_required() -> bool:
@@ -48,11 +49,23 @@ def real_keychain() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def host_left_as_found() -> Iterator[None]:
     """Fails the run when it changed a shared directory's mode or owner, or the
-    OS's users or groups: tests touch only what they made and undo the rest."""
+    OS's users or groups, or left a process it started running: tests touch only
+    what they made and undo the rest. Processes are recognised by a marker in
+    the environment every child of this run inherits; those left are killed."""
     dirs = [*GUARDED_DIRS, *([os.environ["HOME"]] if os.environ.get("HOME") else [])]
     before = snapshot(dirs)
-    yield
-    changes = differences(before, snapshot(dirs))
+    outer = os.environ.get(RUN_MARKER)
+    marker = f"{RUN_MARKER}={os.getpid()}-{secrets.token_hex(8)}"
+    os.environ[RUN_MARKER] = marker.split("=", 1)[1]
+    try:
+        yield
+    finally:
+        # An inner run (pytester) restores the outer run's marker.
+        if outer is None:
+            del os.environ[RUN_MARKER]
+        else:
+            os.environ[RUN_MARKER] = outer
+    changes = differences(before, snapshot(dirs)) + stop_left_running(marker)
     if changes:
         pytest.fail("the test run left the host changed (restore it by hand):\n  "
                     + "\n  ".join(changes), pytrace=False)

@@ -1,5 +1,5 @@
 """What a test run must leave as it found it: the modes and owners of the shared
-directories, and the OS's users and groups.
+directories, the OS's users and groups, and no process of its own still running.
 
 ``snapshot`` reads the host; ``differences`` compares two snapshots and is pure,
 so its rules are tested without changing anything on the machine.
@@ -7,12 +7,19 @@ so its rules are tested without changing anything on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 GUARDED_DIRS: tuple[str, ...] = ("/", "/tmp", "/var/tmp", "/run")
+
+#: Set in the environment of the test run, so every process a test starts (and
+#: everything those start, unless they clear their environment) carries it.
+RUN_MARKER = "PACD_TEST_RUN"
 
 
 @dataclass(frozen=True)
@@ -65,3 +72,33 @@ def differences(before: HostSnapshot, after: HostSnapshot) -> list[str]:
     changes += _entry_changes("user", before.users, after.users)
     changes += _entry_changes("group", before.groups, after.groups)
     return changes
+
+
+def processes_with_env(entry: str, proc: Path = Path("/proc")) -> dict[int, str]:
+    """pid → command line of each process whose environment holds ``entry``
+    ("NAME=value") exactly; zombies have no environment and are not listed."""
+    needle = entry.encode()
+    found: dict[int, str] = {}
+    for pid_dir in proc.iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            if needle not in (pid_dir / "environ").read_bytes().split(b"\0"):
+                continue
+            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found[int(pid_dir.name)] = " ".join(a.decode(errors="replace") for a in argv if a)
+    return found
+
+
+def stop_left_running(entry: str, grace_s: float = 5.0) -> list[str]:
+    """Waits up to ``grace_s`` for processes carrying ``entry`` to end (one may be
+    exiting as the run ends), then kills those left and names each."""
+    deadline = time.monotonic() + grace_s
+    while (left := processes_with_env(entry)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the process table; no event says "a process ended"
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.kill(pid, signal.SIGKILL)
+    return [f"process {pid} still running: {cmd}" for pid, cmd in sorted(left.items())]

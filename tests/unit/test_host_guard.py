@@ -1,17 +1,24 @@
 """The guard in tests/conftest.py sees a run that leaves the host changed: a shared
 directory's mode or owner, a user or group added or removed. The comparison is
-pure; the last test runs the real guard in an inner pytest session whose HOME
-(a directory made for it) a test changes."""
+pure; two tests run the real guard in an inner pytest session: one changes its
+HOME (a directory made for it), one leaves a process running."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.host_guard import HostSnapshot, differences, snapshot
+from tests.host_guard import (
+    RUN_MARKER,
+    HostSnapshot,
+    differences,
+    processes_with_env,
+    snapshot,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -96,3 +103,40 @@ def test_the_session_guard_fails_a_run_that_changes_home(pytester: pytest.Pytest
         "*the test run left the host changed*",
         f"*{home}: mode {mode:04o} owner * -> mode 0777 owner *",
     ])
+
+
+def test_the_session_guard_fails_a_run_that_leaves_a_process_and_stops_it(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pid_file = tmp_path / "leaked.pid"
+    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
+    # Its own session, as a daemon a test forgot would be: ending the test does not end it.
+    pytester.makepyfile(f"""
+        import subprocess
+
+        def test_leaves_a_sleeper():
+            proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+            open({str(pid_file)!r}, "w").write(str(proc.pid))
+        """)
+    result = pytester.runpytest_inprocess()
+    pid = int(pid_file.read_text())
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*the test run left the host changed*",
+                                 f"*process {pid} still running: sleep 300*"])
+    # Killed by the guard; only its zombie (our child, inprocess) may remain.
+    os.waitpid(pid, 0)
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_process_without_the_runs_marker_is_not_counted(tmp_path: Path) -> None:
+    entry = f"{RUN_MARKER}=probe-{os.getpid()}"
+    env = {**os.environ, RUN_MARKER: entry.split("=", 1)[1]}
+    marked = subprocess.Popen(["sleep", "300"], env=env)
+    unmarked = subprocess.Popen(["sleep", "300"],
+                                env={k: v for k, v in os.environ.items() if k != RUN_MARKER})
+    try:
+        found = processes_with_env(entry)
+        assert found == {marked.pid: "sleep 300"}
+    finally:
+        for proc in (marked, unmarked):
+            proc.kill()
+            proc.wait()
