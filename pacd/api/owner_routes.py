@@ -843,6 +843,8 @@ class OwnerApi:
                   "JSON lines (ImageBuildLine) that end with done or error", self.build_image,
                   level=_level(Action.build_image), request=m.ImageBuildRequest,
                   response=m.ImageBuildLine, stream=True,
+                  # its body names one image (255 characters at most): no more is read
+                  max_body_bytes=4 * 1024,
                   errors=(NotFound, RuntimeUnavailable, RuntimeFailed, InvalidRequest)),
             Route("GET", "/v1/containers/{id}/kube", "export_kube",
                   "Kubernetes YAML with the same security context", self.export_kube,

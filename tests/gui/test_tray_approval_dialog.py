@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import copy
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,10 @@ from gui.ceremony import MISMATCH
 from gui.tray import Tray
 from pacd.core.canonical import digest
 from tests.gui.world import PIN, World, wait_reachable
+from tests.integration.harness import DaemonProcess
+from tests.podman_env import podman_service
+
+__all__ = ["podman_service"]
 
 pytestmark = pytest.mark.system  # a real daemon with the real keychain
 
@@ -202,3 +208,35 @@ def test_expiry_and_daemon_loss_close_the_dialog(qtbot: Any, world: World,
     qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=10_000)
     assert tray.dialog is None
     assert not tray.state.reachable
+
+
+@pytest.fixture
+def podman_world(daemon_base: Path, podman_service: str) -> Iterator[World]:
+    """A daemon that reaches Podman, so its containers can be deleted."""
+    daemon = DaemonProcess(daemon_base, env={"PACD_PODMAN_URL": podman_service}).start()
+    try:
+        yield World(daemon)
+    finally:
+        if daemon.alive():
+            daemon.stop(timeout=30)
+
+
+def test_deleting_its_container_ends_the_dialog_and_the_tray_offers_nothing_to_sign(
+        qtbot: Any, podman_world: World) -> None:
+    world = podman_world
+    tray, _ = world.tray()
+    try:
+        wait_reachable(qtbot, tray)
+        approval_id = world.queue_plugin()
+        dialog = open_dialog(qtbot, tray, approval_id)
+        qtbot.waitUntil(lambda: [a["id"] for a in tray.state.pending] == [approval_id],
+                        timeout=10_000)
+        world.authed.request("DELETE", f"/v1/containers/{world.container}")
+        qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=10_000)
+        qtbot.waitUntil(lambda: tray.state.reachable and not tray.state.pending,
+                        timeout=10_000)
+        assert tray.dialog is None
+        assert approval_id not in tray.queue
+        assert world.state(approval_id) == "expired"
+    finally:
+        tray.close()

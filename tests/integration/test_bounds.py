@@ -15,9 +15,17 @@ from typing import Any
 import pytest
 
 from pacd.core.canonical import canonical_json
-from pacd.errors import InvalidRequest, PayloadTooLarge, TooMany, Unauthorized
-from tests.integration.harness import DaemonProcess, Owner, plugin, spec_with_plugins
+from pacd.errors import InvalidRequest, PayloadTooLarge, PresenceFailed, TooMany, Unauthorized
+from pacd.presence.client import authenticate
+from tests.integration.harness import (
+    DaemonProcess,
+    Owner,
+    Silent,
+    plugin,
+    spec_with_plugins,
+)
 from tests.integration.test_socket import _error, _raw
+from tests.softauthn import SoftAuthenticator
 
 #: the audit caps (pacd.audit): details bytes and reason characters
 DETAILS_CAP = 4096
@@ -163,6 +171,44 @@ def test_containers_agents_and_pending_approvals_are_capped_and_every_item_is_re
     assert daemon.client().request("GET", "/v1/audit?after=2&limit=2")["entries"][0]["seq"] == 3
 
 
+def test_pending_approvals_are_capped_in_total_across_kinds(
+        make_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = make_daemon(settings={"max_pending_approvals": 2,
+                                   "max_pending_approvals_per_kind": 7})
+    owner, container = _ready(daemon)
+    authed = owner.authed()
+    path = f"/v1/containers/{container['id']}/plugins"
+    ask = {"agent": "writer", "schema": plugin("text-formatter")}
+    first = authed.request("POST", path, ask)["approval_id"]
+    # A second kind fills the total: each kind alone is far below its own limit.
+    owner.enroll("second key", SoftAuthenticator())
+    with pytest.raises(TooMany) as refused:
+        authed.request("POST", path, ask)
+    assert refused.value.status == 429
+    assert refused.value.extra["limit"] == "max_pending_approvals"
+    assert daemon.client().status()["pending_approvals"] == 2
+    denied = [(e["action"], e["details"]["limit"]) for e in daemon.audit()
+              if e["details"].get("code") == "too_many"]
+    assert denied == [("plugin.submit", "max_pending_approvals")]
+    # Only pending ones count: once one is answered there is room again.
+    daemon.client().request("POST", f"/v1/approvals/{first}/deny", {})
+    authed.request("POST", path, ask)
+
+
+def test_a_route_with_a_small_body_reads_no_more_than_its_own_cap(
+        daemon: DaemonProcess) -> None:
+    owner, container = _ready(daemon)
+    # An image build names a base image: a few hundred bytes at most, though the
+    # daemon's cap for token routes is megabytes.
+    with pytest.raises(PayloadTooLarge) as refused:
+        owner.authed().request("POST", f"/v1/containers/{container['id']}/image",
+                               {"base_image": "busybox", "pad": "p" * 8192})
+    assert refused.value.extra["max_body_bytes"] == 4096
+    denied = [(e["action"], e["details"]["code"]) for e in daemon.audit()
+              if e["decision"] == "deny"]
+    assert denied == [("image.build", "payload_too_large")]
+
+
 def test_an_unknown_expectation_is_a_json_417_with_an_audit_entry(daemon: DaemonProcess) -> None:
     body = b'{"name": "Alice"}'
     answer = _raw(daemon.socket, b"POST /v1/owner HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n"
@@ -219,6 +265,46 @@ client = Client(load_config(), use_token_cache=False)
 for _ in range(int(sys.argv[1])):
     client.request("POST", "/v1/sessions/begin", {"level": "enhanced"})
 """
+
+
+_FLOOD_SHOWN = """
+import json, sys
+from pacd.client import Client
+from pacd.config import load_config
+client = Client(load_config(), use_token_cache=False)
+begun = [client.request("POST", "/v1/sessions/begin", {"level": "enhanced"})
+         for _ in range(int(sys.argv[1]))]
+print(json.dumps([begun[0], begun[-1]]))
+"""
+
+
+def test_a_flood_of_unfinished_begins_drops_the_flooders_own_not_the_owners_ceremony(
+        daemon: DaemonProcess) -> None:
+    owner = Owner(daemon)
+    owner.init()
+    owner.enroll()
+    client = daemon.client()
+    # The owner's client begins a ceremony (the key is waiting for a touch)...
+    mine = client.request("POST", "/v1/sessions/begin", {"level": "enhanced"})
+    # ...while another process of the owner's uid begins 200 and finishes none.
+    flood = subprocess.run([sys.executable, "-c", _FLOOD_SHOWN, "200"], env=daemon.env,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert flood.returncode == 0, flood.stderr
+    oldest, newest = json.loads(flood.stdout)
+
+    def complete(begun: dict[str, Any]) -> dict[str, Any]:
+        credential = authenticate(begun["publicKey"], begun["origin"], Silent(),
+                                  device=owner.device)
+        done: dict[str, Any] = client.request("POST", "/v1/sessions/complete", {
+            "session_id": begun["session_id"], "credential": credential})
+        return done
+
+    # The flooder's oldest went to make room for its newer ones; the owner's stayed.
+    with pytest.raises(PresenceFailed) as dropped:
+        complete(oldest)
+    assert "begin again" in dropped.value.message
+    assert complete(mine)["level"] == "enhanced"
+    assert complete(newest)["level"] == "enhanced"
 
 
 def test_the_owner_gets_a_session_past_200_unfinished_begins_and_100_idle_connections(

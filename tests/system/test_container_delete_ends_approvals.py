@@ -37,6 +37,10 @@ def test_deleting_a_container_cancels_its_pending_approvals_and_they_cannot_be_s
     with pytest.raises(Conflict):
         client.request("POST", f"/v1/approvals/{orphaned['approval_id']}/approve",
                        {"credential": signed})
+    # The CLI will not offer a ceremony for it either.
+    offered = d.daemon.cli("approve", orphaned["approval_id"])
+    assert offered.returncode == 2, offered.stderr
+    assert f"approval {orphaned['approval_id']} is expired, not pending" in offered.stderr
     cancels = [(e["action"], e["decision"], e["details"]["container_id"])
                for e in d.audit(target=orphaned["approval_id"])
                if e["action"].endswith(".cancel")]
