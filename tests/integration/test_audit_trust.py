@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -202,6 +203,42 @@ def test_truncated_log_after_sigkill_following_approval_is_detected(
     created = owner.authed().request("POST", "/v1/containers",
                                      spec_with_plugins() | {"name": "after-kill"})
     assert created["name"] == "after-kill"
+
+
+def _checkpoint_caught_up(daemon: DaemonProcess, timeout: float = 10.0) -> int:
+    """Wait until the keychain checkpoint covers the log's head; returns that seq."""
+    deadline = time.monotonic() + timeout
+    while True:
+        audit = daemon.client().status()["audit"]
+        if audit["checkpoint_seq"] == audit["head_seq"] or time.monotonic() > deadline:
+            assert audit["checkpoint_seq"] == audit["head_seq"], audit
+            return int(audit["head_seq"])
+        time.sleep(0.05)
+
+
+def test_truncated_log_after_sigkill_following_first_enrolment_is_detected(
+    daemon: DaemonProcess,
+) -> None:
+    owner = Owner(daemon)
+    owner.init()
+    # The owner's creation is covered by an ordinary (trailing) checkpoint...
+    covered = _checkpoint_caught_up(daemon)
+    # ...then the first key is enrolled, answered, and the daemon killed at once.
+    owner.enroll("key A")
+    daemon.kill()
+
+    with sqlite3.connect(_audit_db(daemon)) as conn:
+        (enroll_seq,) = conn.execute(
+            "SELECT seq FROM audit_log WHERE action = 'credential.enroll'"
+            " AND decision = 'allow'").fetchone()
+        assert enroll_seq > covered
+        conn.execute("DELETE FROM audit_log WHERE seq >= ?", (enroll_seq,))
+    daemon.start()
+
+    audit = daemon.client().status()["audit"]
+    assert audit["trusted"] is False
+    assert audit["untrusted"]["first_bad_seq"] == enroll_seq
+    assert "were removed" in audit["untrusted"]["found"]
 
 
 def test_failed_checkpoint_writes_show_in_status_and_refuse_after_the_limit(
