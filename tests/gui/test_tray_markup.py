@@ -22,10 +22,11 @@ def test_tray_labels_show_markup_and_controls_literally(qtbot: Any) -> None:
     qtbot.addWidget(label)
     assert label.textFormat() == Qt.TextFormat.PlainText
     assert label.text() == f"install plugin {HOSTILE}\\u202e\\x1b[2J"
-    # What the owner reads: the tags themselves, not a white (invisible) font.
-    shown = QTextDocument()
-    shown.setPlainText(label.text())
-    assert "<font color=white>" in shown.toPlainText()
+    # Drawn as rich text (as a prompt that wraps it in <b>…</b> would be), the same
+    # text would hide its tags and restyle the rest: the label draws them instead.
+    as_rich = QTextDocument()
+    as_rich.setHtml(label.text())
+    assert "<font color=white>" not in as_rich.toPlainText()
 
 
 def test_tray_error_boxes_and_tooltips_show_markup_literally(qtbot: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,7 +122,16 @@ def test_reanchor_with_carbon_proof_restores_service(daemon: DaemonProcess) -> N
     approval_id = request["approval_id"]
     detail = daemon.client().request("GET", f"/v1/approvals/{approval_id}")
     assert detail["kind"] == "audit.reanchor"
-    assert detail["payload"]["body"]["found"]["first_bad_seq"] == 1
+    body = detail["payload"]["body"]
+    assert body["found"]["first_bad_seq"] == 1
+    # What the owner signs names the head of the log as it stands: the entry just
+    # before this request's own, by seq and chain MAC.
+    (requested,) = [e for e in daemon.audit() if e["action"] == "approval.audit.reanchor.request"]
+    assert body["head_seq"] == requested["seq"] - 1
+    with sqlite3.connect(_audit_db(daemon)) as conn:
+        (head_mac,) = conn.execute("SELECT mac FROM audit_log WHERE seq = ?",
+                                   (body["head_seq"],)).fetchone()
+    assert body["head_mac"] == bytes(head_mac).hex()
     # Still refused while the approval is pending.
     with pytest.raises(AuditUntrusted):
         owner.authed().request("POST", "/v1/containers",
@@ -137,6 +147,8 @@ def test_reanchor_with_carbon_proof_restores_service(daemon: DaemonProcess) -> N
     assert anchor["decision"] == "allow"
     assert anchor["details"]["result"]["found"]["first_bad_seq"] == 1
     assert audit["checkpoint_seq"] >= anchor["seq"]
+    # How far the checkpoint trails is shown: written just now, for the anchor.
+    assert audit["checkpoint_age_s"] is not None and 0 <= audit["checkpoint_age_s"] < 60
     created = owner.authed().request("POST", "/v1/containers",
                                      spec_with_plugins() | {"name": "after-anchor"})
     assert created["name"] == "after-anchor"
@@ -149,8 +161,9 @@ def test_reanchor_with_carbon_proof_restores_service(daemon: DaemonProcess) -> N
     assert daemon.client().status()["audit"]["trusted"] is True
 
 
+@pytest.mark.parametrize("resolution", ["deny", "approve"])
 def test_truncated_log_after_sigkill_following_approval_is_detected(
-    daemon: DaemonProcess,
+    daemon: DaemonProcess, resolution: str,
 ) -> None:
     owner, container_id = _ready_owner(daemon)
     client = owner.authed()
@@ -158,21 +171,26 @@ def test_truncated_log_after_sigkill_following_approval_is_detected(
                               {"agent": "writer", "schema": plugin("text-formatter")})
     approval_id = accepted["approval_id"]
     # Answered, then killed at once: well inside the ordinary checkpoint spacing.
-    denied = client.request("POST", f"/v1/approvals/{approval_id}/deny", {"reason": "no"})
-    assert denied["state"] == "denied"
+    if resolution == "deny":
+        done = client.request("POST", f"/v1/approvals/{approval_id}/deny", {"reason": "no"})
+        assert done["state"] == "denied"
+    else:
+        done = client.request("POST", f"/v1/approvals/{approval_id}/approve",
+                              {"credential": owner.sign_approval(approval_id)})
+        assert done["state"] == "approved"
     daemon.kill()
 
     db = _audit_db(daemon)
     with sqlite3.connect(db) as conn:
-        (deny_seq,) = conn.execute(
-            "SELECT seq FROM audit_log WHERE action = 'approval.plugin.install.deny'"
-            " AND target = ?", (approval_id,)).fetchone()
-        conn.execute("DELETE FROM audit_log WHERE seq >= ?", (deny_seq,))
+        (cut_seq,) = conn.execute(
+            "SELECT seq FROM audit_log WHERE action = ? AND target = ?",
+            (f"approval.plugin.install.{resolution}", approval_id)).fetchone()
+        conn.execute("DELETE FROM audit_log WHERE seq >= ?", (cut_seq,))
     daemon.start()
 
     audit = daemon.client().status()["audit"]
     assert audit["trusted"] is False
-    assert audit["untrusted"]["first_bad_seq"] == deny_seq
+    assert audit["untrusted"]["first_bad_seq"] == cut_seq
     assert "were removed" in audit["untrusted"]["found"]
     with pytest.raises(AuditUntrusted):
         owner.authed().request("POST", "/v1/containers",
@@ -185,6 +203,42 @@ def test_truncated_log_after_sigkill_following_approval_is_detected(
     created = owner.authed().request("POST", "/v1/containers",
                                      spec_with_plugins() | {"name": "after-kill"})
     assert created["name"] == "after-kill"
+
+
+def _checkpoint_caught_up(daemon: DaemonProcess, timeout: float = 10.0) -> int:
+    """Wait until the keychain checkpoint covers the log's head; returns that seq."""
+    deadline = time.monotonic() + timeout
+    while True:
+        audit = daemon.client().status()["audit"]
+        if audit["checkpoint_seq"] == audit["head_seq"] or time.monotonic() > deadline:
+            assert audit["checkpoint_seq"] == audit["head_seq"], audit
+            return int(audit["head_seq"])
+        time.sleep(0.05)
+
+
+def test_truncated_log_after_sigkill_following_first_enrolment_is_detected(
+    daemon: DaemonProcess,
+) -> None:
+    owner = Owner(daemon)
+    owner.init()
+    # The owner's creation is covered by an ordinary (trailing) checkpoint...
+    covered = _checkpoint_caught_up(daemon)
+    # ...then the first key is enrolled, answered, and the daemon killed at once.
+    owner.enroll("key A")
+    daemon.kill()
+
+    with sqlite3.connect(_audit_db(daemon)) as conn:
+        (enroll_seq,) = conn.execute(
+            "SELECT seq FROM audit_log WHERE action = 'credential.enroll'"
+            " AND decision = 'allow'").fetchone()
+        assert enroll_seq > covered
+        conn.execute("DELETE FROM audit_log WHERE seq >= ?", (enroll_seq,))
+    daemon.start()
+
+    audit = daemon.client().status()["audit"]
+    assert audit["trusted"] is False
+    assert audit["untrusted"]["first_bad_seq"] == enroll_seq
+    assert "were removed" in audit["untrusted"]["found"]
 
 
 def test_failed_checkpoint_writes_show_in_status_and_refuse_after_the_limit(

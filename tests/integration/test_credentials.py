@@ -103,9 +103,10 @@ def test_a_biometric_token_alone_cannot_add_a_credential(daemon: DaemonProcess) 
     intruder = SoftAuthenticator()
     begin, credential = _register_new_key(owner, "intruder", intruder)
     c = daemon.client()
-    queued = c.request("POST", "/v1/owner/credentials/complete",
-                       {"credential": credential, "registration_id": begin["registration_id"]})
+    status, queued = _raw_post(daemon, "/v1/owner/credentials/complete", {
+        "credential": credential, "registration_id": begin["registration_id"]})
     # 202: queued, not enrolled.
+    assert status == 202, queued
     assert set(queued) == {"approval_id", "required_level", "expires_at"}
     assert queued["required_level"] == "carbonProof"
     assert _listed(daemon) == before
@@ -158,6 +159,7 @@ def test_the_new_key_cannot_approve_its_own_addition(daemon: DaemonProcess) -> N
     listed = _listed(daemon)
     assert [x["label"] for x in listed] == ["key A", "key B"]
     assert listed[1]["aaguid"] == str(uuid.UUID(bytes=SOFT_AAGUID))
+    assert all(x["created_at"].endswith("Z") for x in listed), listed
     assert listed[1]["last_used_at"] is None and listed[0]["last_used_at"] is not None
     allowed = _entries(daemon, "approval.credential.add.approve")[-1]
     assert allowed["decision"] == "allow"
@@ -268,10 +270,11 @@ def test_complete_without_a_registration_id_is_refused(daemon: DaemonProcess) ->
     assert c.status()["owner"]["credentials"] == 0
     denied = _entries(daemon, "credential.enroll")
     assert [(e["decision"], e["details"]["status"]) for e in denied] == [("deny", 400)] * 2
-    # With its id the same registration completes.
-    done = c.request("POST", "/v1/owner/credentials/complete",
-                     {"credential": credential, "registration_id": mine["registration_id"]})
-    assert done["label"] == "mine"
+    # With its id the same registration completes: the first key is stored (201).
+    status, done = _raw_post(daemon, "/v1/owner/credentials/complete",
+                             {"credential": credential, "registration_id": mine["registration_id"]})
+    assert (status, done["label"]) == (201, "mine"), done
+    assert c.status()["owner"]["credentials"] == 1
 
 
 def test_direct_attestation_refuses_an_unlisted_authenticator_model(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from pacd import daemon as daemon_module
+from pacd.core.rules import Action, required_level
 from tests.integration.harness import ROOT, DaemonProcess
 
 API_MD = ROOT / "docs" / "API.md"
@@ -41,3 +43,31 @@ def test_every_served_route_is_documented_with_its_level_and_audit(
     text = API_MD.read_text(encoding="utf-8")
     for method, path in served:
         assert f"`{method} {path}`" in text
+
+
+_KIND_ROW = re.compile(r"^\| `([a-z]+(?:\.[a-z]+)+)` \| (\w+) \| ")
+
+
+def _approval_kinds() -> dict[str, str]:
+    text = API_MD.read_text(encoding="utf-8")
+    section = text.split("### Approval kinds", 1)[1].split("\n### ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        match = _KIND_ROW.match(line)
+        if match:
+            assert match.group(1) not in rows, f"listed twice: {match.group(1)}"
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+def test_every_approval_kind_is_documented_with_its_level() -> None:
+    registered = {
+        daemon_module.PLUGIN_INSTALL: required_level(Action.install_plugin),
+        daemon_module.AUDIT_REANCHOR: daemon_module.REANCHOR_LEVEL,
+        daemon_module.CREDENTIAL_ADD: required_level(Action.add_credential),
+        daemon_module.CREDENTIAL_REMOVE: required_level(Action.remove_credential),
+    }
+    # The daemon registers exactly these: a new kind is added here and to the table.
+    source = (ROOT / "pacd" / "daemon.py").read_text(encoding="utf-8")
+    assert source.count("approvals.register(") == len(registered)
+    assert _approval_kinds() == {kind: level.value for kind, level in registered.items()}

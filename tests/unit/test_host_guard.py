@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.host_guard import (
+    GUARDED_DIRS,
     RUN_MARKER,
     HostSnapshot,
     differences,
@@ -32,6 +33,12 @@ def _host(tmp_mode: int = 0o1777, tmp_owner: int = 0, users: dict[str, str] | No
     return HostSnapshot({"/": (DIR | 0o755, 0, 0), "/tmp": (DIR | tmp_mode, tmp_owner, 0)},
                         users if users is not None else {"root": ROOT_LINE},
                         groups if groups is not None else {"root": "root:x:0:"})
+
+
+def test_the_guard_watches_the_shared_directories_a_run_could_open() -> None:
+    # /tmp lost its sticky bit once (a test widened every parent of its socket):
+    # these are the directories every user shares.
+    assert {"/", "/tmp", "/var/tmp", "/run"} <= set(GUARDED_DIRS)
 
 
 def test_an_unchanged_host_has_no_differences() -> None:
