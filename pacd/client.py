@@ -1,9 +1,9 @@
 """The one client of the owner socket, shared by the CLI, the tray and scripts.
 
-Synchronous HTTP/1.1 over the Unix socket (``http.client`` with a Unix-socket
-connection). Error bodies come back as the matching :mod:`pacd.errors` class,
-so callers handle ``PresenceRequired`` or ``NotFound`` exactly as the daemon
-raised them.
+Synchronous HTTP/1.1 over the owner socket (``http.client`` over a Unix
+socket; on Windows over the owner named pipe, see :mod:`pacd.transport`).
+Error bodies come back as the matching :mod:`pacd.errors` class, so callers
+handle ``PresenceRequired`` or ``NotFound`` exactly as the daemon raised them.
 
 Session tokens: after a presence ceremony the token is cached in
 ``<socket dir>/client-token.json`` (mode 0600, inside the daemon's private
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pacd import transport
 from pacd.config import Config, load_config
 from pacd.core.canonical import digest
 from pacd.errors import (
@@ -42,22 +43,6 @@ from pacd.private_file import write_private
 
 TOKEN_FILE = "client-token.json"
 START_HINT = "start it with `pacd daemon` (foreground) or `systemctl --user start pacd`"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _error_from(status: int, data: Any) -> PacdError:
@@ -176,11 +161,14 @@ class Client:
 
     # --- requests -------------------------------------------------------------
 
-    def _connection(self, timeout: float | None) -> UnixHTTPConnection:
-        return UnixHTTPConnection(str(self.socket_path), timeout)
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        # the Unix socket, or on Windows the owner pipe (pacd.transport chooses)
+        return transport.connection(self.socket_path, timeout)
 
     def _unavailable(self, exc: OSError) -> DaemonUnavailable:
-        if isinstance(exc, FileNotFoundError) or not self.socket_path.exists():
+        if transport.kind() is transport.Kind.PIPE:
+            why = f"cannot open the owner pipe: {exc}"
+        elif isinstance(exc, FileNotFoundError) or not self.socket_path.exists():
             why = f"no daemon socket at {self.socket_path}"
         elif isinstance(exc, ConnectionRefusedError):
             why = f"nothing is listening on {self.socket_path} (a stale socket)"
@@ -237,6 +225,7 @@ class Client:
             try:
                 conn.connect()
                 if opened is not None and conn.sock is not None:
+                    # a socket, or on Windows a PipeStream: both have shutdown()
                     opened(conn.sock)
                 conn.request("GET", "/v1/events", headers={"Accept": "application/x-ndjson"})
                 resp = conn.getresponse()
@@ -296,7 +285,7 @@ class Client:
             raise
         return self._lines(conn, resp)
 
-    def _lines(self, conn: UnixHTTPConnection,
+    def _lines(self, conn: http.client.HTTPConnection,
                resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
         try:
             while True:
