@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pacd import transport
+from pacd.api.peercred import own_uid
 from pacd.config import Config, load_config
 from pacd.core.canonical import digest
 from pacd.errors import (
@@ -130,8 +131,10 @@ class Client:
             return None
         try:
             st = os.lstat(self.token_path)
-            if st.st_uid != os.getuid() or st.st_mode & 0o077:
-                return None  # not ours or readable by others: do not trust it
+            if st.st_uid != own_uid() or st.st_mode & 0o077:
+                # not ours or readable by others: do not trust it (on Windows, where
+                # st_uid says nothing, this is never trusted: the owner signs in again)
+                return None
             data = json.loads(self.token_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
