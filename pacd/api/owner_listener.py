@@ -30,15 +30,16 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from pacd.api.activation import activated_socket
-from pacd.api.listener import SocketLock, bind_owner_socket, check_activated_socket
 from pacd.api.peercred import VERIFIED_PEER, PeerCred, own_uid
 from pacd.config import Config
 from pacd.errors import ConfigError
 from pacd.named_pipe import current_user_sid, pipe_name
 from pacd.transport import Kind, kind
+
+if TYPE_CHECKING:
+    from pacd.api.listener import SocketLock
 
 log = logging.getLogger("pacd.api")
 
@@ -178,6 +179,10 @@ class PipeListener(Generic[H]):
 
 
 def _unix_listener(config: Config) -> UnixListener:
+    # imported here: the socket's locks use fcntl, which Windows does not have
+    from pacd.api.activation import activated_socket
+    from pacd.api.listener import bind_owner_socket, check_activated_socket
+
     inherited = activated_socket()
     if inherited is not None:
         check_activated_socket(inherited)
