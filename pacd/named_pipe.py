@@ -14,14 +14,22 @@ CPython has no ``AF_UNIX`` on Windows, so the daemon serves its HTTP on
   (``GetNamedPipeServerProcessId``): a pipe of that name held by anyone but the
   owner is refused (:class:`pacd.errors.PeerRefused`).
 
+The daemon serves it through :class:`pacd.api.owner_listener.PipeListener`
+(over :class:`Win32PipeEndpoint` here) and clients reach it through
+:func:`pacd.transport.connection`; both choose it on Windows only.
+
 What runs on any machine, and is tested on Linux: the pipe name and SDDL
-construction and :class:`PipeStream`, the byte-stream adapter through which
-``http.client`` speaks over a pipe handle (partial writes, end of stream on a
-broken pipe). Everything under ``if sys.platform == "win32"`` calls the Win32 API
-through ctypes and has run on no machine of this project yet: only a Windows
-machine can show that the DACL keeps another user out, that the first-instance
-flag defeats a squatter, and that the owner checks hold (see README, "what has
-been run where"). It is not type-checked here either (mypy checks for linux).
+construction, :class:`PipeStream` (the byte-stream adapter through which
+``http.client`` speaks over a pipe handle: partial writes, end of stream on a
+broken pipe, ``shutdown`` ending a blocked read) and, in
+tests/unit/test_owner_transport.py, the listener's accept loop serving the
+daemon's HTTP server with socketpairs standing in for pipe instances.
+Everything under ``if sys.platform == "win32"`` calls the Win32 API through
+ctypes and has run on no machine of this project yet: only a Windows machine
+can show that the DACL keeps another user out, that the first-instance flag
+defeats a squatter, and that the owner checks hold
+(tests/unit/test_owner_pipe_windows.py, in the Windows CI job; README, "what
+has been run where"). It is not type-checked here either (mypy checks for linux).
 """
 
 from __future__ import annotations
