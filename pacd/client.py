@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -113,8 +114,10 @@ def _parse_time(text: str) -> float:
 class Client:
     def __init__(self, config: Config | None = None, *, socket_path: Path | None = None,
                  token: str | None = None, timeout: float = 60.0,
-                 use_token_cache: bool = True) -> None:
+                 use_token_cache: bool = True, platform: str = sys.platform) -> None:
         self.config = config or load_config()
+        #: which owner transport this client dials (``pacd.transport.kind``)
+        self.platform = platform
         self.socket_path = Path(socket_path or self.config.socket)
         self.timeout = timeout
         self._explicit_token = token or os.environ.get("PACD_TOKEN") or None
@@ -166,10 +169,10 @@ class Client:
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         # the Unix socket, or on Windows the owner pipe (pacd.transport chooses)
-        return transport.connection(self.socket_path, timeout)
+        return transport.connection(self.socket_path, timeout, self.platform)
 
     def _unavailable(self, exc: OSError) -> DaemonUnavailable:
-        if transport.kind() is transport.Kind.PIPE:
+        if transport.kind(self.platform) is transport.Kind.PIPE:
             why = f"cannot open the owner pipe: {exc}"
         elif isinstance(exc, FileNotFoundError) or not self.socket_path.exists():
             why = f"no daemon socket at {self.socket_path}"

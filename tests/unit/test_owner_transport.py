@@ -369,3 +369,16 @@ def test_the_pipe_streams_shutdown_ends_a_read_blocked_in_another_thread() -> No
         assert got == [b""]
     with contextlib.suppress(OSError):
         stream.close()
+
+
+def test_the_client_the_cli_and_tray_use_dials_the_pipe_on_windows(tmp_path: Path) -> None:
+    """Off Windows the pipe's SID lookup refuses: reaching it shows the client took the
+    pipe branch (on Linux the same request goes to the socket and finds no daemon)."""
+    from pacd.client import Client
+    from pacd.errors import DaemonUnavailable
+
+    config = Config(home=tmp_path / "home", socket=tmp_path / "run" / "pacd.sock")
+    with pytest.raises(ConfigError, match="SIDs exist only on Windows"):
+        Client(config, platform="win32").status()
+    with pytest.raises(DaemonUnavailable, match="no daemon socket at"):
+        Client(config, platform="linux").status()
