@@ -83,6 +83,7 @@ class PipeStream(io.RawIOBase):
         super().__init__()
         self._read, self._write, self._close = read, write, close
         self._cancel = cancel
+        self._shut = False
 
     def readable(self) -> bool:
         return True
@@ -95,6 +96,10 @@ class PipeStream(io.RawIOBase):
             data = self._read(len(buffer))
         except BrokenPipeError:
             return 0
+        except OSError:
+            if self._shut:
+                return 0  # our own shutdown aborted the read (ERROR_OPERATION_ABORTED)
+            raise
         buffer[:len(data)] = data
         return len(data)
 
@@ -114,6 +119,7 @@ class PipeStream(io.RawIOBase):
         (the tray ends its event stream so): cancels the pending I/O (Windows:
         ``CancelIoEx``), after which that read returns end of stream or fails."""
         del how  # a pipe has no half-close: both directions end
+        self._shut = True
         if self._cancel is not None:
             self._cancel()
 

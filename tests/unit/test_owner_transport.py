@@ -352,23 +352,39 @@ def test_a_transport_that_verified_its_peer_is_believed_over_its_socket() -> Non
         assert transport_peer(Transport({})) is None
 
 
-def test_the_pipe_streams_shutdown_ends_a_read_blocked_in_another_thread() -> None:
+def test_the_pipe_streams_shutdown_ends_a_read_blocked_in_another_thread_as_end_of_stream(
+        ) -> None:
     """What the tray does to end its event stream (it calls ``shutdown`` on what
-    ``Client.events`` hands it): on a pipe, PipeStream cancels the pending read."""
+    ``Client.events`` hands it). The read stands in for ReadFile: it blocks until
+    CancelIoEx, then fails with ERROR_OPERATION_ABORTED; the stream reports that as
+    the end of the stream, as a socket's read after ``shutdown`` does."""
     import threading
 
-    a, b = socket.socketpair()
-    with a, b:
-        stream = _stream_over(a)
-        got: list[bytes] = []
-        reader = threading.Thread(target=lambda: got.append(stream.read(10) or b""))
-        reader.start()
-        stream.shutdown(socket.SHUT_RDWR)
-        reader.join(10)
-        assert not reader.is_alive()
-        assert got == [b""]
-    with contextlib.suppress(OSError):
-        stream.close()
+    reading = threading.Event()
+    cancelled = threading.Event()
+
+    def read(n: int) -> bytes:
+        reading.set()
+        if not cancelled.wait(30):
+            raise AssertionError("never cancelled")
+        raise OSError(22, "The I/O operation has been aborted", None, 995)
+
+    stream = PipeStream(read, len, lambda: None, cancel=cancelled.set)
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(stream.read(10)))
+    reader.start()
+    assert reading.wait(30)
+    stream.shutdown(socket.SHUT_RDWR)
+    reader.join(30)
+    assert not reader.is_alive()
+    assert got == [b""]
+    # without a shutdown of ours, a failing read is an error, not a quiet end
+    def denied(n: int) -> bytes:
+        raise OSError(5, "Access is denied")
+
+    failing = PipeStream(denied, len, lambda: None)
+    with pytest.raises(OSError, match="Access is denied"):
+        failing.read(10)
 
 
 def test_the_client_the_cli_and_tray_use_dials_the_pipe_on_windows(tmp_path: Path) -> None:
