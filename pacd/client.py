@@ -1,9 +1,9 @@
 """The one client of the owner socket, shared by the CLI, the tray and scripts.
 
-Synchronous HTTP/1.1 over the Unix socket (``http.client`` with a Unix-socket
-connection). Error bodies come back as the matching :mod:`pacd.errors` class,
-so callers handle ``PresenceRequired`` or ``NotFound`` exactly as the daemon
-raised them.
+Synchronous HTTP/1.1 over the owner socket (``http.client`` over a Unix
+socket; on Windows over the owner named pipe, see :mod:`pacd.transport`).
+Error bodies come back as the matching :mod:`pacd.errors` class, so callers
+handle ``PresenceRequired`` or ``NotFound`` exactly as the daemon raised them.
 
 Session tokens: after a presence ceremony the token is cached in
 ``<socket dir>/client-token.json`` (mode 0600, inside the daemon's private
@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pacd import transport
+from pacd.api.peercred import own_uid
 from pacd.config import Config, load_config
 from pacd.core.canonical import digest
 from pacd.errors import (
@@ -42,22 +45,6 @@ from pacd.private_file import write_private
 
 TOKEN_FILE = "client-token.json"
 START_HINT = "start it with `pacd daemon` (foreground) or `systemctl --user start pacd`"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _error_from(status: int, data: Any) -> PacdError:
@@ -127,8 +114,10 @@ def _parse_time(text: str) -> float:
 class Client:
     def __init__(self, config: Config | None = None, *, socket_path: Path | None = None,
                  token: str | None = None, timeout: float = 60.0,
-                 use_token_cache: bool = True) -> None:
+                 use_token_cache: bool = True, platform: str = sys.platform) -> None:
         self.config = config or load_config()
+        #: which owner transport this client dials (``pacd.transport.kind``)
+        self.platform = platform
         self.socket_path = Path(socket_path or self.config.socket)
         self.timeout = timeout
         self._explicit_token = token or os.environ.get("PACD_TOKEN") or None
@@ -145,8 +134,10 @@ class Client:
             return None
         try:
             st = os.lstat(self.token_path)
-            if st.st_uid != os.getuid() or st.st_mode & 0o077:
-                return None  # not ours or readable by others: do not trust it
+            if st.st_uid != own_uid() or st.st_mode & 0o077:
+                # not ours or readable by others: do not trust it (on Windows, where
+                # st_uid says nothing, this is never trusted: the owner signs in again)
+                return None
             data = json.loads(self.token_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
@@ -176,11 +167,14 @@ class Client:
 
     # --- requests -------------------------------------------------------------
 
-    def _connection(self, timeout: float | None) -> UnixHTTPConnection:
-        return UnixHTTPConnection(str(self.socket_path), timeout)
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        # the Unix socket, or on Windows the owner pipe (pacd.transport chooses)
+        return transport.connection(self.socket_path, timeout, self.platform)
 
     def _unavailable(self, exc: OSError) -> DaemonUnavailable:
-        if isinstance(exc, FileNotFoundError) or not self.socket_path.exists():
+        if transport.kind(self.platform) is transport.Kind.PIPE:
+            why = f"cannot open the owner pipe: {exc}"
+        elif isinstance(exc, FileNotFoundError) or not self.socket_path.exists():
             why = f"no daemon socket at {self.socket_path}"
         elif isinstance(exc, ConnectionRefusedError):
             why = f"nothing is listening on {self.socket_path} (a stale socket)"
@@ -237,6 +231,7 @@ class Client:
             try:
                 conn.connect()
                 if opened is not None and conn.sock is not None:
+                    # a socket, or on Windows a PipeStream: both have shutdown()
                     opened(conn.sock)
                 conn.request("GET", "/v1/events", headers={"Accept": "application/x-ndjson"})
                 resp = conn.getresponse()
@@ -296,7 +291,7 @@ class Client:
             raise
         return self._lines(conn, resp)
 
-    def _lines(self, conn: UnixHTTPConnection,
+    def _lines(self, conn: http.client.HTTPConnection,
                resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
         try:
             while True:

@@ -21,26 +21,19 @@ import logging
 import os
 import resource
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pacd import __version__
 from pacd.agents.inbox import Inbox
-from pacd.api.activation import activated_socket, sd_notify
+from pacd.api.activation import sd_notify
 from pacd.api.credential_routes import CREDENTIAL_ADD, CREDENTIAL_REMOVE
 from pacd.api.decisions import DecisionLog
-from pacd.api.listener import (
-    HomeLock,
-    SocketLock,
-    bind_owner_socket,
-    check_activated_socket,
-    ensure_private_dir,
-)
+from pacd.api.listener import HomeLock, ensure_private_dir
+from pacd.api.owner_listener import OwnerListener, open_listener
 from pacd.api.owner_routes import (
     AUDIT_REANCHOR,
     PLUGIN_INSTALL,
@@ -161,22 +154,6 @@ def build_services(config: Config) -> Services:
     )
 
 
-@dataclass
-class _Listener:
-    sock: socket.socket
-    lock: SocketLock | None
-    path: Path | None  # set when we bound it (and so must remove it)
-
-
-def _listen(config: Config) -> _Listener:
-    inherited = activated_socket()
-    if inherited is not None:
-        check_activated_socket(inherited)
-        return _Listener(inherited, None, None)
-    sock, lock = bind_owner_socket(config.socket)
-    return _Listener(sock, lock, config.socket)
-
-
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -189,43 +166,34 @@ class Daemon:
         loop = asyncio.get_running_loop()
         # The socket (and its lock) first: a second daemon must be turned away
         # before it opens the state and audit databases.
-        listener = _listen(self.config)
+        listener = open_listener(self.config)
         try:
             # Then the home: one daemon per PACD_HOME whatever socket it serves.
             ensure_private_home(self.config.home)
             home_lock = HomeLock(self.config.home)
         except BaseException:
-            self._close_listener(listener)
+            listener.close()
             raise
         try:
             services = await asyncio.to_thread(build_services, self.config)
         except BaseException:
             home_lock.release()
-            self._close_listener(listener)
+            listener.close()
             raise
         try:
             await self._serve(loop, services, listener)
         finally:
             with contextlib.suppress(PacdError):
                 await asyncio.to_thread(services.audit.append, DAEMON_ACTOR, "daemon.stop",
-                                        str(self.config.socket), "info", "pacd stopped", {})
+                                        listener.where, "info", "pacd stopped", {})
             await asyncio.to_thread(services.store.integrity.close)
             await asyncio.to_thread(services.audit.close)
             services.store.close()
             home_lock.release()
-            self._close_listener(listener)
-
-    @staticmethod
-    def _close_listener(listener: _Listener) -> None:
-        if listener.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(listener.path)
-        if listener.lock is not None:
-            listener.lock.release()
-        listener.sock.close()
+            listener.close()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, services: Services,
-                     listener: _Listener) -> None:
+                     listener: OwnerListener) -> None:
         services.events.bind(loop)
         services.presence_methods = await asyncio.to_thread(_presence_report, services.config)
         api = OwnerApi(services)
@@ -267,12 +235,12 @@ class Daemon:
         # Containers: agent sockets and Podman (which need not be reachable to start).
         lifecycle = await attach_lifecycle(services)
         try:
-            await server.start(listener.sock)
+            await server.start(listener)
             await asyncio.to_thread(services.audit.append, DAEMON_ACTOR, "daemon.start",
-                                    str(self.config.socket), "info",
+                                    listener.where, "info",
                                     f"pacd {__version__} listening", {"pid": os.getpid()})
             sd_notify("READY=1")
-            log.info("pacd %s listening on %s", __version__, self.config.socket)
+            log.info("pacd %s listening on %s", __version__, listener.where)
             await self._stop.wait()
             sd_notify("STOPPING=1")
             log.info("stopping")

@@ -8,9 +8,13 @@ the socket with ``launch_activate_socket`` (:func:`pacd.api.activation.launchd_s
 removed by the tray's "Start at login" through :mod:`pacd.autostart`.
 
 The plist contents are pure functions (tested on any machine with plistlib).
-Writing them into ``~/Library/LaunchAgents`` and ``launchctl bootstrap
-gui/<uid>`` happen only on macOS and are refused elsewhere: that part has run
-on no machine of this project yet (see README, "what has been run where").
+Writing them into ``~/Library/LaunchAgents`` and loading them
+(:func:`ensure_agent`: ``launchctl print``, then ``bootout``/``bootstrap
+gui/<uid>`` only when needed) go through a runner passed in, so the files
+written and the commands run are tested on any machine with a recording
+runner. The app calls :func:`first_start` when it starts on macOS
+(packaging/macos/app_main.py). launchctl itself has run on no machine of this
+project yet (see README, "what has been run where").
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import plistlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,34 +91,79 @@ def require_macos() -> None:
         raise ConfigError(f"LaunchAgents exist only on macOS (this is {sys.platform})")
 
 
-def _domain() -> str:
-    return f"gui/{os.getuid()}"
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def run_launchctl(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """The boundary to launchd: runs ``argv`` (always :data:`LAUNCHCTL` ...)."""
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+
+
+def domain(uid: int) -> str:
+    return f"gui/{uid}"
+
+
+def ensure_agent(agent: dict[str, Any], home: Path, uid: int,
+                 runner: Runner = run_launchctl) -> bool:
+    """Have ``agent`` written (0600, ours) and loaded in ``gui/<uid>``; True if this
+    call (re)loaded it.
+
+    Idempotent: when the plist on disk is byte for byte this agent and launchd
+    has it loaded (``launchctl print`` succeeds), nothing is written or run
+    again. A changed plist (e.g. the app moved, another socket path) is
+    rewritten and, if loaded, booted out before the new one is bootstrapped.
+    """
+    label = str(agent["Label"])
+    path = plist_path(home, label)
+    wanted = plist_bytes(agent)
+    try:
+        current: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    service = f"{domain(uid)}/{label}"
+    loaded = runner([LAUNCHCTL, "print", service]).returncode == 0
+    if current == wanted and loaded:
+        return False
+    if current != wanted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, wanted)
+    if loaded:
+        runner([LAUNCHCTL, "bootout", service])
+    result = runner([LAUNCHCTL, "bootstrap", domain(uid), str(path)])
+    if result.returncode != 0:
+        raise ConfigError(f"launchctl bootstrap {path} failed: {result.stderr.strip()}")
+    return True
 
 
 def install(agent: dict[str, Any], home: Path) -> Path:
-    """Write ``agent`` (0600, ours) and load it into this user's GUI domain, replacing
-    a loaded one of the same label."""
+    """Write ``agent`` and load it into this user's GUI domain (macOS only)."""
     require_macos()
-    path = plist_path(home, str(agent["Label"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, plist_bytes(agent))
-    _bootout(str(agent["Label"]))
-    result = subprocess.run([LAUNCHCTL, "bootstrap", _domain(), str(path)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ConfigError(f"launchctl bootstrap {path} failed: {result.stderr.strip()}")
-    return path
+    ensure_agent(agent, home, os.getuid())
+    return plist_path(home, str(agent["Label"]))
 
 
-def uninstall(label: str, home: Path) -> None:
+def uninstall(label: str, home: Path, uid: int | None = None,
+              runner: Runner = run_launchctl) -> None:
     """Unload the agent ``label`` and remove its plist (absent is fine)."""
     require_macos()
-    _bootout(label)
+    # not loaded is the usual case and no error
+    runner([LAUNCHCTL, "bootout", f"{domain(os.getuid() if uid is None else uid)}/{label}"])
     with contextlib.suppress(FileNotFoundError):
         plist_path(home, label).unlink()
 
 
-def _bootout(label: str) -> None:
-    # not loaded is the usual case and no error
-    subprocess.run([LAUNCHCTL, "bootout", f"{_domain()}/{label}"], capture_output=True,
-                   check=False)
+def daemon_command(executable: str | None = None, frozen: bool | None = None) -> list[str]:
+    """The ``pacd`` command the daemon agent runs: in the app, the daemon bundle beside
+    the tray's executable (``Contents/MacOS/pacd/pacd``); else this interpreter's module."""
+    executable = executable or sys.executable
+    if getattr(sys, "frozen", False) if frozen is None else frozen:
+        return [str(Path(executable).resolve().parent / "pacd" / "pacd")]
+    return [executable, "-m", "pacd"]
+
+
+def first_start(home: Path, socket_path: Path, uid: int, program: Sequence[str],
+                runner: Runner = run_launchctl) -> bool:
+    """What the app does each time it starts on macOS: have the socket-activated daemon
+    agent written and loaded (a no-op once it is). True if it was (re)loaded."""
+    agent = daemon_agent(program, socket_path, home / "Library" / "Logs" / "pacd")
+    return ensure_agent(agent, home, uid, runner)

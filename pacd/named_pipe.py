@@ -14,14 +14,22 @@ CPython has no ``AF_UNIX`` on Windows, so the daemon serves its HTTP on
   (``GetNamedPipeServerProcessId``): a pipe of that name held by anyone but the
   owner is refused (:class:`pacd.errors.PeerRefused`).
 
+The daemon serves it through :class:`pacd.api.owner_listener.PipeListener`
+(over :class:`Win32PipeEndpoint` here) and clients reach it through
+:func:`pacd.transport.connection`; both choose it on Windows only.
+
 What runs on any machine, and is tested on Linux: the pipe name and SDDL
-construction and :class:`PipeStream`, the byte-stream adapter through which
-``http.client`` speaks over a pipe handle (partial writes, end of stream on a
-broken pipe). Everything under ``if sys.platform == "win32"`` calls the Win32 API
-through ctypes and has run on no machine of this project yet: only a Windows
-machine can show that the DACL keeps another user out, that the first-instance
-flag defeats a squatter, and that the owner checks hold (see README, "what has
-been run where"). It is not type-checked here either (mypy checks for linux).
+construction, :class:`PipeStream` (the byte-stream adapter through which
+``http.client`` speaks over a pipe handle: partial writes, end of stream on a
+broken pipe, ``shutdown`` ending a blocked read) and, in
+tests/unit/test_owner_transport.py, the listener's accept loop serving the
+daemon's HTTP server with socketpairs standing in for pipe instances.
+Everything under ``if sys.platform == "win32"`` calls the Win32 API through
+ctypes and has run on no machine of this project yet: only a Windows machine
+can show that the DACL keeps another user out, that the first-instance flag
+defeats a squatter, and that the owner checks hold
+(tests/unit/test_owner_pipe_windows.py, in the Windows CI job; README, "what
+has been run where"). It is not type-checked here either (mypy checks for linux).
 """
 
 from __future__ import annotations
@@ -71,9 +79,11 @@ class PipeStream(io.RawIOBase):
     """
 
     def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], int],
-                 close: Callable[[], None]) -> None:
+                 close: Callable[[], None], cancel: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._read, self._write, self._close = read, write, close
+        self._cancel = cancel
+        self._shut = False
 
     def readable(self) -> bool:
         return True
@@ -86,6 +96,10 @@ class PipeStream(io.RawIOBase):
             data = self._read(len(buffer))
         except BrokenPipeError:
             return 0
+        except OSError:
+            if self._shut:
+                return 0  # our own shutdown aborted the read (ERROR_OPERATION_ABORTED)
+            raise
         buffer[:len(data)] = data
         return len(data)
 
@@ -99,6 +113,15 @@ class PipeStream(io.RawIOBase):
             if sent <= 0:
                 raise BrokenPipeError("the pipe took no bytes")
             view = view[sent:]
+
+    def shutdown(self, how: int) -> None:
+        """As ``socket.shutdown`` for a thread that must end another's blocked read
+        (the tray ends its event stream so): cancels the pending I/O (Windows:
+        ``CancelIoEx``), after which that read returns end of stream or fails."""
+        del how  # a pipe has no half-close: both directions end
+        self._shut = True
+        if self._cancel is not None:
+            self._cancel()
 
     def makefile(self, mode: str = "rb") -> io.BufferedReader:
         """What http.client reads a response from. Closing it (as http.client does after
@@ -128,20 +151,33 @@ class _Borrowed(io.RawIOBase):
 
 
 class PipeHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over the owner pipe, after checking who serves it (Windows only)."""
+    """``http.client`` over the owner pipe, after checking who serves it.
 
-    def __init__(self, name: str, timeout: float | None) -> None:
+    ``opener`` makes the :class:`PipeStream` (on Windows :func:`open_owner_pipe`,
+    which opens the pipe and checks its server's owner; tests pass a stand-in).
+    """
+
+    def __init__(self, name: str, timeout: float | None,
+                 opener: Callable[[str], PipeStream] | None = None) -> None:
         super().__init__("localhost", timeout=timeout)
-        self._name = name
+        self.pipe_name = name
+        self._opener = opener or open_owner_pipe
 
     def connect(self) -> None:
-        self.sock = open_owner_pipe(self._name)
+        self.sock = self._opener(self.pipe_name)
 
 
 def open_owner_pipe(name: str) -> PipeStream:
     if sys.platform == "win32":
         return _win32_open(name)
     raise ConfigError(f"the owner pipe exists only on Windows (this is {sys.platform})")
+
+
+def _owner_sid_unknown() -> str:
+    raise ConfigError(f"Windows user SIDs exist only on Windows (this is {sys.platform})")
+
+
+current_user_sid: Callable[[], str] = _owner_sid_unknown
 
 
 if sys.platform == "win32":
@@ -190,8 +226,10 @@ if sys.platform == "win32":
         finally:
             _kernel32.CloseHandle(token)
 
-    def current_user_sid() -> str:
+    def _current_user_sid() -> str:
         return _token_sid(_kernel32.GetCurrentProcess())
+
+    current_user_sid = _current_user_sid
 
     def process_user_sid(pid: int) -> str:
         process = _kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
@@ -226,17 +264,21 @@ if sys.platform == "win32":
             written, _err = _winapi.WriteFile(handle, data)
             return int(written)
 
-        return PipeStream(read, write, lambda: _winapi.CloseHandle(handle))
+        def cancel() -> None:
+            # ends a ReadFile another thread is blocked in (the tray's event stream)
+            _kernel32.CancelIoEx(wintypes.HANDLE(handle), None)
+
+        return PipeStream(read, write, lambda: _winapi.CloseHandle(handle), cancel)
 
     class OwnerPipeServer(windows_events.PipeServer):  # type: ignore[misc]
         """asyncio's pipe server with our security descriptor, byte mode, local clients only.
 
         It reuses asyncio's private pipe-server internals (``_address``,
-        ``_free_instances``, the proactor's ``accept_pipe``), as
+        ``_free_instances``, ``_get_unconnected_pipe``), as
         ``ProactorEventLoop.start_serving_pipe`` does: pinned by the CI build on Windows.
+        The base class creates the first instance in its constructor, so a squatter
+        already holding the name makes construction fail.
         """
-
-        accept_task: asyncio.Task[None] | None = None
 
         def __init__(self, address: str, sid: str) -> None:
             descriptor = ctypes.c_void_p()
@@ -262,34 +304,48 @@ if sys.platform == "win32":
             self._free_instances.add(pipe)
             return pipe
 
-    async def serve_owner_pipe(protocol_factory: Callable[[], asyncio.Protocol],
-                               sid: str) -> OwnerPipeServer:
-        """Serve ``protocol_factory`` (e.g. an aiohttp ``AppRunner.server``) on the owner
-        pipe of ``sid``; clients whose process is not ``sid``'s are disconnected."""
-        loop = asyncio.get_running_loop()
-        address = pipe_name(sid)
-        server = OwnerPipeServer(address, sid)
+    class Win32PipeEndpoint:
+        """The owner pipe for :class:`pacd.api.owner_listener.PipeListener`: accepts
+        on the proactor loop, names each client's owner, makes asyncio's duplex pipe
+        transport. Created before the databases open, so a squatter stops the start."""
 
-        async def accept() -> None:
-            while not server.closed():
-                pipe = server._get_unconnected_pipe()
+        def __init__(self, sid: str) -> None:
+            self.address = pipe_name(sid)
+            self._sid = sid
+            self._server = OwnerPipeServer(self.address, sid)
+
+        async def accept(self) -> windows_utils.PipeHandle | None:
+            loop = asyncio.get_running_loop()
+            while True:
+                pipe = self._server._get_unconnected_pipe()
                 if pipe is None:
-                    return
+                    return None  # closed
                 try:
-                    pipe = await loop._proactor.accept_pipe(pipe)  # type: ignore[attr-defined]
-                except BrokenPipeError:
-                    pipe.close()
-                    continue
-                server._free_instances.discard(pipe)
-                try:
-                    ours = _other_end_sid(pipe.fileno(), server=False) == sid
+                    connected = await loop._proactor.accept_pipe(pipe)  # type: ignore[attr-defined]
                 except OSError:
-                    ours = False
-                if not ours:
-                    pipe.close()
+                    pipe.close()  # the client went away before we saw it
+                    if self._server.closed():
+                        return None
                     continue
-                loop._make_duplex_pipe_transport(  # type: ignore[attr-defined]
-                    pipe, protocol_factory(), extra={"addr": address, "peer_sid": sid})
+                self._server._free_instances.discard(connected)
+                return connected  # type: ignore[no-any-return]
 
-        server.accept_task = loop.create_task(accept())
-        return server
+        def peer_sid(self, pipe: windows_utils.PipeHandle) -> str:
+            return _other_end_sid(pipe.fileno(), server=False)
+
+        def client_pid(self, pipe: windows_utils.PipeHandle) -> int:
+            pid = wintypes.ULONG()
+            _check(_kernel32.GetNamedPipeClientProcessId(wintypes.HANDLE(pipe.fileno()),
+                                                         ctypes.byref(pid)))
+            return int(pid.value)
+
+        def attach(self, pipe: windows_utils.PipeHandle, protocol: asyncio.Protocol,
+                   extra: dict[str, object]) -> None:
+            loop = asyncio.get_running_loop()
+            loop._make_duplex_pipe_transport(pipe, protocol, extra=extra)  # type: ignore[attr-defined]
+
+        def discard(self, pipe: windows_utils.PipeHandle) -> None:
+            pipe.close()
+
+        def close(self) -> None:
+            self._server.close()

@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pacd.api.peercred import own_uid
 
 log = logging.getLogger("pacd.api")
 
@@ -42,7 +43,7 @@ def actor_for(uid: int | None) -> str:
     """The audit actor for a socket peer: the owner is the daemon's own uid."""
     if uid is None:
         return "peer:uid=unknown"
-    return f"owner:uid={uid}" if uid == os.getuid() else f"peer:uid={uid}"
+    return f"owner:uid={uid}" if uid == own_uid() else f"peer:uid={uid}"
 
 
 class AuditAppender(Protocol):

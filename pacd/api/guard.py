@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from pacd.api.peercred import PeerCred, PidNamespace, peer_cred, pid_namespace
+from pacd.api.peercred import PeerCred, PidNamespace, pid_namespace, transport_peer
 
 log = logging.getLogger("pacd.api")
 
@@ -76,8 +76,7 @@ class ConnectionGuard:
             self._evict_idle()
         if len(self._states) >= self.hard_cap:
             return None
-        sock = transport.get_extra_info("socket")
-        peer = peer_cred(sock) if sock is not None else None
+        peer = transport_peer(transport)
         busy = self._served >= self.max_connections
         if not busy:
             self._served += 1

@@ -18,11 +18,15 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class _SockOpt(Protocol):
     def getsockopt(self, level: int, optname: int, buflen: int) -> bytes: ...
+
+
+class _Extra(Protocol):
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,40 @@ class PeerCred:
     uid: int
     pid: int | None
     gid: int | None
+
+
+#: transport extra (``get_extra_info``) under which a transport that names its peer
+#: itself (the Windows owner pipe, see :mod:`pacd.api.owner_listener`) hands over the
+#: :class:`PeerCred` it established, or None for a peer it could not vouch for. Only
+#: pacd's own listener code creates transports with it; a Unix socket never has it.
+VERIFIED_PEER = "pacd.verified_peer"
+_ABSENT = object()
+
+
+def transport_peer(transport: _Extra) -> PeerCred | None:
+    """Who is on the other end of an accepted connection: what the transport's
+    creator verified (:data:`VERIFIED_PEER`), else the kernel's answer for its socket."""
+    verified = transport.get_extra_info(VERIFIED_PEER, _ABSENT)
+    if verified is not _ABSENT:
+        return verified if isinstance(verified, PeerCred) else None
+    sock = transport.get_extra_info("socket")
+    return peer_cred(sock) if sock is not None else None
+
+
+def own_uid() -> int:
+    """The uid peers are compared with: the daemon's own.
+
+    Windows has no uids: there the owner is the user whose SID the pipe checks,
+    and a peer that passed that check carries this number, the SID's last
+    sub-authority (its RID, as Cygwin maps SIDs to uids). Only a Windows machine
+    runs that branch.
+    """
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None:
+        return int(getuid())
+    from pacd.named_pipe import current_user_sid  # Windows only
+
+    return int(current_user_sid().rsplit("-", 1)[1])
 
 
 _SOL_LOCAL = 0

@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -46,7 +44,8 @@ from pacd.api.decisions import (
     end_request,
 )
 from pacd.api.guard import KEEP_IDLE, ConnectionGuard
-from pacd.api.peercred import PeerCred
+from pacd.api.owner_listener import OwnerListener
+from pacd.api.peercred import PeerCred, own_uid
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.core.fields import refuse_surrogates
 from pacd.errors import (
@@ -130,7 +129,7 @@ class OwnerServer:
         self._max_tokenless_body = min(max_tokenless_body_bytes, max_body_bytes)
         self._authorize = authorize
         self._audit = audit
-        self._uid = os.getuid()
+        self._uid = own_uid()
         self.actor = actor_for(self._uid)
         self._read_timeout = read_timeout_s or header_timeout_s
         self.refusals = Coalescer(audit)
@@ -152,13 +151,14 @@ class OwnerServer:
             shutdown_timeout=shutdown_timeout_s,
             handle_signals=False,
         )
-        self._site: _GuardedSockSite | None = None
+        self._site: _GuardedSite | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def start(self, sock: socket.socket) -> None:
+    async def start(self, listener: OwnerListener) -> None:
+        """Serve on ``listener`` (the owner socket, or the owner pipe on Windows)."""
         await self._runner.setup()
-        self._site = _GuardedSockSite(self._runner, sock, self.guard)
+        self._site = _GuardedSite(self._runner, listener, self.guard)
         await self._site.start()
 
     async def stop(self) -> None:
@@ -401,18 +401,21 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> PacdError:
     return PacdError(exc.reason or "request failed")
 
 
-class _GuardedSockSite(web.SockSite):
-    """A SockSite whose connections pass through the connection guard."""
+class _GuardedSite(web.BaseSite):
+    """A site on an :class:`OwnerListener` whose connections pass through the guard."""
 
-    def __init__(self, runner: web.AppRunner, sock: socket.socket,
+    def __init__(self, runner: web.AppRunner, listener: OwnerListener,
                  guard: ConnectionGuard) -> None:
-        super().__init__(runner, sock)
+        super().__init__(runner)
+        self._listener = listener
         self._guard = guard
-        self._sock_ref = sock
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._listener.where}"
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)
+        await super().start()
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._guard.wrap(server), sock=self._sock_ref)
+        self._server = await self._listener.serve(self._guard.wrap(server))

@@ -20,10 +20,10 @@ from fido2.cose import ES256, CoseKey
 from fido2.utils import websafe_decode
 
 from pacd.approvals import b64url
-from pacd.client import UnixHTTPConnection
 from pacd.core.canonical import digest
 from pacd.errors import PacdError
 from pacd.presence.client import authenticate, register
+from pacd.transport import UnixHTTPConnection
 from tests.integration.harness import DaemonProcess, Owner, Silent
 from tests.softauthn import SOFT_AAGUID, SoftAuthenticator
 

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from pacd.approvals import b64url
-from pacd.client import UnixHTTPConnection
 from pacd.core.canonical import digest
+from pacd.transport import UnixHTTPConnection
 from tests.integration.harness import DaemonProcess, Owner, plugin, spec_with_plugins
 
 SEED_ID = "e621e1f8-c36c-495a-93fc-0c247a3e6e5f"

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from pacd.client import UnixHTTPConnection
 from pacd.runtime.hardening import LABEL_OWNER_ID, container_name
 from pacd.runtime.podman import PodmanRuntime
+from pacd.transport import UnixHTTPConnection
 from tests.integration.harness import DaemonProcess, Owner
 from tests.pidns_connector import NamespaceConnector
 from tests.podman_env import remove_labelled
