@@ -291,10 +291,15 @@ def test_systemd_socket_activation_and_notify(make_daemon: Callable[..., DaemonP
                             pass_fds=(listener.fileno(),), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        assert notify.recv(64) == b"READY=1"
+        ready = notify.recv(64)
         listener.close()  # only the daemon holds it now
-        assert d.client().status()["version"]
+        version = d.client().status()["version"]
     finally:
+        # Cleanup only (no assert here, so a failure above is the one reported).
+        listener.close()
         proc.terminate()
-        assert proc.wait(30) == 0
+        exit_code = proc.wait(30)
         notify.close()
+    assert ready == b"READY=1"
+    assert version
+    assert exit_code == 0  # a clean shutdown on SIGTERM
