@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pacd.errors import DaemonUnavailable
+from pacd.errors import ConfigError, DaemonUnavailable
 from tests.integration.harness import ROOT, DaemonProcess, EventCollector, held_connection
 
 
@@ -60,7 +60,7 @@ def test_loose_socket_directory_refused(make_daemon: Callable[..., DaemonProcess
     os.chmod(d.socket.parent, 0o755)
     d.start(wait=False)
     assert d.proc is not None
-    assert d.proc.wait(30) != 0
+    assert d.proc.wait(30) == ConfigError.exit_code == 12
     assert "chmod 700" in d.log()
     assert not d.socket.exists()
 
