@@ -2,8 +2,10 @@
 
 Two rules, read from the syntax tree of every Python file under ``tests/``:
 
-1. **No sleeping in place of synchronisation.** A ``time.sleep`` call is
-   allowed only
+1. **No sleeping in place of synchronisation.** A sleep — ``time.sleep``,
+   ``asyncio.sleep`` with a non-zero delay (``asyncio.sleep(0)`` only yields to
+   the event loop) or ``qtbot.wait`` (pytest-qt's sleep with the Qt loop
+   running) — is allowed only
 
    - as the pause of a ``while`` loop (a poll that re-checks an observable
      condition each turn, bounded by its own deadline), or
@@ -42,22 +44,37 @@ def _sources() -> list[Path]:
     return sorted(p for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts)
 
 
+#: modules whose ``sleep`` lets time pass
+SLEEP_MODULES = {"time", "asyncio"}
+#: names a pytest-qt fixture is given here; ``<name>.wait(ms)`` sleeps
+QTBOT_NAMES = {"qtbot"}
+
+
 def _sleep_names(tree: ast.Module) -> tuple[set[str], set[str]]:
-    """Names bound to the ``time`` module and to ``time.sleep`` in this file."""
+    """Names bound to the ``time``/``asyncio`` modules and to their ``sleep`` in this
+    file."""
     modules, functions = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            modules |= {a.asname or a.name for a in node.names if a.name == "time"}
-        elif isinstance(node, ast.ImportFrom) and node.module == "time":
+            modules |= {a.asname or a.name for a in node.names if a.name in SLEEP_MODULES}
+        elif isinstance(node, ast.ImportFrom) and node.module in SLEEP_MODULES:
             functions |= {a.asname or a.name for a in node.names if a.name == "sleep"}
     return modules, functions
 
 
+def _only_yields(call: ast.Call) -> bool:
+    """``asyncio.sleep(0)``: hands the event loop a turn, lets no time pass."""
+    return len(call.args) == 1 and isinstance(call.args[0], ast.Constant) and \
+        call.args[0].value == 0
+
+
 def _is_sleep(call: ast.Call, modules: set[str], functions: set[str]) -> bool:
     func = call.func
-    if isinstance(func, ast.Attribute) and func.attr == "sleep":
-        return isinstance(func.value, ast.Name) and func.value.id in modules
-    return isinstance(func, ast.Name) and func.id in functions
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        if func.attr == "sleep" and func.value.id in modules:
+            return not _only_yields(call)
+        return func.attr == "wait" and func.value.id in QTBOT_NAMES
+    return isinstance(func, ast.Name) and func.id in functions and not _only_yields(call)
 
 
 def _walk_with_loop(node: ast.AST, in_while: bool = False) -> Iterator[tuple[ast.AST, bool]]:
@@ -125,7 +142,7 @@ def unchecked_tests(source: str) -> list[str]:
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(TESTS)))
 def test_no_sleep_stands_in_for_synchronisation(path: Path) -> None:
     bad = unmarked_sleeps(path.read_text())
-    assert not bad, (f"{path.relative_to(TESTS)}: time.sleep on line(s) {bad}: wait on an "
+    assert not bad, (f"{path.relative_to(TESTS)}: a sleep on line(s) {bad}: wait on an "
                      f"observable condition, or mark the line '{EXTERNAL_CLOCK} — why'")
 
 
@@ -152,6 +169,22 @@ def test_checker_flags_a_bare_sleep_and_accepts_polls_and_marked_clocks() -> Non
         "    assert True\n"
     )
     assert unmarked_sleeps(source) == [4, 5, 7]
+
+
+def test_checker_flags_asyncio_sleeps_and_qtbot_waits_but_not_a_yield() -> None:
+    source = (
+        "import asyncio\n"
+        "async def test_a(qtbot):\n"
+        "    await asyncio.sleep(0.3)\n"
+        "    await asyncio.sleep(0)\n"
+        "    qtbot.wait(300)\n"
+        "    qtbot.waitUntil(done)\n"
+        "    qtbot.wait(1000)  # waits-on: external clock — a minute of idling\n"
+        "    while not done():\n"
+        "        await asyncio.sleep(0.01)\n"
+        "    assert True\n"
+    )
+    assert unmarked_sleeps(source) == [3, 5]
 
 
 def test_checker_flags_a_test_without_a_check() -> None:
