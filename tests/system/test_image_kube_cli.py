@@ -297,7 +297,7 @@ def test_kube_export_plays_in_podman(make_deployment: Callable[..., Deployment],
         with contextlib.suppress(PacdError):
             podman_runtime.kube_down(text)
     for pod_id in pod_ids:
-        with pytest.raises(PacdError):
+        with pytest.raises(NotFound):
             podman_runtime.inspect_pod(pod_id)
 
     unwritable = d.daemon.cli("export", "kube", cid, "-o", str(tmp_path / "no" / "x.yaml"))
