@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check pacd gui tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_suite_hygiene.py
 
 test: system-deps $(STAMP) lint
 	scripts/dev-session $(PY) -m pytest $(PYTEST_ARGS)

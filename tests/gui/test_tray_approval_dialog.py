@@ -159,7 +159,7 @@ def test_a_payload_that_is_not_what_the_key_would_sign_cannot_be_approved(
     qtbot.addWidget(dialog)
     dialog.show()
     qtbot.waitUntil(dialog.isActiveWindow, timeout=5000)
-    qtbot.wait(300)  # far past the arming delay
+    qtbot.wait(300)  # waits-on: external clock — far past the 50 ms arming delay
     assert not dialog.signable
     assert not dialog.approve_button.isEnabled()
     assert dialog.status.text() == MISMATCH

@@ -37,8 +37,7 @@ def test_an_idle_tray_sends_no_requests_and_adds_no_audit_entries(qtbot: Any,
         requests_before = len(sent.sent)
         deadline = time.monotonic() + IDLE_S
         while time.monotonic() < deadline:
-            # waits-on: external clock — the promise is about a minute of wall time
-            qtbot.wait(1000)
+            qtbot.wait(1000)  # waits-on: external clock — the promise is a minute of idling
         new = owner_entries_after(world, start_seq)
         # The only owner entry is this test's own read of the log.
         assert [e["action"] for e in new] == ["audit.read"], new

@@ -116,14 +116,14 @@ def podman_time(text: str) -> float:
 def removed_after(runtime: PodmanRuntime, service_url: str, d: Deployment) -> Iterator[None]:
     """Remove the owner's image and every layer image its builds left (repeated
     builds leave superseded, untagged images behind), whatever the outcome."""
+    podman = podman_binary()
+    assert podman is not None  # checked before, not in the cleanup: it must not hide a failure
+    remote = [podman, "--url", service_url]
     try:
         yield
     finally:
         with contextlib.suppress(NotFound):
             runtime.remove_image(owner_tag(d), force=True)
-        podman = podman_binary()
-        assert podman is not None
-        remote = [podman, "--url", service_url]
         ids = subprocess.run(
             [*remote, "images", "--all", "--quiet", "--no-trunc", "--filter",
              f"label={IMAGE_LABEL_OWNER_ID}={d.owner_id}"],
@@ -297,7 +297,7 @@ def test_kube_export_plays_in_podman(make_deployment: Callable[..., Deployment],
         with contextlib.suppress(PacdError):
             podman_runtime.kube_down(text)
     for pod_id in pod_ids:
-        with pytest.raises(PacdError):
+        with pytest.raises(NotFound):
             podman_runtime.inspect_pod(pod_id)
 
     unwritable = d.daemon.cli("export", "kube", cid, "-o", str(tmp_path / "no" / "x.yaml"))

@@ -138,7 +138,7 @@ def _assert_daemon_answers_its_cli_and_stops(
     assert daemon.wait(30) == 0, log.read_text()
     gone = subprocess.run([str(pacd), "status", "--json"], env=env, capture_output=True,
                           text=True, timeout=30, check=False)
-    assert gone.returncode != 0
+    assert gone.returncode == 11  # daemon_unavailable: one situation, one exit code
     assert json.loads(gone.stdout)["error"]["code"] == "daemon_unavailable"
 
 

@@ -15,7 +15,7 @@ from pacd.core.models import (
     PersonalAIContainer,
     SecurityPolicy,
 )
-from pacd.errors import PacdError
+from pacd.errors import NotFound, PacdError
 from pacd.runtime.hardening import LABEL_AGENT, LABEL_CONTAINER_ID, PACD_LABELS
 from pacd.runtime.kube import export_kube
 from pacd.runtime.podman import PodmanRuntime
@@ -72,5 +72,5 @@ def test_kube_export_plays_in_podman_with_the_security_context(
         with contextlib.suppress(PacdError):
             podman_runtime.kube_down(text)
     for pod_id in pod_ids:
-        with pytest.raises(PacdError):
+        with pytest.raises(NotFound):
             podman_runtime.inspect_pod(pod_id)

@@ -641,6 +641,14 @@ def block_writes(path: Path) -> sqlite3.Connection:
     return conn
 
 
+async def taken_by_the_writer(log: AuditLog, count: int = 1) -> None:
+    """Return once the writer has taken ``count`` appends (and is stuck behind the lock)."""
+    deadline = time.monotonic() + 10
+    while log.writing < count:
+        assert time.monotonic() < deadline, f"the writer took {log.writing} of {count}"
+        await asyncio.sleep(0.005)
+
+
 def test_one_batch_larger_than_an_insert_chunk(log_path: Path) -> None:
     ticks = itertools.count()
     log = AuditLog.open(log_path, KEY, None, clock=lambda: float(next(ticks)))
@@ -649,7 +657,8 @@ def test_one_batch_larger_than_an_insert_chunk(log_path: Path) -> None:
     async def many() -> list[AuditEntry]:
         tasks = [asyncio.create_task(log.append_async("a", "b", str(i), "info", "r"))
                  for i in range(700)]
-        await asyncio.sleep(0.3)  # all queued behind the held lock
+        await asyncio.sleep(0)  # each task runs up to its wait: all 700 are queued
+        await taken_by_the_writer(log)  # ... and the writer is stuck behind the held lock
         blocker.execute("COMMIT")
         return await asyncio.gather(*tasks)
 
@@ -670,7 +679,7 @@ def test_append_async_times_out_oldest_first_while_the_writer_is_stuck(log_path:
 
     async def main() -> tuple[str, bool, str]:
         first = asyncio.create_task(log.append_async("a", "first", "", "info", "r"))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # waits-on: external clock — staggers the two deadlines
         second = asyncio.create_task(log.append_async("a", "second", "", "info", "r"))
         with pytest.raises(AuditError, match="did not confirm") as exc:
             await first
@@ -716,10 +725,11 @@ def test_cancelled_waiter_leaves_the_others_alone(log_path: Path) -> None:
     async def main() -> list[AuditEntry | BaseException]:
         # The first is taken by the writer (stuck behind the lock); the rest stay queued.
         tasks = [asyncio.create_task(log.append_async("a", "b", "0", "info", "r"))]
-        await asyncio.sleep(0.1)
+        await taken_by_the_writer(log)
         tasks += [asyncio.create_task(log.append_async("a", "b", str(i), "info", "r"))
                   for i in range(1, 10)]
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # each runs up to its wait: queued
+        assert log.writing == 1
         tasks[3].cancel()
         blocker.execute("COMMIT")
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -741,7 +751,7 @@ def test_a_closed_loop_with_a_waiter_is_forgotten(log_path: Path) -> None:
     blocker = block_writes(log_path)
     loop = asyncio.new_event_loop()
     task = loop.create_task(log.append_async("a", "b", "c", "info", "r"))
-    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.run_until_complete(taken_by_the_writer(log))  # and stuck behind the lock
     assert loop in log._loop_waiters
     task.cancel()
     loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
@@ -804,7 +814,7 @@ def test_cancelled_waiter_of_an_entry_being_written_is_noted(log_path: Path) -> 
 
     async def main() -> None:
         task = asyncio.create_task(log.append_async("a", "held", "", "allow", "r"))
-        await asyncio.sleep(0.1)  # taken by the writer, which is stuck behind the lock
+        await taken_by_the_writer(log)  # and stuck behind the lock
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

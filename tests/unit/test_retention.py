@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,12 +179,11 @@ def test_a_broken_record_does_not_stop_the_other_containers_purge(world: World) 
 
 async def _until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None:
     """Poll until ``condition`` holds; fail if the task ends or it never does."""
-    for _ in range(500):
-        if condition():
-            return
+    deadline = time.monotonic() + 5
+    while not condition():
         assert not task.done(), task.exception() if not task.cancelled() else "cancelled"
+        assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def test_periodic_task_survives_an_unexpected_error_and_keeps_enforcing(world: World) -> None:
