@@ -63,14 +63,16 @@ def relative_time(iso_time: str, now: float | None = None) -> str:
     return f"in {span} ({local})" if delta >= 0 else f"{span} ago ({local})"
 
 
-def requester_text(payload: dict[str, Any], detail: dict[str, Any]) -> str:
+def requester_text(payload: dict[str, Any]) -> str:
+    """``owner:uid=1000, process 4242 (/usr/bin/python3)``: from the signed payload only
+    (the approval view's ``requester_pid``/``requester_exe`` are not what the key signs)."""
     who = str(payload.get("requester", "?"))
-    pid, exe = detail.get("requester_pid"), detail.get("requester_exe")
-    if pid is not None:
-        who += f", process {pid}"
-    if exe:
-        who += f" ({exe})"
-    return who
+    process = payload.get("requester_process")
+    if not isinstance(process, dict):
+        return who + ", process not recorded"
+    who += f", process {process.get('pid', '?')}"
+    exe = process.get("exe")
+    return who + (f" ({exe})" if exe else " (executable unknown)")
 
 
 class ApprovalDialog(QDialog):
@@ -116,7 +118,7 @@ class ApprovalDialog(QDialog):
             self.fields.addRow(plain_label(name), label)
         layout.addLayout(self.fields)
 
-        self.requester = plain_label(f"asked by: {requester_text(self.payload, detail)}")
+        self.requester = plain_label(f"asked by: {requester_text(self.payload)}")
         self.needs = plain_label(
             f"needs: {self.payload.get('required_level', '?')}; expires "
             f"{relative_time(str(self.payload.get('expires_at', '?')))}")

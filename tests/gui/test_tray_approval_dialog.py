@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import time
 from typing import Any
 
@@ -66,7 +67,14 @@ def test_an_approval_asked_through_the_api_appears_as_a_dialog_at_once(
     assert any(r.startswith("POST /format (60/min, burst 10") for r in rows)
     assert "readOnly" in rows
     assert dialog.title.text() == "Install a plugin?"
-    assert dialog.requester.text().startswith("asked by: owner:uid=")
+    # Who asked: the uid, and the submitting process (this test) as the kernel named it,
+    # from the signed payload; the API lists the same.
+    me = f"process {os.getpid()} ({os.readlink('/proc/self/exe')})"
+    assert dialog.requester.text() == f"asked by: owner:uid={os.getuid()}, {me}"
+    listed = world.daemon.client().request("GET", "/v1/approvals")["approvals"]
+    mine = next(a for a in listed if a["id"] == approval_id)
+    assert (mine["requester_pid"], mine["requester_exe"]) == (
+        os.getpid(), os.readlink("/proc/self/exe"))
     assert "needs: biometric; expires in " in dialog.needs.text()
     # The raw JSON is one click away.
     assert not dialog.raw.isVisible()
