@@ -20,6 +20,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from gui.signals import emit
 from pacd.client import Client, approval_challenge_matches
 from pacd.errors import PacdError
+from pacd.presence.client import RetriesInteraction
 
 #: (options, origin, interaction, cancel, timeout_s) -> AuthenticationResponseJSON
 Authenticator = Callable[[Mapping[str, Any], str, UserInteraction, threading.Event, float],
@@ -32,7 +33,11 @@ MISMATCH = ("the challenge the daemon asks you to sign is not the digest of the 
 SENTENCES = {
     "no_authenticator": "No security key was found: plug one in and try again.",
     "pin_invalid": "Wrong PIN for the security key; nothing was approved.",
-    "pin_blocked": "The security key's PIN is blocked; nothing was approved.",
+    "pin_blocked": "The security key's PIN is blocked after too many wrong tries: the key "
+                   "must be reset (which erases its credentials) before it can approve "
+                   "anything; nothing was approved.",
+    "pin_auth_blocked": "Too many wrong PINs in a row: unplug the security key, plug it back "
+                        "in and try again; nothing was approved.",
     "timeout": "The security key was not touched in time; nothing was approved.",
     "cancelled": "Cancelled; nothing was approved.",
     "presence_failed": "The daemon did not accept this key's signature (is the key enrolled "
@@ -45,7 +50,20 @@ SENTENCES = {
 }
 
 
+def pin_prompt(device_name: str, retries: int | None) -> str:
+    """The PIN prompt with the tries the key itself reports left (``getPinRetries``)."""
+    if retries is None:
+        left = "the key does not say how many tries are left"
+    elif retries == 1:
+        left = "1 try left: one more wrong PIN blocks the key"
+    else:
+        left = f"{retries} tries left before the key blocks its PIN"
+    return f"Enter the PIN of your {device_name} ({left}):"
+
+
 def failure_sentence(exc: PacdError) -> str:
+    if exc.code == "pin_blocked" and "replug" in exc.message:
+        return SENTENCES["pin_auth_blocked"]
     if exc.code == "ceremony_failed" and "not enrolled" in exc.message:
         return "This security key is not enrolled with pacd; nothing was approved."
     return SENTENCES.get(exc.code, f"Not approved: {exc.message}")
@@ -81,7 +99,6 @@ class CeremonyWorker(QObject):
         self.cancel_event = threading.Event()
         self._pin: str | None = None
         self._pin_given = threading.Event()
-        self._pin_asked = 0
 
     def cancel(self) -> None:
         """Callable from any thread: ends the ceremony as "cancelled"."""
@@ -93,12 +110,9 @@ class CeremonyWorker(QObject):
         self._pin = pin or None
         self._pin_given.set()
 
-    def _ask_pin(self) -> str | None:
-        self._pin_asked += 1
-        again = " (wrong PIN before; a key blocks after 8 wrong tries)" if self._pin_asked > 1 \
-            else ""
+    def _ask_pin(self, retries: int | None = None) -> str | None:
         self._pin_given.clear()
-        emit(self.pin_needed, f"Enter the PIN of your {self.device_name}{again}:")
+        emit(self.pin_needed, pin_prompt(self.device_name, retries))
         while not self._pin_given.wait(0.1):
             if self.cancel_event.is_set():
                 return None
@@ -111,12 +125,16 @@ class CeremonyWorker(QObject):
             return
         worker = self
 
-        class Interaction(UserInteraction):
+        class Interaction(RetriesInteraction):
             def prompt_up(self) -> None:
                 emit(worker.prompt, f"Touch your {worker.device_name} now.")
 
             def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
-                return worker._ask_pin()
+                return worker._ask_pin()  # a client that cannot ask the key its retries
+
+            def request_pin_with_retries(self, permissions: Any, rd_id: str | None,
+                                         retries: int | None) -> str | None:
+                return worker._ask_pin(retries)
 
             def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
                 emit(worker.prompt, f"Verify yourself on your {worker.device_name} "
