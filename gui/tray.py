@@ -146,6 +146,9 @@ class Tray(QObject):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pacd-tray")
         self._refreshing = False
         self._stale = False
+        #: counts daemon losses: a refresh or detail fetch begun before the last loss
+        #: answers for a daemon that is gone, and its result is dropped
+        self._epoch = 0
         self._seen: set[str] = set()
         self.queue: list[str] = []
         self.dialog: ApprovalDialog | None = None
@@ -187,10 +190,19 @@ class Tray(QObject):
         self.messages.append((title, text))
         self.icon.showMessage(title, visible(text), icon)
 
-    def _background(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+    def _background(self, work: Callable[[], Any], then: Callable[[Any], None], *,
+                    current: bool = False) -> None:
+        """Run ``work`` off the GUI thread, then ``then(result)`` on it. ``current``: only
+        if the daemon has not been lost meanwhile (see :meth:`on_lost`)."""
+        epoch = self._epoch
+
+        def deliver(result: Any) -> None:
+            if not current or epoch == self._epoch:
+                then(result)
+
         def run() -> None:
             result = work()
-            emit(self._gui, lambda: then(result))
+            emit(self._gui, lambda: deliver(result))
         self._pool.submit(run)
 
     # --- following the daemon ----------------------------------------------
@@ -234,9 +246,19 @@ class Tray(QObject):
         if code in AUDIT_PROBLEMS:
             self._apply(TrayState(reachable=True, problem=code, error=message))
             return
-        if self.dialog is not None:
+        # Whatever is on its way from the daemon that is gone is stale: a refresh
+        # finishing now would mark a dead daemon reachable, a detail fetch would
+        # open a dialog after the loss (both seen under load). Drop them.
+        self._epoch += 1
+        self._refreshing = self._stale = False
+        unanswered = set(self.queue)
+        self.queue.clear()  # before the dialog closes: it must not open the next one
+        if isinstance(self.dialog, ApprovalDialog):
+            unanswered.add(self.dialog.approval_id)
             self.dialog.close_for("daemon lost")
-        self.queue.clear()
+        self.dialog = None  # also the placeholder of a detail fetch in flight
+        # Not decided by the owner: offered again once the daemon is back.
+        self._seen -= unanswered
         self._apply(TrayState(reachable=False, error=message))
 
     @Slot()
@@ -246,7 +268,7 @@ class Tray(QObject):
             self._stale = True
             return
         self._refreshing = True
-        self._background(lambda: fetch_state(self.client), self._refreshed)
+        self._background(lambda: fetch_state(self.client), self._refreshed, current=True)
 
     def _refreshed(self, state: TrayState) -> None:
         self._refreshing = False
@@ -374,7 +396,7 @@ class Tray(QObject):
             return detail
 
         self.dialog = _PENDING  # one fetch at a time
-        self._background(fetch, lambda d: self._show(approval_id, d))
+        self._background(fetch, lambda d: self._show(approval_id, d), current=True)
 
     def _show(self, approval_id: str, detail: dict[str, Any] | PacdError) -> None:
         self.dialog = None

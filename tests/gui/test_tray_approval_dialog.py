@@ -21,7 +21,7 @@ from gui.approval_dialog import ApprovalDialog
 from gui.ceremony import MISMATCH
 from gui.tray import Tray
 from pacd.core.canonical import digest
-from tests.gui.world import PIN, World, wait_reachable
+from tests.gui.world import PIN, HeldClient, World, wait_reachable
 
 pytestmark = pytest.mark.system  # a real daemon with the real keychain
 
@@ -210,3 +210,36 @@ def test_expiry_and_daemon_loss_close_the_dialog(qtbot: Any, world: World,
     qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=10_000)
     assert tray.dialog is None
     assert not tray.state.reachable
+    # Closed by the loss, not decided by the owner: offered again once the daemon is back.
+    world.daemon.start()
+    tray.follower.retry_now()
+    again = open_dialog(qtbot, tray, approval_id)
+    assert again is not dialog
+
+
+def test_answers_read_before_the_daemon_went_away_do_not_reopen_a_dialog_or_revive_it(
+        qtbot: Any, world: World) -> None:
+    # Under load the detail fetch and the refresh an approval.created starts can be
+    # answered by the daemon and still be on their way when it goes: they describe a
+    # daemon that is gone, and must neither open a dialog nor mark it reachable.
+    from PySide6.QtWidgets import QApplication
+
+    held = HeldClient(world.daemon.client(), ())
+    tray, _ = world.tray(client=held)
+    try:
+        wait_reachable(qtbot, tray)
+        qtbot.waitUntil(lambda: not tray._refreshing, timeout=10_000)
+        held.holding = ("GET /v1/approvals/", "GET /v1/containers")
+        world.queue_plugin()
+        qtbot.waitUntil(lambda: held.held == 2, timeout=10_000)  # both answered, held back
+        world.daemon.stop()
+        qtbot.waitUntil(lambda: not tray.state.reachable, timeout=10_000)
+        held.release()
+        tray._pool.shutdown(wait=True)  # their results are now posted to the GUI thread
+        QApplication.processEvents()
+        assert tray.dialog is None
+        assert not tray.state.reachable
+        assert tray.state.icon_name == "pacd-offline"
+    finally:
+        held.release()
+        tray.close()
