@@ -26,7 +26,6 @@ from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
-from gui import autostart
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
 from gui.ceremony import Authenticator
@@ -35,6 +34,7 @@ from gui.follower import EventFollower
 from gui.instance import SingleInstance
 from gui.signals import emit
 from gui.text import menu_text, plain_message_box, plain_tooltip, visible
+from pacd import autostart
 from pacd.client import Client
 from pacd.errors import PacdError
 

@@ -5,7 +5,7 @@
 i.e. 0600) and starts ``pacd daemon`` on the first connection, which collects
 the socket with ``launch_activate_socket`` (:func:`pacd.api.activation.launchd_socket`).
 ``org.pacd.tray``: starts the tray at login (``RunAtLoad``); written and
-removed by the tray's "Start at login" through :mod:`pacd.autostart`.
+removed by the tray's "Start at login" through :mod:`pacd.autostart.macos`.
 
 The plist contents are pure functions (tested on any machine with plistlib).
 Writing them into ``~/Library/LaunchAgents`` and ``launchctl bootstrap
@@ -20,7 +20,7 @@ import os
 import plistlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,34 +87,45 @@ def require_macos() -> None:
         raise ConfigError(f"LaunchAgents exist only on macOS (this is {sys.platform})")
 
 
+#: runs one launchctl command: argv -> (exit status, stderr)
+Launchctl = Callable[[Sequence[str]], tuple[int, str]]
+
+
+def _launchctl(argv: Sequence[str]) -> tuple[int, str]:
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    return result.returncode, result.stderr
+
+
 def _domain() -> str:
     return f"gui/{os.getuid()}"
 
 
-def install(agent: dict[str, Any], home: Path) -> Path:
+def install(agent: dict[str, Any], home: Path, launchctl: Launchctl | None = None) -> Path:
     """Write ``agent`` (0600, ours) and load it into this user's GUI domain, replacing
-    a loaded one of the same label."""
-    require_macos()
+    a loaded one of the same label. ``launchctl`` stands in for the system's (tests on
+    other systems); without it this runs on macOS only."""
+    if launchctl is None:
+        require_macos()
+    run = launchctl or _launchctl
     path = plist_path(home, str(agent["Label"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private(path, plist_bytes(agent))
-    _bootout(str(agent["Label"]))
-    result = subprocess.run([LAUNCHCTL, "bootstrap", _domain(), str(path)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ConfigError(f"launchctl bootstrap {path} failed: {result.stderr.strip()}")
+    _bootout(str(agent["Label"]), run)
+    status, stderr = run([LAUNCHCTL, "bootstrap", _domain(), str(path)])
+    if status != 0:
+        raise ConfigError(f"launchctl bootstrap {path} failed: {stderr.strip()}")
     return path
 
 
-def uninstall(label: str, home: Path) -> None:
+def uninstall(label: str, home: Path, launchctl: Launchctl | None = None) -> None:
     """Unload the agent ``label`` and remove its plist (absent is fine)."""
-    require_macos()
-    _bootout(label)
+    if launchctl is None:
+        require_macos()
+    _bootout(label, launchctl or _launchctl)
     with contextlib.suppress(FileNotFoundError):
         plist_path(home, label).unlink()
 
 
-def _bootout(label: str) -> None:
+def _bootout(label: str, run: Launchctl) -> None:
     # not loaded is the usual case and no error
-    subprocess.run([LAUNCHCTL, "bootout", f"{_domain()}/{label}"], capture_output=True,
-                   check=False)
+    run([LAUNCHCTL, "bootout", f"{_domain()}/{label}"])
