@@ -29,7 +29,7 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
 from gui.ceremony import Authenticator
-from gui.daemon_start import start_daemon
+from gui.daemon_start import Spawn, start_daemon
 from gui.follower import EventFollower
 from gui.instance import SingleInstance
 from gui.signals import emit
@@ -137,9 +137,12 @@ class Tray(QObject):
     _gui = Signal(object)
 
     def __init__(self, client: Client, authenticator: Authenticator | None = None, *,
-                 arm_delay_ms: int = 1000, follow: bool = True) -> None:
+                 arm_delay_ms: int = 1000, follow: bool = True,
+                 spawn: Spawn | None = None) -> None:
         super().__init__()
         self.client = client
+        #: how "Start daemon" runs its command (None: detached, see gui.daemon_start)
+        self.spawn = spawn
         self.state = TrayState()
         self.authenticator = authenticator
         self.arm_delay_ms = arm_delay_ms
@@ -355,7 +358,7 @@ class Tray(QObject):
     @Slot()
     def start_daemon(self) -> None:
         try:
-            start_daemon()
+            start_daemon(spawn=self.spawn)
         except OSError as exc:
             plain_message_box(f"could not start the daemon: {exc}").exec()
             return
