@@ -18,7 +18,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QEvent, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent, QFont, QKeyEvent, QShowEvent
 from PySide6.QtWidgets import (
     QDialog,
@@ -38,6 +38,7 @@ from gui.ceremony import (
     Authenticator,
     CeremonyWorker,
     device_authenticate,
+    run_on_thread,
 )
 from gui.renderers import render
 from gui.signals import emit
@@ -73,32 +74,6 @@ def requester_text(payload: dict[str, Any]) -> str:
     who += f", process {process.get('pid', '?')}"
     exe = process.get("exe")
     return who + (f" ({exe})" if exe else " (executable unknown)")
-
-
-#: ceremonies whose thread has not ended yet (see start_ceremony)
-_RUNNING: set[tuple[QThread, CeremonyWorker]] = set()
-
-
-class _Reaper(QObject):
-    """Lives on the GUI thread: drops a ceremony's thread and worker once it has ended.
-    (A lambda on ``finished`` would run on the ending thread itself.)"""
-
-    @Slot()
-    def reap(self) -> None:
-        for thread, worker in list(_RUNNING):
-            if thread is self.sender():
-                thread.wait()  # ``finished`` comes from the thread just before it ends
-                _RUNNING.discard((thread, worker))
-
-
-_REAPER: _Reaper | None = None
-
-
-def _reaper() -> _Reaper:
-    global _REAPER  # noqa: PLW0603 - one per process, made on the GUI thread
-    if _REAPER is None:
-        _REAPER = _Reaper()
-    return _REAPER
 
 
 class ApprovalDialog(QDialog):
@@ -269,22 +244,13 @@ class ApprovalDialog(QDialog):
             return
         self.approve_button.setEnabled(False)
         self.cancel_button.setVisible(True)
-        # Not the dialog's child: a dialog dropped while its ceremony runs (the
-        # daemon went away, the tray closed) must not destroy a running QThread,
-        # which aborts the process. _RUNNING holds both until the thread has ended.
-        thread = QThread()
         worker = CeremonyWorker(self.client, self.detail, self.authenticator,
                                 self.ceremony_timeout_s)
-        worker.moveToThread(thread)
-        thread.started.connect(worker.run)
         worker.prompt.connect(self._show_prompt)
         worker.pin_needed.connect(self._ask_pin)
         worker.finished.connect(self._ceremony_finished)
-        worker.finished.connect(thread.quit)
-        self._thread, self._worker = thread, worker
-        _RUNNING.add((thread, worker))
-        thread.finished.connect(_reaper().reap, Qt.ConnectionType.QueuedConnection)
-        thread.start()
+        self._worker = worker
+        self._thread = run_on_thread(worker)
 
     @Slot()
     def cancel_ceremony(self) -> None:

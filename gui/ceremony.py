@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fido2.client import UserInteraction
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from gui.signals import emit
 from pacd.client import Client, approval_challenge_matches
@@ -118,10 +118,24 @@ class CeremonyWorker(QObject):
                 return None
         return None if self.cancel_event.is_set() else self._pin
 
+    # --- what differs between ceremonies (approval here, session below) ---------
+
+    def _refusal(self) -> str:
+        """Why this ceremony must not even start ("" to go ahead)."""
+        return "" if approval_challenge_matches(self.detail) else MISMATCH
+
+    def _options(self) -> tuple[dict[str, Any], str]:
+        return self.detail["publicKey"], str(self.detail["origin"])
+
+    def _submit(self, credential: dict[str, Any]) -> None:
+        self.client.request("POST", f"/v1/approvals/{self.detail['id']}/approve",
+                            {"credential": credential})
+
     @Slot()
     def run(self) -> None:
-        if not approval_challenge_matches(self.detail):
-            emit(self.finished, MISMATCH)
+        refusal = self._refusal()
+        if refusal:
+            emit(self.finished, refusal)
             return
         worker = self
 
@@ -143,13 +157,13 @@ class CeremonyWorker(QObject):
 
         emit(self.prompt, f"Touch your {self.device_name} when it blinks.")
         try:
-            credential = self.authenticator(self.detail["publicKey"], str(self.detail["origin"]),
-                                            Interaction(), self.cancel_event, self.timeout_s)
+            options, origin = self._options()
+            credential = self.authenticator(options, origin, Interaction(), self.cancel_event,
+                                            self.timeout_s)
             if self.cancel_event.is_set():
                 emit(self.finished, SENTENCES["cancelled"])
                 return
-            self.client.request("POST", f"/v1/approvals/{self.detail['id']}/approve",
-                                {"credential": credential})
+            self._submit(credential)
         except PacdError as exc:
             emit(self.finished, failure_sentence(exc))
             return
@@ -157,3 +171,69 @@ class CeremonyWorker(QObject):
             emit(self.finished, f"Not approved: the key could not be used ({exc!r}).")
             return
         emit(self.finished, "")
+
+
+class SessionWorker(CeremonyWorker):
+    """Earns a session token at ``level`` (``/v1/sessions/begin`` and ``complete``) for an
+    action the owner asked the tray to do, e.g. start a container; ``token`` once done."""
+
+    def __init__(self, client: Client, level: str, authenticator: Authenticator,
+                 timeout_s: float = CEREMONY_TIMEOUT_S, device_name: str = "security key"
+                 ) -> None:
+        super().__init__(client, {}, authenticator, timeout_s, device_name)
+        self.level = level
+        self.session_id = ""
+        self.token: dict[str, Any] | None = None
+
+    def _refusal(self) -> str:
+        return ""
+
+    def _options(self) -> tuple[dict[str, Any], str]:
+        begin = self.client.request("POST", "/v1/sessions/begin", {"level": self.level},
+                                    auth=False)
+        self.session_id = str(begin["session_id"])
+        return begin["publicKey"], str(begin["origin"])
+
+    def _submit(self, credential: dict[str, Any]) -> None:
+        self.token = self.client.request(
+            "POST", "/v1/sessions/complete",
+            {"session_id": self.session_id, "credential": credential}, auth=False)
+
+
+#: ceremonies whose thread has not ended yet (see run_on_thread)
+_RUNNING: set[tuple[QThread, CeremonyWorker]] = set()
+
+
+class _Reaper(QObject):
+    """Lives on the GUI thread: drops a ceremony's thread and worker once it has ended.
+    (A lambda on ``finished`` would run on the ending thread itself.)"""
+
+    @Slot()
+    def reap(self) -> None:
+        for thread, worker in list(_RUNNING):
+            if thread is self.sender():
+                thread.wait()  # ``finished`` comes from the thread just before it ends
+                _RUNNING.discard((thread, worker))
+
+
+_REAPER: _Reaper | None = None
+
+
+def run_on_thread(worker: CeremonyWorker) -> QThread:
+    """Start ``worker.run`` on a thread of its own and return the thread.
+
+    The thread is nobody's child: a dialog dropped while its ceremony runs (the
+    daemon went away, the tray closed) must not destroy a running QThread, which
+    aborts the process. :data:`_RUNNING` holds both until the thread has ended.
+    """
+    global _REAPER  # noqa: PLW0603 - one per process, made on the GUI thread
+    if _REAPER is None:
+        _REAPER = _Reaper()
+    thread = QThread()
+    worker.moveToThread(thread)
+    thread.started.connect(worker.run)
+    worker.finished.connect(thread.quit)
+    _RUNNING.add((thread, worker))
+    thread.finished.connect(_REAPER.reap, Qt.ConnectionType.QueuedConnection)
+    thread.start()
+    return thread

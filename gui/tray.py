@@ -28,10 +28,11 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
-from gui.ceremony import Authenticator
+from gui.ceremony import Authenticator, device_authenticate
 from gui.daemon_start import Spawn, start_daemon
 from gui.follower import EventFollower
 from gui.instance import SingleInstance
+from gui.presence_dialog import PresenceDialog
 from gui.signals import emit
 from gui.text import menu_text, plain_message_box, plain_tooltip, visible
 from pacd import autostart
@@ -46,6 +47,8 @@ STATE_EVENTS = frozenset({"approval.created", "approval.resolved", "approval.exp
 #: audit actions (of ``audit.appended``) that change what the tray shows
 STATE_ACTIONS = ("owner.create", "credential.", "container.create", "container.delete")
 AUDIT_PROBLEMS = ("audit_unavailable", "audit_untrusted")
+#: refusals a session at the ``required_level`` they name would cure
+SESSION_ERRORS = ("unauthorized", "token_expired", "token_revoked", "presence_required")
 
 
 @dataclass
@@ -133,6 +136,8 @@ class Tray(QObject):
     state_changed = Signal(object)
     #: an approval dialog is on screen (its approval id)
     dialog_shown = Signal(str)
+    #: a container action ended: (container id, verb, "" or the error code)
+    action_done = Signal(str, str, str)
     #: a callable to run on the GUI thread (results of background requests)
     _gui = Signal(object)
 
@@ -157,6 +162,9 @@ class Tray(QObject):
         self.dialog: ApprovalDialog | None = None
         self.messages: list[tuple[str, str]] = []
         self.audit_view: AuditView | None = None
+        self.presence_dialog: PresenceDialog | None = None
+        #: the session a ceremony in the tray earned (for container actions)
+        self.session_token: str | None = None
         self.icon = QSystemTrayIcon(self._icon("pacd-offline"))
         self.menu = QMenu()
         self.icon.setContextMenu(self.menu)
@@ -226,10 +234,13 @@ class Tray(QObject):
                                       "approval.resolved" else "expired")
             if kind == "approval.expired":
                 self.notify("pacd: approval expired", f"approval {approval_id} expired")
-        elif kind == "container.state" and event.get("state") in ("exited", "failed",
-                                                                  "stopped-unexpectedly"):
-            self.notify("pacd: container stopped", f"container {event.get('name')} "
-                        f"is {event.get('state')}", QSystemTrayIcon.MessageIcon.Warning)
+        elif kind == "container.state" and event.get("agent_state") not in (None, "running"):
+            # Only the daemon's Podman watcher names an agent: a change pacd did not
+            # make (a start or stop the owner asked for carries no agent_state).
+            self.notify("pacd: container stopped unexpectedly",
+                        f"agent {event.get('agent')} of container {event.get('name')} is "
+                        f"{event.get('agent_state')} (not stopped by pacd)",
+                        QSystemTrayIcon.MessageIcon.Warning)
         elif kind in ("audit.untrusted", "audit.checkpoint_error"):
             self.notify("pacd: audit problem", str(event.get("message") or
                                                    event.get("found") or kind),
@@ -346,6 +357,74 @@ class Tray(QObject):
                 entry = QAction(menu_text(line), sub)
                 entry.setEnabled(False)
                 sub.addAction(entry)
+            sub.addSeparator()
+            cid, name = str(container.get("id")), str(container.get("name"))
+            state = str(container.get("state"))
+            for verb, title, usable in (("start", "Start", state != "running"),
+                                        ("stop", "Stop", state in ("running", "partial"))):
+                action = QAction(title, sub)
+                action.setEnabled(usable)
+                action.triggered.connect(
+                    lambda _=False, c=cid, n=name, v=verb: self.container_action(c, n, v))
+                sub.addAction(action)
+
+    # --- container actions -----------------------------------------------------
+
+    def _action_client(self) -> Client:
+        """The tray's client, carrying the session a ceremony in the tray earned, if any."""
+        if self.session_token is None:
+            return self.client
+        return Client(self.client.config, socket_path=self.client.socket_path,
+                      token=self.session_token, timeout=self.client.timeout,
+                      use_token_cache=False)
+
+    def container_action(self, container_id: str, name: str, verb: str, *,
+                         retried: bool = False) -> None:
+        """Start or stop a container; when the daemon asks for presence, prove it in a
+        :class:`PresenceDialog` and try once more."""
+        client = self._action_client()
+
+        def post() -> dict[str, Any] | PacdError:
+            try:
+                answer: dict[str, Any] = client.request(
+                    "POST", f"/v1/containers/{container_id}/{verb}")
+            except PacdError as exc:
+                return exc
+            return answer
+
+        def after(result: dict[str, Any] | PacdError) -> None:
+            if not isinstance(result, PacdError):
+                emit(self.action_done, container_id, verb, "")
+                return
+            level = result.extra.get("required_level")
+            if result.code in SESSION_ERRORS and isinstance(level, str) and not retried:
+                self._prove(level, f"{verb.capitalize()} container {name}",
+                            lambda: self.container_action(container_id, name, verb,
+                                                          retried=True),
+                            lambda: emit(self.action_done, container_id, verb, "cancelled"))
+                return
+            self.notify(f"pacd: could not {verb} {name}", result.message,
+                        QSystemTrayIcon.MessageIcon.Warning)
+            emit(self.action_done, container_id, verb, result.code)
+
+        self._background(post, after)
+
+    def _prove(self, level: str, what: str, then: Callable[[], None],
+               otherwise: Callable[[], None]) -> None:
+        dialog = PresenceDialog(self.client, level, what,
+                                self.authenticator or device_authenticate)
+        self.presence_dialog = dialog
+
+        def proved(token: dict[str, Any] | None) -> None:
+            if token is None:
+                otherwise()
+                return
+            self.session_token = str(token["token"])
+            self.client.save_token(token)  # the CLI's cache too, where the tray uses it
+            then()
+
+        dialog.proved.connect(proved)
+        dialog.start()
 
     @Slot()
     def show_audit(self) -> None:

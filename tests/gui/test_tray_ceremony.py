@@ -118,7 +118,7 @@ def test_a_dialog_deleted_while_its_ceremony_runs_does_not_take_the_tray_down(
 
     import shiboken6
 
-    from gui import approval_dialog
+    from gui import ceremony
 
     approval_id = world.queue_plugin()
     inside, release = threading.Event(), threading.Event()
@@ -137,5 +137,5 @@ def test_a_dialog_deleted_while_its_ceremony_runs_does_not_take_the_tray_down(
     dialog.close_for("daemon lost")
     shiboken6.delete(dialog)  # what dropping the last reference does, now
     release.set()
-    qtbot.waitUntil(lambda: not approval_dialog._RUNNING, timeout=10_000)
+    qtbot.waitUntil(lambda: not ceremony._RUNNING, timeout=10_000)
     assert world.state(approval_id) == "pending"
