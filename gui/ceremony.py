@@ -200,6 +200,43 @@ class SessionWorker(CeremonyWorker):
             {"session_id": self.session_id, "credential": credential}, auth=False)
 
 
+class FingerprintSessionWorker(CeremonyWorker):
+    """Earns a session at ``level`` from the daemon's own fingerprint check (fprintd,
+    ``POST /v1/sessions/platform``): the daemon asks the reader; nothing is signed here."""
+
+    def __init__(self, client: Client, level: str) -> None:
+        super().__init__(client, {}, _no_key)
+        self.level = level
+        self.token: dict[str, Any] | None = None
+
+    @Slot()
+    def run(self) -> None:
+        emit(self.prompt, "Touch the fingerprint reader.")
+        try:
+            self.token = self.client.request(
+                "POST", "/v1/sessions/platform", {"method": "fprintd", "level": self.level},
+                auth=False)
+        except PacdError as exc:
+            sentence = FINGERPRINT_SENTENCES.get(exc.code, f"Not confirmed: {exc.message}")
+            emit(self.finished, sentence)
+            return
+        emit(self.finished, "")
+
+
+FINGERPRINT_SENTENCES = {
+    "presence_failed": "The fingerprint was not recognised (or no finger in time); "
+                       "nothing was done.",
+    "presence_unavailable": "The fingerprint reader cannot be used now (busy, missing, or "
+                            "fprintd not running); nothing was done.",
+    "forbidden": "The daemon does not accept the fingerprint reader for sessions; "
+                 "nothing was done.",
+}
+
+
+def _no_key(*_: Any) -> dict[str, Any]:
+    raise AssertionError("a fingerprint session signs nothing")
+
+
 #: ceremonies whose thread has not ended yet (see run_on_thread)
 _RUNNING: set[tuple[QThread, CeremonyWorker]] = set()
 

@@ -14,7 +14,14 @@ from PySide6.QtCore import Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
-from gui.ceremony import CEREMONY_TIMEOUT_S, Authenticator, SessionWorker, run_on_thread
+from gui.ceremony import (
+    CEREMONY_TIMEOUT_S,
+    Authenticator,
+    CeremonyWorker,
+    FingerprintSessionWorker,
+    SessionWorker,
+    run_on_thread,
+)
 from gui.signals import emit
 from gui.text import plain_label, set_plain
 from pacd.client import Client
@@ -26,14 +33,16 @@ class PresenceDialog(QDialog):
     proved = Signal(object)
 
     def __init__(self, client: Client, level: str, what: str, authenticator: Authenticator,
-                 parent: QWidget | None = None, *,
+                 parent: QWidget | None = None, *, fingerprint: bool = False,
                  ceremony_timeout_s: float = CEREMONY_TIMEOUT_S) -> None:
         super().__init__(parent)
         self.setWindowTitle("pacd: confirm it is you")
         self.setWindowFlag(Qt.WindowType.WindowStaysOnTopHint, True)
         self.level = level
-        self._worker: SessionWorker | None = SessionWorker(client, level, authenticator,
-                                                           ceremony_timeout_s)
+        self.client = client
+        self.fingerprint = fingerprint
+        self._worker: CeremonyWorker | None = SessionWorker(client, level, authenticator,
+                                                            ceremony_timeout_s)
         self._thread: QThread | None = None
         self._sent = False
         layout = QVBoxLayout(self)
@@ -55,21 +64,50 @@ class PresenceDialog(QDialog):
         self.pin_ok.clicked.connect(self._give_pin)
         self.pin_edit.returnPressed.connect(self._give_pin)
         layout.addWidget(self.pin_row)
+        # Offered when the daemon says the owner enabled it (status presence_methods);
+        # then nothing starts until the owner picks one.
+        self.choice = QWidget()
+        choices = QHBoxLayout(self.choice)
+        self.key_button = QPushButton("Use security key")
+        self.fingerprint_button = QPushButton("Use fingerprint reader")
+        for b in (self.key_button, self.fingerprint_button):
+            b.setAutoDefault(False)
+            choices.addWidget(b)
+        self.key_button.clicked.connect(self._run)
+        self.fingerprint_button.clicked.connect(self._use_fingerprint)
+        self.choice.setVisible(fingerprint)
+        layout.addWidget(self.choice)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setAutoDefault(False)
         self.cancel_button.clicked.connect(self.cancel)
         layout.addWidget(self.cancel_button)
-        self._worker.prompt.connect(self._show_prompt)
-        self._worker.pin_needed.connect(self._ask_pin)
-        self._worker.finished.connect(self._finished)
+        self._connect(self._worker)
+
+    def _connect(self, worker: CeremonyWorker) -> None:
+        worker.prompt.connect(self._show_prompt)
+        worker.pin_needed.connect(self._ask_pin)
+        worker.finished.connect(self._finished)
 
     def start(self) -> None:
         self.show()
-        QTimer.singleShot(0, self._run)
+        if self.fingerprint:
+            set_plain(self.status, "Confirm with your security key or the fingerprint reader.")
+        else:
+            QTimer.singleShot(0, self._run)
 
+    @Slot()
     def _run(self) -> None:
         if self._worker is not None and self._thread is None:
+            self.choice.setVisible(False)
             self._thread = run_on_thread(self._worker)
+
+    @Slot()
+    def _use_fingerprint(self) -> None:
+        if self._thread is not None:
+            return
+        self._worker = FingerprintSessionWorker(self.client, self.level)
+        self._connect(self._worker)
+        self._run()
 
     @Slot()
     def cancel(self) -> None:
@@ -106,7 +144,9 @@ class PresenceDialog(QDialog):
     @Slot(str)
     def _finished(self, error: str) -> None:
         worker = self._worker
-        token = worker.token if worker is not None and not error else None
+        token = None
+        if isinstance(worker, SessionWorker | FingerprintSessionWorker) and not error:
+            token = worker.token
         self._worker = None
         self.pin_row.setVisible(False)
         if error:

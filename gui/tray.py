@@ -38,6 +38,7 @@ from gui.text import menu_text, plain_message_box, plain_tooltip, visible
 from pacd import autostart
 from pacd.client import Client
 from pacd.errors import PacdError
+from pacd.presence.report import enabled_for_sessions
 
 ICONS = Path(__file__).resolve().parent / "icons"
 #: events after which the tray's picture of the daemon may be out of date
@@ -64,6 +65,8 @@ class TrayState:
     approvals: list[dict[str, Any]] = field(default_factory=list)
     containers: list[dict[str, Any]] = field(default_factory=list)
     demo_enrolled: int = 0
+    #: the daemon offers fingerprint (fprintd) sessions: the owner enabled it, a reader works
+    fingerprint: bool = False
 
     @property
     def pending(self) -> list[dict[str, Any]]:
@@ -117,6 +120,10 @@ def fetch_state(client: Client) -> TrayState:
         approvals=list(approvals),
         containers=list(containers),
         demo_enrolled=int(demo.get("enrolled", 0)) if isinstance(demo, dict) else 0,
+        fingerprint=any(isinstance(p, dict) and p.get("name") == "fprintd"
+                        and p.get("available") is True
+                        and enabled_for_sessions(str(p.get("detail", "")))
+                        for p in status.get("presence_methods") or []),
     )
 
 
@@ -412,7 +419,8 @@ class Tray(QObject):
     def _prove(self, level: str, what: str, then: Callable[[], None],
                otherwise: Callable[[], None]) -> None:
         dialog = PresenceDialog(self.client, level, what,
-                                self.authenticator or device_authenticate)
+                                self.authenticator or device_authenticate,
+                                fingerprint=self.state.fingerprint)
         self.presence_dialog = dialog
 
         def proved(token: dict[str, Any] | None) -> None:

@@ -15,6 +15,7 @@ from PySide6.QtGui import QAction
 from gui.presence_dialog import PresenceDialog
 from gui.tray import Tray
 from pacd.presence.client import authenticate
+from tests.fprintd_mock import FprintdMock, bus, fprintd
 from tests.gui.world import CountingClient, wait_reachable
 from tests.podman_env import (
     busybox_image,
@@ -26,7 +27,7 @@ from tests.podman_env import (
 )
 from tests.system.agents_env import Deployment, agent_spec, make_deployment, make_spec, short_base
 
-__all__ = ["busybox_image", "make_deployment", "podman_cleanup", "podman_runtime",
+__all__ = ["bus", "busybox_image", "fprintd", "make_deployment", "podman_cleanup", "podman_runtime",
            "podman_service", "python_image", "run_label", "short_base"]
 
 pytestmark = [pytest.mark.system, pytest.mark.podman]
@@ -120,5 +121,56 @@ def test_a_cancelled_ceremony_starts_nothing(
         tray.presence_dialog.cancel_button.click()
         qtbot.waitUntil(lambda: done == [(cid, "start", "cancelled")], timeout=10_000)
         assert d.agent_states(cid) == {"alpha": "missing"}
+    finally:
+        tray.close()
+
+
+def test_the_fingerprint_reader_is_offered_when_the_daemon_enables_it_and_starts_it(
+        qtbot: Any, make_deployment: Callable[..., Deployment], busybox_image: str,
+        fprintd: FprintdMock) -> None:
+    # The daemon talks real D-Bus to the fprintd mock (only fprintd and the reader are
+    # simulated); the owner enabled it for sessions, so status says so and the tray
+    # offers it next to the key.
+    d = make_deployment(settings={"platform_presence": ["fprintd"],
+                                  "platform_presence_timeout_s": 5.0,
+                                  "fprintd_bus_address": fprintd.bus_address})
+    cid = str(d.create(make_spec("box", [agent_spec("alpha", busybox_image)], []))["id"])
+
+    def key(*_: Any) -> dict[str, Any]:
+        raise AssertionError("the key is not used when the finger is")
+
+    tray = Tray(CountingClient(d.daemon.client()), key)
+    done: list[tuple[str, str, str]] = []
+    tray.action_done.connect(lambda *args: done.append(args))
+    try:
+        wait_reachable(qtbot, tray)
+        qtbot.waitUntil(lambda: bool(tray.state.containers), timeout=10_000)
+        assert tray.state.fingerprint
+        menu_action(tray, "box", "Start").trigger()
+        qtbot.waitUntil(lambda: tray.presence_dialog is not None
+                        and tray.presence_dialog.isVisible(), timeout=10_000)
+        dialog = tray.presence_dialog
+        assert dialog is not None and dialog.fingerprint_button.isVisible()
+        dialog.fingerprint_button.click()
+        qtbot.waitUntil(lambda: done == [(cid, "start", "")], timeout=60_000)
+        assert "VerifyStart:any" in fprintd.calls
+        assert d.agent_states(cid) == {"alpha": "running"}
+        sessions = [e for e in d.daemon.audit() if e["action"] == "session.create"
+                    and e["decision"] == "allow"]
+        assert sessions[-1]["details"]["method"] == "fprintd"
+    finally:
+        tray.close()
+
+
+def test_the_fingerprint_reader_is_not_offered_unless_enabled(
+        qtbot: Any, make_deployment: Callable[..., Deployment], fprintd: FprintdMock) -> None:
+    d = make_deployment(settings={"fprintd_bus_address": fprintd.bus_address})
+    tray = Tray(CountingClient(d.daemon.client()))
+    try:
+        wait_reachable(qtbot, tray)
+        status = d.daemon.client().status()
+        reader = next(p for p in status["presence_methods"] if p["name"] == "fprintd")
+        assert reader["available"] is True and "not enabled for sessions" in reader["detail"]
+        assert not tray.state.fingerprint
     finally:
         tray.close()
