@@ -37,8 +37,8 @@ from gui.ceremony import (
     MISMATCH,
     Authenticator,
     CeremonyWorker,
-    device_authenticate,
     run_on_thread,
+    window_authenticator,
 )
 from gui.renderers import render
 from gui.signals import emit
@@ -90,7 +90,8 @@ class ApprovalDialog(QDialog):
         super().__init__(parent)
         self.detail = detail
         self.client = client
-        self.authenticator = authenticator or device_authenticate
+        #: None: the platform's ceremony for this window (see ceremony_authenticator)
+        self.authenticator = authenticator
         payload = detail.get("payload")
         self.payload: dict[str, Any] = payload if isinstance(payload, dict) else {}
         self.approval_id = str(self.payload.get("id") or detail.get("id", ""))
@@ -235,6 +236,11 @@ class ApprovalDialog(QDialog):
 
     # --- the ceremony panel ------------------------------------------------
 
+    def ceremony_authenticator(self) -> Authenticator:
+        """The one given, else this platform's, tied to this dialog's window (on the GUI
+        thread: the window handle is read here)."""
+        return self.authenticator or window_authenticator(int(self.winId()))
+
     @Slot()
     def start_ceremony(self) -> None:
         if not self.approve_button.isEnabled() or not self.signable or self.client is None:
@@ -244,7 +250,7 @@ class ApprovalDialog(QDialog):
             return
         self.approve_button.setEnabled(False)
         self.cancel_button.setVisible(True)
-        worker = CeremonyWorker(self.client, self.detail, self.authenticator,
+        worker = CeremonyWorker(self.client, self.detail, self.ceremony_authenticator(),
                                 self.ceremony_timeout_s)
         worker.prompt.connect(self._show_prompt)
         worker.pin_needed.connect(self._ask_pin)

@@ -10,11 +10,12 @@ sentence the owner can act on.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fido2.client import UserInteraction
+from fido2.client import UserInteraction, WebAuthnClient
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from gui.signals import emit
@@ -75,6 +76,38 @@ def device_authenticate(options: Mapping[str, Any], origin: str, interaction: Us
     from pacd.presence.client import authenticate
 
     return authenticate(options, origin, interaction, timeout_s=timeout_s, cancel=cancel)
+
+
+def window_authenticator(window_handle: int | None, *, platform: str = sys.platform,
+                         windows_client: Callable[..., WebAuthnClient] | None = None
+                         ) -> Authenticator:
+    """The ceremony for a dialog's window.
+
+    On Windows: the system WebAuthn API (Windows Hello and USB keys) with the
+    dialog's window handle, so its prompt is the dialog's and not that of whatever
+    window has the focus (python-fido2 would take the foreground window).
+    ``windows_client`` stands in for python-fido2's ``WindowsClient`` off Windows.
+    Elsewhere: the first USB key (:func:`device_authenticate`).
+    """
+    if platform != "win32":
+        return device_authenticate
+
+    def run(options: Mapping[str, Any], origin: str, interaction: UserInteraction,
+            cancel: threading.Event, timeout_s: float) -> dict[str, Any]:
+        from fido2.client import DefaultClientDataCollector
+
+        from pacd.presence.client import authenticate
+
+        factory = windows_client
+        if factory is None:
+            from fido2.client.windows import WindowsClient
+
+            factory = WindowsClient
+        client = factory(DefaultClientDataCollector(origin), handle=window_handle)
+        return authenticate(options, origin, interaction, timeout_s=timeout_s, cancel=cancel,
+                            client=client)
+
+    return run
 
 
 class CeremonyWorker(QObject):

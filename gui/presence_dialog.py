@@ -21,6 +21,7 @@ from gui.ceremony import (
     FingerprintSessionWorker,
     SessionWorker,
     run_on_thread,
+    window_authenticator,
 )
 from gui.signals import emit
 from gui.text import plain_label, set_plain
@@ -32,7 +33,8 @@ class PresenceDialog(QDialog):
 
     proved = Signal(object)
 
-    def __init__(self, client: Client, level: str, what: str, authenticator: Authenticator,
+    def __init__(self, client: Client, level: str, what: str,
+                 authenticator: Authenticator | None,
                  parent: QWidget | None = None, *, fingerprint: bool = False,
                  ceremony_timeout_s: float = CEREMONY_TIMEOUT_S) -> None:
         super().__init__(parent)
@@ -41,7 +43,10 @@ class PresenceDialog(QDialog):
         self.level = level
         self.client = client
         self.fingerprint = fingerprint
-        self._worker: CeremonyWorker | None = SessionWorker(client, level, authenticator,
+        # None: the platform's ceremony for this window, its handle read now on the
+        # GUI thread (the worker calls the authenticator on its own thread)
+        key = authenticator or window_authenticator(int(self.winId()))
+        self._worker: CeremonyWorker | None = SessionWorker(client, level, key,
                                                             ceremony_timeout_s)
         self._thread: QThread | None = None
         self._sent = False

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
-from gui.ceremony import Authenticator, device_authenticate
+from gui.ceremony import Authenticator
 from gui.daemon_start import Spawn, start_daemon
 from gui.follower import EventFollower
 from gui.instance import SingleInstance
@@ -419,7 +419,7 @@ class Tray(QObject):
     def _prove(self, level: str, what: str, then: Callable[[], None],
                otherwise: Callable[[], None]) -> None:
         dialog = PresenceDialog(self.client, level, what,
-                                self.authenticator or device_authenticate,
+                                self.authenticator,
                                 fingerprint=self.state.fingerprint)
         self.presence_dialog = dialog
 

@@ -139,3 +139,40 @@ def test_a_dialog_deleted_while_its_ceremony_runs_does_not_take_the_tray_down(
     release.set()
     qtbot.waitUntil(lambda: not ceremony._RUNNING, timeout=10_000)
     assert world.state(approval_id) == "pending"
+
+
+def test_on_windows_the_ceremony_is_the_webauthn_api_parented_to_the_dialog_window(
+        qtbot: Any, world: World) -> None:
+    # The OS boundary: Windows' WebAuthn API (python-fido2's WindowsClient) is stood in
+    # for by python-fido2's CTAP client over the software key, with the PIN that
+    # Windows' own prompt would ask for. Everything on pacd's side is real.
+    from fido2.client import Fido2Client
+
+    from gui.ceremony import device_authenticate, window_authenticator
+    from tests.integration.harness import Silent
+
+    made: list[int | None] = []
+
+    class WindowsWebAuthn:
+        def __init__(self, collector: Any, handle: int | None = None) -> None:
+            made.append(handle)
+            self.inner = Fido2Client(world.key, collector, user_interaction=Silent(PIN))
+
+        def get_assertion(self, options: Any, event: Any = None) -> Any:
+            return self.inner.get_assertion(options, event=event)
+
+    approval_id = world.queue_plugin()
+    detail = world.daemon.client().request("GET", f"/v1/approvals/{approval_id}")
+    dialog = ApprovalDialog(detail, world.daemon.client(), None, arm_delay_ms=50)
+    qtbot.addWidget(dialog)
+    assert dialog.ceremony_authenticator() is device_authenticate  # not Windows here
+    window = int(dialog.winId())
+    dialog.authenticator = window_authenticator(window, platform="win32",
+                                                windows_client=WindowsWebAuthn)
+    dialog.show()
+    qtbot.waitUntil(dialog.approve_button.isEnabled, timeout=5000)
+    dialog.approve_button.click()
+    qtbot.waitUntil(lambda: world.state(approval_id) == "approved", timeout=20_000)
+    qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=10_000)
+    assert made == [window] and window != 0
+    assert not dialog.pin_row.isVisible()  # Windows asks for the PIN itself
