@@ -176,3 +176,16 @@ def test_on_windows_the_ceremony_is_the_webauthn_api_parented_to_the_dialog_wind
     qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=10_000)
     assert made == [window] and window != 0
     assert not dialog.pin_row.isVisible()  # Windows asks for the PIN itself
+
+
+def test_a_pin_blocked_for_good_and_one_blocked_until_replugged_have_their_own_sentences(
+        ) -> None:
+    from gui.ceremony import failure_sentence
+    from pacd.errors import PinBlocked
+
+    forever = failure_sentence(PinBlocked("the security key's PIN is blocked after too many "
+                                          "wrong tries; it must be reset"))
+    for_now = failure_sentence(PinBlocked("too many wrong PINs in a row: unplug and replug "
+                                          "the security key, then try again"))
+    assert forever == SENTENCES["pin_blocked"] and "reset" in forever
+    assert for_now == SENTENCES["pin_auth_blocked"] and "plug it back in" in for_now
