@@ -37,7 +37,8 @@ from gui.ceremony import (
     MISMATCH,
     Authenticator,
     CeremonyWorker,
-    device_authenticate,
+    run_on_thread,
+    window_authenticator,
 )
 from gui.renderers import render
 from gui.signals import emit
@@ -63,14 +64,16 @@ def relative_time(iso_time: str, now: float | None = None) -> str:
     return f"in {span} ({local})" if delta >= 0 else f"{span} ago ({local})"
 
 
-def requester_text(payload: dict[str, Any], detail: dict[str, Any]) -> str:
+def requester_text(payload: dict[str, Any]) -> str:
+    """``owner:uid=1000, process 4242 (/usr/bin/python3)``: from the signed payload only
+    (the approval view's ``requester_pid``/``requester_exe`` are not what the key signs)."""
     who = str(payload.get("requester", "?"))
-    pid, exe = detail.get("requester_pid"), detail.get("requester_exe")
-    if pid is not None:
-        who += f", process {pid}"
-    if exe:
-        who += f" ({exe})"
-    return who
+    process = payload.get("requester_process")
+    if not isinstance(process, dict):
+        return who + ", process not recorded"
+    who += f", process {process.get('pid', '?')}"
+    exe = process.get("exe")
+    return who + (f" ({exe})" if exe else " (executable unknown)")
 
 
 class ApprovalDialog(QDialog):
@@ -87,7 +90,8 @@ class ApprovalDialog(QDialog):
         super().__init__(parent)
         self.detail = detail
         self.client = client
-        self.authenticator = authenticator or device_authenticate
+        #: None: the platform's ceremony for this window (see ceremony_authenticator)
+        self.authenticator = authenticator
         payload = detail.get("payload")
         self.payload: dict[str, Any] = payload if isinstance(payload, dict) else {}
         self.approval_id = str(self.payload.get("id") or detail.get("id", ""))
@@ -116,7 +120,7 @@ class ApprovalDialog(QDialog):
             self.fields.addRow(plain_label(name), label)
         layout.addLayout(self.fields)
 
-        self.requester = plain_label(f"asked by: {requester_text(self.payload, detail)}")
+        self.requester = plain_label(f"asked by: {requester_text(self.payload)}")
         self.needs = plain_label(
             f"needs: {self.payload.get('required_level', '?')}; expires "
             f"{relative_time(str(self.payload.get('expires_at', '?')))}")
@@ -232,6 +236,11 @@ class ApprovalDialog(QDialog):
 
     # --- the ceremony panel ------------------------------------------------
 
+    def ceremony_authenticator(self) -> Authenticator:
+        """The one given, else this platform's, tied to this dialog's window (on the GUI
+        thread: the window handle is read here)."""
+        return self.authenticator or window_authenticator(int(self.winId()))
+
     @Slot()
     def start_ceremony(self) -> None:
         if not self.approve_button.isEnabled() or not self.signable or self.client is None:
@@ -241,17 +250,13 @@ class ApprovalDialog(QDialog):
             return
         self.approve_button.setEnabled(False)
         self.cancel_button.setVisible(True)
-        thread = QThread(self)
-        worker = CeremonyWorker(self.client, self.detail, self.authenticator,
+        worker = CeremonyWorker(self.client, self.detail, self.ceremony_authenticator(),
                                 self.ceremony_timeout_s)
-        worker.moveToThread(thread)
-        thread.started.connect(worker.run)
         worker.prompt.connect(self._show_prompt)
         worker.pin_needed.connect(self._ask_pin)
         worker.finished.connect(self._ceremony_finished)
-        worker.finished.connect(thread.quit)
-        self._thread, self._worker = thread, worker
-        thread.start()
+        self._worker = worker
+        self._thread = run_on_thread(worker)
 
     @Slot()
     def cancel_ceremony(self) -> None:

@@ -10,16 +10,18 @@ sentence the owner can act on.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fido2.client import UserInteraction
-from PySide6.QtCore import QObject, Signal, Slot
+from fido2.client import UserInteraction, WebAuthnClient
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from gui.signals import emit
 from pacd.client import Client, approval_challenge_matches
 from pacd.errors import PacdError
+from pacd.presence.client import RetriesInteraction
 
 #: (options, origin, interaction, cancel, timeout_s) -> AuthenticationResponseJSON
 Authenticator = Callable[[Mapping[str, Any], str, UserInteraction, threading.Event, float],
@@ -32,7 +34,11 @@ MISMATCH = ("the challenge the daemon asks you to sign is not the digest of the 
 SENTENCES = {
     "no_authenticator": "No security key was found: plug one in and try again.",
     "pin_invalid": "Wrong PIN for the security key; nothing was approved.",
-    "pin_blocked": "The security key's PIN is blocked; nothing was approved.",
+    "pin_blocked": "The security key's PIN is blocked after too many wrong tries: the key "
+                   "must be reset (which erases its credentials) before it can approve "
+                   "anything; nothing was approved.",
+    "pin_auth_blocked": "Too many wrong PINs in a row: unplug the security key, plug it back "
+                        "in and try again; nothing was approved.",
     "timeout": "The security key was not touched in time; nothing was approved.",
     "cancelled": "Cancelled; nothing was approved.",
     "presence_failed": "The daemon did not accept this key's signature (is the key enrolled "
@@ -45,7 +51,20 @@ SENTENCES = {
 }
 
 
+def pin_prompt(device_name: str, retries: int | None) -> str:
+    """The PIN prompt with the tries the key itself reports left (``getPinRetries``)."""
+    if retries is None:
+        left = "the key does not say how many tries are left"
+    elif retries == 1:
+        left = "1 try left: one more wrong PIN blocks the key"
+    else:
+        left = f"{retries} tries left before the key blocks its PIN"
+    return f"Enter the PIN of your {device_name} ({left}):"
+
+
 def failure_sentence(exc: PacdError) -> str:
+    if exc.code == "pin_blocked" and "replug" in exc.message:
+        return SENTENCES["pin_auth_blocked"]
     if exc.code == "ceremony_failed" and "not enrolled" in exc.message:
         return "This security key is not enrolled with pacd; nothing was approved."
     return SENTENCES.get(exc.code, f"Not approved: {exc.message}")
@@ -57,6 +76,38 @@ def device_authenticate(options: Mapping[str, Any], origin: str, interaction: Us
     from pacd.presence.client import authenticate
 
     return authenticate(options, origin, interaction, timeout_s=timeout_s, cancel=cancel)
+
+
+def window_authenticator(window_handle: int | None, *, platform: str = sys.platform,
+                         windows_client: Callable[..., WebAuthnClient] | None = None
+                         ) -> Authenticator:
+    """The ceremony for a dialog's window.
+
+    On Windows: the system WebAuthn API (Windows Hello and USB keys) with the
+    dialog's window handle, so its prompt is the dialog's and not that of whatever
+    window has the focus (python-fido2 would take the foreground window).
+    ``windows_client`` stands in for python-fido2's ``WindowsClient`` off Windows.
+    Elsewhere: the first USB key (:func:`device_authenticate`).
+    """
+    if platform != "win32":
+        return device_authenticate
+
+    def run(options: Mapping[str, Any], origin: str, interaction: UserInteraction,
+            cancel: threading.Event, timeout_s: float) -> dict[str, Any]:
+        from fido2.client import DefaultClientDataCollector
+
+        from pacd.presence.client import authenticate
+
+        factory = windows_client
+        if factory is None:
+            from fido2.client.windows import WindowsClient
+
+            factory = WindowsClient
+        client = factory(DefaultClientDataCollector(origin), handle=window_handle)
+        return authenticate(options, origin, interaction, timeout_s=timeout_s, cancel=cancel,
+                            client=client)
+
+    return run
 
 
 class CeremonyWorker(QObject):
@@ -81,7 +132,6 @@ class CeremonyWorker(QObject):
         self.cancel_event = threading.Event()
         self._pin: str | None = None
         self._pin_given = threading.Event()
-        self._pin_asked = 0
 
     def cancel(self) -> None:
         """Callable from any thread: ends the ceremony as "cancelled"."""
@@ -93,30 +143,45 @@ class CeremonyWorker(QObject):
         self._pin = pin or None
         self._pin_given.set()
 
-    def _ask_pin(self) -> str | None:
-        self._pin_asked += 1
-        again = " (wrong PIN before; a key blocks after 8 wrong tries)" if self._pin_asked > 1 \
-            else ""
+    def _ask_pin(self, retries: int | None = None) -> str | None:
         self._pin_given.clear()
-        emit(self.pin_needed, f"Enter the PIN of your {self.device_name}{again}:")
+        emit(self.pin_needed, pin_prompt(self.device_name, retries))
         while not self._pin_given.wait(0.1):
             if self.cancel_event.is_set():
                 return None
         return None if self.cancel_event.is_set() else self._pin
 
+    # --- what differs between ceremonies (approval here, session below) ---------
+
+    def _refusal(self) -> str:
+        """Why this ceremony must not even start ("" to go ahead)."""
+        return "" if approval_challenge_matches(self.detail) else MISMATCH
+
+    def _options(self) -> tuple[dict[str, Any], str]:
+        return self.detail["publicKey"], str(self.detail["origin"])
+
+    def _submit(self, credential: dict[str, Any]) -> None:
+        self.client.request("POST", f"/v1/approvals/{self.detail['id']}/approve",
+                            {"credential": credential})
+
     @Slot()
     def run(self) -> None:
-        if not approval_challenge_matches(self.detail):
-            emit(self.finished, MISMATCH)
+        refusal = self._refusal()
+        if refusal:
+            emit(self.finished, refusal)
             return
         worker = self
 
-        class Interaction(UserInteraction):
+        class Interaction(RetriesInteraction):
             def prompt_up(self) -> None:
                 emit(worker.prompt, f"Touch your {worker.device_name} now.")
 
             def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
-                return worker._ask_pin()
+                return worker._ask_pin()  # a client that cannot ask the key its retries
+
+            def request_pin_with_retries(self, permissions: Any, rd_id: str | None,
+                                         retries: int | None) -> str | None:
+                return worker._ask_pin(retries)
 
             def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
                 emit(worker.prompt, f"Verify yourself on your {worker.device_name} "
@@ -125,13 +190,13 @@ class CeremonyWorker(QObject):
 
         emit(self.prompt, f"Touch your {self.device_name} when it blinks.")
         try:
-            credential = self.authenticator(self.detail["publicKey"], str(self.detail["origin"]),
-                                            Interaction(), self.cancel_event, self.timeout_s)
+            options, origin = self._options()
+            credential = self.authenticator(options, origin, Interaction(), self.cancel_event,
+                                            self.timeout_s)
             if self.cancel_event.is_set():
                 emit(self.finished, SENTENCES["cancelled"])
                 return
-            self.client.request("POST", f"/v1/approvals/{self.detail['id']}/approve",
-                                {"credential": credential})
+            self._submit(credential)
         except PacdError as exc:
             emit(self.finished, failure_sentence(exc))
             return
@@ -139,3 +204,106 @@ class CeremonyWorker(QObject):
             emit(self.finished, f"Not approved: the key could not be used ({exc!r}).")
             return
         emit(self.finished, "")
+
+
+class SessionWorker(CeremonyWorker):
+    """Earns a session token at ``level`` (``/v1/sessions/begin`` and ``complete``) for an
+    action the owner asked the tray to do, e.g. start a container; ``token`` once done."""
+
+    def __init__(self, client: Client, level: str, authenticator: Authenticator,
+                 timeout_s: float = CEREMONY_TIMEOUT_S, device_name: str = "security key"
+                 ) -> None:
+        super().__init__(client, {}, authenticator, timeout_s, device_name)
+        self.level = level
+        self.session_id = ""
+        self.token: dict[str, Any] | None = None
+
+    def _refusal(self) -> str:
+        return ""
+
+    def _options(self) -> tuple[dict[str, Any], str]:
+        begin = self.client.request("POST", "/v1/sessions/begin", {"level": self.level},
+                                    auth=False)
+        self.session_id = str(begin["session_id"])
+        return begin["publicKey"], str(begin["origin"])
+
+    def _submit(self, credential: dict[str, Any]) -> None:
+        self.token = self.client.request(
+            "POST", "/v1/sessions/complete",
+            {"session_id": self.session_id, "credential": credential}, auth=False)
+
+
+class FingerprintSessionWorker(CeremonyWorker):
+    """Earns a session at ``level`` from the daemon's own fingerprint check (fprintd,
+    ``POST /v1/sessions/platform``): the daemon asks the reader; nothing is signed here."""
+
+    def __init__(self, client: Client, level: str) -> None:
+        super().__init__(client, {}, _no_key)
+        self.level = level
+        self.token: dict[str, Any] | None = None
+
+    @Slot()
+    def run(self) -> None:
+        emit(self.prompt, "Touch the fingerprint reader.")
+        try:
+            self.token = self.client.request(
+                "POST", "/v1/sessions/platform", {"method": "fprintd", "level": self.level},
+                auth=False)
+        except PacdError as exc:
+            sentence = FINGERPRINT_SENTENCES.get(exc.code, f"Not confirmed: {exc.message}")
+            emit(self.finished, sentence)
+            return
+        emit(self.finished, "")
+
+
+FINGERPRINT_SENTENCES = {
+    "presence_failed": "The fingerprint was not recognised (or no finger in time); "
+                       "nothing was done.",
+    "presence_unavailable": "The fingerprint reader cannot be used now (busy, missing, or "
+                            "fprintd not running); nothing was done.",
+    "forbidden": "The daemon does not accept the fingerprint reader for sessions; "
+                 "nothing was done.",
+}
+
+
+def _no_key(*_: Any) -> dict[str, Any]:
+    raise AssertionError("a fingerprint session signs nothing")
+
+
+#: ceremonies whose thread has not ended yet (see run_on_thread)
+_RUNNING: set[tuple[QThread, CeremonyWorker]] = set()
+
+
+class _Reaper(QObject):
+    """Lives on the GUI thread: drops a ceremony's thread and worker once it has ended.
+    (A lambda on ``finished`` would run on the ending thread itself.)"""
+
+    @Slot()
+    def reap(self) -> None:
+        for thread, worker in list(_RUNNING):
+            if thread is self.sender():
+                thread.wait()  # ``finished`` comes from the thread just before it ends
+                _RUNNING.discard((thread, worker))
+
+
+_REAPER: _Reaper | None = None
+
+
+def run_on_thread(worker: CeremonyWorker) -> QThread:
+    """Start ``worker.run`` on a thread of its own and return the thread.
+
+    The thread is nobody's child: a dialog dropped while its ceremony runs (the
+    daemon went away, the tray closed) must not destroy a running QThread, which
+    aborts the process. :data:`_RUNNING` holds both until the thread has ended.
+    """
+    global _REAPER  # noqa: PLW0603 - one per process, made on the GUI thread
+    if _REAPER is None:
+        _REAPER = _Reaper()
+    thread = QThread()
+    worker.moveToThread(thread)
+    thread.started.connect(worker.run)
+    worker.finished.connect(thread.quit)
+    _RUNNING.add((thread, worker))
+    thread.finished.connect(_REAPER.reap, Qt.ConnectionType.QueuedConnection)
+    thread.start()
+    return thread

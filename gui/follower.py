@@ -41,6 +41,7 @@ class EventFollower(QObject):
         self.max_retry_s = max_retry_s
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._reset = threading.Event()
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pacd-tray-events", daemon=True)
@@ -49,7 +50,9 @@ class EventFollower(QObject):
         self._thread.start()
 
     def retry_now(self) -> None:
-        """Skip the rest of the current backoff (e.g. after "Start daemon")."""
+        """Skip the rest of the current backoff and start it over (after "Start daemon":
+        the daemon is expected within seconds, not at the next 10 s attempt)."""
+        self._reset.set()
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -80,7 +83,9 @@ class EventFollower(QObject):
             emit(self.lost, code, message)
             self._wake.wait(delay)
             self._wake.clear()
-            delay = min(delay * 2, self.max_retry_s)
+            delay = self.first_retry_s if self._reset.is_set() else min(delay * 2,
+                                                                       self.max_retry_s)
+            self._reset.clear()
 
     def _follow_once(self) -> tuple[str, str]:
         """Read the stream until it ends; returns why (``subscribed`` if it had been open)."""

@@ -26,17 +26,19 @@ from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
-from gui import autostart
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
 from gui.ceremony import Authenticator
-from gui.daemon_start import start_daemon
+from gui.daemon_start import Spawn, start_daemon
 from gui.follower import EventFollower
 from gui.instance import SingleInstance
+from gui.presence_dialog import PresenceDialog
 from gui.signals import emit
 from gui.text import menu_text, plain_message_box, plain_tooltip, visible
+from pacd import autostart
 from pacd.client import Client
 from pacd.errors import PacdError
+from pacd.presence.report import enabled_for_sessions
 
 ICONS = Path(__file__).resolve().parent / "icons"
 #: events after which the tray's picture of the daemon may be out of date
@@ -46,6 +48,8 @@ STATE_EVENTS = frozenset({"approval.created", "approval.resolved", "approval.exp
 #: audit actions (of ``audit.appended``) that change what the tray shows
 STATE_ACTIONS = ("owner.create", "credential.", "container.create", "container.delete")
 AUDIT_PROBLEMS = ("audit_unavailable", "audit_untrusted")
+#: refusals a session at the ``required_level`` they name would cure
+SESSION_ERRORS = ("unauthorized", "token_expired", "token_revoked", "presence_required")
 
 
 @dataclass
@@ -61,6 +65,8 @@ class TrayState:
     approvals: list[dict[str, Any]] = field(default_factory=list)
     containers: list[dict[str, Any]] = field(default_factory=list)
     demo_enrolled: int = 0
+    #: the daemon offers fingerprint (fprintd) sessions: the owner enabled it, a reader works
+    fingerprint: bool = False
 
     @property
     def pending(self) -> list[dict[str, Any]]:
@@ -114,6 +120,10 @@ def fetch_state(client: Client) -> TrayState:
         approvals=list(approvals),
         containers=list(containers),
         demo_enrolled=int(demo.get("enrolled", 0)) if isinstance(demo, dict) else 0,
+        fingerprint=any(isinstance(p, dict) and p.get("name") == "fprintd"
+                        and p.get("available") is True
+                        and enabled_for_sessions(str(p.get("detail", "")))
+                        for p in status.get("presence_methods") or []),
     )
 
 
@@ -133,24 +143,35 @@ class Tray(QObject):
     state_changed = Signal(object)
     #: an approval dialog is on screen (its approval id)
     dialog_shown = Signal(str)
+    #: a container action ended: (container id, verb, "" or the error code)
+    action_done = Signal(str, str, str)
     #: a callable to run on the GUI thread (results of background requests)
     _gui = Signal(object)
 
     def __init__(self, client: Client, authenticator: Authenticator | None = None, *,
-                 arm_delay_ms: int = 1000, follow: bool = True) -> None:
+                 arm_delay_ms: int = 1000, follow: bool = True,
+                 spawn: Spawn | None = None) -> None:
         super().__init__()
         self.client = client
+        #: how "Start daemon" runs its command (None: detached, see gui.daemon_start)
+        self.spawn = spawn
         self.state = TrayState()
         self.authenticator = authenticator
         self.arm_delay_ms = arm_delay_ms
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pacd-tray")
         self._refreshing = False
         self._stale = False
+        #: counts daemon losses: a refresh or detail fetch begun before the last loss
+        #: answers for a daemon that is gone, and its result is dropped
+        self._epoch = 0
         self._seen: set[str] = set()
         self.queue: list[str] = []
         self.dialog: ApprovalDialog | None = None
         self.messages: list[tuple[str, str]] = []
         self.audit_view: AuditView | None = None
+        self.presence_dialog: PresenceDialog | None = None
+        #: the session a ceremony in the tray earned (for container actions)
+        self.session_token: str | None = None
         self.icon = QSystemTrayIcon(self._icon("pacd-offline"))
         self.menu = QMenu()
         self.icon.setContextMenu(self.menu)
@@ -187,10 +208,19 @@ class Tray(QObject):
         self.messages.append((title, text))
         self.icon.showMessage(title, visible(text), icon)
 
-    def _background(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+    def _background(self, work: Callable[[], Any], then: Callable[[Any], None], *,
+                    current: bool = False) -> None:
+        """Run ``work`` off the GUI thread, then ``then(result)`` on it. ``current``: only
+        if the daemon has not been lost meanwhile (see :meth:`on_lost`)."""
+        epoch = self._epoch
+
+        def deliver(result: Any) -> None:
+            if not current or epoch == self._epoch:
+                then(result)
+
         def run() -> None:
             result = work()
-            emit(self._gui, lambda: then(result))
+            emit(self._gui, lambda: deliver(result))
         self._pool.submit(run)
 
     # --- following the daemon ----------------------------------------------
@@ -211,10 +241,13 @@ class Tray(QObject):
                                       "approval.resolved" else "expired")
             if kind == "approval.expired":
                 self.notify("pacd: approval expired", f"approval {approval_id} expired")
-        elif kind == "container.state" and event.get("state") in ("exited", "failed",
-                                                                  "stopped-unexpectedly"):
-            self.notify("pacd: container stopped", f"container {event.get('name')} "
-                        f"is {event.get('state')}", QSystemTrayIcon.MessageIcon.Warning)
+        elif kind == "container.state" and event.get("agent_state") not in (None, "running"):
+            # Only the daemon's Podman watcher names an agent: a change pacd did not
+            # make (a start or stop the owner asked for carries no agent_state).
+            self.notify("pacd: container stopped unexpectedly",
+                        f"agent {event.get('agent')} of container {event.get('name')} is "
+                        f"{event.get('agent_state')} (not stopped by pacd)",
+                        QSystemTrayIcon.MessageIcon.Warning)
         elif kind in ("audit.untrusted", "audit.checkpoint_error"):
             self.notify("pacd: audit problem", str(event.get("message") or
                                                    event.get("found") or kind),
@@ -234,9 +267,19 @@ class Tray(QObject):
         if code in AUDIT_PROBLEMS:
             self._apply(TrayState(reachable=True, problem=code, error=message))
             return
-        if self.dialog is not None:
+        # Whatever is on its way from the daemon that is gone is stale: a refresh
+        # finishing now would mark a dead daemon reachable, a detail fetch would
+        # open a dialog after the loss (both seen under load). Drop them.
+        self._epoch += 1
+        self._refreshing = self._stale = False
+        unanswered = set(self.queue)
+        self.queue.clear()  # before the dialog closes: it must not open the next one
+        if isinstance(self.dialog, ApprovalDialog):
+            unanswered.add(self.dialog.approval_id)
             self.dialog.close_for("daemon lost")
-        self.queue.clear()
+        self.dialog = None  # also the placeholder of a detail fetch in flight
+        # Not decided by the owner: offered again once the daemon is back.
+        self._seen -= unanswered
         self._apply(TrayState(reachable=False, error=message))
 
     @Slot()
@@ -246,7 +289,7 @@ class Tray(QObject):
             self._stale = True
             return
         self._refreshing = True
-        self._background(lambda: fetch_state(self.client), self._refreshed)
+        self._background(lambda: fetch_state(self.client), self._refreshed, current=True)
 
     def _refreshed(self, state: TrayState) -> None:
         self._refreshing = False
@@ -321,6 +364,75 @@ class Tray(QObject):
                 entry = QAction(menu_text(line), sub)
                 entry.setEnabled(False)
                 sub.addAction(entry)
+            sub.addSeparator()
+            cid, name = str(container.get("id")), str(container.get("name"))
+            state = str(container.get("state"))
+            for verb, title, usable in (("start", "Start", state != "running"),
+                                        ("stop", "Stop", state in ("running", "partial"))):
+                action = QAction(title, sub)
+                action.setEnabled(usable)
+                action.triggered.connect(
+                    lambda _=False, c=cid, n=name, v=verb: self.container_action(c, n, v))
+                sub.addAction(action)
+
+    # --- container actions -----------------------------------------------------
+
+    def _action_client(self) -> Client:
+        """The tray's client, carrying the session a ceremony in the tray earned, if any."""
+        if self.session_token is None:
+            return self.client
+        return Client(self.client.config, socket_path=self.client.socket_path,
+                      token=self.session_token, timeout=self.client.timeout,
+                      use_token_cache=False)
+
+    def container_action(self, container_id: str, name: str, verb: str, *,
+                         retried: bool = False) -> None:
+        """Start or stop a container; when the daemon asks for presence, prove it in a
+        :class:`PresenceDialog` and try once more."""
+        client = self._action_client()
+
+        def post() -> dict[str, Any] | PacdError:
+            try:
+                answer: dict[str, Any] = client.request(
+                    "POST", f"/v1/containers/{container_id}/{verb}")
+            except PacdError as exc:
+                return exc
+            return answer
+
+        def after(result: dict[str, Any] | PacdError) -> None:
+            if not isinstance(result, PacdError):
+                emit(self.action_done, container_id, verb, "")
+                return
+            level = result.extra.get("required_level")
+            if result.code in SESSION_ERRORS and isinstance(level, str) and not retried:
+                self._prove(level, f"{verb.capitalize()} container {name}",
+                            lambda: self.container_action(container_id, name, verb,
+                                                          retried=True),
+                            lambda: emit(self.action_done, container_id, verb, "cancelled"))
+                return
+            self.notify(f"pacd: could not {verb} {name}", result.message,
+                        QSystemTrayIcon.MessageIcon.Warning)
+            emit(self.action_done, container_id, verb, result.code)
+
+        self._background(post, after)
+
+    def _prove(self, level: str, what: str, then: Callable[[], None],
+               otherwise: Callable[[], None]) -> None:
+        dialog = PresenceDialog(self.client, level, what,
+                                self.authenticator,
+                                fingerprint=self.state.fingerprint)
+        self.presence_dialog = dialog
+
+        def proved(token: dict[str, Any] | None) -> None:
+            if token is None:
+                otherwise()
+                return
+            self.session_token = str(token["token"])
+            self.client.save_token(token)  # the CLI's cache too, where the tray uses it
+            then()
+
+        dialog.proved.connect(proved)
+        dialog.start()
 
     @Slot()
     def show_audit(self) -> None:
@@ -333,7 +445,7 @@ class Tray(QObject):
     @Slot()
     def start_daemon(self) -> None:
         try:
-            start_daemon()
+            start_daemon(spawn=self.spawn)
         except OSError as exc:
             plain_message_box(f"could not start the daemon: {exc}").exec()
             return
@@ -374,7 +486,7 @@ class Tray(QObject):
             return detail
 
         self.dialog = _PENDING  # one fetch at a time
-        self._background(fetch, lambda d: self._show(approval_id, d))
+        self._background(fetch, lambda d: self._show(approval_id, d), current=True)
 
     def _show(self, approval_id: str, detail: dict[str, Any] | PacdError) -> None:
         self.dialog = None

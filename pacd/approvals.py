@@ -124,6 +124,16 @@ class Approval:
         body: dict[str, Any] = self.payload["body"]
         return body
 
+    @property
+    def requester_pid(self) -> int | None:
+        pid = (self.payload.get("requester_process") or {}).get("pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
+    def requester_exe(self) -> str | None:
+        exe = (self.payload.get("requester_process") or {}).get("exe")
+        return exe if isinstance(exe, str) else None
+
 
 #: applies an approved action inside the approval's transaction; returns a result summary
 Executor = Callable[[sqlite3.Connection, Approval], dict[str, Any]]
@@ -180,7 +190,10 @@ class ApprovalQueue:
     # --- queueing -----------------------------------------------------------
 
     def submit(self, kind: str, body: dict[str, Any], requester: str, summary: str,
-               ttl_s: float) -> Approval:
+               ttl_s: float, *, process: dict[str, Any] | None = None) -> Approval:
+        """Queue an approval. ``process`` (``{"pid", "exe"}``): the program that asked,
+        as the kernel named it; it goes into the signed payload, so what the owner
+        is shown about it is part of what the key signs."""
         if kind not in self._kinds:
             raise NotFound(f"no approval kind {kind!r}")
         level = self._kinds[kind].level
@@ -197,6 +210,9 @@ class ApprovalQueue:
             "expires_at": iso(expires),
             "nonce": secrets.token_hex(16),
         }
+        if process is not None:
+            payload["requester_process"] = {"pid": process.get("pid"),
+                                            "exe": process.get("exe")}
         challenge = digest(payload)
         self.expire_due()  # an expired approval does not count against the limits
         row: dict[str, Any] = {

@@ -5,7 +5,7 @@
 i.e. 0600) and starts ``pacd daemon`` on the first connection, which collects
 the socket with ``launch_activate_socket`` (:func:`pacd.api.activation.launchd_socket`).
 ``org.pacd.tray``: starts the tray at login (``RunAtLoad``); written and
-removed by the tray's "Start at login" through :mod:`pacd.autostart`.
+removed by the tray's "Start at login" through :mod:`pacd.autostart.macos`.
 
 The plist contents are pure functions (tested on any machine with plistlib).
 Writing them into ``~/Library/LaunchAgents`` and loading them
@@ -135,17 +135,22 @@ def ensure_agent(agent: dict[str, Any], home: Path, uid: int,
     return True
 
 
-def install(agent: dict[str, Any], home: Path) -> Path:
-    """Write ``agent`` and load it into this user's GUI domain (macOS only)."""
-    require_macos()
-    ensure_agent(agent, home, os.getuid())
+def install(agent: dict[str, Any], home: Path, runner: Runner | None = None) -> Path:
+    """Write ``agent`` and load it into this user's GUI domain. ``runner`` stands in
+    for launchctl (tests on other systems); without it this runs on macOS only."""
+    if runner is None:
+        require_macos()
+    ensure_agent(agent, home, os.getuid(), runner or run_launchctl)
     return plist_path(home, str(agent["Label"]))
 
 
 def uninstall(label: str, home: Path, uid: int | None = None,
-              runner: Runner = run_launchctl) -> None:
-    """Unload the agent ``label`` and remove its plist (absent is fine)."""
-    require_macos()
+              runner: Runner | None = None) -> None:
+    """Unload the agent ``label`` and remove its plist (absent is fine); ``runner`` as
+    for :func:`install`."""
+    if runner is None:
+        require_macos()
+        runner = run_launchctl
     # not loaded is the usual case and no error
     runner([LAUNCHCTL, "bootout", f"{domain(os.getuid() if uid is None else uid)}/{label}"])
     with contextlib.suppress(FileNotFoundError):

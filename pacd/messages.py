@@ -431,6 +431,10 @@ class ApprovalView:
     expires_at: str
     resolved_at: str | None
     reason: str | None
+    requester_pid: int | None = field(metadata=_meta(
+        "the submitting process's pid (SO_PEERCRED at submission); null when not known"))
+    requester_exe: str | None = field(metadata=_meta(
+        "that process's executable (/proc/PID/exe at submission); null when not known"))
 
 
 @dataclass(frozen=True)

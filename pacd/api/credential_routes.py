@@ -159,7 +159,7 @@ class Credentials:
                 return Reply(m.CredentialView(credential_id=cred.credential_id.hex(),
                                               label=cred.label,
                                               user_verifying=cred.uv_capable), 201)
-            return Reply(self._queue_addition(registration), 202)
+            return Reply(self._queue_addition(registration, call.process()), 202)
 
         try:
             reply = await asyncio.to_thread(complete)
@@ -185,7 +185,8 @@ class Credentials:
             self._on_change()
         return reply
 
-    def _queue_addition(self, registration: Registration) -> m.ApprovalAccepted:
+    def _queue_addition(self, registration: Registration, process: dict[str, Any] | None
+                        ) -> m.ApprovalAccepted:
         cred = registration.credential
         if self.s.owners.find_credential(cred.credential_id) is not None:
             raise Conflict("this credential is already enrolled")
@@ -194,7 +195,8 @@ class Credentials:
                    f"presence credential {cred.label!r} (authenticator "
                    f"{payload['aaguid']}, key {payload['credential_id'][:16]}…)")
         approval = self.s.approvals.submit(CREDENTIAL_ADD, payload, self.actor, summary,
-                                           float(self.s.config.approval_ttl_s))
+                                           float(self.s.config.approval_ttl_s),
+                                           process=process)
         return _accepted(approval)
 
     def execute_add(self, conn: Any, approval: Approval) -> dict[str, Any]:
@@ -237,7 +239,8 @@ class Credentials:
             summary = (f"remove presence credential {cred.label!r} "
                        f"(key {payload['credential_id'][:16]}…)")
             approval = self.s.approvals.submit(CREDENTIAL_REMOVE, payload, self.actor,
-                                               summary, float(self.s.config.approval_ttl_s))
+                                               summary, float(self.s.config.approval_ttl_s),
+                                               process=call.process())
             return _accepted(approval)
 
         return Reply(await asyncio.to_thread(queue), 202)

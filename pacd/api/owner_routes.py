@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
@@ -596,7 +597,7 @@ class OwnerApi:
         summary = (f"install plugin {schema.name} {schema.version} for agent {body.agent} "
                    f"in container {record.name}")
         approval = await _thread(
-            self.s.approvals.submit, PLUGIN_INSTALL,
+            partial(self.s.approvals.submit, process=call.process()), PLUGIN_INSTALL,
             {"container_id": record.id, "container_name": record.name, "agent": body.agent,
              "schema": schema.to_json()},
             ACTOR, summary, float(self.s.config.approval_ttl_s))
@@ -636,8 +637,8 @@ class OwnerApi:
         summary = (f"re-anchor the audit log at entry {body['head_seq']} after: "
                    f"{health.reason()}")
         approval = await _thread(
-            self.s.approvals.submit, AUDIT_REANCHOR, body, ACTOR, summary,
-            float(self.s.config.approval_ttl_s))
+            partial(self.s.approvals.submit, process=call.process()), AUDIT_REANCHOR, body,
+            ACTOR, summary, float(self.s.config.approval_ttl_s))
         return Reply(m.ApprovalAccepted(approval_id=approval.id,
                                         required_level=approval.required_level.value,
                                         expires_at=iso(approval.expires_at) or ""), 202)
@@ -669,7 +670,7 @@ class OwnerApi:
             required_level=a.required_level.value,
             summary=a.summary, requester=a.requester, created_at=iso(a.created_at) or "",
             expires_at=iso(a.expires_at) or "", resolved_at=iso(a.resolved_at),
-            reason=a.reason)
+            reason=a.reason, requester_pid=a.requester_pid, requester_exe=a.requester_exe)
 
     async def list_approvals(self, call: Call) -> m.ApprovalList:
         q: m.ApprovalQuery = call.query

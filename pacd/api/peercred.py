@@ -110,6 +110,23 @@ def peer_cred(sock: _SockOpt) -> PeerCred | None:
     return None
 
 
+def submitting_process(peer: PeerCred | None) -> dict[str, Any] | None:
+    """``{"pid", "exe"}`` of the process on the other end, read as its request is handled.
+
+    Recorded with an approval it submits, so the owner sees which program asked.
+    The pid is the kernel's (``SO_PEERCRED``, taken when the process connected);
+    ``exe`` is ``/proc/PID/exe`` read now, or None when it cannot be read (the
+    process is gone, or no /proc). None without a pid (macOS/BSD report no pid).
+    """
+    if peer is None or peer.pid is None or peer.pid <= 0:
+        return None
+    try:
+        exe: str | None = os.readlink(f"/proc/{peer.pid}/exe")
+    except OSError:
+        exe = None
+    return {"pid": peer.pid, "exe": exe}
+
+
 @dataclass(frozen=True)
 class PidNamespace:
     """A PID namespace as the kernel identifies it: the nsfs inode of ``/proc/PID/ns/pid``.

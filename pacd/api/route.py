@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pacd.api.peercred import PeerCred, submitting_process
 from pacd.errors import PacdError
 from pacd.messages import RawBody
 
@@ -35,6 +36,12 @@ class Call:
     body: Any
     query: Any
     principal: Principal
+    #: the connected process as the kernel reported it (SO_PEERCRED / LOCAL_PEERCRED)
+    peer: PeerCred | None = None
+
+    def process(self) -> dict[str, Any] | None:
+        """The submitting process (``{"pid", "exe"}``) for an approval it asks for."""
+        return submitting_process(self.peer)
 
 
 @dataclass(frozen=True)

@@ -267,8 +267,9 @@ class OwnerServer:
             if route.request is not None:
                 body = await self._read_body(request, route.request, body_cap)
             query = decode_query(route.query, request.query) if route.query else None
+            state = self.guard.state_for(request.transport)
             call = Call(request=request, params=request.match_info, body=body, query=query,
-                        principal=principal)
+                        principal=principal, peer=state.peer if state is not None else None)
             if route.stream and decision is not None:
                 # A stream answers before its handler returns: unless the handler
                 # records its own decision first, the entry is written as the

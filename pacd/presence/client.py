@@ -42,10 +42,12 @@ from pacd.errors import (
 
 __all__ = [
     "UDEV_HINT",
+    "RetriesInteraction",
     "UserInteraction",
     "authenticate",
     "find_authenticator",
     "list_authenticators",
+    "pin_retries",
     "register",
     "windows_client_available",
 ]
@@ -102,6 +104,59 @@ def windows_client_available() -> bool:
     return bool(WindowsClient.is_available())
 
 
+class RetriesInteraction(UserInteraction):
+    """A ``UserInteraction`` that wants to say how many PIN tries the key has left.
+
+    :func:`authenticate` and :func:`register` ask the key (CTAP2 ``getPinRetries``)
+    right before each PIN prompt and call :meth:`request_pin_with_retries`
+    instead of ``request_pin``; ``retries`` is None when the key would not say.
+    A key whose PIN is already blocked is not asked for a PIN at all: the
+    ceremony ends with :class:`~pacd.errors.PinBlocked`.
+    """
+
+    def request_pin_with_retries(self, permissions: Any, rd_id: str | None,
+                                 retries: int | None) -> str | None:
+        return None
+
+
+def pin_retries(device: CtapDevice) -> int | None:
+    """The key's PIN tries left before it blocks (CTAP2 ``getPinRetries``), or None if
+    it cannot tell (no CTAP2, no PIN support, a transport error)."""
+    from fido2.ctap2.base import Ctap2
+    from fido2.ctap2.pin import ClientPin
+
+    try:
+        ctap2 = Ctap2(device)
+        if not ClientPin.is_supported(ctap2.info):  # type: ignore[no-untyped-call]
+            return None
+        return int(ClientPin(ctap2).get_pin_retries()[0])
+    except (CtapError, OSError, ValueError, KeyError):
+        return None
+
+
+class _AskingRetries(UserInteraction):
+    """Passes python-fido2's prompts on, adding the retries count to PIN prompts."""
+
+    def __init__(self, inner: RetriesInteraction, device: CtapDevice) -> None:
+        self.inner = inner
+        self.device = device
+
+    def prompt_up(self) -> None:
+        self.inner.prompt_up()
+
+    def request_uv(self, permissions: Any, rd_id: str | None) -> bool:
+        return bool(self.inner.request_uv(permissions, rd_id))
+
+    def request_pin(self, permissions: Any, rd_id: str | None) -> str | None:
+        retries = pin_retries(self.device)
+        if retries == 0:
+            raise PinBlocked(
+                "the security key's PIN is blocked after too many wrong tries;"
+                " it must be reset (this erases its credentials)"
+            )
+        return self.inner.request_pin_with_retries(permissions, rd_id, retries)
+
+
 def _default_client(
     origin: str, interaction: UserInteraction, device: CtapDevice | None
 ) -> WebAuthnClient:
@@ -111,7 +166,10 @@ def _default_client(
 
         client: WebAuthnClient = WindowsClient(collector)
         return client
-    return Fido2Client(device or find_authenticator(), collector, user_interaction=interaction)
+    key = device or find_authenticator()
+    if isinstance(interaction, RetriesInteraction):
+        interaction = _AskingRetries(interaction, key)
+    return Fido2Client(key, collector, user_interaction=interaction)
 
 
 def register(  # noqa: PLR0917 - the agreed call shape

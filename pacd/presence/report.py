@@ -52,9 +52,19 @@ def presence_methods_report(fprintd_bus_address: str | None = None,
     return report
 
 
+#: what a method the owner enabled for sessions says in its ``reason`` (status
+#: ``presence_methods[].detail``); the tray offers such a method (see :func:`enabled_for_sessions`)
+ENABLED_NOTE = "; enabled for sessions (pacd session --platform "
+
+
+def enabled_for_sessions(detail: str) -> bool:
+    """Whether a ``presence_methods`` entry's detail says the owner enabled it."""
+    return ENABLED_NOTE in detail
+
+
 def _with_enablement(entry: Availability, enabled: Collection[str]) -> Availability:
     if entry.name in enabled:
-        note = f"enabled for sessions (pacd session --platform {entry.name})"
+        note = f"{ENABLED_NOTE[2:]}{entry.name})"
     else:
         note = (f"not enabled for sessions (platform_presence = [\"{entry.name}\"] in "
                 "config.toml enables it)")

@@ -1,7 +1,7 @@
 ; Per-user installer for pacd on Windows: no administrator rights, installs to
 ; %LOCALAPPDATA%\Programs\pacd, starts the tray at login through the current
 ; user's Run key (the tray's "Start at login" toggles the same value, see
-; pacd/autostart.py), and uninstalls by stopping the tray and the daemon,
+; pacd/autostart/windows.py), and uninstalls by stopping the tray and the daemon,
 ; removing that value and the files. The owner's data (%LOCALAPPDATA%\pacd) is
 ; kept.
 ;
@@ -25,7 +25,7 @@ SetCompressor /SOLID lzma
   !define OUTFILE "pacd-${VERSION}-win64.exe"
 !endif
 
-; the value pacd/autostart.py reads and writes: keep the names in step
+; the value pacd/autostart/windows.py reads and writes: keep the names in step
 !define RUN_KEY "Software\Microsoft\Windows\CurrentVersion\Run"
 !define RUN_VALUE "pacd"
 !define UNINSTALL_KEY "Software\Microsoft\Windows\CurrentVersion\Uninstall\pacd"

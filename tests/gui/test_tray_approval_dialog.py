@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from gui.approval_dialog import ApprovalDialog
 from gui.ceremony import MISMATCH
 from gui.tray import Tray
 from pacd.core.canonical import digest
-from tests.gui.world import PIN, World, wait_reachable
+from tests.gui.world import PIN, HeldClient, World, wait_reachable
 from tests.integration.harness import DaemonProcess
 from tests.podman_env import podman_service
 
@@ -72,7 +73,14 @@ def test_an_approval_asked_through_the_api_appears_as_a_dialog_at_once(
     assert any(r.startswith("POST /format (60/min, burst 10") for r in rows)
     assert "readOnly" in rows
     assert dialog.title.text() == "Install a plugin?"
-    assert dialog.requester.text().startswith("asked by: owner:uid=")
+    # Who asked: the uid, and the submitting process (this test) as the kernel named it,
+    # from the signed payload; the API lists the same.
+    me = f"process {os.getpid()} ({os.readlink('/proc/self/exe')})"
+    assert dialog.requester.text() == f"asked by: owner:uid={os.getuid()}, {me}"
+    listed = world.daemon.client().request("GET", "/v1/approvals")["approvals"]
+    mine = next(a for a in listed if a["id"] == approval_id)
+    assert (mine["requester_pid"], mine["requester_exe"]) == (
+        os.getpid(), os.readlink("/proc/self/exe"))
     assert "needs: biometric; expires in " in dialog.needs.text()
     # The raw JSON is one click away.
     assert not dialog.raw.isVisible()
@@ -208,6 +216,11 @@ def test_expiry_and_daemon_loss_close_the_dialog(qtbot: Any, world: World,
     qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=10_000)
     assert tray.dialog is None
     assert not tray.state.reachable
+    # Closed by the loss, not decided by the owner: offered again once the daemon is back.
+    world.daemon.start()
+    tray.follower.retry_now()
+    again = open_dialog(qtbot, tray, approval_id)
+    assert again is not dialog
 
 
 @pytest.fixture
@@ -239,4 +252,32 @@ def test_deleting_its_container_ends_the_dialog_and_the_tray_offers_nothing_to_s
         assert approval_id not in tray.queue
         assert world.state(approval_id) == "expired"
     finally:
+        tray.close()
+
+
+def test_answers_read_before_the_daemon_went_away_do_not_reopen_a_dialog_or_revive_it(
+        qtbot: Any, world: World) -> None:
+    # Under load the detail fetch and the refresh an approval.created starts can be
+    # answered by the daemon and still be on their way when it goes: they describe a
+    # daemon that is gone, and must neither open a dialog nor mark it reachable.
+    from PySide6.QtWidgets import QApplication
+
+    held = HeldClient(world.daemon.client(), ())
+    tray, _ = world.tray(client=held)
+    try:
+        wait_reachable(qtbot, tray)
+        qtbot.waitUntil(lambda: not tray._refreshing, timeout=10_000)
+        held.holding = ("GET /v1/approvals/", "GET /v1/containers")
+        world.queue_plugin()
+        qtbot.waitUntil(lambda: held.held == 2, timeout=10_000)  # both answered, held back
+        world.daemon.stop()
+        qtbot.waitUntil(lambda: not tray.state.reachable, timeout=10_000)
+        held.release()
+        tray._pool.shutdown(wait=True)  # their results are now posted to the GUI thread
+        QApplication.processEvents()
+        assert tray.dialog is None
+        assert not tray.state.reachable
+        assert tray.state.icon_name == "pacd-offline"
+    finally:
+        held.release()
         tray.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gui import autostart
 from gui.tray import Tray
+from pacd import autostart
 from tests.gui.world import World, wait_reachable
 
 pytestmark = pytest.mark.system  # a real daemon with the real keychain
@@ -56,7 +57,10 @@ def test_start_at_login_writes_and_removes_the_xdg_autostart_entry(
         login = next(a for a in tray.menu.actions() if a.text() == "Start at login")
         assert not login.isChecked() and not entry.exists()
         login.setChecked(True)
-        assert autostart.enabled() and "Exec=pacd-tray" in entry.read_text()
+        assert autostart.enabled()
+        exec_line = next(line for line in entry.read_text().splitlines()
+                         if line.startswith("Exec="))
+        assert shlex.split(exec_line[len("Exec="):]) == autostart.tray_command()
         login.setChecked(False)
         assert not entry.exists()
     finally:

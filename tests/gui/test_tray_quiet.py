@@ -6,16 +6,22 @@ Real daemon on a private socket; the tray's client counts what it sends
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gui.daemon_start import start_command
 from gui.instance import SingleInstance
-from gui.tray import fetch_state
+from gui.tray import Tray, fetch_state
 from pacd.client import Client
-from tests.gui.world import World, wait_reachable
+from tests.gui.world import CountingClient, World, wait_reachable
+from tests.integration.harness import ROOT
 
 pytestmark = pytest.mark.system  # a real daemon with the real keychain
 
@@ -70,6 +76,52 @@ def test_tray_shows_the_daemon_down_offers_to_start_it_and_recovers(qtbot: Any,
         assert "Start daemon" not in [a.text() for a in tray.menu.actions()]
     finally:
         tray.close()
+
+
+def test_start_daemon_in_the_menu_runs_the_bundled_command_and_the_tray_recovers(
+        qtbot: Any, bare_world: World) -> None:
+    # No systemd user unit here: "Start daemon" runs the bundled ``pacd daemon``. The
+    # spawn at the OS boundary runs exactly the tray's command, in the test daemon's
+    # environment (its socket and home), so the daemon that answers is the one started.
+    daemon = bare_world.daemon
+    launched: list[list[str]] = []
+
+    def spawn(argv: Sequence[str]) -> object:
+        launched.append(list(argv))
+        with open(daemon.log_path, "ab") as log:
+            daemon.proc = subprocess.Popen(list(argv), env=daemon.env, cwd=ROOT,
+                                           stdout=log, stderr=subprocess.STDOUT)
+        return daemon.proc
+
+    tray = Tray(CountingClient(daemon.client()), spawn=spawn)
+    try:
+        wait_reachable(qtbot, tray)
+        daemon.stop()
+        wait_reachable(qtbot, tray, False)
+        start = next(a for a in tray.menu.actions() if a.text() == "Start daemon")
+        start.trigger()
+        assert launched == [start_command()] == [[sys.executable, "-m", "pacd", "daemon"]]
+        wait_reachable(qtbot, tray)  # nobody but the tray asks the daemon again
+        assert daemon.alive()
+        assert tray.state.icon_name == "pacd"
+        assert "Start daemon" not in [a.text() for a in tray.menu.actions()]
+    finally:
+        tray.close()
+
+
+def test_the_start_command_is_the_service_manager_s_where_pacd_is_a_service(
+        tmp_path: Path) -> None:
+    assert start_command("linux", tmp_path) == [sys.executable, "-m", "pacd", "daemon"]
+    unit = tmp_path / ".config/systemd/user/pacd.service"
+    unit.parent.mkdir(parents=True)
+    unit.touch()
+    assert start_command("linux", tmp_path) == ["systemctl", "--user", "start",
+                                                "pacd.service"]
+    agent = tmp_path / "Library/LaunchAgents/org.pacd.daemon.plist"
+    agent.parent.mkdir(parents=True)
+    agent.touch()
+    assert start_command("darwin", tmp_path) == [
+        "launchctl", "kickstart", f"gui/{os.getuid()}/org.pacd.daemon"]
 
 
 def test_state_without_a_daemon_is_offline_not_an_error(tmp_path: Path) -> None:

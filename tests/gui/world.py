@@ -31,6 +31,27 @@ class CountingClient(Client):
         return super().request(method, path, body, auth=auth)
 
 
+class HeldClient(CountingClient):
+    """Answers of requests whose ``METHOD path`` starts with one of ``holding`` are held
+    back (after the daemon answered) until :meth:`release`: a slow tray under load."""
+
+    def __init__(self, base: Client, holding: tuple[str, ...]) -> None:
+        super().__init__(base)
+        self.holding = holding
+        self.held = 0
+        self._release = threading.Event()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def request(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        answer = super().request(method, path, body, auth=auth)
+        if f"{method} {path}".startswith(self.holding) and not self._release.is_set():
+            self.held += 1
+            self._release.wait(60)
+        return answer
+
+
 class World:
     def __init__(self, daemon: DaemonProcess, *, owner: bool = True) -> None:
         self.daemon = daemon
@@ -80,9 +101,9 @@ class World:
 
         return run
 
-    def tray(self, authenticator: Authenticator | None = None, arm_delay_ms: int = 1000
-             ) -> tuple[Tray, CountingClient]:
-        client = CountingClient(self.daemon.client())
+    def tray(self, authenticator: Authenticator | None = None, arm_delay_ms: int = 1000,
+             client: CountingClient | None = None) -> tuple[Tray, CountingClient]:
+        client = client or CountingClient(self.daemon.client())
         return Tray(client, authenticator or self.authenticator(),
                     arm_delay_ms=arm_delay_ms), client
 
