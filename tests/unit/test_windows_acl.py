@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ OTHER = "S-1-5-21-1004336348-1177238915-682003330-1002"
 EVERYONE, USERS = "S-1-1-0", "S-1-5-32-545"
 FILE_ALL_ACCESS = 0x001F01FF
 FILE_GENERIC_READ_EXECUTE = 0x001200A9
+#: judged here with POSIX stat results, or where no descriptor can be read
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX uid/mode, or no DACL")
 OI_CI = 0x03  # OBJECT_INHERIT | CONTAINER_INHERIT
 INHERIT_ONLY = 0x08
 
@@ -191,13 +194,15 @@ def test_win32_judges_the_dacl_not_the_mode_bits(tmp_path: Path) -> None:
     assert "use another" in refused.value.message
 
 
+@posix_only
 def test_win32_fails_closed_where_no_descriptor_can_be_read(tmp_path: Path) -> None:
-    """Here (not Windows) the descriptor reader refuses: nothing is taken as private."""
+    """Where no descriptor can be read (here) nothing is taken as private."""
     with pytest.raises(ConfigError):
         refuse_unless_ours(tmp_path, os.stat(tmp_path), "PACD_HOME", "", open_bits=0o077,
                            mode=0o700, platform="win32", user_sid=lambda: ME)
 
 
+@posix_only
 def test_posix_still_judges_uid_and_mode_bits(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     with pytest.raises(ConfigError) as refused:
@@ -223,6 +228,7 @@ def _client(tmp_path: Path, platform: str) -> Client:
 TOKEN = {"token": "t", "level": "basic", "expires_at": "2999-01-01T00:00:00Z"}
 
 
+@posix_only
 def test_a_token_cache_others_can_read_is_not_trusted_on_posix(tmp_path: Path) -> None:
     client = _client(tmp_path, "linux")
     client.save_token(TOKEN)
@@ -231,6 +237,7 @@ def test_a_token_cache_others_can_read_is_not_trusted_on_posix(tmp_path: Path) -
     assert client.cached_token() is None
 
 
+@posix_only
 def test_a_token_cache_whose_dacl_cannot_be_read_is_not_trusted_on_windows(
         tmp_path: Path) -> None:
     client = _client(tmp_path, "win32")

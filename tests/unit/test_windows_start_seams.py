@@ -19,12 +19,14 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pacd.api.peercred import VERIFIED_PEER, PeerCred, client_label
 from pacd.home_lock import (
     AlreadyRunning,
     FlockBackend,
@@ -206,3 +208,33 @@ def test_the_windows_branch_only_schedules_stop_on_the_loop() -> None:
 
     asyncio.run(main())
     assert ran_in_handler == [False]
+
+
+# --- who began a session ceremony ----------------------------------------------------
+
+
+class _PipeTransport:
+    """What the owner pipe's transport answers: no socket, the peer the pipe verified."""
+
+    def __init__(self, peer: PeerCred | None) -> None:
+        self._extra: dict[str, object] = {VERIFIED_PEER: peer}
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._extra.get(name, default)
+
+
+class _SocketTransport:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._sock if name == "socket" else default
+
+
+def test_the_ceremonys_client_is_named_on_the_pipe_as_on_the_socket() -> None:
+    assert client_label(_PipeTransport(PeerCred(uid=1001, pid=4242, gid=None))) == "pid:4242"
+    assert client_label(_PipeTransport(None)) == ""
+    assert client_label(None) == ""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        assert client_label(_SocketTransport(ours)) == f"pid:{os.getpid()}"
