@@ -31,17 +31,17 @@ from typing import Any
 from urllib.parse import quote
 
 from pacd import transport
-from pacd.api.peercred import own_uid
 from pacd.config import Config, load_config
 from pacd.core.canonical import digest
 from pacd.errors import (
+    ConfigError,
     DaemonUnavailable,
     InvalidRequest,
     PacdError,
     PresenceRequired,
     error_for_code,
 )
-from pacd.private_file import write_private
+from pacd.private_file import refuse_unless_ours, write_private
 
 TOKEN_FILE = "client-token.json"
 START_HINT = "start it with `pacd daemon` (foreground) or `systemctl --user start pacd`"
@@ -134,12 +134,11 @@ class Client:
             return None
         try:
             st = os.lstat(self.token_path)
-            if st.st_uid != own_uid() or st.st_mode & 0o077:
-                # not ours or readable by others: do not trust it (on Windows, where
-                # st_uid says nothing, this is never trusted: the owner signs in again)
-                return None
+            # not ours or open to others: do not trust it (on Windows: owner SID and DACL)
+            refuse_unless_ours(self.token_path, st, "token cache", "", open_bits=0o077,
+                               mode=0o600, platform=self.platform)
             data = json.loads(self.token_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, ConfigError):
             return None
         if not isinstance(data, dict):
             return None

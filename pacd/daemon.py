@@ -5,7 +5,8 @@ passphrase keystore) there is no master key, hence no audit key, hence no
 daemon — it exits with the keychain's own explanation instead of running
 without protection.
 
-Shutdown (SIGTERM, SIGINT): a ``daemon.stopping`` event goes out, event
+Shutdown (SIGTERM, SIGINT; on Windows Ctrl+C, Ctrl+Break — see
+:mod:`pacd.stop_signals`): a ``daemon.stopping`` event goes out, event
 streams end, the listener stops accepting, in-flight requests run to
 completion (their work is in worker threads and their audit entries are
 durable before they answer), then the audit log drains and writes its final
@@ -19,8 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
-import signal
 import sys
 import threading
 from collections.abc import Coroutine
@@ -32,7 +31,7 @@ from pacd.agents.inbox import Inbox
 from pacd.api.activation import sd_notify
 from pacd.api.credential_routes import CREDENTIAL_ADD, CREDENTIAL_REMOVE
 from pacd.api.decisions import DecisionLog
-from pacd.api.listener import HomeLock, ensure_private_dir
+from pacd.api.listener import ensure_private_dir
 from pacd.api.owner_listener import OwnerListener, open_listener
 from pacd.api.owner_routes import (
     AUDIT_REANCHOR,
@@ -51,7 +50,9 @@ from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.rules import Action, required_level
 from pacd.errors import PacdError
 from pacd.events import EventBus
+from pacd.home_lock import HomeLock
 from pacd.integrity import AuditedFailures
+from pacd.open_files import raise_open_file_limit
 from pacd.presence.attestation import AttestationPolicy
 from pacd.presence.clock import SystemClock
 from pacd.presence.owner import OwnerRegistry
@@ -59,6 +60,7 @@ from pacd.presence.rp import RelyingParty
 from pacd.presence.tokens import TokenService
 from pacd.registry import ContainerRegistry
 from pacd.retention import Retention, run_periodically
+from pacd.stop_signals import on_stop_signals
 from pacd.store import Store
 from pacd.vault import SealedData, Vault, open_secret_store
 
@@ -94,26 +96,6 @@ def ensure_private_home(home: Path) -> None:
     write to would let them read those files' names and sizes, or replace them.
     """
     ensure_private_dir(home, "PACD_HOME", "choose another PACD_HOME")
-
-
-def raise_open_file_limit() -> int:
-    """Lift the soft RLIMIT_NOFILE to the hard limit; the new soft limit.
-
-    Every agent socket's connections, the databases and the audit log share
-    one descriptor table; the common soft default (1024) is reached long
-    before the per-socket connection caps would be.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # An unlimited hard limit still has the kernel's nr_open ceiling: ask for 2^20.
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
-        return soft
-    return target
 
 
 def build_services(config: Config) -> Services:
@@ -223,8 +205,7 @@ class Daemon:
             max_tokenless_body_bytes=self.config.max_tokenless_body_bytes,
             header_timeout_s=self.config.header_timeout_s,
         )
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        on_stop_signals(loop, self.request_stop)
         expiry = asyncio.create_task(self._expire(services))
         retention = asyncio.create_task(run_periodically(
             Retention(services.store, services.registry,

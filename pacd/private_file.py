@@ -19,18 +19,32 @@ import contextlib
 import os
 import secrets
 import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from pacd import windows_acl
 from pacd.errors import ConfigError
+from pacd.named_pipe import current_user_sid
 
 
 def refuse_unless_ours(path: Path, st: os.stat_result, what: str, instead: str, *,
-                       open_bits: int, mode: int) -> None:
+                       open_bits: int, mode: int, platform: str = sys.platform,
+                       security: Callable[[Path], windows_acl.Security] | None = None,
+                       user_sid: Callable[[], str] = current_user_sid) -> None:
     """Raise ConfigError unless ``st`` (of ``path``) is owned by us with no ``open_bits`` set.
 
     ``mode`` is what the fix suggests (``chmod <mode> <path>``); ``instead``
-    says what else the owner can do.
+    says what else the owner can do. On Windows (``platform`` "win32") the same
+    rule is read from the path's owner SID and DACL (:mod:`pacd.windows_acl`;
+    ``security`` and ``user_sid`` are replaced in tests).
     """
+    if platform == "win32":
+        found = windows_acl.problem((security or windows_acl.file_security)(path), user_sid(),
+                                    windows_acl.forbidden_rights(open_bits))
+        if found is not None:
+            raise ConfigError(f"{what} {path} {found}; pacd needs it private to you: {instead}")
+        return
     if st.st_uid != os.getuid():
         raise ConfigError(
             f"{what} {path} belongs to uid {st.st_uid}, not to you "
@@ -65,10 +79,14 @@ def write_private(path: Path, data: bytes, *, sync_dir: bool = False) -> None:
     ``sync_dir`` also fsyncs the directory, so the rename itself survives a crash.
     """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    # Windows has neither O_NOFOLLOW nor O_CLOEXEC (nor fchmod before 3.13); there
+    # the new file takes the private directory's DACL, checked by refuse_unless_ours.
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    fd = os.open(tmp, flags, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask did
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # whatever the umask did
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -82,7 +100,7 @@ def write_private(path: Path, data: bytes, *, sync_dir: bool = False) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    if sync_dir:
+    if sync_dir and hasattr(os, "O_DIRECTORY"):  # Windows cannot open a directory so
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)

@@ -9,20 +9,17 @@ race-free; a socket file left behind by a dead daemon is probed and replaced.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import stat
 from pathlib import Path
 
-from pacd.errors import ConfigError, PacdError
+from pacd.errors import ConfigError
+from pacd.home_lock import AlreadyRunning, FlockBackend, PidLock
 from pacd.private_file import refuse_unless_ours
 
-
-class AlreadyRunning(PacdError):
-    code = "already_running"
-    status = 409
-    exit_code = 5
+__all__ = ["AlreadyRunning", "SocketLock", "bind_owner_socket", "check_activated_socket",
+           "ensure_private_dir"]
 
 
 def ensure_private_dir(path: Path, what: str = "socket directory",
@@ -58,61 +55,21 @@ def _probe(path: Path) -> bool:
 
 
 class SocketLock:
-    """An exclusive ``flock`` held for the daemon's lifetime."""
+    """An exclusive ``flock`` held for the daemon's lifetime (the socket exists only
+    on POSIX systems; Windows serves the owner pipe instead)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self._lock = PidLock(path, FlockBackend(), nofollow=False, record_pid=False)
+        except PidLock.Held:
             raise AlreadyRunning(
                 f"another pacd daemon is already running on {path.with_suffix('')}; "
                 "stop it first (`systemctl --user stop pacd`) or set PACD_SOCKET"
             ) from None
-        self._fd = fd
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class HomeLock:
-    """An exclusive ``flock`` on ``daemon.lock`` in PACD_HOME, held for the daemon's life.
-
-    The socket lock only keeps two daemons off one socket; two daemons with
-    different sockets on one home would interleave writes to one audit chain
-    and one state database. The file holds the holder's pid so the second
-    daemon can name it; the lock itself (not the pid) is what decides.
-    """
-
-    def __init__(self, home: Path) -> None:
-        self.path = home / "daemon.lock"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"another pacd daemon (pid {holder}) is already using PACD_HOME {home}; "
-                "stop it first or set another PACD_HOME"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            # Emptied before unlocking: a pid left behind would name a dead process.
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = -1
+        self._lock.release()
 
 
 def bind_owner_socket(path: Path, backlog: int = 128) -> tuple[socket.socket, SocketLock]:

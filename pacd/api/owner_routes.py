@@ -29,7 +29,7 @@ from pacd import __version__
 from pacd import messages as m
 from pacd.api.credential_routes import Credentials
 from pacd.api.decisions import DecisionLog, actor_for
-from pacd.api.peercred import peer_cred
+from pacd.api.peercred import own_uid, peer_cred
 from pacd.api.platform_routes import PlatformSessions
 from pacd.api.route import Call, Json, Principal, Reply, Route
 from pacd.api.services import Services
@@ -81,7 +81,7 @@ CONTAINER_ID = re.compile(r"[0-9a-f]{32}")
 #: reasons quoted in a rejection's message (all kept ones are in its ``errors``)
 MESSAGE_REASONS = 10
 #: who owner-socket requests act as: the peer uid was checked to be the daemon's own
-ACTOR = actor_for(os.getuid())
+ACTOR = actor_for(own_uid())
 #: audit action names of routes whose operation id is not already one
 ACTIONS = {
     "create_owner": "owner.create", "begin_credential": "credential.begin",

@@ -54,6 +54,17 @@ def transport_peer(transport: _Extra) -> PeerCred | None:
     return peer_cred(sock) if sock is not None else None
 
 
+def client_label(transport: _Extra | None) -> str:
+    """``pid:<n>`` of the process on the other end, as the relying party keys its
+    per-client bound on unfinished ceremonies; "" when unknown.
+
+    Through :func:`transport_peer`, so the Windows owner pipe's client (whose
+    transport has no socket to ask) is named by the pid the pipe reported.
+    """
+    peer = transport_peer(transport) if transport is not None else None
+    return f"pid:{peer.pid}" if peer is not None and peer.pid is not None else ""
+
+
 def own_uid() -> int:
     """The uid peers are compared with: the daemon's own.
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pwd
 import secrets
 import threading
 from typing import Any
 
 from pacd import messages as m
 from pacd.api.decisions import DecisionLog, actor_for
+from pacd.api.peercred import own_uid
 from pacd.api.route import Call, Route
 from pacd.api.services import Services
 from pacd.approvals import iso
@@ -54,7 +54,12 @@ GRACE_S = 4 * CALL_TIMEOUT_S
 
 
 def _os_user() -> str:
-    """The user fprintd verifies: the one the daemon runs as (its owner)."""
+    """The user fprintd verifies: the one the daemon runs as (its owner).
+
+    fprintd is Linux's, so ``pwd`` (POSIX only) is imported here, never at import
+    time: the daemon imports this module on Windows too."""
+    import pwd
+
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
@@ -67,7 +72,7 @@ class PlatformSessions:
     def __init__(self, services: Services, sink: DecisionLog) -> None:
         self.s = services
         self.sink = sink
-        self.actor = actor_for(os.getuid())
+        self.actor = actor_for(own_uid())
         # One verification at a time: the reader serves one claim, and a second
         # request must not queue a touch the person is not expecting.
         self._in_use = threading.Lock()
