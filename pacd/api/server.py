@@ -10,7 +10,9 @@ the error hierarchy; anything unexpected is logged and answered
 ``internal_error`` without details, and the daemon carries on.
 
 Audit: every routed request ends in exactly one entry, allow or deny, written
-before the answer leaves (see :mod:`pacd.api.decisions`). If that write
+before the answer leaves (see :mod:`pacd.api.decisions`): fsync-durable, or
+for an allowed route of the *written* class (reads of metadata, declared on
+the route) in the log's file and fsynced by the next group commit. If that write
 fails the request fails with ``audit_unavailable`` instead — a read whose
 record cannot be kept is not served. Refusals a client can repeat for free
 (another uid, over the limit, no such route, not HTTP at all) are coalesced
@@ -37,17 +39,10 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 
-from pacd.api.decisions import (
-    AuditAppender,
-    Coalescer,
-    RequestDecision,
-    actor_for,
-    begin_request,
-    end_request,
-)
+from pacd.api.decisions import AuditAppender, Coalescer, RequestDecision, actor_for
 from pacd.api.guard import KEEP_IDLE, ConnectionGuard
 from pacd.api.peercred import PeerCred
-from pacd.api.route import Call, Json, Principal, Reply, Route
+from pacd.api.route import WRITTEN, Call, Json, Principal, Reply, Route
 from pacd.core.fields import refuse_surrogates
 from pacd.errors import (
     AuditError,
@@ -255,6 +250,7 @@ class OwnerServer:
 
     def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         basic = Principal(level="basic") if route.level == "basic" else None
+        allow_durable = route.audit != WRITTEN
         # Whoever can reach a route without a token gets the small cap.
         body_cap = min(route.max_body_bytes or self._max_body,
                        self._max_tokenless_body if basic else self._max_body)
@@ -268,7 +264,8 @@ class OwnerServer:
                 body = await self._read_body(request, route.request, body_cap)
             query = decode_query(route.query, request.query) if route.query else None
             call = Call(request=request, params=request.match_info, body=body, query=query,
-                        principal=principal)
+                        principal=principal,
+                        decision=decision or RequestDecision(self._audit, self.actor))
             if route.stream and decision is not None:
                 # A stream answers before its handler returns: unless the handler
                 # records its own decision first, the entry is written as the
@@ -277,7 +274,7 @@ class OwnerServer:
             result = await route.handler(call)
             if decision is not None and not decision.recorded:
                 await self._record(route, request, decision, "allow", route.summary,
-                                   _token_details(principal))
+                                   _token_details(principal), durable=allow_durable)
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, Reply):
@@ -288,7 +285,7 @@ class OwnerServer:
             return answer  # the documented exemptions: no entry, no extra frame
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
-            decision, token = begin_request(self.actor)
+            decision = RequestDecision(self._audit, self.actor)
             try:
                 return await answer(request, decision)
             except PacdError as exc:
@@ -305,8 +302,6 @@ class OwnerServer:
                 error = PacdError("internal error; the daemon logged the details")
                 await self._record_refusal(route, request, decision, error)
                 raise error from None
-            finally:
-                end_request(token)
 
         return endpoint
 
@@ -318,21 +313,25 @@ class OwnerServer:
         route, decision, principal = pending
         if not decision.recorded:
             await self._record(route, request, decision, "allow", route.summary,
-                               _token_details(principal))
+                               _token_details(principal), durable=route.audit != WRITTEN)
 
     async def _record(self, route: Route, request: web.Request, decision: RequestDecision,  # noqa: PLR0917 - one parameter per entry part
-                      verdict: str, reason: str, details: dict[str, Any]) -> None:
-        """Write the request's entry; a request whose entry cannot be written fails."""
+                      verdict: str, reason: str, details: dict[str, Any], *,
+                      durable: bool = True) -> None:
+        """Write the request's entry; a request whose entry cannot be written fails.
+
+        ``durable=False`` only for the allow entry of a route of the *written*
+        class; a refusal is always fsynced before it is answered.
+        """
         target = request.match_info.get("id") or request.path
         try:
-            await self._audit.append_async(decision.actor, route.action, target, verdict,
-                                           reason, details)
+            await decision.append_async(decision.actor, route.action, target, verdict,
+                                        reason, details, durable=durable)
         except AuditError:
             raise
         except Exception as exc:
             log.exception("audit write failed for %s", route.operation)
             raise AuditError("the audit log could not record this request") from exc
-        decision.recorded = True
 
     async def _record_refusal(self, route: Route, request: web.Request,
                               decision: RequestDecision, exc: PacdError) -> None:
