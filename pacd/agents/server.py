@@ -99,6 +99,10 @@ from pacd.errors import (
     PeerRefused,
 )
 
+#: the identity and context types live with the resources; named here for callers
+__all__ = ["AgentContext", "AgentIdentity", "AgentRoutes", "AgentSockets", "bind_agent_socket",
+           "remove_container_sockets", "socket_path"]
+
 log = logging.getLogger("pacd.agents")
 
 #: a stopped agent's in-flight requests (a long poll) get this long to finish
