@@ -190,10 +190,14 @@ class ApprovalQueue:
     # --- queueing -----------------------------------------------------------
 
     def submit(self, kind: str, body: dict[str, Any], requester: str, summary: str,
-               ttl_s: float, *, process: dict[str, Any] | None = None) -> Approval:
-        """Queue an approval. ``process`` (``{"pid", "exe"}``): the program that asked,
-        as the kernel named it; it goes into the signed payload, so what the owner
-        is shown about it is part of what the key signs."""
+               ttl_s: float, *, record: AuditSink | None = None,
+               process: dict[str, Any] | None = None) -> Approval:
+        """Queue an approval; its request entry goes through ``record`` (the request's
+        decision, when a request asks) or else the queue's own log. ``process``
+        (``{"pid", "exe"}``): the program that asked, as the kernel named it; it goes
+        into the signed payload, so what the owner is shown about it is part of what
+        the key signs."""
+        audit = record or self.audit
         if kind not in self._kinds:
             raise NotFound(f"no approval kind {kind!r}")
         level = self._kinds[kind].level
@@ -231,8 +235,8 @@ class ApprovalQueue:
                 " :challenge, :created_at, :expires_at, :resolved_at, :reason, :result, :mac)",
                 row)
             # Durable before the request is acknowledged, or not queued at all.
-            self.audit.append(requester, f"approval.{kind}.request", approval_id, "info",
-                              summary, {"challenge": challenge.hex(),
+            audit.append(requester, f"approval.{kind}.request", approval_id, "info",
+                         summary, {"challenge": challenge.hex(),
                                         "required_level": level.value})
         approval = self.get(approval_id, expire=False)
         self._recount()
@@ -309,7 +313,11 @@ class ApprovalQueue:
     # --- resolution ---------------------------------------------------------
 
     def approve(self, approval_id: str, verify: Verifier, actor: str = "owner",
-                assertion: Mapping[str, Any] | None = None) -> Approval:
+                assertion: Mapping[str, Any] | None = None, *,
+                record: AuditSink | None = None) -> Approval:
+        """Verify, execute and record; the entries in ``actor``'s name go through
+        ``record`` (the request's decision) or else the queue's own log."""
+        audit = record or self.audit
         self.expire_due()
         stage = "check"
         approval: Approval | None = None
@@ -340,7 +348,7 @@ class ApprovalQueue:
                 result = kind.executor(conn, approval)
                 self._change(conn, approval_id, None, result=canonical_json(result).decode())
                 stage = "audit"
-                audited = self.audit.append(
+                audited = audit.append(
                     actor, f"approval.{approval.kind}.approve", approval_id, "allow",
                     approval.summary, {
                         "challenge": approval.challenge.hex(),
@@ -354,21 +362,21 @@ class ApprovalQueue:
                 stage = "commit"
         except Exception as exc:
             if stage == "commit" and approval is not None:
-                self._record_rollback(tx, approval, audited, exc, actor)
+                self._record_rollback(tx, approval, audited, exc, actor, audit)
             elif stage == "audit" and approval is not None and isinstance(exc, UncoveredEntry):
                 # The approve entry is durable but its checkpoint is not: the
                 # transaction rolled back, so the log must say the action did not happen.
-                self._record_rollback(tx, approval, exc.entry_seq, exc, actor)
+                self._record_rollback(tx, approval, exc.entry_seq, exc, actor, audit)
             elif isinstance(exc, PacdError):
-                self._record_failure(approval_id, approval, stage, exc, actor)
+                self._record_failure(approval_id, approval, stage, exc, actor, audit)
             raise
         done = self.get(approval_id, expire=False)
         self._recount()
         self._on_event("approval.resolved", id=approval_id, kind=done.kind, state=done.state)
         return done
 
-    def _record_rollback(self, tx: sqlite3.Connection | None, approval: Approval,
-                         audited: Any, exc: Exception, actor: str) -> None:
+    def _record_rollback(self, tx: sqlite3.Connection | None, approval: Approval,  # noqa: PLR0917 - one parameter per entry part
+                         audited: Any, exc: Exception, actor: str, audit: AuditSink) -> None:
         """The state change did not commit after the approval's audit entry was made
         durable (a failed COMMIT, or a checkpoint that could not cover the entry).
 
@@ -379,7 +387,7 @@ class ApprovalQueue:
         # Store.transaction() has already rolled the failed COMMIT back.
         seq = audited if isinstance(audited, int) else getattr(audited, "seq", None)
         try:
-            self.audit.append(
+            audit.append(
                 actor, f"approval.{approval.kind}.rolled_back", approval.id, "deny",
                 f"not committed ({type(exc).__name__}); what entry {seq} records did not "
                 "happen and the approval is still pending",
@@ -388,8 +396,8 @@ class ApprovalQueue:
             log.exception("approval %s: audit entry %s is not followed by its rollback",
                           approval.id, seq)
 
-    def _record_failure(self, approval_id: str, approval: Approval | None, stage: str,
-                        exc: PacdError, actor: str) -> None:
+    def _record_failure(self, approval_id: str, approval: Approval | None, stage: str,  # noqa: PLR0917 - one parameter per entry part
+                        exc: PacdError, actor: str, audit: AuditSink) -> None:
         if approval is not None:
             kind = approval.kind
         else:
@@ -403,16 +411,19 @@ class ApprovalQueue:
             with self.store.transaction() as conn:
                 self._change(conn, approval_id, "pending", state="failed",
                              resolved_at=self._now(), reason=exc.message[:500])
-                self.audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
-                                  f"execution failed: {exc.message}", {"code": exc.code})
+                audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
+                             f"execution failed: {exc.message}", {"code": exc.code})
             self._recount()
             self._on_event("approval.resolved", id=approval_id, kind=kind, state="failed")
             return
         if stage != "audit":
-            self.audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
-                              exc.message, {"code": exc.code, "stage": stage})
+            audit.append(actor, f"approval.{kind}.approve", approval_id, "deny",
+                         exc.message, {"code": exc.code, "stage": stage})
 
-    def deny(self, approval_id: str, reason: str | None, actor: str = "owner") -> Approval:
+    def deny(self, approval_id: str, reason: str | None, actor: str = "owner", *,
+             record: AuditSink | None = None) -> Approval:
+        """Deny a pending approval; its entry goes through ``record`` as in :meth:`approve`."""
+        audit = record or self.audit
         self.expire_due()
         approval: Approval | None = None
         try:
@@ -422,13 +433,13 @@ class ApprovalQueue:
                              resolved_at=self._now(), reason=reason or "denied by the owner")
                 # The checkpoint covers the denial before it is answered: a crash right
                 # after cannot take the entry with it unnoticed.
-                self.audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
-                                  reason or "denied by the owner", checkpoint=True)
+                audit.append(actor, f"approval.{approval.kind}.deny", approval_id, "deny",
+                             reason or "denied by the owner", checkpoint=True)
         except UncoveredEntry as exc:
             # The denial's entry is durable, the state change rolled back: the
             # approval is still pending, and the log must say so after the entry.
             if approval is not None:
-                self._record_rollback(None, approval, exc.entry_seq, exc, actor)
+                self._record_rollback(None, approval, exc.entry_seq, exc, actor, audit)
             raise
         self._recount()
         self._on_event("approval.resolved", id=approval_id, kind=approval.kind, state="denied")

@@ -119,7 +119,7 @@ class _Locks:
 
 class ContainerLifecycle:
     def __init__(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
-        self.s = services
+        self.services = services
         self.loop = loop
         self.inbox = Inbox(services.store, services.vault)
         self.data = SealedData(services.store, services.vault,
@@ -153,14 +153,14 @@ class ContainerLifecycle:
             if self._runtime is None:
                 from pacd.runtime.podman import connect_podman  # lazy: see TYPE_CHECKING above
 
-                self._runtime = connect_podman(self.s.config.podman_url, os.environ)
+                self._runtime = connect_podman(self.services.config.podman_url, os.environ)
             return self._runtime
 
     def podman_view(self) -> dict[str, Any]:
         with self._runtime_lock:
             current = self._runtime
         problem = self.runtime_problem
-        url = current.url if current is not None else self.s.config.podman_url
+        url = current.url if current is not None else self.services.config.podman_url
         return {"connected": not problem, "url": url,
                 "detail": problem or f"following Podman events on {url}"}
 
@@ -191,7 +191,7 @@ class ContainerLifecycle:
     def _open_socket(self, record: ContainerRecord, model: PersonalAIContainer,
                      agent: str) -> None:
         identity = AgentIdentity(record.id, record.name, record.owner_id, agent)
-        path = socket_path(self.s.config.agent_socket_dir, record.id, agent)
+        path = socket_path(self.services.config.agent_socket_dir, record.id, agent)
         self._on_loop(self.sockets.open(identity, model, path))
 
     def _serve_container(self, runtime: PodmanRuntime, container_id: str, agent: str) -> None:
@@ -242,7 +242,7 @@ class ContainerLifecycle:
         is now, or None once the agent may no longer go out (or the container is gone)."""
         def read() -> SecurityPolicy | None:
             try:
-                model = self.s.registry.get(container_id).model()
+                model = self.services.registry.get(container_id).model()
             except NotFound:
                 return None
             member = model.agent(agent)
@@ -298,7 +298,7 @@ class ContainerLifecycle:
                 # The socket exists before the agent does, so its first request works.
                 self._open_socket(record, model, agent.name)
                 started.append(agent.name)
-                path = socket_path(self.s.config.agent_socket_dir, record.id, agent.name)
+                path = socket_path(self.services.config.agent_socket_dir, record.id, agent.name)
                 spec = agent_run_spec(model, agent, record.owner_id, path,
                                       socket_dir=path.parent)
                 runtime.run_agent(spec, replace=True)
@@ -343,9 +343,9 @@ class ContainerLifecycle:
         for agent in record.model().agents:
             runtime.remove(container_name(record.id, agent.name), force=True, missing_ok=True)
             self._close_socket(record.id, agent.name)
-        remove_container_sockets(self.s.config.agent_socket_dir, record.id)
+        remove_container_sockets(self.services.config.agent_socket_dir, record.id)
         self.data.delete_container(record.id)
-        self.s.vault.forget_container(record.id)
+        self.services.vault.forget_container(record.id)
         self.inbox.delete_container(record.id)
         with self._known_lock:
             for key in [k for k in self._known if k[0] == record.id]:
@@ -362,7 +362,7 @@ class ContainerLifecycle:
         closes the connection to Podman.
         """
         model = record.model()
-        repository = self.s.config.image_repository
+        repository = self.services.config.image_repository
         tag = owner_image_tag(record.owner_id, repository)
         generate_containerfile(model, base_image)  # the reference is checked before Podman
         if not self._with_runtime(lambda runtime: runtime.image_exists(base_image)):
@@ -410,10 +410,10 @@ class ContainerLifecycle:
         return self._with_runtime(self._reconcile)
 
     def _reconcile(self, runtime: PodmanRuntime) -> list[Orphan]:
-        owner = self.s.owners.get_owner()
+        owner = self.services.owners.get_owner()
         if owner is None:
             return []  # no owner, so no container can be ours
-        records = {r.id: r for r in self.s.registry.all()}
+        records = {r.id: r for r in self.services.registry.all()}
         found: dict[str, Orphan] = {}
         for item in runtime.list_labelled({**PACD_LABELS, LABEL_OWNER_ID: owner.id}):
             cid = item.labels.get(LABEL_CONTAINER_ID, "")
@@ -442,11 +442,11 @@ class ContainerLifecycle:
             log.warning("orphan container %s (%s): carries pacd's labels but pacd does "
                         "not know it; left alone", orphan.name, orphan.podman_id[:12])
             with contextlib.suppress(PacdError):
-                self.s.audit.append(
+                self.services.audit.append(
                     DAEMON_ACTOR, "container.orphan", orphan.podman_id, "info",
                     "a container with pacd's labels that pacd does not know; not adopted",
                     orphan.to_json())
-            self.s.events.publish("container.orphan", **orphan.to_json())
+            self.services.events.publish("container.orphan", **orphan.to_json())
 
     def _sync_agent(self, runtime: PodmanRuntime, record: ContainerRecord, agent: str,
                     state: str) -> None:
@@ -467,7 +467,7 @@ class ContainerLifecycle:
             return
         if state != RUNNING:
             with contextlib.suppress(PacdError):
-                self.s.audit.append(DAEMON_ACTOR, "container.agent_state", record.id, "info",
+                self.services.audit.append(DAEMON_ACTOR, "container.agent_state", record.id, "info",
                                     f"agent {agent!r} is {state} (not stopped by pacd)",
                                     {"agent": agent, "state": state})
         self._publish(record, agent, state)
@@ -476,7 +476,7 @@ class ContainerLifecycle:
         states = {a.name: self._known_state(record.id, a.name) for a in record.model().agents}
         running = sum(1 for s in states.values() if s == RUNNING)
         overall = RUNNING if running == len(states) else "partial" if running else STOPPED
-        self.s.events.publish("container.state", id=record.id, name=record.name,
+        self.services.events.publish("container.state", id=record.id, name=record.name,
                               state=overall, agent=agent, agent_state=state)
 
     # --- the Podman event watcher ------------------------------------------------------
@@ -520,11 +520,11 @@ class ContainerLifecycle:
     def _on_event(self, runtime: PodmanRuntime, event: RuntimeEvent) -> None:
         cid = event.labels.get(LABEL_CONTAINER_ID, "")
         agent = event.labels.get(LABEL_AGENT, "")
-        owner = self.s.owners.get_owner()
+        owner = self.services.owners.get_owner()
         if owner is None or event.labels.get(LABEL_OWNER_ID) != owner.id:
             return  # another pacd's container (another PACD_HOME on the same Podman)
         try:
-            record = self.s.registry.get(cid) if cid else None
+            record = self.services.registry.get(cid) if cid else None
         except NotFound:
             record = None
         if record is None or record.model().agent(agent) is None:

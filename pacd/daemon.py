@@ -28,18 +28,21 @@ from typing import Any
 
 from pacd import __version__
 from pacd.agents.inbox import Inbox
+from pacd.api.access import AUDIT_REANCHOR, OwnerAccess
 from pacd.api.activation import sd_notify
-from pacd.api.credential_routes import CREDENTIAL_ADD, CREDENTIAL_REMOVE
-from pacd.api.decisions import DecisionLog
+from pacd.api.health import audit_event
 from pacd.api.listener import ensure_private_dir
 from pacd.api.owner_listener import OwnerListener, open_listener
-from pacd.api.owner_routes import (
-    AUDIT_REANCHOR,
-    PLUGIN_INSTALL,
-    REANCHOR_LEVEL,
-    OwnerApi,
-    audit_event,
-)
+from pacd.api.resources.approvals import ApprovalRoutes
+from pacd.api.resources.audit import REANCHOR_LEVEL, AuditRoutes
+from pacd.api.resources.containers import ContainerRoutes
+from pacd.api.resources.daemon import DaemonRoutes
+from pacd.api.resources.events import EventRoutes
+from pacd.api.resources.images import ImageRoutes
+from pacd.api.resources.owner import CREDENTIAL_ADD, CREDENTIAL_REMOVE, OwnerRoutes
+from pacd.api.resources.plugins import PLUGIN_INSTALL, PluginRoutes
+from pacd.api.resources.sessions import SessionRoutes
+from pacd.api.route import Route
 from pacd.api.server import OwnerServer
 from pacd.api.services import Services
 from pacd.approvals import ApprovalQueue
@@ -125,8 +128,8 @@ def build_services(config: Config) -> Services:
                                                                 config.allowed_aaguids),
                       allow_software=config.allow_software_authenticator)
     tokens = TokenService(store, clock, config.token_lifetime_s)
-    # Through DecisionLog: an approval's entry is the entry of the request resolving it.
-    approvals = ApprovalQueue(store, DecisionLog(audit), clock.wall, events.publish,
+    # A request resolving an approval hands the queue its own decision (record=...).
+    approvals = ApprovalQueue(store, audit, clock.wall, events.publish,
                               max_pending=config.max_pending_approvals,
                               max_pending_per_kind=config.max_pending_approvals_per_kind)
     return Services(
@@ -134,6 +137,34 @@ def build_services(config: Config) -> Services:
         rp=rp, tokens=tokens, registry=ContainerRegistry(store), approvals=approvals,
         events=events, clock=clock, started_at=clock.wall(),
     )
+
+
+def owner_routes(services: Services) -> tuple[list[Route], OwnerAccess]:
+    """The owner socket's resources, assembled into the one list it serves and documents.
+
+    Also registers the executors of the approvals the resources queue.
+    """
+    access = OwnerAccess(services)
+    routes: list[Route] = []
+    daemon = DaemonRoutes(services, lambda: routes)
+    owner = OwnerRoutes(services, access, daemon.owner_changed)
+    plugins = PluginRoutes(services)
+    audit = AuditRoutes(services)
+    for resource_ in (daemon, owner, SessionRoutes(services), ContainerRoutes(services),
+                      ImageRoutes(services), plugins, ApprovalRoutes(services), audit,
+                      EventRoutes(services)):
+        routes += resource_.routes()
+    approvals = services.approvals
+    approvals.register(PLUGIN_INSTALL, required_level(Action.install_plugin),
+                       plugins.execute_plugin_install)
+    approvals.register(AUDIT_REANCHOR, REANCHOR_LEVEL, audit.execute_audit_reanchor,
+                       after_entry=audit.anchor_after_entry)
+    approvals.set_gate(access.gate_approval)
+    approvals.register(CREDENTIAL_ADD, required_level(Action.add_credential),
+                       owner.execute_add)
+    approvals.register(CREDENTIAL_REMOVE, required_level(Action.remove_credential),
+                       owner.execute_remove)
+    return routes, access
 
 
 class Daemon:
@@ -178,19 +209,8 @@ class Daemon:
                      listener: OwnerListener) -> None:
         services.events.bind(loop)
         services.presence_methods = await asyncio.to_thread(_presence_report, services.config)
-        api = OwnerApi(services)
-        services.approvals.register(PLUGIN_INSTALL, required_level(Action.install_plugin),
-                                    api.execute_plugin_install)
-        services.approvals.register(AUDIT_REANCHOR, REANCHOR_LEVEL,
-                                    api.execute_audit_reanchor,
-                                    after_entry=api.anchor_after_entry)
-        services.approvals.set_gate(api.gate_approval)
+        routes, access = owner_routes(services)
         self._watch_audit_health(services)
-        services.approvals.register(CREDENTIAL_ADD, required_level(Action.add_credential),
-                                    api.credentials.execute_add)
-        services.approvals.register(CREDENTIAL_REMOVE,
-                                    required_level(Action.remove_credential),
-                                    api.credentials.execute_remove)
 
         def on_audit(entry: AuditEntry) -> None:
             services.events.publish("audit.appended", seq=entry.seq, action=entry.action,
@@ -199,7 +219,7 @@ class Daemon:
 
         services.audit.add_listener(on_audit)
         server = OwnerServer(
-            api.routes, api.authorize, services.audit,
+            routes, access.authorize, services.audit,
             max_connections=self.config.max_connections,
             max_body_bytes=self.config.max_body_bytes,
             max_tokenless_body_bytes=self.config.max_tokenless_body_bytes,

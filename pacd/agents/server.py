@@ -61,89 +61,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
 import socket
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from pacd.agents.inbox import MAX_BATCH, MAX_PENDING, Doorbell, Inbox
+from pacd.agents.resources.base import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    AgentContext,
+    AgentIdentity,
+    AgentResource,
+)
+from pacd.agents.resources.data import DataRoutes
+from pacd.agents.resources.identity import IdentityRoutes
+from pacd.agents.resources.messages import MessageRoutes
+from pacd.agents.resources.plugins import PluginRoutes
 from pacd.api.decisions import Coalescer, actor_for
 from pacd.api.guard import KEEP_IDLE, ConnectionGuard, ConnState
+from pacd.api.listener import ensure_private_dir
 from pacd.api.peercred import PeerCred, PidNamespace
-from pacd.audit import AuditLog
-from pacd.core.fields import refuse_surrogates
+from pacd.api.route import Call, Route
+from pacd.api.wrapper import RouteWrapper, error_response
 from pacd.core.models import PersonalAIContainer
-from pacd.core.rules import can_connect, may_read, may_write
 from pacd.errors import (
     Busy,
     ConfigError,
-    Forbidden,
-    IntegrityError,
     InvalidRequest,
-    MalformedRequest,
     NotFound,
     PacdError,
-    PayloadTooLarge,
     PeerRefused,
-    QuotaExceeded,
 )
-from pacd.vault import SealedData
+
+#: the identity and context types live with the resources; named here for callers
+__all__ = ["AgentContext", "AgentIdentity", "AgentRoutes", "AgentSockets", "bind_agent_socket",
+           "remove_container_sockets", "socket_path"]
 
 log = logging.getLogger("pacd.agents")
 
-MAX_VALUE_BYTES = 1024 * 1024
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_KEY_BYTES = 512
-DEFAULT_WAIT_S = 25.0
-MAX_WAIT_S = 60.0
 #: a stopped agent's in-flight requests (a long poll) get this long to finish
 SHUTDOWN_TIMEOUT_S = 1.0
 #: sockaddr_un.sun_path is 108 bytes including the terminating NUL
 MAX_SOCKET_PATH = 107
 SOCKET_NAME = "agent.sock"
-BODY_TIMEOUT_S = 30.0
 #: an idle connection, or one still sending its request head, is closed after this long
 HEADER_TIMEOUT_S = 10.0
 #: how long a request waits for its container's PID namespace to be recorded
 #: (the socket opens before the container starts) before it is refused
 NAMESPACE_WAIT_S = 10.0
-
-# Keys are opaque to pacd but must be printable: no control characters (they end
-# up in audit entries and error messages) and a bounded length.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class AgentIdentity:
-    container_id: str
-    container_name: str
-    owner_id: str
-    agent: str
-
-    @property
-    def actor(self) -> str:
-        return f"agent:{self.container_id}/{self.agent}"
-
-
-@dataclass(frozen=True)
-class AgentContext:
-    """The daemon parts every agent socket uses."""
-
-    data: SealedData
-    audit: AuditLog
-    inbox: Inbox
-    doorbell: Doorbell
-    clock: Callable[[], float] = time.time
 
 
 def socket_path(agent_socket_dir: Path, container_id: str, agent: str) -> Path:
@@ -156,25 +127,17 @@ def socket_path(agent_socket_dir: Path, container_id: str, agent: str) -> Path:
     return path
 
 
-def _private_dir(path: Path, mode: int) -> None:
-    """Create ``path`` with ``mode``, or check an existing one is ours and set its mode."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=mode)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()}")
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
-
-
 def bind_agent_socket(path: Path) -> socket.socket:
     """Bind a listening socket at ``path`` with the layout described above."""
     agents_dir, container_dir, agent_dir = path.parent.parent.parent, path.parent.parent, \
         path.parent
     agents_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _private_dir(agents_dir, 0o700)
-    _private_dir(container_dir, 0o700)
-    _private_dir(agent_dir, 0o711)
+    # The owner socket's check: created with its mode, or refused if not ours or
+    # open beyond it (never chmodded into shape).
+    instead = "remove it and restart the daemon"
+    ensure_private_dir(agents_dir, "agent socket directory", instead, mode=0o700)
+    ensure_private_dir(container_dir, "agent socket directory", instead, mode=0o700)
+    ensure_private_dir(agent_dir, "agent socket directory", instead, mode=0o711)
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise ConfigError(f"{path} exists and is not a socket")
@@ -200,44 +163,8 @@ def remove_container_sockets(agent_socket_dir: Path, container_id: str) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def _error(exc: PacdError) -> web.Response:
-    return web.Response(body=json.dumps(exc.to_wire()).encode(), status=exc.status,
-                        content_type="application/json")
-
-
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(payload, separators=(",", ":")).encode(),
-                        status=status, content_type="application/json")
-
-
-def _name_problem(what: str, value: str) -> str | None:
-    # The usual name, short printable ASCII, passes without the encode and the regex.
-    if len(value) <= MAX_KEY_BYTES and value.isascii() and value.isprintable() and value:
-        return None
-    if not value:
-        return f"{what} must not be empty"
-    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
-        return f"{what} is longer than {MAX_KEY_BYTES} bytes"
-    if _CONTROL.search(value):
-        return f"{what} must not contain control characters"
-    return None
-
-
-def _float_param(request: web.Request, name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a number of seconds, got {raw[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
-    return value
-
-
 class AgentRoutes:
-    """The agent-socket routes of API.md for one agent."""
+    """One agent's socket: its resources' routes behind the connection checks."""
 
     def __init__(self, ctx: AgentContext, identity: AgentIdentity,
                  container: PersonalAIContainer) -> None:
@@ -258,27 +185,23 @@ class AgentRoutes:
         #: the agent container's PID namespace; only its processes are served
         self.peer_ns: PidNamespace | None = None
         self._peer_ns_known = asyncio.Event()
-        self._whoami = json.dumps({
-            "container": container.id,
-            "container_name": container.name,
-            "agent": member.name,
-            "capabilities": [c.value for c in member.capabilities],
-            "concerns": [c.name for c in container.concerns_of(member.name)],
-        }, separators=(",", ":")).encode()
+        #: every decision is in the agent's name: the socket is its identity
+        self.wrapper = RouteWrapper(ctx.audit, identity.actor)
+        resources: list[AgentResource] = [
+            kind(ctx, identity, container, member)
+            for kind in (IdentityRoutes, DataRoutes, MessageRoutes, PluginRoutes)]
+        self.routes: list[Route] = [
+            *(route for resource in resources for route in resource.routes()),
+            # Last: whatever matched nothing above (any method, any path) is a 404,
+            # and a decision like every other one.
+            Route("*", "/{tail:.*}", "unknown", "no such route", self.unknown,
+                  action="agent.route"),
+        ]
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_VALUE_BYTES, middlewares=[self._middleware])
-        data = "/v1/data/{concern}/{key:.+}"
-        app.router.add_get("/v1/whoami", self.whoami, allow_head=False)
-        app.router.add_get(data, self.get_data, allow_head=False)
-        app.router.add_put(data, self.put_data)
-        app.router.add_delete(data, self.delete_data)
-        app.router.add_post("/v1/agents/{agent}/messages", self.send_message)
-        app.router.add_get("/v1/messages", self.receive_messages, allow_head=False)
-        app.router.add_post("/v1/plugins/{plugin}/{path:.*}", self.call_plugin)
-        # Last: whatever matched nothing above (any method, any path) is a 404,
-        # and a decision like every other one.
-        app.router.add_route("*", "/{tail:.*}", self.unknown)
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, self.wrapper.endpoint(route))
         return app
 
     # --- plumbing -------------------------------------------------------------
@@ -300,17 +223,12 @@ class AgentRoutes:
                     await self._peer_ns_known.wait()
         return self.peer_ns is not None and state.pid_ns == self.peer_ns
 
-    async def decide(self, action: str, target: str, allowed: bool, reason: str,
-                     details: dict[str, Any] | None = None) -> None:
-        """Record one decision; raises AuditError (503) if it cannot be recorded."""
-        await self.ctx.audit.append_async(self.me.actor, action, target,
-                                          "allow" if allowed else "deny", reason, details)
-
-    async def refuse(self, action: str, target: str, error: PacdError,
-                     details: dict[str, Any] | None = None) -> PacdError:
-        """Audit a refusal and hand back the error to raise."""
-        await self.decide(action, target, False, error.message,
-                          {"code": error.code, **(details or {})})
+    async def _refuse_unrouted(self, action: str, target: str, error: PacdError,
+                               details: dict[str, str] | None = None) -> PacdError:
+        """Record a refusal taken before any route (raises AuditError if it cannot be)."""
+        await self.ctx.audit.append_async(self.me.actor, action, target, "deny",
+                                          error.message, {"code": error.code,
+                                                          **(details or {})})
         return error
 
     def _malformed(self, _peer: PeerCred | None, status: int) -> None:
@@ -341,7 +259,7 @@ class AgentRoutes:
                     {"peer_uid": peer.uid if peer else None,
                      "peer_pid": peer.pid if peer else None,
                      "path": request.path[:MAX_KEY_BYTES]})
-                refused = _error(PeerRefused(
+                refused = error_response(PeerRefused(
                     f"agent {self.me.agent!r}'s socket serves only processes in its own "
                     "container"))
                 refused.force_close()
@@ -350,13 +268,13 @@ class AgentRoutes:
                 await self.refusals.record(
                     self.me.actor, "agent.connection.busy", request.path[:MAX_KEY_BYTES],
                     "over the connection limit", {"max_connections": self._max_in_flight})
-                busy = _error(Busy(
+                busy = error_response(Busy(
                     f"agent {self.me.agent!r} already has {self._max_in_flight} connections "
                     "open (the policy's maxConcurrentConnections); retry shortly"))
                 busy.force_close()
                 return busy
             if self._in_flight >= self._max_in_flight:
-                raise await self.refuse(
+                raise await self._refuse_unrouted(
                     "agent.connect", request.path,
                     Busy(f"agent {self.me.agent!r} already has {self._max_in_flight} requests "
                          "in flight (the policy's maxConcurrentConnections); retry shortly"))
@@ -371,7 +289,7 @@ class AgentRoutes:
                 self._in_flight -= 1
                 state.active -= 1
         except PacdError as exc:
-            return _error(exc)
+            return error_response(exc)
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
@@ -379,190 +297,21 @@ class AgentRoutes:
                           request.method, request.path)
             # A failed request is a decision too: recorded, or 503 if it cannot be.
             try:
-                await self.decide("agent.request", request.path[:MAX_KEY_BYTES], False,
-                                  "internal error", {"method": request.method[:16]})
+                await self.ctx.audit.append_async(
+                    self.me.actor, "agent.request", request.path[:MAX_KEY_BYTES], "deny",
+                    "internal error", {"method": request.method[:16]})
             except PacdError as exc:
-                return _error(exc)
-            return _error(PacdError("internal error; the daemon logged the details"))
+                return error_response(exc)
+            return error_response(PacdError("internal error; the daemon logged the details"))
 
-    @staticmethod
-    def _data_target(request: web.Request) -> tuple[str, str, str]:
-        concern = request.match_info["concern"]
-        key = request.match_info["key"]
-        return concern, key, f"{concern}/{key}"
-
-    async def _check_names(self, action: str, target: str, concern: str, key: str) -> None:
-        problems = [p for p in (_name_problem("concern", concern), _name_problem("key", key))
-                    if p is not None]
-        if problems:
-            raise await self.refuse(action, target[:MAX_KEY_BYTES],
-                                    InvalidRequest("; ".join(problems), problems))
-
-    # --- routes ---------------------------------------------------------------
-
-    async def whoami(self, request: web.Request) -> web.Response:
-        await self.decide("agent.whoami", self.me.agent, True, "identity of this socket")
-        return web.Response(body=self._whoami, content_type="application/json")
-
-    async def get_data(self, request: web.Request) -> web.Response:
-        action = "agent.data.read"
-        concern, key, target = self._data_target(request)
-        await self._check_names(action, target, concern, key)
-        if not may_read(self.container, self.me.agent, concern):
-            raise await self.refuse(action, target, Forbidden(
-                f"agent {self.me.agent!r} may not read concern {concern!r}"))
-        cid = self.me.container_id
-        # Most reads are fetched right here: a point read on a free store connection
-        # and the opening of a small value cost less than a hop to a worker thread,
-        # which on a busy socket was most of a read's cost. A busy store or a large
-        # value goes to a thread first. The entry follows the fetch, because the
-        # decision depends on it: a value that fails its integrity check (an edited
-        # index row, an older ciphertext put back) is a refusal, audited as one.
-        # Either way the value leaves only once its entry is durable.
-        fetched: bytes | BaseException | None
-        try:
-            fetched = self.ctx.data.get_if_quick(cid, concern, key)
-        except Exception as exc:  # answered below, once the entry is written
-            fetched = exc
-        if fetched is None:
-            try:
-                fetched = await asyncio.to_thread(self.ctx.data.get, cid, concern, key)
-            except Exception as exc:
-                fetched = exc
-        if isinstance(fetched, IntegrityError):
-            raise await self.refuse(action, target, fetched)
-        await self.decide(action, target, True, "read")
-        if isinstance(fetched, NotFound):
-            raise NotFound(f"no value {key!r} in concern {concern!r}")
-        if isinstance(fetched, BaseException):
-            raise fetched
-        return web.Response(body=fetched, content_type="application/octet-stream")
-
-    async def put_data(self, request: web.Request) -> web.Response:
-        action = "agent.data.write"
-        concern, key, target = self._data_target(request)
-        await self._check_names(action, target, concern, key)
-        if not may_write(self.container, self.me.agent, concern):
-            raise await self.refuse(action, target, Forbidden(
-                f"agent {self.me.agent!r} may not write concern {concern!r}"))
-        value = await self._read_body(request, action, target, MAX_VALUE_BYTES)
-        try:
-            await asyncio.to_thread(self.ctx.data.check_quota, self.me.container_id, concern,
-                                    key, len(value))
-        except QuotaExceeded as exc:
-            raise await self.refuse(action, target, exc, dict(exc.extra)) from None
-        await self.decide(action, target, True, "write", {"bytes": len(value)})
-        await asyncio.to_thread(self.ctx.data.put, self.me.container_id, concern, key, value,
-                                self.ctx.clock())
-        return web.Response(status=204)
-
-    async def delete_data(self, request: web.Request) -> web.Response:
-        action = "agent.data.delete"
-        concern, key, target = self._data_target(request)
-        await self._check_names(action, target, concern, key)
-        if not may_write(self.container, self.me.agent, concern):
-            raise await self.refuse(action, target, Forbidden(
-                f"agent {self.me.agent!r} may not delete in concern {concern!r}"))
-        await self.decide(action, target, True, "delete")
-        # Deleting what is not there leaves the same state: 204 either way.
-        with contextlib.suppress(NotFound):
-            await asyncio.to_thread(self.ctx.data.delete, self.me.container_id, concern, key)
-        return web.Response(status=204)
-
-    async def send_message(self, request: web.Request) -> web.Response:
-        action = "agent.message.send"
-        to = request.match_info["agent"]
-        problem = _name_problem("agent", to)
-        if problem is not None:
-            raise await self.refuse(action, to[:MAX_KEY_BYTES], InvalidRequest(problem))
-        if not can_connect(self.container, self.me.agent, to):
-            raise await self.refuse(action, to, Forbidden(
-                f"agent {self.me.agent!r} may not send messages to {to!r}"))
-        raw = await self._read_body(request, action, to, MAX_MESSAGE_BYTES)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise await self.refuse(action, to, MalformedRequest(
-                f"a message must be JSON: {exc}")) from None
-        except RecursionError:
-            raise await self.refuse(action, to, MalformedRequest(
-                "a message must be JSON nested less deeply")) from None
-        try:
-            refuse_surrogates(body, "body")  # it is stored as UTF-8: it must be text
-        except InvalidRequest as exc:
-            raise await self.refuse(action, to, exc) from None
-        pending = await asyncio.to_thread(self.ctx.inbox.pending, self.me.container_id, to)
-        if pending >= MAX_PENDING:
-            raise await self.refuse(action, to, Busy(
-                f"agent {to!r} has {pending} undelivered messages; retry later"))
-        await self.decide(action, to, True, "message accepted", {"bytes": len(raw)})
-        message_id = await asyncio.to_thread(self.ctx.inbox.put, self.me.container_id, to,
-                                             self.me.agent, body, self.ctx.clock())
-        self.ctx.doorbell.ring(self.me.container_id, to)
-        return _json({"id": message_id, "to": to, "accepted": True}, 202)
-
-    async def receive_messages(self, request: web.Request) -> web.StreamResponse:
-        action = "agent.messages.receive"
-        try:
-            wait = _float_param(request, "timeout", DEFAULT_WAIT_S, 0.0, MAX_WAIT_S)
-            limit = int(_float_param(request, "limit", MAX_BATCH, 1, MAX_BATCH))
-        except InvalidRequest as exc:
-            raise await self.refuse(action, self.me.agent, exc) from None
-        cid, me = self.me.container_id, self.me.agent
-        bell = self.ctx.doorbell.arm(cid, me)
-        try:
-            messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
-            if not messages and wait > 0 and await self.ctx.doorbell.wait(cid, me, bell, wait):
-                messages = await asyncio.to_thread(self.ctx.inbox.peek, cid, me, limit)
-        finally:
-            self.ctx.doorbell.disarm(cid, me, bell)
-        await self.decide(action, me, True, f"{len(messages)} messages delivered",
-                          {"ids": [m.id for m in messages]})
-        payload = json.dumps([m.to_json() for m in messages],
-                             separators=(",", ":")).encode()
-        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
-        response.content_length = len(payload)
-        await response.prepare(request)
-        await response.write(payload)
-        await response.write_eof()
-        # Only now, with the whole answer written out, are the messages removed: a
-        # failed write above leaves them for the next call (at-least-once).
-        await asyncio.to_thread(self.ctx.inbox.remove, cid, me, [m.id for m in messages])
-        return response
-
-    async def call_plugin(self, request: web.Request) -> web.Response:
-        plugin = request.match_info["plugin"]
-        target = f"{plugin}/{request.match_info['path']}"[:MAX_KEY_BYTES]
-        # Plugins do not run yet: say so, never pretend a call succeeded.
-        raise await self.refuse("agent.plugin.call", target, NotFound(
-            f"plugin {plugin[:100]!r} is not running"))
-
-    async def unknown(self, request: web.Request) -> web.Response:
-        raise await self.refuse("agent.route", request.path[:MAX_KEY_BYTES], NotFound(
-            f"no such route on an agent socket: {request.method} {request.path[:200]}"),
-            {"method": request.method[:16]})
-
-    async def _read_body(self, request: web.Request, action: str, target: str,
-                         limit: int) -> bytes:
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            raise await self.refuse(action, target, PayloadTooLarge(
-                f"the body is {declared} bytes; at most {limit} are accepted"))
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                while chunk := await request.content.read(65536):
-                    size += len(chunk)
-                    if size > limit:
-                        raise await self.refuse(action, target, PayloadTooLarge(
-                            f"the body is larger than {limit} bytes"))
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise await self.refuse(action, target, MalformedRequest(
-                f"the body did not arrive within {BODY_TIMEOUT_S:g} s")) from None
-        raw = b"".join(chunks)
-        return raw
+    async def unknown(self, call: Call) -> web.Response:
+        request = call.request
+        error = NotFound(f"no such route on an agent socket: {request.method} "
+                         f"{request.path[:200]}")
+        await call.decision.append_async(
+            self.me.actor, "agent.route", request.path[:MAX_KEY_BYTES], "deny", error.message,
+            {"code": error.code, "method": request.method[:16]})
+        raise error
 
 
 class _GuardedSockSite(web.SockSite):

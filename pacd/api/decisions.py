@@ -1,17 +1,15 @@
-"""One audit entry per decision: whose entry belongs to which request, and coalescing.
+"""One audit entry per decision: the request's own entry, and coalescing.
 
-Every routed owner-socket request ends in exactly one audit entry. Handlers
-that change state write their own entry inside the transaction that makes the
-change (so the change and its record are one), and everything else gets a
-generic entry from the server. To know which case a request is in, the server
-opens a :class:`RequestDecision` in a context variable before the handler
-runs; :class:`DecisionLog` — the audit log as handlers and the approval queue
-see it — marks it when an entry *in the request's own name* (its actor) is
-written. Context variables follow the request into worker threads
-(``asyncio.to_thread`` copies the context), so an entry written inside a
-threaded transaction counts too. Entries in another name written during the
-request (an approval the daemon expires on the way, a cloned-key alarm) are
-separate events and do not stand in for the request's decision.
+Every routed request ends in exactly one audit entry. Handlers that change
+state write theirs inside the transaction that makes the change (so the change
+and its record are one), and everything else gets a generic entry from the
+route wrapper. The wrapper hands each request a :class:`RequestDecision`
+(``call.decision``); an entry written *through it* is the request's entry —
+the handler's, or the approval queue's when the handler passes it on — and
+the wrapper writes its generic allow or deny only if none was. Entries written
+straight to the log during the request (an approval the daemon expires on the
+way, a cloned-key alarm, the outcome of an act already decided) are separate
+events and do not stand in for the request's decision.
 
 Refusals that cost the refused party nothing to repeat — a connection over the
 limit, bytes that are not HTTP, a path with no route, another user knocking —
@@ -27,7 +25,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,63 +48,55 @@ class AuditAppender(Protocol):
 
     def append(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None, *, checkpoint: bool = False) -> Any: ...
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False,
+        durable: bool = True) -> Any: ...
 
     async def append_async(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
-        details: dict[str, Any] | None = None, *, checkpoint: bool = False) -> Any: ...
+        details: dict[str, Any] | None = None, *, checkpoint: bool = False,
+        durable: bool = True) -> Any: ...
 
 
-@dataclass
 class RequestDecision:
-    """The decision of one request in progress: has its entry been written?"""
+    """The decision of one request in progress: the log as its handler writes to it.
 
-    actor: str
-    recorded: bool = False
+    ``recorded`` turns true once an entry written through this object is in the
+    log (a failed write decides nothing). Safe to use from the worker thread a
+    handler hands its transaction to: the wrapper reads the flag only after the
+    handler has returned or raised.
+    """
 
+    __slots__ = ("actor", "audit", "recorded")
 
-_CURRENT: ContextVar[RequestDecision | None] = ContextVar("pacd_request_decision",
-                                                          default=None)
-
-
-def begin_request(actor: str) -> tuple[RequestDecision, Token[RequestDecision | None]]:
-    decision = RequestDecision(actor)
-    return decision, _CURRENT.set(decision)
-
-
-def end_request(token: Token[RequestDecision | None]) -> None:
-    _CURRENT.reset(token)
-
-
-def _note(actor: str) -> None:
-    current = _CURRENT.get()
-    if current is not None and current.actor == actor:
-        current.recorded = True
-
-
-class DecisionLog:
-    """The audit log, noting when the current request's own entry has been written."""
-
-    def __init__(self, audit: AuditAppender) -> None:
+    def __init__(self, audit: AuditAppender, actor: str) -> None:
         self.audit = audit
+        self.actor = actor
+        self.recorded = False
 
     def append(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
         details: dict[str, Any] | None = None, *, checkpoint: bool = False,
+        durable: bool = True,
     ) -> Any:
         entry = self.audit.append(actor, action, target, decision, reason, details,
-                                  checkpoint=checkpoint)
-        _note(actor)  # only once it is durable: a failed write decides nothing
+                                  checkpoint=checkpoint, durable=durable)
+        self.recorded = True
         return entry
 
     async def append_async(  # noqa: PLR0917 - the audit log's own signature
         self, actor: str, action: str, target: str, decision: str, reason: str,
         details: dict[str, Any] | None = None, *, checkpoint: bool = False,
+        durable: bool = True,
     ) -> Any:
-        entry = await self.audit.append_async(actor, action, target, decision, reason, details,
-                                              checkpoint=checkpoint)
-        _note(actor)
+        entry = await self.audit.append_async(actor, action, target, decision, reason,
+                                              details, checkpoint=checkpoint, durable=durable)
+        self.recorded = True
         return entry
+
+    async def record(self, action: str, target: str, decision: str, reason: str,
+                     details: dict[str, Any] | None = None) -> None:
+        """Write the request's entry in the requester's own name (fsync-durable)."""
+        await self.append_async(self.actor, action, target, decision, reason, details or {})
 
 
 @dataclass

@@ -23,20 +23,23 @@ __all__ = ["AlreadyRunning", "SocketLock", "bind_owner_socket", "check_activated
 
 
 def ensure_private_dir(path: Path, what: str = "socket directory",
-                       instead: str = "choose another PACD_SOCKET") -> None:
-    """Create ``path`` 0700, or refuse it if it exists and is not private to us.
+                       instead: str = "choose another PACD_SOCKET", *,
+                       mode: int = 0o700) -> None:
+    """Create ``path`` with ``mode``, or refuse it if it exists and is not ours or
+    is open beyond ``mode`` — refused, never quietly chmodded: a directory
+    someone else opened up may already have been used.
 
     ``what`` names the directory in messages, ``instead`` says what else to do.
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+            path.mkdir(mode=mode)
+            os.chmod(path, mode)  # mkdir's mode is filtered by the umask
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{what} {path} is not a directory (or is a symlink)")
-    refuse_unless_ours(path, st, what, instead, open_bits=0o077, mode=0o700)
+    refuse_unless_ours(path, st, what, instead, open_bits=0o777 & ~mode, mode=mode)
 
 
 def _probe(path: Path) -> bool:

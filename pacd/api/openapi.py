@@ -32,6 +32,9 @@ def build_openapi(routes: Iterable[Route], version: str) -> dict[str, Any]:
             # exemptions), and the action generic entries of this route carry.
             "x-pacd-audited": route.audited,
             "x-pacd-audit-action": route.action,
+            # When its entry is durable: fsynced before the answer, or written before
+            # it and fsynced by the next group commit (API.md "Durability classes").
+            "x-pacd-audit": route.audit,
         }
         params = [
             {"name": name, "in": "path", "required": True,

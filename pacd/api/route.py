@@ -1,7 +1,8 @@
-"""What a route is: method, path, level, message types, handler.
+"""What a route is: method, path, level, audit action and class, message types, handler.
 
 The server registers exactly these and the OpenAPI document is generated from
-exactly these, so "served" and "documented" are one list.
+exactly these, so "served" and "documented" are one list. Each resource module
+(:mod:`pacd.api.resources`) declares its routes next to its handlers.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
+from pacd.api.decisions import RequestDecision
 from pacd.api.peercred import PeerCred, submitting_process
 from pacd.errors import PacdError
 from pacd.messages import RawBody
 
 LEVELS = ("basic", "enhanced", "biometric", "carbonProof")
+#: an entry fsynced before the answer, or one in the log's file before the answer
+#: and fsynced by the next group commit (reads of metadata; API.md "Durability classes")
+DURABLE = "durable"
+WRITTEN = "written"
+AUDIT_CLASSES = (DURABLE, WRITTEN)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class Call:
     body: Any
     query: Any
     principal: Principal
+    #: this request's decision: entries written through it are the request's own,
+    #: and the wrapper writes a generic one only if none was
+    decision: RequestDecision
     #: the connected process as the kernel reported it (SO_PEERCRED / LOCAL_PEERCRED)
     peer: PeerCred | None = None
 
@@ -82,6 +92,8 @@ class Route:
     action: str = ""
     #: False only for the documented exemptions (liveness and metadata)
     audited: bool = True
+    #: the durability class of the wrapper's allow entry: DURABLE or WRITTEN
+    audit: str = DURABLE
     #: the largest request body this route reads; None: the daemon's ``max_body_bytes``,
     #: or ``max_tokenless_body_bytes`` for a route reachable without a token (basic)
     max_body_bytes: int | None = None
@@ -91,5 +103,7 @@ class Route:
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ValueError(f"route {self.operation}: unknown level {self.level!r}")
+        if self.audit not in AUDIT_CLASSES:
+            raise ValueError(f"route {self.operation}: unknown audit class {self.audit!r}")
         if not self.action:
             object.__setattr__(self, "action", self.operation)

@@ -10,7 +10,9 @@ the error hierarchy; anything unexpected is logged and answered
 ``internal_error`` without details, and the daemon carries on.
 
 Audit: every routed request ends in exactly one entry, allow or deny, written
-before the answer leaves (see :mod:`pacd.api.decisions`). If that write
+before the answer leaves (see :mod:`pacd.api.decisions`): fsync-durable, or
+for an allowed route of the *written* class (reads of metadata, declared on
+the route) in the log's file and fsynced by the next group commit. If that write
 fails the request fails with ``audit_unavailable`` instead — a read whose
 record cannot be kept is not served. Refusals a client can repeat for free
 (another uid, over the limit, no such route, not HTTP at all) are coalesced
@@ -18,6 +20,9 @@ into at most one entry per second per kind, each carrying its count. The
 exemptions are the routes marked ``audited=False``: ``GET /v1/status`` and
 ``GET /v1/openapi.json`` say nothing about the owner's data and are the
 liveness probe every client polls, so they stay free of per-request writes.
+
+The per-route part — level, body, handler, the request's entry, the answer — is
+the wrapper both sockets share (:mod:`pacd.api.wrapper`).
 
 Slow clients: aiohttp's keep-alive timer runs from the moment a connection is
 accepted until a complete request head has arrived and is not extended by
@@ -28,51 +33,32 @@ its headers; bodies are read under their own deadline here.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 from aiohttp import HttpVersion11, web
 
-from pacd.api.decisions import (
-    AuditAppender,
-    Coalescer,
-    RequestDecision,
-    actor_for,
-    begin_request,
-    end_request,
-)
+from pacd.api.decisions import AuditAppender, Coalescer, actor_for
 from pacd.api.guard import KEEP_IDLE, ConnectionGuard
 from pacd.api.owner_listener import OwnerListener
 from pacd.api.peercred import PeerCred, own_uid
-from pacd.api.route import Call, Json, Principal, Reply, Route
-from pacd.core.fields import refuse_surrogates
+from pacd.api.route import Route
+from pacd.api.wrapper import (
+    Authorizer,
+    RequestTimeout,
+    RouteWrapper,
+    error_response,
+    from_http,
+)
 from pacd.errors import (
-    AuditError,
     Busy,
     Forbidden,
     InvalidRequest,
-    MalformedRequest,
-    MethodNotAllowed,
-    NotFound,
     PacdError,
-    PayloadTooLarge,
     PeerRefused,
 )
-from pacd.messages import RawBody, decode, decode_query, encode
 
 log = logging.getLogger("pacd.api")
-
-#: request key of a stream whose decision entry is due when its headers go out
-_STREAM_KEY = "pacd.stream_decision"
-
-Authorizer = Callable[[web.Request, Route], Awaitable[Principal]]
-
-
-class RequestTimeout(InvalidRequest):
-    code = "request_timeout"
-    status = 408
 
 
 class ExpectationFailed(InvalidRequest):
@@ -97,19 +83,6 @@ async def _expect_handler(request: web.Request) -> None:
         request.writer.output_size = 0
 
 
-def error_response(exc: PacdError) -> web.Response:
-    body = json.dumps(exc.to_wire()).encode()
-    return web.Response(body=body, status=exc.status, content_type="application/json")
-
-
-def _json_response(payload: Any, status: int) -> web.Response:
-    if isinstance(payload, Json):
-        data = payload.data
-    else:
-        data = json.dumps(encode(payload), separators=(",", ":")).encode()
-    return web.Response(body=data, status=status, content_type="application/json")
-
-
 class OwnerServer:
     def __init__(
         self,
@@ -125,21 +98,22 @@ class OwnerServer:
         max_tokenless_body_bytes: int = 64 * 1024,
     ) -> None:
         self.routes = list(routes)
-        self._max_body = max_body_bytes
-        self._max_tokenless_body = min(max_tokenless_body_bytes, max_body_bytes)
-        self._authorize = authorize
         self._audit = audit
         self._uid = own_uid()
         self.actor = actor_for(self._uid)
-        self._read_timeout = read_timeout_s or header_timeout_s
-        self.refusals = Coalescer(audit)
         self.guard = ConnectionGuard(max_connections, on_malformed=self._malformed,
                                      on_dropped=self._dropped, on_evicted=self._evicted)
+        self.wrapper = RouteWrapper(audit, self.actor, authorize=authorize,
+                                    peer_of=self._peer_of,
+                                    max_body_bytes=max_body_bytes,
+                                    max_tokenless_body_bytes=max_tokenless_body_bytes,
+                                    read_timeout_s=read_timeout_s or header_timeout_s)
+        self.refusals = Coalescer(audit)
         self.app = web.Application(client_max_size=max_body_bytes,
                                    middlewares=[self._middleware])
-        self.app.on_response_prepare.append(self._before_stream)
+        self.app.on_response_prepare.append(self.wrapper.before_stream)
         for route in self.routes:
-            self.app.router.add_route(route.method, route.path, self._endpoint(route),
+            self.app.router.add_route(route.method, route.path, self.wrapper.endpoint(route),
                                       name=route.operation, expect_handler=_expect_handler)
         self._runner = web.AppRunner(
             self.app,
@@ -152,6 +126,10 @@ class OwnerServer:
             handle_signals=False,
         )
         self._site: _GuardedSite | None = None
+
+    def _peer_of(self, request: web.Request) -> PeerCred | None:
+        state = self.guard.state_for(request.transport)
+        return state.peer if state is not None else None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -221,7 +199,7 @@ class OwnerServer:
         except PacdError as exc:
             return self._finish_error(request, exc)
         except web.HTTPException as exc:
-            return self._finish_error(request, _from_http(exc, request))
+            return self._finish_error(request, from_http(exc, request))
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
@@ -252,154 +230,6 @@ class OwnerServer:
         self.refusals.note("peer:uid=unknown", "connection.dropped", "",
                            "over the hard connection cap; closed unanswered",
                            {"hard_cap": self.guard.hard_cap})
-
-    def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        basic = Principal(level="basic") if route.level == "basic" else None
-        # Whoever can reach a route without a token gets the small cap.
-        body_cap = min(route.max_body_bytes or self._max_body,
-                       self._max_tokenless_body if basic else self._max_body)
-
-        async def answer(request: web.Request, decision: RequestDecision | None = None
-                         ) -> web.StreamResponse:
-            # Basic routes need nothing beyond the peer check: no await on the hot path.
-            principal = basic or await self._authorize(request, route)
-            body: Any = None
-            if route.request is not None:
-                body = await self._read_body(request, route.request, body_cap)
-            query = decode_query(route.query, request.query) if route.query else None
-            state = self.guard.state_for(request.transport)
-            call = Call(request=request, params=request.match_info, body=body, query=query,
-                        principal=principal, peer=state.peer if state is not None else None)
-            if route.stream and decision is not None:
-                # A stream answers before its handler returns: unless the handler
-                # records its own decision first, the entry is written as the
-                # stream's headers are about to go out (see _before_stream).
-                request[_STREAM_KEY] = (route, decision, principal)
-            result = await route.handler(call)
-            if decision is not None and not decision.recorded:
-                await self._record(route, request, decision, "allow", route.summary,
-                                   _token_details(principal))
-            if isinstance(result, web.StreamResponse):
-                return result
-            if isinstance(result, Reply):
-                return _json_response(result.body, result.status)
-            return _json_response(result, route.status)
-
-        if not route.audited:
-            return answer  # the documented exemptions: no entry, no extra frame
-
-        async def endpoint(request: web.Request) -> web.StreamResponse:
-            decision, token = begin_request(self.actor)
-            try:
-                return await answer(request, decision)
-            except PacdError as exc:
-                await self._record_refusal(route, request, decision, exc)
-                raise
-            except web.HTTPException as exc:
-                error = _from_http(exc, request)
-                await self._record_refusal(route, request, decision, error)
-                raise error from None
-            except (asyncio.CancelledError, ConnectionError):
-                raise
-            except Exception:
-                log.exception("internal error on %s %s", request.method, request.path)
-                error = PacdError("internal error; the daemon logged the details")
-                await self._record_refusal(route, request, decision, error)
-                raise error from None
-            finally:
-                end_request(token)
-
-        return endpoint
-
-    async def _before_stream(self, request: web.Request,
-                             response: web.StreamResponse) -> None:
-        pending = request.pop(_STREAM_KEY, None)
-        if pending is None:
-            return
-        route, decision, principal = pending
-        if not decision.recorded:
-            await self._record(route, request, decision, "allow", route.summary,
-                               _token_details(principal))
-
-    async def _record(self, route: Route, request: web.Request, decision: RequestDecision,  # noqa: PLR0917 - one parameter per entry part
-                      verdict: str, reason: str, details: dict[str, Any]) -> None:
-        """Write the request's entry; a request whose entry cannot be written fails."""
-        target = request.match_info.get("id") or request.path
-        try:
-            await self._audit.append_async(decision.actor, route.action, target, verdict,
-                                           reason, details)
-        except AuditError:
-            raise
-        except Exception as exc:
-            log.exception("audit write failed for %s", route.operation)
-            raise AuditError("the audit log could not record this request") from exc
-        decision.recorded = True
-
-    async def _record_refusal(self, route: Route, request: web.Request,
-                              decision: RequestDecision, exc: PacdError) -> None:
-        if decision.recorded or isinstance(exc, AuditError):
-            return  # the handler recorded it, or there is no audit log to record it in
-        details: dict[str, Any] = {"code": exc.code, "status": exc.status, **exc.extra}
-        await self._record(route, request, decision, "deny", exc.message, details)
-
-    async def _read_body(self, request: web.Request, kind: type | RawBody, cap: int) -> Any:
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                raw = await _read_capped(request, cap)
-        except TimeoutError:
-            # Answered 408 and then closed (see _finish_error): the rest of a body that
-            # never came cannot be skipped to reach a next request.
-            raise RequestTimeout("the request body did not arrive in time") from None
-        if not raw.strip():
-            data: Any = {}
-        else:
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
-            except RecursionError:
-                # Nesting deeper than the parser's stack: no request needs that.
-                raise MalformedRequest("the body is nested too deeply to be read") from None
-            # A lone surrogate can only arrive as a \u escape: no escape, no walk.
-            if b"\\u" in raw:
-                refuse_surrogates(data, "body")
-        if isinstance(kind, RawBody):
-            if not isinstance(data, dict):
-                raise InvalidRequest(f"body: expected a {kind.name} object")
-            return data
-        return decode(kind, data)
-
-
-async def _read_capped(request: web.Request, cap: int) -> bytes:
-    """The body, refused (413) as soon as it is known to exceed ``cap`` bytes."""
-    if request.content_length is not None and request.content_length > cap:
-        raise PayloadTooLarge(f"the request body is larger than this route accepts "
-                              f"({cap} bytes)", max_body_bytes=cap)
-    body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > cap:
-            raise PayloadTooLarge(f"the request body is larger than this route accepts "
-                                  f"({cap} bytes)", max_body_bytes=cap)
-    return bytes(body)
-
-
-def _token_details(principal: Principal) -> dict[str, Any]:
-    if principal.token_id is None:
-        return {}
-    return {"token_id": principal.token_id, "level": principal.level}
-
-
-def _from_http(exc: web.HTTPException, request: web.Request) -> PacdError:
-    if exc.status == 404:
-        return NotFound(f"no such route: {request.method} {request.path}")
-    if exc.status == 405:
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-    if exc.status == 413:
-        return PayloadTooLarge("the request body is larger than the daemon accepts")
-    if exc.status == 400:
-        return MalformedRequest(exc.reason or "bad request")
-    return PacdError(exc.reason or "request failed")
 
 
 class _GuardedSite(web.BaseSite):

@@ -185,7 +185,7 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         start += size
 
 
-class _Pending:
+class _Submission:
     """One submitted entry, from its submitter to the writer and back."""
 
     __slots__ = ("action", "actor", "decision", "details", "details_text", "done", "durable",
@@ -249,7 +249,7 @@ class _LoopWaiters:
     def __init__(
         self, loop: asyncio.AbstractEventLoop,
         registry: dict[asyncio.AbstractEventLoop, _LoopWaiters], timeout_s: float,
-        give_up: Callable[[_Pending, bool], bool],
+        give_up: Callable[[_Submission, bool], bool],
     ) -> None:
         self.loop = loop
         self._registry = registry
@@ -257,9 +257,9 @@ class _LoopWaiters:
         self._give_up = give_up
         self._timer: asyncio.TimerHandle | None = None
         #: (deadline on the loop's clock, entry), oldest first
-        self._waiting: deque[tuple[float, _Pending]] = deque()
+        self._waiting: deque[tuple[float, _Submission]] = deque()
 
-    def watch(self, pending: _Pending) -> None:
+    def watch(self, pending: _Submission) -> None:
         """Start the timeout of a waiter whose entry is queued."""
         deadline = self.loop.time() + self._timeout_s
         self._waiting.append((deadline, pending))
@@ -267,7 +267,7 @@ class _LoopWaiters:
             self._timer = self.loop.call_at(deadline, self._expire)
             self._registry[self.loop] = self
 
-    def resolve(self, items: list[_Pending]) -> None:
+    def resolve(self, items: list[_Submission]) -> None:
         """On the loop, once per batch: hand each entry (or error) to its future."""
         for p in items:
             future = p.future
@@ -325,7 +325,7 @@ class _LoopWaiters:
             self._registry.pop(self.loop, None)
 
 
-def _settled(pending: _Pending) -> bool:
+def _settled(pending: _Submission) -> bool:
     return pending.future is None or pending.future.done()
 
 
@@ -403,14 +403,14 @@ class AuditLog:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._writer_sleeping = False
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Submission] = deque()
         #: tickets below _taken have left the queue for the writer; below
         #: _finished their batch is over (committed or failed)
         self._next_ticket = 0
         self._taken = 0
         self._finished = 0
         #: entries whose appenders gave up while the writer had them
-        self._gave_up: list[_Pending] = []
+        self._gave_up: list[_Submission] = []
         #: the append_async waiters of each event loop that has some
         self._loop_waiters: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
         self._closing = False
@@ -567,7 +567,7 @@ class AuditLog:
     def _prepare(  # noqa: PLR0917 - mirrors append
         self, actor: str, action: str, target: str, decision: str, reason: str,
         details: dict[str, Any] | None,
-    ) -> _Pending:
+    ) -> _Submission:
         """Check and pre-encode one entry in the caller's thread (no lock held)."""
         details_text = "{}"
         details_problem = ""
@@ -593,10 +593,10 @@ class AuditLog:
             actor, action, target, decision, reason = plain_columns(
                 actor, action, target, decision, reason, details_problem)
         prefix, middle = _entry_parts(actor, action, target, decision, reason, details_text)
-        return _Pending(actor, action, target, decision, reason, details, details_text,
+        return _Submission(actor, action, target, decision, reason, details, details_text,
                         prefix, middle)
 
-    def _enqueue(self, pending: _Pending) -> None:
+    def _enqueue(self, pending: _Submission) -> None:
         with self._lock:
             if self._closing:
                 raise AuditError("the audit log is closed")
@@ -606,7 +606,7 @@ class AuditLog:
             if self._writer_sleeping:
                 self._cond.notify()
 
-    def _give_up(self, pending: _Pending, note_if_finished: bool) -> bool:
+    def _give_up(self, pending: _Submission, note_if_finished: bool) -> bool:
         """The appender of ``pending`` stops waiting: True if its entry had not finished.
 
         Decided under the queue lock, against the writer's own bookkeeping: an
@@ -631,7 +631,7 @@ class AuditLog:
                     self._cond.notify()
             return False
 
-    def _abandoned_note(self, seqs: list[int]) -> _Pending:
+    def _abandoned_note(self, seqs: list[int]) -> _Submission:
         """The entry naming durable entries whose appenders had already failed."""
         return self._prepare(
             DAEMON_ACTOR, "audit.abandoned", "audit", "info",
@@ -728,13 +728,13 @@ class AuditLog:
             self._give_up(pending, True)
             raise
 
-    def _finish(self, batch: list[_Pending]) -> None:
+    def _finish(self, batch: list[_Submission]) -> None:
         """Wake every waiter of a batch: one hand-off per event loop, one release per thread.
 
         Called exactly once per entry (``done`` guards :meth:`_fail`), so no
         waker is released twice.
         """
-        by_owner: dict[_LoopWaiters, list[_Pending]] = {}
+        by_owner: dict[_LoopWaiters, list[_Submission]] = {}
         for p in batch:
             p.done = True
             owner = p.owner
@@ -752,7 +752,7 @@ class AuditLog:
             except RuntimeError:  # that loop is closed, so nobody is waiting any more
                 owner.abandon()
 
-    def _fail(self, batch: list[_Pending], error: AuditError) -> None:
+    def _fail(self, batch: list[_Submission], error: AuditError) -> None:
         for p in batch:
             if not p.done:
                 p.error = error
@@ -828,7 +828,7 @@ class AuditLog:
                               "gave up", abandoned)
                 abandoned = []
 
-    def _commit(self, batch: list[_Pending]) -> bool:
+    def _commit(self, batch: list[_Submission]) -> bool:
         """Write one batch and wake its waiters; True if it was committed."""
         if self._resync:
             try:

@@ -235,7 +235,7 @@ class TouchIdVerifier:
         """Enrol this Mac's key as the owner's first credential.
 
         Any later key is added only by a ``credential.add`` approval signed by an
-        enrolled one (see :mod:`pacd.api.credential_routes`), never directly here.
+        enrolled one (see :mod:`pacd.api.resources.owner`), never directly here.
         """
         if self.owners.has_credentials():
             raise PresenceRequired(

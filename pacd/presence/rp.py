@@ -111,7 +111,7 @@ CREATE TABLE presence_used_challenges (
 
 
 @dataclass
-class _Pending:
+class _OpenCeremony:
     kind: str  # "registration" | "session"
     state: dict[str, Any]
     deadline: float  # monotonic
@@ -165,7 +165,7 @@ class RelyingParty:
         self._fido2: Fido2Server | None = None
         self._fido2_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _OpenCeremony] = {}
         self._issued: OrderedDict[bytes, float] = OrderedDict()
 
     @property
@@ -221,7 +221,7 @@ class RelyingParty:
             authenticator_attachment=AuthenticatorAttachment.PLATFORM if platform else None,
         )
         registration_id = self._remember(
-            _Pending(
+            _OpenCeremony(
                 kind="registration",
                 state=dict(state),
                 deadline=0.0,
@@ -330,7 +330,7 @@ class RelyingParty:
             descriptors, user_verification=_uv_requirement(wanted == SecurityLevel.biometric)
         )
         session_id = self._remember(
-            _Pending(kind="session", state=dict(state), deadline=0.0, level=wanted,
+            _OpenCeremony(kind="session", state=dict(state), deadline=0.0, level=wanted,
                      client=client)
         )
         return {
@@ -429,7 +429,7 @@ class RelyingParty:
             raise NotFound("no presence credential enrolled: enrol one first (pacd enroll)")
         return [_descriptor(c) for c in credentials]
 
-    def _remember(self, pending: _Pending) -> str:
+    def _remember(self, pending: _OpenCeremony) -> str:
         now = self.clock.monotonic()
         pending.deadline = now + self.challenge_ttl_s
         ceremony_id = secrets.token_urlsafe(24)
@@ -454,7 +454,7 @@ class RelyingParty:
                         if p.kind == "registration" and p.authorised == FIRST_CREDENTIAL]:
                 del self._pending[key]
 
-    def _take(self, ceremony_id: str, kind: str) -> _Pending:
+    def _take(self, ceremony_id: str, kind: str) -> _OpenCeremony:
         """Single use: the state is gone after this call, whatever the outcome."""
         if not isinstance(ceremony_id, str):
             raise InvalidRequest(f"{kind} id must be a string")

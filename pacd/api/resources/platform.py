@@ -19,11 +19,8 @@ import logging
 import os
 import secrets
 import threading
-from typing import Any
 
-from pacd import messages as m
-from pacd.api.decisions import DecisionLog, actor_for
-from pacd.api.peercred import own_uid
+from pacd import messages
 from pacd.api.route import Call, Route
 from pacd.api.services import Services
 from pacd.approvals import iso
@@ -69,10 +66,8 @@ def _os_user() -> str:
 class PlatformSessions:
     """Opens sessions with the daemon's own presence methods (fprintd)."""
 
-    def __init__(self, services: Services, sink: DecisionLog) -> None:
-        self.s = services
-        self.sink = sink
-        self.actor = actor_for(own_uid())
+    def __init__(self, services: Services) -> None:
+        self.services = services
         # One verification at a time: the reader serves one claim, and a second
         # request must not queue a touch the person is not expecting.
         self._in_use = threading.Lock()
@@ -82,46 +77,44 @@ class PlatformSessions:
             "POST", "/v1/sessions/platform", "platform_session",
             "the daemon verifies the owner with the machine's own fingerprint reader "
             "(fprintd; enable with platform_presence) and issues a token, biometric at most",
-            self.create, request=m.PlatformSession, response=m.SessionToken,
+            self.create, request=messages.PlatformSession, response=messages.SessionToken,
             errors=(Forbidden, PresenceFailed, PresenceMethodUnavailable, InvalidRequest),
             action=ACTION)
 
-    async def create(self, call: Call) -> m.SessionToken:
-        body: m.PlatformSession = call.body
+    async def create(self, call: Call) -> messages.SessionToken:
+        body: messages.PlatformSession = call.body
         try:
             await self._check_allowed(body.method)
             requested = self._requested(SecurityLevel(body.level))
             verified = await self._verify(body.method)
             level = self._grant(verified, requested)
-            issued = await asyncio.to_thread(self.s.tokens.issue, level)
+            issued = await asyncio.to_thread(self.services.tokens.issue, level)
         except AuditError:
             raise  # there is no log to record the refusal in
         except PacdError as exc:
-            await self._audit("", "deny", exc.message,
-                              {"code": exc.code, "status": exc.status, "method": body.method})
+            await call.decision.record(ACTION, "", "deny", exc.message,
+                                       {"code": exc.code, "status": exc.status,
+                                        "method": body.method})
             raise
-        await self._audit(issued.token_id, "allow",
-                          f"{issued.level.value} session opened with {body.method}",
-                          {"method": body.method, "user_verified": verified.user_verified})
-        return m.SessionToken(token=issued.token, level=issued.level.value,
-                              expires_at=iso(issued.expires_at) or "")
-
-    async def _audit(self, target: str, decision: str, reason: str,
-                     details: dict[str, Any]) -> None:
-        await self.sink.append_async(self.actor, ACTION, target, decision, reason, details)
+        await call.decision.record(ACTION, issued.token_id, "allow",
+                                   f"{issued.level.value} session opened with {body.method}",
+                                   {"method": body.method,
+                                    "user_verified": verified.user_verified})
+        return messages.SessionToken(token=issued.token, level=issued.level.value,
+                                     expires_at=iso(issued.expires_at) or "")
 
     # --- the decision ---------------------------------------------------------
 
     async def _check_allowed(self, method: str) -> None:
         # Checked before anyone is asked to touch anything: fail closed.
-        if await asyncio.to_thread(self.s.owners.get_owner) is None:
+        if await asyncio.to_thread(self.services.owners.get_owner) is None:
             raise Forbidden("no owner identity yet: run `pacd init --name NAME` first, then "
                             f"enable {method} with platform_presence = [\"{method}\"] in "
                             "config.toml")
-        if method not in self.s.config.platform_presence:
+        if method not in self.services.config.platform_presence:
             raise Forbidden(
                 f"sessions by {method} are not enabled: add platform_presence = "
-                f"[\"{method}\"] to {self.s.config.config_path} (or set "
+                f"[\"{method}\"] to {self.services.config.config_path} (or set "
                 f"PACD_PLATFORM_PRESENCE={method}) and restart the daemon")
 
     @staticmethod
@@ -142,11 +135,11 @@ class PlatformSessions:
     # --- the verification -----------------------------------------------------
 
     def _verifier(self) -> FprintdVerifier:
-        return FprintdVerifier(bus_address=self.s.config.fprintd_bus_address,
+        return FprintdVerifier(bus_address=self.services.config.fprintd_bus_address,
                                username=_os_user(), call_timeout_s=CALL_TIMEOUT_S)
 
     async def _verify(self, method: str) -> VerifiedPresence:
-        timeout = self.s.config.platform_presence_timeout_s
+        timeout = self.services.config.platform_presence_timeout_s
         verifier = self._verifier()
         if not self._in_use.acquire(blocking=False):
             raise PresenceMethodUnavailable(
