@@ -31,8 +31,9 @@ from pathlib import Path
 from bench.agent_bench import CONCERN, VALUE, _fill, _serve
 from bench.api_bench import _start_daemon, _token
 from bench.loadavg import reports_load
-from pacd.client import Client, UnixHTTPConnection
+from pacd.client import Client
 from pacd.config import load_config
+from pacd.transport import UnixHTTPConnection
 from tests.pidns_connector import NamespaceConnector, stand_in_container
 
 SECONDS = float(os.environ.get("PACD_SOAK_SECONDS", "60"))
