@@ -133,6 +133,15 @@ class JsonErrorHandler(RequestHandler):
 
     guard: ConnectionGuard | None = None
 
+    def skip_lingering(self) -> None:
+        """Read nothing more of the current request's body once it is answered.
+
+        aiohttp lingers on an unread body whatever the answer said; for an answer
+        that closes the connection (over a cap, too slow, refused outright) the
+        rest is not wanted, and the connection ends as soon as the answer is out.
+        """
+        self._lingering_time = 0.0
+
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

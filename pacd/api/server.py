@@ -28,6 +28,15 @@ Slow clients: aiohttp's keep-alive timer runs from the moment a connection is
 accepted until a complete request head has arrived and is not extended by
 partial data, so setting it to the header timeout drops a client that dribbles
 its headers; bodies are read under their own deadline here.
+
+Answers before the body: a refusal (a missing token, say) is often decided
+from the head alone, while the client — which writes head and body
+separately — is still sending its body. Closing the connection then would
+break the client's write (EPIPE) on an answer that promised keep-alive, so
+the rest of a small body (at most the tokenless cap, within the body deadline)
+is read and discarded after the answer, as aiohttp's lingering does. A larger
+or unannounced (chunked) body is not read at all: that answer says
+``Connection: close`` and the connection ends with it.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import HttpVersion11, web
 
 from pacd.api.decisions import AuditAppender, Coalescer, actor_for
-from pacd.api.guard import KEEP_IDLE, ConnectionGuard
+from pacd.api.guard import KEEP_IDLE, ConnectionGuard, JsonErrorHandler
 from pacd.api.owner_listener import OwnerListener
 from pacd.api.peercred import PeerCred, own_uid
 from pacd.api.route import Route
@@ -55,6 +64,7 @@ from pacd.errors import (
     Forbidden,
     InvalidRequest,
     PacdError,
+    PayloadTooLarge,
     PeerRefused,
 )
 
@@ -109,6 +119,8 @@ class OwnerServer:
                                     max_tokenless_body_bytes=max_tokenless_body_bytes,
                                     read_timeout_s=read_timeout_s or header_timeout_s)
         self.refusals = Coalescer(audit)
+        #: the most of a body still to come that is read and discarded after an answer
+        self._linger_bytes = min(max_tokenless_body_bytes, max_body_bytes)
         self.app = web.Application(client_max_size=max_body_bytes,
                                    middlewares=[self._middleware])
         self.app.on_response_prepare.append(self.wrapper.before_stream)
@@ -119,9 +131,10 @@ class OwnerServer:
             self.app,
             access_log=None,
             keepalive_timeout=header_timeout_s,
-            # No lingering on a body that is still incomplete after the answer (a
-            # 408): aiohttp would otherwise keep reading it for 10 s more.
-            lingering_time=0,
+            # The rest of a body still arriving after a keep-alive answer is read
+            # under the body deadline (see _no_broken_body); an answer that closes
+            # the connection (a 408 among them) turns lingering off for it.
+            lingering_time=read_timeout_s or header_timeout_s,
             shutdown_timeout=shutdown_timeout_s,
             handle_signals=False,
         )
@@ -148,6 +161,31 @@ class OwnerServer:
 
     @web.middleware
     async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resp = await self._answer(request, handler)
+        self._no_broken_body(request, resp)
+        return resp
+
+    def _no_broken_body(self, request: web.Request, resp: web.StreamResponse) -> None:
+        """Decide what becomes of a body the answer did not wait for (see the module doc).
+
+        Small and announced, on a keep-alive answer: aiohttp reads and discards it
+        after the answer (its lingering), so the client's write of it completes.
+        Otherwise the answer closes the connection and nothing more is read.
+        """
+        if request.content.is_eof():
+            return
+        length = request.content_length
+        if (resp.keep_alive is not False and length is not None
+                and length <= self._linger_bytes):
+            return
+        if not resp.prepared:
+            resp.force_close()
+        if isinstance(request.protocol, JsonErrorHandler):
+            request.protocol.skip_lingering()
+
+    async def _answer(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         state = self.guard.state_for(request.transport)
@@ -212,7 +250,8 @@ class OwnerServer:
 
     def _finish_error(self, request: web.Request, exc: PacdError) -> web.Response:
         resp = error_response(exc)
-        if isinstance(exc, PeerRefused | Busy | RequestTimeout | ExpectationFailed):
+        if isinstance(exc, PeerRefused | Busy | RequestTimeout | ExpectationFailed
+                      | PayloadTooLarge):
             resp.force_close()  # no keep-alive for refused or abandoned connections
         return resp
 

@@ -241,6 +241,63 @@ def test_garbage_is_answered_400_without_echo(daemon: DaemonProcess, junk: bytes
     assert daemon.client().status()["version"]
 
 
+def _answer(s: socket.socket) -> bytes:
+    """One complete answer read from ``s``; b"" if the daemon closed the connection."""
+    answer = b""
+    while True:
+        head, sep, body = answer.partition(b"\r\n\r\n")
+        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length")]
+        if sep and length and len(body) >= length[0]:
+            return answer
+        chunk = s.recv(65536)
+        if not chunk:
+            return b""
+        answer += chunk
+
+
+def test_a_request_refused_before_its_body_arrived_keeps_its_connection(
+        daemon: DaemonProcess) -> None:
+    # A client sends its head and its body in separate writes (http.client does); a
+    # refusal (401 here) can go out between the two. Closing the connection then
+    # broke the client's second write (EPIPE) on a connection answered keep-alive.
+    body = b'{"name": "x"}'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(b"POST /v1/containers HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        refused = _answer(s)
+        status, err = _error(refused)
+        assert (status, err["code"]) == (401, "unauthorized")
+        assert b"connection: close" not in refused.lower()
+        s.sendall(body)  # the rest of the refused request: read and discarded
+        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer(s).startswith(b"HTTP/1.1 200"), "the connection was closed under the client"
+    refusals = [e for e in daemon.audit() if e["action"] == "container.create"]
+    assert [(e["decision"], e["details"]["code"]) for e in refusals] == [
+        ("deny", "unauthorized")]
+
+
+def test_a_refused_request_with_a_large_body_still_to_come_is_closed_unread(
+        daemon: DaemonProcess) -> None:
+    # Discarding the rest of a refused body is bounded: one larger than a tokenless
+    # route would read (64 KiB) is not read at all; the answer says the connection ends.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(b"POST /v1/containers HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                  % (64 * 1024 + 1))
+        started = time.monotonic()
+        refused = _answer(s)
+        status, err = _error(refused)
+        assert (status, err["code"]) == (401, "unauthorized")
+        assert b"connection: close" in refused.lower()
+        assert s.recv(65536) == b""  # closed at once, not after waiting for the body
+        assert time.monotonic() - started < 5.0
+
+
 def test_sigterm_is_graceful(daemon: DaemonProcess) -> None:
     events = EventCollector(daemon.client())
     daemon.client().request("POST", "/v1/owner", {"name": "Alice"})
