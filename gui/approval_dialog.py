@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
@@ -40,6 +39,7 @@ from gui.ceremony import (
     run_on_thread,
     window_authenticator,
 )
+from gui.pin_panel import PinPanel
 from gui.renderers import render
 from gui.signals import emit
 from gui.text import plain_label, set_plain
@@ -143,17 +143,10 @@ class ApprovalDialog(QDialog):
             "Approving asks you to touch your security key." if self.signable else MISMATCH)
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        self.pin_row = QWidget()
-        pin_layout = QHBoxLayout(self.pin_row)
-        self.pin_prompt = plain_label("")
-        self.pin_edit = QLineEdit()
-        self.pin_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.pin_ok = QPushButton("Use PIN")
-        for w in (self.pin_prompt, self.pin_edit, self.pin_ok):
-            pin_layout.addWidget(w)
-        self.pin_row.setVisible(False)
-        self.pin_ok.clicked.connect(self._give_pin)
-        self.pin_edit.returnPressed.connect(self._give_pin)  # Enter here sends the PIN only
+        self.pin_row = PinPanel(self._give_pin)
+        # what tests and the ceremony's focus rules reach for
+        self.pin_prompt, self.pin_edit, self.pin_ok = (
+            self.pin_row.prompt, self.pin_row.edit, self.pin_row.ok)
         layout.addWidget(self.pin_row)
 
         buttons = QHBoxLayout()
@@ -269,17 +262,11 @@ class ApprovalDialog(QDialog):
 
     @Slot(str)
     def _ask_pin(self, prompt: str) -> None:
-        set_plain(self.pin_prompt, prompt)
-        self.pin_edit.clear()
-        self.pin_row.setVisible(True)
-        self.pin_edit.setFocus()
+        self.pin_row.ask(prompt)
 
-    @Slot()
-    def _give_pin(self) -> None:
+    def _give_pin(self, pin: str) -> None:
         if self._worker is not None:
-            self._worker.provide_pin(self.pin_edit.text())
-        self.pin_edit.clear()
-        self.pin_row.setVisible(False)
+            self._worker.provide_pin(pin)
         set_plain(self.status, "Touch your security key now.")
 
     @Slot(str)

@@ -12,7 +12,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QDialog, QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from gui.ceremony import (
     CEREMONY_TIMEOUT_S,
@@ -23,6 +23,7 @@ from gui.ceremony import (
     run_on_thread,
     window_authenticator,
 )
+from gui.pin_panel import PinPanel
 from gui.signals import emit
 from gui.text import plain_label, set_plain
 from pacd.client import Client
@@ -57,17 +58,10 @@ class PresenceDialog(QDialog):
         self.status = plain_label("Preparing the security key…")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        self.pin_row = QWidget()
-        row = QHBoxLayout(self.pin_row)
-        self.pin_prompt = plain_label("")
-        self.pin_edit = QLineEdit()
-        self.pin_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.pin_ok = QPushButton("Use PIN")
-        for w in (self.pin_prompt, self.pin_edit, self.pin_ok):
-            row.addWidget(w)
-        self.pin_row.setVisible(False)
-        self.pin_ok.clicked.connect(self._give_pin)
-        self.pin_edit.returnPressed.connect(self._give_pin)
+        self.pin_row = PinPanel(self._give_pin)
+        # what tests and the ceremony's focus rules reach for
+        self.pin_prompt, self.pin_edit, self.pin_ok = (
+            self.pin_row.prompt, self.pin_row.edit, self.pin_row.ok)
         layout.addWidget(self.pin_row)
         # Offered when the daemon says the owner enabled it (status presence_methods);
         # then nothing starts until the owner picks one.
@@ -134,17 +128,11 @@ class PresenceDialog(QDialog):
 
     @Slot(str)
     def _ask_pin(self, prompt: str) -> None:
-        set_plain(self.pin_prompt, prompt)
-        self.pin_edit.clear()
-        self.pin_row.setVisible(True)
-        self.pin_edit.setFocus()
+        self.pin_row.ask(prompt)
 
-    @Slot()
-    def _give_pin(self) -> None:
+    def _give_pin(self, pin: str) -> None:
         if self._worker is not None:
-            self._worker.provide_pin(self.pin_edit.text())
-        self.pin_edit.clear()
-        self.pin_row.setVisible(False)
+            self._worker.provide_pin(pin)
 
     @Slot(str)
     def _finished(self, error: str) -> None:
