@@ -51,15 +51,18 @@ from pacd.core.models import PersonalAIContainer, SecurityPolicy
 from pacd.egress.netns import bind_in_netns
 from pacd.egress.proxy import EgressProxy, PolicyOf
 from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
-from pacd.registry import ContainerRecord
+from pacd.plugins.runner import PluginRunner, PluginState, image_digest
+from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import (
     LABEL_AGENT,
     LABEL_CONTAINER_ID,
     LABEL_OWNER_ID,
+    LABEL_PLUGIN,
     PACD_LABELS,
     agent_run_spec,
     container_name,
     egress_via_proxy,
+    plugin_container_name,
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
@@ -131,6 +134,7 @@ class ContainerLifecycle:
             clock=services.clock.wall))
         self.egress = EgressProxy(services.audit,
                                   allow_loopback=services.config.egress_allow_loopback)
+        self.plugins = PluginRunner(services)
         self._runtime_lock = threading.Lock()
         self._runtime: PodmanRuntime | None = None
         #: the last state pacd saw per agent, so each change is reported once
@@ -316,6 +320,9 @@ class ContainerLifecycle:
                     self._close_socket(record.id, name)
                 self._note(record.id, name, MISSING)
             raise
+        # Plugins after their agents; one that cannot start is refused or failed on its
+        # own (audited, listed) and does not undo the agents.
+        self.plugins.start_all(runtime, record)
         return self._states(runtime, record)
 
     def stop(self, record: ContainerRecord) -> dict[str, str]:
@@ -323,6 +330,7 @@ class ContainerLifecycle:
             return self._with_runtime(self._stop_agents, record)
 
     def _stop_agents(self, runtime: PodmanRuntime, record: ContainerRecord) -> dict[str, str]:
+        self.plugins.stop_all(runtime, record)
         for agent in record.model().agents:
             with contextlib.suppress(NotFound):
                 runtime.stop(container_name(record.id, agent.name))
@@ -340,6 +348,7 @@ class ContainerLifecycle:
             self._with_runtime(self._remove, record)
 
     def _remove(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
+        self.plugins.remove_all(runtime, record)
         for agent in record.model().agents:
             runtime.remove(container_name(record.id, agent.name), force=True, missing_ok=True)
             self._close_socket(record.id, agent.name)
@@ -388,6 +397,36 @@ class ContainerLifecycle:
     def export_kube(self, record: ContainerRecord) -> str:
         return export_kube(record.model(), record.owner_id)
 
+    # --- plugins -------------------------------------------------------------------
+
+    def _is_plugin_of(self, record: ContainerRecord, name: str) -> bool:
+        return any(p.image and plugin_container_name(record.id, p.plugin_id, p.agent) == name
+                   for p in self.s.registry.plugins(record.id))
+
+    def plugin_image_digest(self, ref: str) -> str:
+        """The id of an image in local Podman storage (never pulled); NotFound if absent."""
+        return self._with_runtime(image_digest, ref)
+
+    def plugin_states(self, record: ContainerRecord) -> list[PluginState]:
+        try:
+            return self._with_runtime(self.plugins.states, record)
+        except RuntimeUnavailable:
+            return self.plugins.states(None, record)
+
+    def sync_plugins(self, record: ContainerRecord) -> None:
+        """Start approved plugins if the container's agents all run (after an approval)."""
+        with self._locks.of(record.id):
+            def sync(runtime: PodmanRuntime) -> None:
+                states = self._states(runtime, record)
+                if states and all(state == RUNNING for state in states.values()):
+                    self.plugins.start_all(runtime, record)
+            self._with_runtime(sync)
+
+    def remove_plugin(self, record: ContainerRecord, plugin: PluginRecord) -> None:
+        """Remove a plugin's container (its calls end) and directory."""
+        with self._locks.of(record.id):
+            self._with_runtime(self.plugins.remove, plugin)
+
     # --- orphans & reconciling ---------------------------------------------------------
 
     def orphans(self) -> list[dict[str, str]]:
@@ -420,6 +459,11 @@ class ContainerLifecycle:
             agent = item.labels.get(LABEL_AGENT, "")
             record = records.get(cid)
             name = item.name.lstrip("/")
+            if LABEL_PLUGIN in item.labels:
+                if record is None or not self._is_plugin_of(record, name):
+                    found[item.id] = Orphan(item.id, name, item.state, cid,
+                                            item.labels.get(LABEL_PLUGIN, ""))
+                continue
             if (record is None or record.model().agent(agent) is None
                     or name != container_name(cid, agent)):
                 found[item.id] = Orphan(item.id, name, item.state, cid, agent)
@@ -427,8 +471,12 @@ class ContainerLifecycle:
             with self._locks.of(record.id):
                 # Listed again under the lock: a listing taken before a start or stop
                 # that was in progress would undo it.
-                for agent, state in self._states(runtime, record).items():
+                states = self._states(runtime, record)
+                for agent, state in states.items():
                     self._sync_agent(runtime, record, agent, state)
+                if states and all(state == RUNNING for state in states.values()):
+                    # e.g. after a daemon restart: plugins run while their agents do
+                    self.plugins.start_all(runtime, record)
         self._report_orphans(found)
         return list(found.values())
 
@@ -523,6 +571,16 @@ class ContainerLifecycle:
         owner = self.s.owners.get_owner()
         if owner is None or event.labels.get(LABEL_OWNER_ID) != owner.id:
             return  # another pacd's container (another PACD_HOME on the same Podman)
+        if LABEL_PLUGIN in event.labels:
+            # A plugin's state is read from Podman when listed; only an unknown
+            # plugin container changes anything here (the orphans).
+            try:
+                record = self.s.registry.get(cid) if cid else None
+            except NotFound:
+                record = None
+            if record is None or not self._is_plugin_of(record, event.name.lstrip("/")):
+                self._reconcile(runtime)
+            return
         try:
             record = self.s.registry.get(cid) if cid else None
         except NotFound:

@@ -60,6 +60,7 @@ from pacd.errors import (
     TooMany,
     Unauthorized,
 )
+from pacd.plugins.api import plugin_list, start_approved_plugin, uninstall_plugin
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.owner import refuse_if_owner_vanished, remember_owner
 from pacd.registry import ContainerRecord
@@ -92,6 +93,7 @@ ACTIONS = {
     "container_config": "container.config", "container_openapi": "container.openapi",
     "build_image": "image.build", "export_kube": "container.kube",
     "submit_plugin": "plugin.submit", "list_approvals": "approval.list",
+    "list_plugins": "plugin.list", "uninstall_plugin": "plugin.uninstall",
     "show_approval": "approval.show", "approve": "approval.approve", "deny": "approval.deny",
     "audit_entries": "audit.read", "audit_verify": "audit.verify",
     "reanchor_audit": "audit.reanchor.request",
@@ -595,10 +597,16 @@ class OwnerApi:
         assert schema is not None
         summary = (f"install plugin {schema.name} {schema.version} for agent {body.agent} "
                    f"in container {record.name}")
+        payload: dict[str, Any] = {
+            "container_id": record.id, "container_name": record.name, "agent": body.agent,
+            "schema": schema.to_json()}
+        if body.image is not None:
+            # The digest is what the owner signs: the plugin runs only as this content.
+            digest = await _thread(self._lifecycle().plugin_image_digest, body.image)
+            payload |= {"image": body.image, "image_digest": digest}
+            summary += f", running image {body.image} ({digest})"
         approval = await _thread(
-            self.s.approvals.submit, PLUGIN_INSTALL,
-            {"container_id": record.id, "container_name": record.name, "agent": body.agent,
-             "schema": schema.to_json()},
+            self.s.approvals.submit, PLUGIN_INSTALL, payload,
             ACTOR, summary, float(self.s.config.approval_ttl_s))
         return Reply(m.ApprovalAccepted(approval_id=approval.id,
                                         required_level=approval.required_level.value,
@@ -615,9 +623,21 @@ class OwnerApi:
             raise PluginRejected("the plugin no longer passes validation", errors=errors)
         plugin = self.s.registry.record_plugin(conn, record.id, str(body["agent"]),
                                                schema=schema, approval_id=approval.id,
-                                               now=self.s.clock.wall())
+                                               now=self.s.clock.wall(),
+                                               image=str(body.get("image", "")),
+                                               image_digest=str(body.get("image_digest", "")))
         return {"container_id": record.id, "plugin_id": plugin.plugin_id,
                 "agent": plugin.agent, "state": plugin.state}
+
+    async def list_plugins(self, call: Call) -> m.PluginStateList:
+        record = await _thread(self._record, call.params["id"])
+        return await _thread(plugin_list, self.s, record)
+
+    async def uninstall_plugin(self, call: Call) -> m.PluginRemoved:
+        record = await _thread(self._record, call.params["id"])
+        return await asyncio.to_thread(
+            uninstall_plugin, self.s, self.sink.append, ACTOR, record, call.params["name"],
+            token_id=call.principal.token_id)
 
     # --- audit re-anchoring --------------------------------------------------
 
@@ -714,6 +734,8 @@ class OwnerApi:
 
         done = await _thread(self.s.approvals.approve, call.params["id"], verify, ACTOR,
                              body.credential)
+        if done.kind == PLUGIN_INSTALL and done.state == "approved":
+            await start_approved_plugin(self.s, done)
         return m.ApprovalResolved(id=done.id, state=cast(m.ApprovalState, done.state),
                                   result=done.result)
 
@@ -853,6 +875,14 @@ class OwnerApi:
                   level=_level(Action.submit_plugin), request=m.PluginSubmit,
                   response=m.ApprovalAccepted, status=202,
                   errors=(NotFound, PluginRejected, TooMany)),
+            Route("GET", "/v1/containers/{id}/plugins", "list_plugins",
+                  "its plugins: pending, approved, running, stopped, refused or failed",
+                  self.list_plugins, level=_level(Action.list_plugins),
+                  response=m.PluginStateList, errors=common),
+            Route("DELETE", "/v1/containers/{id}/plugins/{name}", "uninstall_plugin",
+                  "uninstall a plugin (by id or name): its container is removed",
+                  self.uninstall_plugin, level=_level(Action.uninstall_plugin),
+                  response=m.PluginRemoved, errors=(NotFound, RuntimeUnavailable)),
             Route("GET", "/v1/approvals", "list_approvals", "pending and recent approvals",
                   self.list_approvals, level=_level(Action.list_approvals),
                   query=m.ApprovalQuery, response=m.ApprovalList),

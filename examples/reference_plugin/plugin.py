@@ -1,0 +1,102 @@
+"""The Text Formatter: a complete pacd plugin in one standard-library Python file.
+
+pacd runs a plugin as its own hardened container (read-only root, uid 1000,
+no capabilities, no network) and mounts a private directory at
+/run/pacd-plugin. The plugin serves HTTP/1.1 on a Unix socket it creates
+there, /run/pacd-plugin/plugin.sock (also in PACD_PLUGIN_SOCKET), and answers
+the endpoints of its PluginAPISchema — here the seed's one, POST /format:
+
+    request:  {"text": "  hello   world ", "style": "title"}
+    response: {"text": "Hello World", "style": "title"}
+
+Styles: collapse (the default: runs of white space become one space, ends
+trimmed), upper, lower, title. GET /health answers {"ok": true}.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socketserver
+import sys
+from typing import Any
+
+SOCKET = os.environ.get("PACD_PLUGIN_SOCKET", "/run/pacd-plugin/plugin.sock")
+MAX_BODY = 64 * 1024
+STYLES = {
+    "collapse": lambda t: " ".join(t.split()),
+    "upper": lambda t: " ".join(t.split()).upper(),
+    "lower": lambda t: " ".join(t.split()).lower(),
+    "title": lambda t: " ".join(w.capitalize() for w in t.split()),
+}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def address_string(self) -> str:
+        return "plugin"
+
+    def _reply(self, status: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._reply(status, {"error": {"code": code, "message": message}})
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._reply(200, {"ok": True})
+        else:
+            self._error(404, "not_found", f"no endpoint GET {self.path}")
+
+    def do_POST(self) -> None:
+        if self.path != "/format":
+            self._error(404, "not_found", f"no endpoint POST {self.path}")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._error(413, "too_large", f"the body may be at most {MAX_BODY} bytes")
+            self.close_connection = True
+            return
+        try:
+            doc = json.loads(self.rfile.read(length) or b"{}")
+            text, style = doc["text"], doc.get("style", "collapse")
+            if not isinstance(text, str) or style not in STYLES:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            self._error(400, "invalid_request",
+                        'expected {"text": STRING, "style": ' + "|".join(STYLES) + "}")
+            return
+        self._reply(200, {"text": STYLES[style](text), "style": style})
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def main() -> int:
+    if os.path.lexists(SOCKET):
+        os.unlink(SOCKET)  # left by this plugin's previous run
+    server = Server(SOCKET, Handler)
+    # The daemon runs as another uid: connecting needs write permission on the socket.
+    os.chmod(SOCKET, 0o666)  # noqa: S103 - the directory is private to this plugin
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.serve_forever()
+    finally:
+        os.unlink(SOCKET)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

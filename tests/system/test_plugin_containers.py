@@ -1,0 +1,216 @@
+"""Approved plugins run as their own hardened containers: the real daemon, real Podman,
+the reference plugin (the seed's Text Formatter) built offline.
+
+A plugin runs only as the image content the owner approved (its digest is in the
+signed payload), with an agent's hardening, serving HTTP on a socket in a private
+directory the daemon mounts; it starts and stops with its container, survives a
+daemon restart, and an uninstall removes its container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from pacd.errors import NotFound
+from pacd.runtime.hardening import plugin_container_name
+from pacd.runtime.podman import PodmanRuntime
+from tests.integration.harness import EXAMPLES
+from tests.system.agents_env import (
+    Deployment,
+    agent_request,
+    agent_spec,
+    make_deployment,
+    restart,
+    short_base,
+    wait_until,
+)
+
+__all__ = ["make_deployment", "short_base"]
+
+pytestmark = [pytest.mark.system, pytest.mark.podman]
+
+SEED = json.loads((EXAMPLES / "plugins" / "text-formatter-seed.json").read_text())
+PLUGIN_ID = SEED["id"].lower()
+FORMAT = json.dumps({"text": "  hello   plugin world ", "style": "title"}).encode()
+
+
+def plugin_socket(d: Deployment, cid: str, agent: str = "writer") -> Path:
+    return (d.daemon.socket.parent / "plugins"
+            / plugin_container_name(cid, PLUGIN_ID, agent) / "plugin.sock")
+
+
+def listed(d: Deployment, cid: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = d.daemon.client().request(
+        "GET", f"/v1/containers/{cid}/plugins")["plugins"]
+    return result
+
+
+def state_of(d: Deployment, cid: str) -> tuple[str, str]:
+    [p] = listed(d, cid)
+    return str(p["state"]), str(p["reason"])
+
+
+def answers_format(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        reply = agent_request(path, "POST", "/format", FORMAT, timeout=5)
+    except OSError:
+        return False
+    return reply.status == 200 and reply.json() == {"text": "Hello Plugin World",
+                                                    "style": "title"}
+
+
+@pytest.fixture
+def home(make_deployment: Callable[..., Deployment], python_image: str
+         ) -> Iterator[tuple[Deployment, str]]:
+    d = make_deployment()
+    spec = {"name": "home", "policy": {"allow_plugins": True},
+            "agents": [agent_spec("writer", python_image)],
+            "concerns": [{"name": "personal", "category": "personal", "scope": "local",
+                          "agents": ["writer"], "cross_container": "isolated"}]}
+    cid = str(d.create(spec)["id"])
+    assert d.start(cid)["state"] == "running"
+    yield d, cid
+
+
+@pytest.fixture
+def own_tag(podman_runtime: PodmanRuntime, plugin_image: str) -> Iterator[str]:
+    """A reference of this test's own naming the reference plugin, removed afterwards."""
+    repository = f"localhost/pacd-test-plugin-{uuid.uuid4().hex[:8]}"
+    podman_runtime.tag_image(plugin_image, repository, "1")
+    yield f"{repository}:1"
+    try:
+        podman_runtime.remove_image(f"{repository}:1")
+    except NotFound:
+        pass
+
+
+def submit(d: Deployment, cid: str, image: str | None) -> str:
+    body: dict[str, Any] = {"agent": "writer", "schema": SEED}
+    if image is not None:
+        body["image"] = image
+    queued = d.owner.authed().request("POST", f"/v1/containers/{cid}/plugins", body)
+    return str(queued["approval_id"])
+
+
+def test_approved_plugin_runs_hardened_as_the_approved_digest_and_answers_format(
+        home: tuple[Deployment, str], plugin_image: str,
+        podman_runtime: PodmanRuntime) -> None:
+    d, cid = home
+    digest = podman_runtime.inspect_image(plugin_image)["Id"]
+    digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+    approval_id = submit(d, cid, plugin_image)
+
+    # What the owner signs names the image's digest.
+    detail = d.daemon.client().request("GET", f"/v1/approvals/{approval_id}")
+    assert detail["payload"]["body"]["image"] == plugin_image
+    assert detail["payload"]["body"]["image_digest"] == digest
+    assert digest in detail["summary"]
+    assert state_of(d, cid)[0] == "pending"
+    assert not plugin_socket(d, cid).exists()
+
+    assert d.owner.approve(approval_id)["state"] == "approved"
+    wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering")
+    assert state_of(d, cid) == ("running", "")
+
+    # An agent's hardening, pinned to the approved image id, no network.
+    info = podman_runtime.inspect(plugin_container_name(cid, PLUGIN_ID, "writer"))
+    host = info["HostConfig"]
+    assert "sha256:" + info["Image"].removeprefix("sha256:") == digest
+    assert info["Config"]["User"] == "1000:1000"
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapAdd"] in (None, [])
+    assert "ALL" in [c.upper().removeprefix("CAP_") for c in host["CapDrop"]] or \
+        len(host["CapDrop"]) > 10
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["PidsLimit"] == 128
+    assert host["Memory"] == 512 * 1024 * 1024
+    assert host["NetworkMode"] == "none"
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert Path(mounts["/run/pacd-plugin"]["Source"]) == plugin_socket(d, cid).parent
+    # one private directory per plugin, under a directory only the daemon can enter
+    plugins_dir = plugin_socket(d, cid).parent.parent
+    assert stat.S_IMODE(os.stat(plugins_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(plugin_socket(d, cid).parent).st_mode) == 0o1733
+    started = d.audit(action="plugin.start", target=cid, decision="allow")
+    assert [e["details"]["image_digest"] for e in started] == [digest]
+
+    # Stops and starts with its container.
+    d.stop(cid)
+    assert state_of(d, cid)[0] == "stopped"
+    assert not answers_format(plugin_socket(d, cid))
+    d.start(cid)
+    wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering again")
+
+    # Survives a daemon restart like an agent: the same container, still answering.
+    before = info["Id"]
+    restart(d.daemon)
+    assert state_of(d, cid) == ("running", "")
+    assert podman_runtime.inspect(plugin_container_name(cid, PLUGIN_ID, "writer"))["Id"] \
+        == before
+    assert answers_format(plugin_socket(d, cid))
+    assert not any(o.get("agent") == PLUGIN_ID
+                   for o in d.daemon.client().request("GET", "/v1/status").get("orphans", []))
+
+    # Uninstall: audited, container gone, listing empty; a second uninstall is 404.
+    gone = d.owner.authed().request("DELETE",
+                                    f"/v1/containers/{cid}/plugins/{quote(SEED['name'])}")
+    assert gone == {"container_id": cid, "plugin_id": PLUGIN_ID, "agents": ["writer"],
+                    "removed": True}
+    assert podman_runtime.state(plugin_container_name(cid, PLUGIN_ID, "writer")) == "missing"
+    assert not plugin_socket(d, cid).parent.exists()
+    assert listed(d, cid) == []
+    assert len(d.audit(action="plugin.uninstall", target=cid, decision="allow")) == 1
+    with pytest.raises(NotFound):
+        d.owner.authed().request("DELETE", f"/v1/containers/{cid}/plugins/{PLUGIN_ID}")
+
+
+def test_plugin_whose_image_changed_after_approval_is_refused_not_started(
+        home: tuple[Deployment, str], own_tag: str, busybox_image: str,
+        podman_runtime: PodmanRuntime) -> None:
+    d, cid = home
+    approved = podman_runtime.inspect_image(own_tag)["Id"]
+    approval_id = submit(d, cid, own_tag)
+    d.stop(cid)
+    assert d.owner.approve(approval_id)["state"] == "approved"
+    assert state_of(d, cid)[0] == "approved"
+
+    # The reference now names other content: the plugin must not run.
+    repository, tag = own_tag.rsplit(":", 1)
+    podman_runtime.tag_image(busybox_image, repository, tag)
+    assert podman_runtime.inspect_image(own_tag)["Id"] != approved
+    assert d.start(cid)["state"] == "running"  # the agents run regardless
+    state, reason = state_of(d, cid)
+    assert state == "refused"
+    assert approved.removeprefix("sha256:") in reason
+    assert podman_runtime.state(plugin_container_name(cid, PLUGIN_ID, "writer")) == "missing"
+    denied = d.audit(action="plugin.start", target=cid, decision="deny")
+    assert len(denied) == 1
+    assert denied[0]["details"]["state"] == "refused"
+
+
+def test_image_not_in_local_storage_is_refused_at_submission_and_never_pulled(
+        home: tuple[Deployment, str]) -> None:
+    d, cid = home
+    with pytest.raises(NotFound, match="never pulls"):
+        submit(d, cid, "localhost/pacd-test-no-such-plugin:1")
+    assert listed(d, cid) == []
+
+
+def test_plugin_submitted_without_image_is_approved_but_never_runs(
+        home: tuple[Deployment, str]) -> None:
+    d, cid = home
+    assert d.owner.approve(submit(d, cid, None))["state"] == "approved"
+    state, reason = state_of(d, cid)
+    assert (state, reason) == ("approved", "approved without an image: it does not run")
+    assert not plugin_socket(d, cid).parent.exists()
