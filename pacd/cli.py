@@ -19,12 +19,12 @@ without a terminal too.
 from __future__ import annotations
 
 import argparse
-import urllib.parse
 import contextlib
 import getpass
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
