@@ -51,6 +51,7 @@ from pacd.core.models import PersonalAIContainer, SecurityPolicy
 from pacd.egress.netns import bind_in_netns
 from pacd.egress.proxy import EgressProxy, PolicyOf
 from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
+from pacd.plugins.calls import PluginCalls
 from pacd.plugins.runner import PluginRunner, PluginState, image_digest
 from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import (
@@ -129,12 +130,13 @@ class ContainerLifecycle:
                                container_quota=services.config.quota_per_container_bytes,
                                concern_quota=services.config.quota_per_concern_bytes)
         self.doorbell = Doorbell()
+        self.plugins = PluginRunner(services)
+        self.plugin_calls = PluginCalls(services.registry, self.plugins.base)
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
-            clock=services.clock.wall))
+            clock=services.clock.wall, plugins=self.plugin_calls))
         self.egress = EgressProxy(services.audit,
                                   allow_loopback=services.config.egress_allow_loopback)
-        self.plugins = PluginRunner(services)
         self._runtime_lock = threading.Lock()
         self._runtime: PodmanRuntime | None = None
         #: the last state pacd saw per agent, so each change is reported once
@@ -349,6 +351,7 @@ class ContainerLifecycle:
 
     def _remove(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
         self.plugins.remove_all(runtime, record)
+        self.plugin_calls.forget(record.id)
         for agent in record.model().agents:
             runtime.remove(container_name(record.id, agent.name), force=True, missing_ok=True)
             self._close_socket(record.id, agent.name)

@@ -7,7 +7,7 @@ there, /run/pacd-plugin/plugin.sock (also in PACD_PLUGIN_SOCKET), and answers
 the endpoints of its PluginAPISchema — here the seed's one, POST /format:
 
     request:  {"text": "  hello   world ", "style": "title"}
-    response: {"text": "Hello World", "style": "title"}
+    response: {"text": "Hello World", "style": "title", "caller": "<container>/<agent>"}
 
 Styles: collapse (the default: runs of white space become one space, ends
 trimmed), upper, lower, title. GET /health answers {"ok": true}.
@@ -77,7 +77,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._error(400, "invalid_request",
                         'expected {"text": STRING, "style": ' + "|".join(STYLES) + "}")
             return
-        self._reply(200, {"text": STYLES[style](text), "style": style})
+        # Who is calling, as pacd says (never the agent itself): "<container>/<agent>".
+        self._reply(200, {"text": STYLES[style](text), "style": style,
+                          "caller": self.headers.get("X-Pacd-Agent", "")})
 
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -95,8 +95,11 @@ from pacd.errors import (
     PacdError,
     PayloadTooLarge,
     PeerRefused,
+    PluginUnavailable,
     QuotaExceeded,
+    RateLimited,
 )
+from pacd.plugins.calls import MAX_PLUGIN_BODY, PluginCalls
 from pacd.vault import SealedData
 
 log = logging.getLogger("pacd.agents")
@@ -144,6 +147,8 @@ class AgentContext:
     inbox: Inbox
     doorbell: Doorbell
     clock: Callable[[], float] = time.time
+    #: how calls reach plugins (None: no plugin runs, every call is 404)
+    plugins: PluginCalls | None = None
 
 
 def socket_path(agent_socket_dir: Path, container_id: str, agent: str) -> Path:
@@ -201,8 +206,11 @@ def remove_container_sockets(agent_socket_dir: Path, container_id: str) -> None:
 
 
 def _error(exc: PacdError) -> web.Response:
-    return web.Response(body=json.dumps(exc.to_wire()).encode(), status=exc.status,
-                        content_type="application/json")
+    response = web.Response(body=json.dumps(exc.to_wire()).encode(), status=exc.status,
+                            content_type="application/json")
+    if isinstance(exc, RateLimited) and "retry_after" in exc.extra:
+        response.headers["Retry-After"] = str(exc.extra["retry_after"])
+    return response
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
@@ -275,7 +283,7 @@ class AgentRoutes:
         app.router.add_delete(data, self.delete_data)
         app.router.add_post("/v1/agents/{agent}/messages", self.send_message)
         app.router.add_get("/v1/messages", self.receive_messages, allow_head=False)
-        app.router.add_post("/v1/plugins/{plugin}/{path:.*}", self.call_plugin)
+        app.router.add_route("*", "/v1/plugins/{plugin}/{path:.*}", self.call_plugin)
         # Last: whatever matched nothing above (any method, any path) is a 404,
         # and a decision like every other one.
         app.router.add_route("*", "/{tail:.*}", self.unknown)
@@ -531,11 +539,38 @@ class AgentRoutes:
         return response
 
     async def call_plugin(self, request: web.Request) -> web.Response:
-        plugin = request.match_info["plugin"]
-        target = f"{plugin}/{request.match_info['path']}"[:MAX_KEY_BYTES]
-        # Plugins do not run yet: say so, never pretend a call succeeded.
-        raise await self.refuse("agent.plugin.call", target, NotFound(
-            f"plugin {plugin[:100]!r} is not running"))
+        action = "agent.plugin.call"
+        ref = request.match_info["plugin"]
+        path = "/" + request.match_info["path"]
+        target = f"{ref}{path}"[:MAX_KEY_BYTES]
+        method = request.method[:16]
+        calls = self.ctx.plugins
+        if calls is None:
+            raise await self.refuse(action, target, NotFound(
+                f"plugin {ref[:100]!r} is not running"), {"method": method})
+        try:
+            route = await calls.route(self.me.container_id, self.me.agent, ref, method, path)
+            calls.take(route, self.me.agent)
+        except (NotFound, Forbidden, RateLimited) as exc:
+            raise await self.refuse(action, target, exc, {"method": method}) from None
+        details: dict[str, Any] = {"plugin_id": route.plugin_id, "endpoint": path,
+                                   "method": method}
+        body = await self._read_body(request, action, target, MAX_PLUGIN_BODY)
+        details["bytes_in"] = len(body)
+        try:
+            # The caller's identity is the socket's: any X-Pacd-Agent the agent sent
+            # is not forwarded (no header of the agent's is).
+            answer = await calls.forward(route, method, path + (
+                f"?{request.query_string}" if request.query_string else ""), body,
+                content_type=request.headers.get("Content-Type"),
+                caller=f"{self.me.container_id}/{self.me.agent}")
+        except PluginUnavailable as exc:
+            raise await self.refuse(action, target, exc, details) from None
+        # One entry per call, durable before the agent hears the answer.
+        await self.decide(action, target, True, f"plugin answered {answer.status}",
+                          {**details, "status": answer.status, "bytes_out": len(answer.body)})
+        return web.Response(status=answer.status, body=answer.body,
+                            headers={"Content-Type": answer.content_type})
 
     async def unknown(self, request: web.Request) -> web.Response:
         raise await self.refuse("agent.route", request.path[:MAX_KEY_BYTES], NotFound(

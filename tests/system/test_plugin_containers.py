@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,7 +70,7 @@ def answers_format(path: Path) -> bool:
     except OSError:
         return False
     return reply.status == 200 and reply.json() == {"text": "Hello Plugin World",
-                                                    "style": "title"}
+                                                    "style": "title", "caller": ""}
 
 
 @pytest.fixture
@@ -219,3 +221,108 @@ def test_plugin_submitted_without_image_is_approved_but_never_runs(
     state, reason = state_of(d, cid)
     assert (state, reason) == ("approved", "approved without an image: it does not run")
     assert not plugin_socket(d, cid).parent.exists()
+
+
+@pytest.fixture
+def pair(make_deployment: Callable[..., Deployment], python_image: str, plugin_image: str
+         ) -> Iterator[tuple[Deployment, str]]:
+    """writer (the plugin approved for it) and reader, both running the reference agent;
+    the Text Formatter approved for writer and running."""
+    d = make_deployment()
+    spec = {"name": "pair", "policy": {"allow_plugins": True},
+            "agents": [agent_spec("writer", python_image),
+                       agent_spec("reader", python_image)],
+            "concerns": [{"name": "personal", "category": "personal", "scope": "local",
+                          "agents": ["writer", "reader"], "cross_container": "isolated"}]}
+    cid = str(d.create(spec)["id"])
+    assert d.start(cid)["state"] == "running"
+    assert d.owner.approve(submit(d, cid, plugin_image))["state"] == "approved"
+    wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering")
+    yield d, cid
+
+
+def call(d: Deployment, cid: str, agent: str, url: str, body: bytes = FORMAT,
+         method: str = "POST", headers: dict[str, str] | None = None) -> Any:
+    return agent_request(d.agent(cid, agent), method, url, body,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def test_agent_calls_its_plugin_through_its_socket_with_the_daemon_naming_the_caller(
+        pair: tuple[Deployment, str]) -> None:
+    d, cid = pair
+    # By id or by name; a forged identity header never reaches the plugin.
+    for ref in (PLUGIN_ID, quote(SEED["name"])):
+        reply = call(d, cid, "writer", f"/v1/plugins/{ref}/format",
+                     headers={"X-Pacd-Agent": f"{cid}/reader"})
+        assert reply.status == 200, reply.body
+        assert reply.json() == {"text": "Hello Plugin World", "style": "title",
+                                "caller": f"{cid}/writer"}
+    entries = d.audit(actor=f"agent:{cid}/writer", action="agent.plugin.call",
+                      decision="allow")
+    assert len(entries) == 2
+    assert entries[0]["details"]["status"] == 200
+    assert entries[0]["details"]["bytes_in"] == len(FORMAT)
+    assert entries[0]["details"]["bytes_out"] > 0
+
+
+def test_another_agent_is_forbidden_and_unknown_plugins_or_endpoints_are_404(
+        pair: tuple[Deployment, str]) -> None:
+    d, cid = pair
+    other = call(d, cid, "reader", f"/v1/plugins/{PLUGIN_ID}/format")
+    assert other.status == 403 and other.json()["error"]["code"] == "forbidden"
+    assert call(d, cid, "writer", "/v1/plugins/no-such-plugin/format").status == 404
+    assert call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/nothing").status == 404
+    # the endpoint is POST only
+    assert call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format", b"",
+                method="GET").status == 404
+    denied = d.audit(action="agent.plugin.call", decision="deny")
+    assert [(e["actor"], e["details"]["code"]) for e in denied] == [
+        (f"agent:{cid}/reader", "forbidden"), (f"agent:{cid}/writer", "not_found"),
+        (f"agent:{cid}/writer", "not_found"), (f"agent:{cid}/writer", "not_found")]
+
+
+def test_past_the_burst_calls_get_429_with_retry_after(pair: tuple[Deployment, str]) -> None:
+    """The seed's /format allows a burst of 10 and 60 a minute (one a second): calls
+    made faster than that are refused once the burst is spent."""
+    d, cid = pair
+    sock = d.agent(cid, "writer")
+    url = f"/v1/plugins/{PLUGIN_ID}/format"
+    start = time.monotonic()
+    statuses: list[int] = []
+    limited = None
+    while limited is None and len(statuses) < 100:
+        reply = agent_request(sock, "POST", url, FORMAT)
+        statuses.append(reply.status)
+        if reply.status != 200:
+            limited = reply
+    elapsed = time.monotonic() - start
+    assert limited is not None and limited.status == 429, statuses
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert limited.headers["Retry-After"] == "1"
+    # exactly the burst, plus at most what refilled (one a second) while calling
+    ok = statuses.count(200)
+    assert 10 <= ok <= 10 + math.floor(elapsed) + 1, (ok, elapsed)
+    refused = d.audit(actor=f"agent:{cid}/writer", action="agent.plugin.call", decision="deny")
+    assert [e["details"]["code"] for e in refused] == ["rate_limited"]
+    # the other agent's bucket is its own: refused for another reason, not the rate
+    assert call(d, cid, "reader", url).status == 403
+
+
+def test_uninstall_ends_calls_new_calls_get_404(pair: tuple[Deployment, str]) -> None:
+    d, cid = pair
+    assert call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format").status == 200
+    d.owner.authed().request("DELETE", f"/v1/containers/{cid}/plugins/{PLUGIN_ID}")
+    after = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
+    assert after.status == 404 and after.json()["error"]["code"] == "not_found"
+
+
+def test_a_plugin_that_stopped_answering_is_502(pair: tuple[Deployment, str],
+                                                podman_runtime: PodmanRuntime) -> None:
+    d, cid = pair
+    # Killed outright: its socket file stays behind, nobody listens on it.
+    podman_runtime.kill(plugin_container_name(cid, PLUGIN_ID, "writer"))
+    wait_until(lambda: podman_runtime.state(plugin_container_name(cid, PLUGIN_ID, "writer"))
+               != "running", 30, "the plugin stopping")
+    assert plugin_socket(d, cid).exists()
+    reply = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
+    assert reply.status == 502 and reply.json()["error"]["code"] == "plugin_unavailable"
