@@ -80,7 +80,7 @@ def uninstall_plugin(services: Services, append: Callable[..., Any], actor: str,
     end with them), then the record — so a failure half way leaves a plugin the
     owner can uninstall again, never a record without a decision."""
     matches = [p for p in services.registry.plugins(record.id)
-               if p.plugin_id == name.lower() or p.name == name]
+               if name in (p.plugin_id, p.name, p.model().slug)]
     if not matches:
         raise NotFound(f"container {record.name!r} has no plugin {name!r}")
     plugin_id = matches[0].plugin_id

@@ -63,7 +63,9 @@ class PluginCalls:
         """Where the call goes; NotFound (no such plugin running, or no such endpoint)
         or Forbidden (installed, but approved for another agent)."""
         records = await asyncio.to_thread(self.registry.plugins, container_id)
-        named = [p for p in records if p.image and (p.plugin_id == ref.lower() or p.name == ref)]
+        # By the route the container's OpenAPI document gives (the name's slug), its
+        # id, or its name.
+        named = [p for p in records if p.image and ref in (p.model().slug, p.plugin_id, p.name)]
         if not named:
             raise NotFound(f"plugin {ref[:100]!r} is not running in this container")
         mine = [p for p in named if p.agent == agent]

@@ -250,8 +250,13 @@ def call(d: Deployment, cid: str, agent: str, url: str, body: bytes = FORMAT,
 def test_agent_calls_its_plugin_through_its_socket_with_the_daemon_naming_the_caller(
         pair: tuple[Deployment, str]) -> None:
     d, cid = pair
-    # By id or by name; a forged identity header never reaches the plugin.
-    for ref in (PLUGIN_ID, quote(SEED["name"])):
+    # By the route the container's OpenAPI document lists, by id or by name; a forged
+    # identity header never reaches the plugin.
+    openapi = d.daemon.client().request("GET", f"/v1/containers/{cid}/openapi")
+    assert list(openapi["paths"]) == ["/v1/plugins/text-formatter/format"]
+    assert openapi["paths"]["/v1/plugins/text-formatter/format"]["post"]["x-rate-limit"] == {
+        "requests_per_minute": 60, "burst_size": 10}
+    for ref in ("text-formatter", PLUGIN_ID, quote(SEED["name"])):
         reply = call(d, cid, "writer", f"/v1/plugins/{ref}/format",
                      headers={"X-Pacd-Agent": f"{cid}/reader"})
         assert reply.status == 200, reply.body
@@ -259,7 +264,7 @@ def test_agent_calls_its_plugin_through_its_socket_with_the_daemon_naming_the_ca
                                 "caller": f"{cid}/writer"}
     entries = d.audit(actor=f"agent:{cid}/writer", action="agent.plugin.call",
                       decision="allow")
-    assert len(entries) == 2
+    assert len(entries) == 3
     assert entries[0]["details"]["status"] == 200
     assert entries[0]["details"]["bytes_in"] == len(FORMAT)
     assert entries[0]["details"]["bytes_out"] > 0
