@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pacd.agents.inbox import Doorbell, Inbox
@@ -52,6 +53,13 @@ from pacd.egress.netns import bind_in_netns
 from pacd.egress.proxy import EgressProxy, PolicyOf
 from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
 from pacd.plugins.calls import PluginCalls
+from pacd.plugins.daemon_socket import (
+    DAEMON_SOCKET_NAME,
+    PluginIdentity,
+    PluginRoutes,
+    bind_plugin_daemon_socket,
+    socket_key,
+)
 from pacd.plugins.runner import PluginRunner, PluginState, image_digest
 from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import (
@@ -131,6 +139,9 @@ class ContainerLifecycle:
                                concern_quota=services.config.quota_per_concern_bytes)
         self.doorbell = Doorbell()
         self.plugins = PluginRunner(services)
+        self.plugins.on_prepare = self._open_plugin_socket
+        self.plugins.on_running = self._serve_plugin
+        self.plugins.on_stopped = self._close_plugin_socket
         self.plugin_calls = PluginCalls(services.registry, self.plugins.base)
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
@@ -401,6 +412,36 @@ class ContainerLifecycle:
         return export_kube(record.model(), record.owner_id)
 
     # --- plugins -------------------------------------------------------------------
+
+    def _open_plugin_socket(self, record: ContainerRecord, plugin: PluginRecord,
+                            directory: Path) -> None:
+        """The plugin's own socket to the daemon, open before the plugin starts."""
+        model = record.model()
+        identity = PluginIdentity(record.id, record.name, record.owner_id, plugin.agent,
+                                  plugin_id=plugin.plugin_id)
+        access = plugin.model().security_requirements.max_data_access
+        path = directory / DAEMON_SOCKET_NAME
+        self._on_loop(self.sockets.open_routes(
+            (record.id, socket_key(plugin.plugin_id, plugin.agent)),
+            lambda: PluginRoutes(self.sockets.ctx, identity, model, access),
+            lambda: bind_plugin_daemon_socket(path), path))
+
+    def _serve_plugin(self, runtime: PodmanRuntime, record: ContainerRecord,
+                      plugin: PluginRecord) -> None:
+        """Serve the processes of the plugin's running container on its socket, and only
+        those (like an agent's, see _serve_container)."""
+        name = plugin_container_name(record.id, plugin.plugin_id, plugin.agent)
+        ns = pid_namespace(runtime.init_pid(name))
+        if ns is not None and ns == pid_namespace(os.getpid()):
+            log.error("plugin container %s runs in the host's PID namespace: its socket "
+                      "serves no one", name)
+            ns = None
+        self._on_loop(self.sockets.serve_namespace(
+            record.id, socket_key(plugin.plugin_id, plugin.agent), ns))
+
+    def _close_plugin_socket(self, plugin: PluginRecord) -> None:
+        self._on_loop(self.sockets.close(plugin.container_id,
+                                         socket_key(plugin.plugin_id, plugin.agent)))
 
     def _is_plugin_of(self, record: ContainerRecord, name: str) -> bool:
         return any(p.image and plugin_container_name(record.id, p.plugin_id, p.agent) == name

@@ -11,10 +11,22 @@ the endpoints of its PluginAPISchema — here the seed's one, POST /format:
 
 Styles: collapse (the default: runs of white space become one space, ends
 trimmed), upper, lower, title. GET /health answers {"ok": true}.
+
+The plugin's own socket to pacd is /run/pacd-plugin/pacd.sock
+(PACD_DAEMON_SOCKET): GET /v1/whoami, and the data routes of the agent socket
+for the concerns of the agent it was approved for, within its maxDataAccess.
+From inside the container:
+
+    python3 /plugin/plugin.py whoami
+    python3 /plugin/plugin.py get CONCERN KEY
+    python3 /plugin/plugin.py put CONCERN KEY VALUE
+
+each prints {"status": HTTP status, "body": the answer (JSON or text)}.
 """
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import os
@@ -24,6 +36,7 @@ import sys
 from typing import Any
 
 SOCKET = os.environ.get("PACD_PLUGIN_SOCKET", "/run/pacd-plugin/plugin.sock")
+DAEMON = os.environ.get("PACD_DAEMON_SOCKET", "/run/pacd-plugin/pacd.sock")
 MAX_BODY = 64 * 1024
 STYLES = {
     "collapse": lambda t: " ".join(t.split()),
@@ -86,7 +99,45 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("pacd", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def ask_pacd(args: list[str]) -> int:
+    """One call on the plugin's own socket to pacd; prints {"status", "body"}."""
+    if args[:1] == ["whoami"] and len(args) == 1:
+        method, url, body = "GET", "/v1/whoami", None
+    elif args[:1] == ["get"] and len(args) == 3:
+        method, url, body = "GET", f"/v1/data/{args[1]}/{args[2]}", None
+    elif args[:1] == ["put"] and len(args) == 4:
+        method, url, body = "PUT", f"/v1/data/{args[1]}/{args[2]}", args[3].encode()
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    conn = _UnixHTTP(DAEMON)
+    conn.request(method, url, body=body)
+    reply = conn.getresponse()
+    raw = reply.read().decode("utf-8", "replace")
+    try:
+        shown: Any = json.loads(raw)
+    except ValueError:
+        shown = raw
+    print(json.dumps({"status": reply.status, "body": shown}))
+    return 0 if reply.status < 300 else 1
+
+
 def main() -> int:
+    if len(sys.argv) > 1:
+        return ask_pacd(sys.argv[1:])
     if os.path.lexists(SOCKET):
         os.unlink(SOCKET)  # left by this plugin's previous run
     server = Server(SOCKET, Handler)

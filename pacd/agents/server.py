@@ -274,13 +274,20 @@ class AgentRoutes:
             "concerns": [c.name for c in container.concerns_of(member.name)],
         }, separators=(",", ":")).encode()
 
+    @property
+    def who(self) -> str:
+        """Who this socket serves, for messages."""
+        return f"agent {self.me.agent!r}"
+
+    def may_read(self, concern: str) -> bool:
+        return may_read(self.container, self.me.agent, concern)
+
+    def may_write(self, concern: str) -> bool:
+        return may_write(self.container, self.me.agent, concern)
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_VALUE_BYTES, middlewares=[self._middleware])
-        data = "/v1/data/{concern}/{key:.+}"
-        app.router.add_get("/v1/whoami", self.whoami, allow_head=False)
-        app.router.add_get(data, self.get_data, allow_head=False)
-        app.router.add_put(data, self.put_data)
-        app.router.add_delete(data, self.delete_data)
+        self.add_data_routes(app)
         app.router.add_post("/v1/agents/{agent}/messages", self.send_message)
         app.router.add_get("/v1/messages", self.receive_messages, allow_head=False)
         app.router.add_route("*", "/v1/plugins/{plugin}/{path:.*}", self.call_plugin)
@@ -288,6 +295,13 @@ class AgentRoutes:
         # and a decision like every other one.
         app.router.add_route("*", "/{tail:.*}", self.unknown)
         return app
+
+    def add_data_routes(self, app: web.Application) -> None:
+        data = "/v1/data/{concern}/{key:.+}"
+        app.router.add_get("/v1/whoami", self.whoami, allow_head=False)
+        app.router.add_get(data, self.get_data, allow_head=False)
+        app.router.add_put(data, self.put_data)
+        app.router.add_delete(data, self.delete_data)
 
     # --- plumbing -------------------------------------------------------------
 
@@ -416,9 +430,9 @@ class AgentRoutes:
         action = "agent.data.read"
         concern, key, target = self._data_target(request)
         await self._check_names(action, target, concern, key)
-        if not may_read(self.container, self.me.agent, concern):
+        if not self.may_read(concern):
             raise await self.refuse(action, target, Forbidden(
-                f"agent {self.me.agent!r} may not read concern {concern!r}"))
+                f"{self.who} may not read concern {concern!r}"))
         cid = self.me.container_id
         # Most reads are fetched right here: a point read on a free store connection
         # and the opening of a small value cost less than a hop to a worker thread,
@@ -450,9 +464,9 @@ class AgentRoutes:
         action = "agent.data.write"
         concern, key, target = self._data_target(request)
         await self._check_names(action, target, concern, key)
-        if not may_write(self.container, self.me.agent, concern):
+        if not self.may_write(concern):
             raise await self.refuse(action, target, Forbidden(
-                f"agent {self.me.agent!r} may not write concern {concern!r}"))
+                f"{self.who} may not write concern {concern!r}"))
         value = await self._read_body(request, action, target, MAX_VALUE_BYTES)
         try:
             await asyncio.to_thread(self.ctx.data.check_quota, self.me.container_id, concern,
@@ -468,9 +482,9 @@ class AgentRoutes:
         action = "agent.data.delete"
         concern, key, target = self._data_target(request)
         await self._check_names(action, target, concern, key)
-        if not may_write(self.container, self.me.agent, concern):
+        if not self.may_write(concern):
             raise await self.refuse(action, target, Forbidden(
-                f"agent {self.me.agent!r} may not delete in concern {concern!r}"))
+                f"{self.who} may not delete in concern {concern!r}"))
         await self.decide(action, target, True, "delete")
         # Deleting what is not there leaves the same state: 204 either way.
         with contextlib.suppress(NotFound):
@@ -652,12 +666,20 @@ class AgentSockets:
     async def open(self, identity: AgentIdentity, container: PersonalAIContainer,
                    path: Path) -> None:
         """Serve ``identity``'s routes on a new socket at ``path`` (no-op if already open)."""
-        key = (identity.container_id, identity.agent)
+        await self.open_routes((identity.container_id, identity.agent),
+                               lambda: AgentRoutes(self.ctx, identity, container),
+                               lambda: bind_agent_socket(path), path)
+
+    async def open_routes(self, key: tuple[str, str], make: Callable[[], AgentRoutes],
+                          bind: Callable[[], socket.socket], path: Path) -> None:
+        """Serve the routes ``make`` builds on the socket ``bind`` makes at ``path``,
+        under ``key`` (no-op if that key is open already)."""
         async with self._lock:
             if key in self._sites:
                 return
-            routes = AgentRoutes(self.ctx, identity, container)
-            sock = bind_agent_socket(path)
+            routes = make()
+            identity = routes.me
+            sock = bind()
             runner = web.AppRunner(routes.app(), access_log=None, handle_signals=False,
                                    shutdown_timeout=SHUTDOWN_TIMEOUT_S,
                                    keepalive_timeout=HEADER_TIMEOUT_S)

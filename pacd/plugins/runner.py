@@ -33,6 +33,7 @@ import os
 import shutil
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,10 +115,21 @@ def image_digest(runtime: PodmanRuntime, ref: str) -> str:
     return ident if ident.startswith("sha256:") else f"sha256:{ident}"
 
 
+def plugins_base(services: Services) -> Path:
+    return services.config.socket.parent / "plugins"
+
+
 class PluginRunner:
     def __init__(self, services: Services) -> None:
         self.s = services
-        self.base = services.config.socket.parent / "plugins"
+        self.base = plugins_base(services)
+        #: the daemon's side of a plugin (its own socket): opened before the plugin
+        #: starts (or when found running), told its container is running, closed when
+        #: it stops or is removed. Set by the lifecycle.
+        self.on_prepare: Callable[[ContainerRecord, PluginRecord, Path], None] | None = None
+        self.on_running: Callable[[PodmanRuntime, ContainerRecord, PluginRecord], None] | None \
+            = None
+        self.on_stopped: Callable[[PluginRecord], None] | None = None
         #: why a plugin is refused or failed, until it next starts or is removed
         self._problems: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -175,7 +187,15 @@ class PluginRunner:
                    p: PluginRecord) -> None:
         name = plugin_container_name(record.id, p.plugin_id, p.agent)
         if runtime.state(name) == "running":
-            return  # running already (e.g. across a daemon restart)
+            # Running already (e.g. across a daemon restart): serve it again.
+            try:
+                self._prepare(record, p)
+                if self.on_running is not None:
+                    self.on_running(runtime, record, p)
+            except PacdError as exc:
+                log.error("cannot serve the running plugin %s of %s: %s", p.name, record.id,
+                          exc.message)
+            return
         try:
             found = image_digest(runtime, p.image)
         except NotFound as exc:
@@ -197,12 +217,16 @@ class PluginRunner:
             self.base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _private_dir(self.base, 0o700)
             _private_dir(directory, PLUGIN_DIR_MODE)
+            self._prepare(record, p)
             # Started by the approved id, so a re-tag between the check and the start
             # cannot swap what runs.
             spec = plugin_run_spec(model, agent, record.owner_id, p.plugin_id,
                                    image=p.image_digest, socket_dir=directory)
             runtime.run_agent(spec, replace=True)
+            if self.on_running is not None:
+                self.on_running(runtime, record, p)
         except PacdError as exc:
+            self._stopped(p)
             self._refuse(record, p, FAILED, exc.message)
             return
         self._set_problem(p, None)
@@ -210,6 +234,15 @@ class PluginRunner:
                     details={"image_digest": p.image_digest})
         self.s.events.publish("plugin.state", container_id=record.id, plugin_id=p.plugin_id,
                               agent=p.agent, state=RUNNING)
+
+    def _prepare(self, record: ContainerRecord, p: PluginRecord) -> None:
+        if self.on_prepare is not None:
+            self.on_prepare(record, p, plugin_dir(self.base, record.id, p.plugin_id, p.agent))
+
+    def _stopped(self, p: PluginRecord) -> None:
+        if self.on_stopped is not None:
+            with contextlib.suppress(PacdError):
+                self.on_stopped(p)
 
     def _refuse(self, record: ContainerRecord, p: PluginRecord, state: str,
                 reason: str) -> None:
@@ -227,6 +260,7 @@ class PluginRunner:
             if p.image:
                 with contextlib.suppress(NotFound):
                     runtime.stop(plugin_container_name(record.id, p.plugin_id, p.agent))
+                self._stopped(p)
 
     def remove_all(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
         for p in self.s.registry.plugins(record.id):
@@ -236,6 +270,7 @@ class PluginRunner:
         """Remove the plugin's container (ending its calls) and its directory."""
         runtime.remove(plugin_container_name(p.container_id, p.plugin_id, p.agent),
                        force=True, missing_ok=True)
+        self._stopped(p)
         with contextlib.suppress(ConfigError):
             directory = plugin_dir(self.base, p.container_id, p.plugin_id, p.agent)
             if directory.parent == self.base:

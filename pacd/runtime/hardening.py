@@ -45,6 +45,8 @@ AGENT_SOCKET_DIR_IN_CONTAINER = "/run/pacd"
 #: where a plugin container serves HTTP: a socket it creates in a directory pacd mounts
 PLUGIN_SOCKET_DIR_IN_CONTAINER = "/run/pacd-plugin"
 PLUGIN_SOCKET_IN_CONTAINER = "/run/pacd-plugin/plugin.sock"
+#: the plugin's own socket to the daemon (whoami, data within maxDataAccess)
+PLUGIN_DAEMON_SOCKET_IN_CONTAINER = "/run/pacd-plugin/pacd.sock"
 
 AGENT_USER = "1000:1000"
 DEFAULT_PIDS_LIMIT = 128
@@ -281,6 +283,7 @@ def plugin_run_spec(
     }
     env = {
         "PACD_PLUGIN_SOCKET": PLUGIN_SOCKET_IN_CONTAINER,
+        "PACD_DAEMON_SOCKET": PLUGIN_DAEMON_SOCKET_IN_CONTAINER,
         "PACD_PLUGIN_ID": plugin_id,
         "PACD_CONTAINER_ID": container.id,
         "PACD_AGENT": agent.name,

@@ -233,7 +233,9 @@ def pair(make_deployment: Callable[..., Deployment], python_image: str, plugin_i
             "agents": [agent_spec("writer", python_image),
                        agent_spec("reader", python_image)],
             "concerns": [{"name": "personal", "category": "personal", "scope": "local",
-                          "agents": ["writer", "reader"], "cross_container": "isolated"}]}
+                          "agents": ["writer", "reader"], "cross_container": "isolated"},
+                         {"name": "diary", "category": "personal", "scope": "local",
+                          "agents": ["reader"], "cross_container": "isolated"}]}
     cid = str(d.create(spec)["id"])
     assert d.start(cid)["state"] == "running"
     assert d.owner.approve(submit(d, cid, plugin_image))["state"] == "approved"
@@ -331,3 +333,40 @@ def test_a_plugin_that_stopped_answering_is_502(pair: tuple[Deployment, str],
     assert plugin_socket(d, cid).exists()
     reply = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
     assert reply.status == 502 and reply.json()["error"]["code"] == "plugin_unavailable"
+
+
+def exec_plugin(runtime: PodmanRuntime, cid: str, *args: str) -> Any:
+    """The reference plugin's own client, run inside the plugin's container."""
+    _code, out = runtime.exec_run(plugin_container_name(cid, PLUGIN_ID, "writer"),
+                                  ["/usr/bin/python3", "/plugin/plugin.py", *args], timeout=60)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, out
+    return json.loads(lines[-1])
+
+
+def test_plugin_has_its_own_socket_for_its_agents_concerns_within_max_data_access(
+        pair: tuple[Deployment, str], podman_runtime: PodmanRuntime) -> None:
+    d, cid = pair
+    assert exec_plugin(podman_runtime, cid, "whoami") == {"status": 200, "body": {
+        "container": cid, "container_name": "pair", "plugin": PLUGIN_ID, "agent": "writer",
+        "max_data_access": "readOnly", "concerns": ["personal"]}}
+    # What its agent stored, it reads.
+    assert agent_request(d.agent(cid, "writer"), "PUT", "/v1/data/personal/note",
+                         b"hello").status == 204
+    assert exec_plugin(podman_runtime, cid, "get", "personal", "note") == {
+        "status": 200, "body": "hello"}
+    # readOnly: no write, even where its agent may write.
+    put = exec_plugin(podman_runtime, cid, "put", "personal", "note", "changed")
+    assert (put["status"], put["body"]["error"]["code"]) == (403, "forbidden")
+    assert agent_request(d.agent(cid, "writer"), "GET", "/v1/data/personal/note").body == \
+        b"hello"
+    # Not its agent's concern (another agent's), however it asks.
+    diary = exec_plugin(podman_runtime, cid, "get", "diary", "x")
+    assert (diary["status"], diary["body"]["error"]["code"]) == (403, "forbidden")
+    entries = d.audit(actor=f"plugin:{cid}/{PLUGIN_ID}")
+    assert [(e["action"], e["decision"]) for e in entries] == [
+        ("agent.whoami", "allow"), ("agent.data.read", "allow"),
+        ("agent.data.write", "deny"), ("agent.data.read", "deny")]
+    # A host process (this test) is not the plugin: refused by its PID namespace.
+    host = agent_request(plugin_socket(d, cid).parent / "pacd.sock", "GET", "/v1/whoami")
+    assert (host.status, host.json()["error"]["code"]) == (403, "peer_refused")
