@@ -160,6 +160,8 @@ def test_approved_plugin_runs_hardened_as_the_approved_digest_and_answers_format
     assert podman_runtime.inspect(plugin_container_name(cid, PLUGIN_ID, "writer"))["Id"] \
         == before
     assert answers_format(plugin_socket(d, cid))
+    # and its own socket to the (new) daemon is back
+    assert exec_plugin(podman_runtime, cid, "whoami")["body"]["plugin"] == PLUGIN_ID
     # Once the restarted daemon has reconciled with Podman, the plugin's container is
     # known as the plugin's, not reported as an orphan.
     def status() -> dict[str, Any]:
@@ -357,7 +359,8 @@ def test_plugin_has_its_own_socket_for_its_agents_concerns_within_max_data_acces
         "status": 200, "body": "hello"}
     # readOnly: no write, even where its agent may write.
     put = exec_plugin(podman_runtime, cid, "put", "personal", "note", "changed")
-    assert (put["status"], put["body"]["error"]["code"]) == (403, "forbidden")
+    assert put["status"] == 403, put
+    assert put["body"]["error"]["code"] == "forbidden"
     assert agent_request(d.agent(cid, "writer"), "GET", "/v1/data/personal/note").body == \
         b"hello"
     # Not its agent's concern (another agent's), however it asks.
