@@ -10,7 +10,9 @@ the endpoints of its PluginAPISchema — here the seed's one, POST /format:
     response: {"text": "Hello World", "style": "title", "caller": "<container>/<agent>"}
 
 Styles: collapse (the default: runs of white space become one space, ends
-trimmed), upper, lower, title. GET /health answers {"ok": true}.
+trimmed), upper, lower, title. An optional "delay" (seconds, at most 60)
+holds the answer back that long, to see how callers fare with a slow plugin.
+GET /health answers {"ok": true}.
 
 The plugin's own socket to pacd is /run/pacd-plugin/pacd.sock
 (PACD_DAEMON_SOCKET): GET /v1/whoami, and the data routes of the agent socket
@@ -33,6 +35,7 @@ import os
 import signal
 import socketserver
 import sys
+import time
 from typing import Any
 
 SOCKET = os.environ.get("PACD_PLUGIN_SOCKET", "/run/pacd-plugin/plugin.sock")
@@ -84,12 +87,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             doc = json.loads(self.rfile.read(length) or b"{}")
             text, style = doc["text"], doc.get("style", "collapse")
+            delay = doc.get("delay", 0)
             if not isinstance(text, str) or style not in STYLES:
+                raise ValueError
+            if not isinstance(delay, int | float) or not 0 <= delay <= 60:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             self._error(400, "invalid_request",
-                        'expected {"text": STRING, "style": ' + "|".join(STYLES) + "}")
+                        'expected {"text": STRING, "style": ' + "|".join(STYLES)
+                        + ', "delay"?: SECONDS}')
             return
+        if delay:
+            time.sleep(delay)
         # Who is calling, as pacd says (never the agent itself): "<container>/<agent>".
         self._reply(200, {"text": STYLES[style](text), "style": style,
                           "caller": self.headers.get("X-Pacd-Agent", "")})

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -317,12 +318,37 @@ def test_past_the_burst_calls_get_429_with_retry_after(pair: tuple[Deployment, s
     assert call(d, cid, "reader", url).status == 403
 
 
-def test_uninstall_ends_calls_new_calls_get_404(pair: tuple[Deployment, str]) -> None:
+def test_uninstall_ends_calls_new_calls_get_404(pair: tuple[Deployment, str],
+                                                podman_runtime: PodmanRuntime) -> None:
     d, cid = pair
     assert call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format").status == 200
+    # A call the plugin holds for 50 s is in flight when the plugin is uninstalled.
+    slow = json.dumps({"text": "x", "delay": 50}).encode()
+    sock = d.agent(cid, "writer")
+    held: list[Any] = []
+    caller = threading.Thread(target=lambda: held.append(
+        agent_request(sock, "POST", f"/v1/plugins/{PLUGIN_ID}/format", slow, timeout=120)))
+    caller.start()
+    wait_until(lambda: _plugin_busy(podman_runtime, cid), 30,
+               "the slow call reaching the plugin")
+    started = time.monotonic()
     d.owner.authed().request("DELETE", f"/v1/containers/{cid}/plugins/{PLUGIN_ID}")
+    caller.join(60)
+    assert not caller.is_alive()
+    ended = held[0]
+    assert (ended.status, ended.json()["error"]["code"]) == (502, "plugin_unavailable")
+    assert time.monotonic() - started < 40  # ended by the uninstall, not by the delay
     after = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
     assert after.status == 404 and after.json()["error"]["code"] == "not_found"
+
+
+def _plugin_busy(runtime: PodmanRuntime, cid: str) -> bool:
+    """Whether the plugin is handling a call: the reference plugin (the child of the
+    container's init) runs one thread per open connection besides its main one."""
+    pid = runtime.init_pid(plugin_container_name(cid, PLUGIN_ID, "writer"))
+    assert pid is not None
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return any(len(os.listdir(f"/proc/{child}/task")) >= 2 for child in children)
 
 
 def test_a_plugin_that_stopped_answering_is_502(pair: tuple[Deployment, str],
