@@ -120,15 +120,21 @@ class PluginCalls:
                 async with aiohttp.ClientSession(connector=connector) as session, \
                         session.request(method, f"http://plugin{path_qs}", data=body,
                                         headers=headers, allow_redirects=False) as reply:
-                    answer = await reply.content.read(MAX_PLUGIN_BODY + 1)
-                    if len(answer) > MAX_PLUGIN_BODY:
-                        raise PluginUnavailable(
-                            f"plugin {route.name!r} answered with more than "
-                            f"{MAX_PLUGIN_BODY} bytes")
+                    # Read to the end (read(n) may return less than is coming), and
+                    # stop as soon as the answer is too large.
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in reply.content.iter_chunked(65536):
+                        size += len(chunk)
+                        if size > MAX_PLUGIN_BODY:
+                            raise PluginUnavailable(
+                                f"plugin {route.name!r} answered with more than "
+                                f"{MAX_PLUGIN_BODY} bytes")
+                        chunks.append(chunk)
                     return PluginAnswer(reply.status,
                                         reply.headers.get("Content-Type",
                                                           "application/octet-stream"),
-                                        answer)
+                                        b"".join(chunks))
         except TimeoutError:
             raise PluginTimeout(f"plugin {route.name!r} did not answer within "
                                 f"{self.timeout_s:g} s") from None
