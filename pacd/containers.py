@@ -616,14 +616,22 @@ class ContainerLifecycle:
         if owner is None or event.labels.get(LABEL_OWNER_ID) != owner.id:
             return  # another pacd's container (another PACD_HOME on the same Podman)
         if LABEL_PLUGIN in event.labels:
-            # A plugin's state is read from Podman when listed; only an unknown
-            # plugin container changes anything here (the orphans).
+            # A plugin's state is read from Podman when listed; here an unknown plugin
+            # container changes the orphans, and a plugin that is no longer running
+            # loses its socket to the daemon.
             try:
                 record = self.s.registry.get(cid) if cid else None
             except NotFound:
                 record = None
-            if record is None or not self._is_plugin_of(record, event.name.lstrip("/")):
+            name = event.name.lstrip("/")
+            if record is None or not self._is_plugin_of(record, name):
                 self._reconcile(runtime)
+                return
+            with self._locks.of(cid):  # not half way through a start or stop
+                if runtime.state(name) != "running":
+                    for p in self.s.registry.plugins(cid):
+                        if plugin_container_name(cid, p.plugin_id, p.agent) == name:
+                            self._close_plugin_socket(p)
             return
         try:
             record = self.s.registry.get(cid) if cid else None

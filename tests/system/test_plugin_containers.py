@@ -151,6 +151,7 @@ def test_approved_plugin_runs_hardened_as_the_approved_digest_and_answers_format
     d.stop(cid)
     assert state_of(d, cid)[0] == "stopped"
     assert not answers_format(plugin_socket(d, cid))
+    assert not (plugin_socket(d, cid).parent / "pacd.sock").exists()
     d.start(cid)
     wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering again")
 
@@ -361,6 +362,10 @@ def test_a_plugin_that_stopped_answering_is_502(pair: tuple[Deployment, str],
     assert plugin_socket(d, cid).exists()
     reply = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
     assert reply.status == 502 and reply.json()["error"]["code"] == "plugin_unavailable"
+    # The daemon saw it die (Podman's events): its socket to the daemon is closed.
+    wait_until(lambda: not (plugin_socket(d, cid).parent / "pacd.sock").exists(), 30,
+               "the dead plugin's daemon socket closing")
+    assert state_of(d, cid)[0] == "stopped"
 
 
 def exec_plugin(runtime: PodmanRuntime, cid: str, *args: str) -> Any:
