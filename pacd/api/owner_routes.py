@@ -874,7 +874,7 @@ class OwnerApi:
                   "validate a plugin and queue it for approval", self.submit_plugin,
                   level=_level(Action.submit_plugin), request=m.PluginSubmit,
                   response=m.ApprovalAccepted, status=202,
-                  errors=(NotFound, PluginRejected, TooMany)),
+                  errors=(NotFound, PluginRejected, TooMany, RuntimeUnavailable)),
             Route("GET", "/v1/containers/{id}/plugins", "list_plugins",
                   "its plugins: pending, approved, running, stopped, refused or failed",
                   self.list_plugins, level=_level(Action.list_plugins),
