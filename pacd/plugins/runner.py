@@ -20,6 +20,9 @@ The plugin (uid 1000 in its container, never the daemon's uid) creates
 "others" can only be the plugin, since ``plugins/`` and the owner socket's
 directory above it are private. No one but the directory's owner can list it,
 and the sticky bit keeps a plugin from removing anything it did not create.
+Not yet limited: how much a plugin writes into its directory (it is on the
+host's file system, next to the owner socket). Its container's memory and
+pids limits do not cover it.
 
 Every method blocks on Podman; the caller (the lifecycle) holds the
 container's lock.
