@@ -122,6 +122,10 @@ def plugins_base(services: Services) -> Path:
     return services.config.socket.parent / "plugins"
 
 
+def _image_id(ref: str) -> str:
+    return ref.removeprefix("sha256:")
+
+
 class PluginRunner:
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -190,7 +194,16 @@ class PluginRunner:
                    p: PluginRecord) -> None:
         name = plugin_container_name(record.id, p.plugin_id, p.agent)
         if runtime.state(name) == "running":
-            # Running already (e.g. across a daemon restart): serve it again.
+            # Running already (e.g. across a daemon restart): serve it again — if it
+            # runs what the owner approved. Anything else under its name is removed.
+            running = str(runtime.inspect(name).get("Image", ""))
+            if _image_id(running) != _image_id(p.image_digest):
+                runtime.remove(name, force=True, missing_ok=True)
+                self._stopped(p)
+                self._refuse(record, p, REFUSED,
+                             f"its container ran image {running}, not the approved "
+                             f"{p.image_digest}; removed")
+                return
             try:
                 self._prepare(record, p)
                 if self.on_running is not None:
