@@ -17,6 +17,7 @@ Fixtures (register with ``pytest_plugins = ["tests.podman_env"]``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -258,6 +259,9 @@ def plugin_image(podman_runtime: PodmanRuntime, python_image: str) -> str:
         labels = podman_runtime.inspect_image(PLUGIN_IMAGE).get("Labels") or {}
         if labels.get(_PLUGIN_DIGEST_LABEL) == digest:
             return PLUGIN_IMAGE
+        stale = str(podman_runtime.inspect_image(PLUGIN_IMAGE)["Id"])
+    else:
+        stale = ""
     with tempfile.TemporaryDirectory(prefix="pacd-plugin-") as tmp:
         context = Path(tmp)
         shutil.copy(REFERENCE_PLUGIN, context / "plugin.py")
@@ -268,6 +272,10 @@ def plugin_image(podman_runtime: PodmanRuntime, python_image: str) -> str:
             'CMD ["/usr/bin/python3", "/plugin/plugin.py"]\n', encoding="utf-8")
         for _line in podman_runtime.build_image(context, "Containerfile", PLUGIN_IMAGE):
             pass
+    if stale:
+        # The build moved the tag: the old image would be left behind untagged.
+        with contextlib.suppress(PacdError):
+            podman_runtime.remove_image(stale)
     return PLUGIN_IMAGE
 
 

@@ -20,6 +20,9 @@ The plugin (uid 1000 in its container, never the daemon's uid) creates
 "others" can only be the plugin, since ``plugins/`` and the owner socket's
 directory above it are private. No one but the directory's owner can list it,
 and the sticky bit keeps a plugin from removing anything it did not create.
+Not yet limited: how much a plugin writes into its directory (it is on the
+host's file system, next to the owner socket). Its container's memory and
+pids limits do not cover it.
 
 Every method blocks on Podman; the caller (the lifecycle) holds the
 container's lock.
@@ -119,6 +122,10 @@ def plugins_base(services: Services) -> Path:
     return services.config.socket.parent / "plugins"
 
 
+def _image_id(ref: str) -> str:
+    return ref.removeprefix("sha256:")
+
+
 class PluginRunner:
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -187,7 +194,16 @@ class PluginRunner:
                    p: PluginRecord) -> None:
         name = plugin_container_name(record.id, p.plugin_id, p.agent)
         if runtime.state(name) == "running":
-            # Running already (e.g. across a daemon restart): serve it again.
+            # Running already (e.g. across a daemon restart): serve it again — if it
+            # runs what the owner approved. Anything else under its name is removed.
+            running = str(runtime.inspect(name).get("Image", ""))
+            if _image_id(running) != _image_id(p.image_digest):
+                runtime.remove(name, force=True, missing_ok=True)
+                self._stopped(p)
+                self._refuse(record, p, REFUSED,
+                             f"its container ran image {running}, not the approved "
+                             f"{p.image_digest}; removed")
+                return
             try:
                 self._prepare(record, p)
                 if self.on_running is not None:

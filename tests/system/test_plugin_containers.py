@@ -10,6 +10,7 @@ daemon restart, and an uninstall removes its container.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,8 @@ from urllib.parse import quote
 import pytest
 
 from pacd.errors import NotFound
-from pacd.runtime.hardening import plugin_container_name
+from pacd.registry import ContainerRecord
+from pacd.runtime.hardening import plugin_container_name, plugin_run_spec
 from pacd.runtime.podman import PodmanRuntime
 from tests.integration.harness import EXAMPLES
 from tests.system.agents_env import (
@@ -404,3 +406,29 @@ def test_plugin_has_its_own_socket_for_its_agents_concerns_within_max_data_acces
     # A host process (this test) is not the plugin: refused by its PID namespace.
     host = agent_request(plugin_socket(d, cid).parent / "pacd.sock", "GET", "/v1/whoami")
     assert (host.status, host.json()["error"]["code"]) == (403, "peer_refused")
+
+
+def test_a_container_under_the_plugins_name_running_other_content_is_removed_not_adopted(
+        home: tuple[Deployment, str], plugin_image: str, busybox_image: str,
+        podman_runtime: PodmanRuntime) -> None:
+    d, cid = home
+    assert d.owner.approve(submit(d, cid, plugin_image))["state"] == "approved"
+    wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering")
+    spec = d.show(cid)["spec"]
+    name = plugin_container_name(cid, PLUGIN_ID, "writer")
+    # While the daemon is down, something else takes the plugin's name and labels.
+    assert d.daemon.stop(timeout=30) == 0
+    model = ContainerRecord(cid, "home", d.owner_id, spec, 0.0).model()
+    writer = model.agent("writer")
+    assert writer is not None
+    impostor = dataclasses.replace(
+        plugin_run_spec(model, writer, d.owner_id, PLUGIN_ID, image=busybox_image,
+                        socket_dir=plugin_socket(d, cid).parent),
+        command=("/bin/busybox", "sleep", "600"))
+    podman_runtime.run_agent(impostor, replace=True)
+    assert podman_runtime.state(name) == "running"
+    d.daemon.start()
+    wait_until(lambda: state_of(d, cid)[0] == "refused", 30, "the impostor being refused")
+    assert podman_runtime.state(name) == "missing"
+    denied = d.audit(action="plugin.start", target=cid, decision="deny")
+    assert len(denied) == 1 and "not the approved" in denied[0]["reason"]

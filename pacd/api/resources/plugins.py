@@ -31,7 +31,7 @@ class PluginRoutes:
                   "validate a plugin and queue it for approval", self.submit_plugin,
                   level=required_level(Action.submit_plugin).value,
                   request=messages.PluginSubmit, response=messages.ApprovalAccepted,
-                  status=202, errors=(NotFound, PluginRejected, TooMany),
+                  status=202, errors=(NotFound, PluginRejected, TooMany, RuntimeUnavailable),
                   action="plugin.submit"),
             Route("GET", "/v1/containers/{id}/plugins", "list_plugins",
                   "its plugins: pending, approved, running, stopped, refused or failed",
