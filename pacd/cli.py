@@ -24,6 +24,7 @@ import getpass
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -352,9 +353,23 @@ def cmd_container(args: argparse.Namespace, ctx: Ctx) -> None:
 
 
 def cmd_plugin(args: argparse.Namespace, ctx: Ctx) -> None:
+    if args.plugin_cmd == "list":
+        listed = ctx.client.request("GET", f"/v1/containers/{args.id}/plugins")
+        ctx.out(listed, "\n".join(
+            f"{p['name']} {p['version']} for {p['agent']}: {p['state']}"
+            + (f" ({p['reason']})" if p["reason"] else "") for p in listed["plugins"])
+            or "no plugins")
+        return
+    if args.plugin_cmd == "remove":
+        gone = ctx.call("DELETE", f"/v1/containers/{args.id}/plugins/"
+                                  f"{urllib.parse.quote(args.name, safe='')}")
+        ctx.out(gone, f"uninstalled {gone['plugin_id']} (agents: {', '.join(gone['agents'])})")
+        return
     schema = _read_document(args.schema)
-    data = ctx.call("POST", f"/v1/containers/{args.id}/plugins",
-                    {"agent": args.agent, "schema": schema})
+    body: dict[str, Any] = {"agent": args.agent, "schema": schema}
+    if args.image:
+        body["image"] = args.image
+    data = ctx.call("POST", f"/v1/containers/{args.id}/plugins", body)
     ctx.out(data, f"queued for approval: {data['approval_id']} (needs {data['required_level']}"
                   f", expires {data['expires_at']}); approve with: pacd approve "
                   f"{data['approval_id']}")
@@ -551,6 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("id")
     submit.add_argument("schema")
     submit.add_argument("--agent", required=True)
+    submit.add_argument("--image", metavar="REF",
+                        help="the plugin's image, in local Podman storage (never pulled)")
+    listing = psub.add_parser("list", parents=[common], help="plugins and their state")
+    listing.add_argument("id")
+    remove = psub.add_parser("remove", parents=[common], help="uninstall a plugin")
+    remove.add_argument("id")
+    remove.add_argument("name", help="the plugin's id or name")
 
     image = add("image", cmd_image, "container images")
     isub = image.add_subparsers(dest="image_cmd", required=True, metavar="ACTION")

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pacd.agents.inbox import Doorbell, Inbox
@@ -51,15 +52,26 @@ from pacd.core.models import PersonalAIContainer, SecurityPolicy
 from pacd.egress.netns import bind_in_netns
 from pacd.egress.proxy import EgressProxy, PolicyOf
 from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
-from pacd.registry import ContainerRecord
+from pacd.plugins.calls import PluginCalls
+from pacd.plugins.daemon_socket import (
+    DAEMON_SOCKET_NAME,
+    PluginIdentity,
+    PluginSocketRoutes,
+    bind_plugin_daemon_socket,
+    socket_key,
+)
+from pacd.plugins.runner import PluginRunner, PluginState, image_digest
+from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import (
     LABEL_AGENT,
     LABEL_CONTAINER_ID,
     LABEL_OWNER_ID,
+    LABEL_PLUGIN,
     PACD_LABELS,
     agent_run_spec,
     container_name,
     egress_via_proxy,
+    plugin_container_name,
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
@@ -126,9 +138,14 @@ class ContainerLifecycle:
                                container_quota=services.config.quota_per_container_bytes,
                                concern_quota=services.config.quota_per_concern_bytes)
         self.doorbell = Doorbell()
+        self.plugins = PluginRunner(services)
+        self.plugins.on_prepare = self._open_plugin_socket
+        self.plugins.on_running = self._serve_plugin
+        self.plugins.on_stopped = self._close_plugin_socket
+        self.plugin_calls = PluginCalls(services.registry, self.plugins.base)
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
-            clock=services.clock.wall))
+            clock=services.clock.wall, plugins=self.plugin_calls))
         self.egress = EgressProxy(services.audit,
                                   allow_loopback=services.config.egress_allow_loopback)
         self._runtime_lock = threading.Lock()
@@ -316,6 +333,9 @@ class ContainerLifecycle:
                     self._close_socket(record.id, name)
                 self._note(record.id, name, MISSING)
             raise
+        # Plugins after their agents; one that cannot start is refused or failed on its
+        # own (audited, listed) and does not undo the agents.
+        self.plugins.start_all(runtime, record)
         return self._states(runtime, record)
 
     def stop(self, record: ContainerRecord) -> dict[str, str]:
@@ -323,6 +343,7 @@ class ContainerLifecycle:
             return self._with_runtime(self._stop_agents, record)
 
     def _stop_agents(self, runtime: PodmanRuntime, record: ContainerRecord) -> dict[str, str]:
+        self.plugins.stop_all(runtime, record)
         for agent in record.model().agents:
             with contextlib.suppress(NotFound):
                 runtime.stop(container_name(record.id, agent.name))
@@ -340,6 +361,8 @@ class ContainerLifecycle:
             self._with_runtime(self._remove, record)
 
     def _remove(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
+        self.plugins.remove_all(runtime, record)
+        self.plugin_calls.forget(record.id)
         for agent in record.model().agents:
             runtime.remove(container_name(record.id, agent.name), force=True, missing_ok=True)
             self._close_socket(record.id, agent.name)
@@ -388,6 +411,66 @@ class ContainerLifecycle:
     def export_kube(self, record: ContainerRecord) -> str:
         return export_kube(record.model(), record.owner_id)
 
+    # --- plugins -------------------------------------------------------------------
+
+    def _open_plugin_socket(self, record: ContainerRecord, plugin: PluginRecord,
+                            directory: Path) -> None:
+        """The plugin's own socket to the daemon, open before the plugin starts."""
+        model = record.model()
+        identity = PluginIdentity(record.id, record.name, record.owner_id, plugin.agent,
+                                  plugin_id=plugin.plugin_id)
+        access = plugin.model().security_requirements.max_data_access
+        path = directory / DAEMON_SOCKET_NAME
+        self._on_loop(self.sockets.open_routes(
+            (record.id, socket_key(plugin.plugin_id, plugin.agent)),
+            lambda: PluginSocketRoutes(self.sockets.ctx, identity, model, access),
+            lambda: bind_plugin_daemon_socket(path), path))
+
+    def _serve_plugin(self, runtime: PodmanRuntime, record: ContainerRecord,
+                      plugin: PluginRecord) -> None:
+        """Serve the processes of the plugin's running container on its socket, and only
+        those (like an agent's, see _serve_container)."""
+        name = plugin_container_name(record.id, plugin.plugin_id, plugin.agent)
+        ns = pid_namespace(runtime.init_pid(name))
+        if ns is not None and ns == pid_namespace(os.getpid()):
+            log.error("plugin container %s runs in the host's PID namespace: its socket "
+                      "serves no one", name)
+            ns = None
+        self._on_loop(self.sockets.serve_namespace(
+            record.id, socket_key(plugin.plugin_id, plugin.agent), ns))
+
+    def _close_plugin_socket(self, plugin: PluginRecord) -> None:
+        self._on_loop(self.sockets.close(plugin.container_id,
+                                         socket_key(plugin.plugin_id, plugin.agent)))
+
+    def _is_plugin_of(self, record: ContainerRecord, name: str) -> bool:
+        return any(p.image and plugin_container_name(record.id, p.plugin_id, p.agent) == name
+                   for p in self.services.registry.plugins(record.id))
+
+    def plugin_image_digest(self, ref: str) -> str:
+        """The id of an image in local Podman storage (never pulled); NotFound if absent."""
+        return self._with_runtime(image_digest, ref)
+
+    def plugin_states(self, record: ContainerRecord) -> list[PluginState]:
+        try:
+            return self._with_runtime(self.plugins.states, record)
+        except RuntimeUnavailable:
+            return self.plugins.states(None, record)
+
+    def sync_plugins(self, record: ContainerRecord) -> None:
+        """Start approved plugins if the container's agents all run (after an approval)."""
+        with self._locks.of(record.id):
+            def sync(runtime: PodmanRuntime) -> None:
+                states = self._states(runtime, record)
+                if states and all(state == RUNNING for state in states.values()):
+                    self.plugins.start_all(runtime, record)
+            self._with_runtime(sync)
+
+    def remove_plugin(self, record: ContainerRecord, plugin: PluginRecord) -> None:
+        """Remove a plugin's container (its calls end) and directory."""
+        with self._locks.of(record.id):
+            self._with_runtime(self.plugins.remove, plugin)
+
     # --- orphans & reconciling ---------------------------------------------------------
 
     def orphans(self) -> list[dict[str, str]]:
@@ -420,6 +503,11 @@ class ContainerLifecycle:
             agent = item.labels.get(LABEL_AGENT, "")
             record = records.get(cid)
             name = item.name.lstrip("/")
+            if LABEL_PLUGIN in item.labels:
+                if record is None or not self._is_plugin_of(record, name):
+                    found[item.id] = Orphan(item.id, name, item.state, cid,
+                                            item.labels.get(LABEL_PLUGIN, ""))
+                continue
             if (record is None or record.model().agent(agent) is None
                     or name != container_name(cid, agent)):
                 found[item.id] = Orphan(item.id, name, item.state, cid, agent)
@@ -427,8 +515,12 @@ class ContainerLifecycle:
             with self._locks.of(record.id):
                 # Listed again under the lock: a listing taken before a start or stop
                 # that was in progress would undo it.
-                for agent, state in self._states(runtime, record).items():
+                states = self._states(runtime, record)
+                for agent, state in states.items():
                     self._sync_agent(runtime, record, agent, state)
+                if states and all(state == RUNNING for state in states.values()):
+                    # e.g. after a daemon restart: plugins run while their agents do
+                    self.plugins.start_all(runtime, record)
         self._report_orphans(found)
         return list(found.values())
 
@@ -523,6 +615,24 @@ class ContainerLifecycle:
         owner = self.services.owners.get_owner()
         if owner is None or event.labels.get(LABEL_OWNER_ID) != owner.id:
             return  # another pacd's container (another PACD_HOME on the same Podman)
+        if LABEL_PLUGIN in event.labels:
+            # A plugin's state is read from Podman when listed; here an unknown plugin
+            # container changes the orphans, and a plugin that is no longer running
+            # loses its socket to the daemon.
+            try:
+                record = self.services.registry.get(cid) if cid else None
+            except NotFound:
+                record = None
+            name = event.name.lstrip("/")
+            if record is None or not self._is_plugin_of(record, name):
+                self._reconcile(runtime)
+                return
+            with self._locks.of(cid):  # not half way through a start or stop
+                if runtime.state(name) != "running":
+                    for p in self.services.registry.plugins(cid):
+                        if plugin_container_name(cid, p.plugin_id, p.agent) == name:
+                            self._close_plugin_socket(p)
+            return
         try:
             record = self.services.registry.get(cid) if cid else None
         except NotFound:

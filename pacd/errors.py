@@ -325,6 +325,21 @@ class RuntimeFailed(PacdError):
     exit_code = 10
 
 
+class PluginUnavailable(PacdError):
+    """A running plugin did not answer (its socket refused or dropped the call)."""
+
+    code = "plugin_unavailable"
+    status = 502
+    exit_code = 10
+
+
+class PluginTimeout(PluginUnavailable):
+    """A plugin did not answer within the daemon's time limit."""
+
+    code = "plugin_timeout"
+    status = 504
+
+
 class DaemonUnavailable(PacdError):
     """Client side: the daemon is not running or not reachable."""
 
@@ -348,7 +363,8 @@ ALL_ERRORS: tuple[type[PacdError], ...] = (
     PinInvalid, PinBlocked, CeremonyCancelled, CeremonyTimeout, PresenceUnavailable,
     PresenceMethodUnavailable,
     KeychainError, KeychainUnavailable, KeychainLocked, IntegrityError, AuditError,
-    RuntimeUnavailable, RuntimeFailed, DaemonUnavailable, ConfigError,
+    RuntimeUnavailable, RuntimeFailed, PluginUnavailable, PluginTimeout, DaemonUnavailable,
+    ConfigError,
     PayloadMismatch,
     AuditUntrusted,
     SoftwareAuthenticatorRefused,

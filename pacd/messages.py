@@ -102,6 +102,9 @@ class PlatformSession:
 class PluginSubmit:
     agent: str = field(metadata=NAME)
     schema: dict[str, Any] = field(metadata=_meta("a PluginAPISchema"))
+    image: str | None = field(default=None, metadata=_meta(
+        "the plugin's image, already in local Podman storage (never pulled); without it "
+        "the plugin is approved but never runs", min_length=1, max_length=512))
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,36 @@ class ContainerView:
     agents: list[AgentView]
     plugins: list[PluginView]
     storage: StorageView | None = None
+
+
+@dataclass(frozen=True)
+class PluginStateView:
+    """An approved or pending plugin and whether it runs."""
+
+    id: str
+    name: str
+    version: str
+    agent: str
+    #: pending, approved, running, stopped, refused or failed
+    state: str
+    #: why it is not running ("" when it runs)
+    reason: str
+    image: str
+    image_digest: str
+    approval_id: str
+
+
+@dataclass(frozen=True)
+class PluginStateList:
+    plugins: list[PluginStateView]
+
+
+@dataclass(frozen=True)
+class PluginRemoved:
+    container_id: str
+    plugin_id: str
+    agents: list[str]
+    removed: bool
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,27 @@ _SCHEMA_V2 = """
 ALTER TABLE registry_containers ADD COLUMN mac BLOB;
 ALTER TABLE registry_plugins ADD COLUMN mac BLOB
 """
+# The image a plugin was approved with: its own table (rows of registry_plugins keep
+# their MACs as they were), one row per approved plugin that names an image.
+_SCHEMA_V3 = """
+CREATE TABLE registry_plugin_images (
+    container_id TEXT NOT NULL,
+    plugin_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    image TEXT NOT NULL,
+    image_digest TEXT NOT NULL,
+    mac BLOB,
+    PRIMARY KEY (container_id, plugin_id, agent),
+    FOREIGN KEY (container_id, plugin_id, agent)
+        REFERENCES registry_plugins(container_id, plugin_id, agent) ON DELETE CASCADE
+)
+"""
 # The spec holds the policy and every agent's connections: MACed whole, as stored.
 _CONTAINER = RowSpec("registry_containers", ("id",), ("name", "owner_id", "spec", "created_at"))
 _PLUGIN = RowSpec("registry_plugins", ("container_id", "plugin_id", "agent"),
                   ("name", "version", "schema", "approval_id", "approved_at", "state"))
+_PLUGIN_IMAGE = RowSpec("registry_plugin_images", ("container_id", "plugin_id", "agent"),
+                        ("image", "image_digest"))
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,10 @@ class PluginRecord:
     approval_id: str
     approved_at: float
     state: str
+    #: the image as the owner named it, and the digest (image id) the owner approved;
+    #: both empty for a plugin approved without an image (it never runs)
+    image: str = ""
+    image_digest: str = ""
 
     def model(self) -> PluginAPISchema:
         return parse_plugin_schema(self.schema)
@@ -90,6 +111,7 @@ class ContainerRegistry:
         self.store = store
         store.migrate("registry", 1, _SCHEMA)
         store.migrate("registry", 2, _SCHEMA_V2)
+        store.migrate("registry", 3, _SCHEMA_V3)
 
     def add(self, spec: ContainerSpec, owner_id: str, now: float) -> ContainerRecord:
         record = ContainerRecord(
@@ -141,10 +163,29 @@ class ContainerRegistry:
             "SELECT * FROM registry_plugins WHERE container_id = ? ORDER BY approved_at, name",
             (container_id,),
         )
-        return [_plugin(r) for r in rows if self.store.integrity.row_ok(_PLUGIN, r)]
+        images: dict[tuple[str, str], tuple[str, str]] = {}
+        for r in self.store.query("SELECT * FROM registry_plugin_images WHERE container_id = ?",
+                                  (container_id,)):
+            # A row whose MAC fails names no image: that plugin does not run.
+            if self.store.integrity.row_ok(_PLUGIN_IMAGE, r):
+                images[(str(r["plugin_id"]), str(r["agent"]))] = (str(r["image"]),
+                                                                 str(r["image_digest"]))
+        return [_plugin(r, images.get((str(r["plugin_id"]), str(r["agent"])), ("", "")))
+                for r in rows if self.store.integrity.row_ok(_PLUGIN, r)]
+
+    def remove_plugin(self, container_id: str, plugin_id: str, agent: str) -> None:
+        """Forget an approved plugin (uninstalled); NotFound if it was not there."""
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM registry_plugin_images WHERE container_id = ? AND"
+                         " plugin_id = ? AND agent = ?", (container_id, plugin_id, agent))
+            cur = conn.execute("DELETE FROM registry_plugins WHERE container_id = ? AND"
+                               " plugin_id = ? AND agent = ?", (container_id, plugin_id, agent))
+            if cur.rowcount != 1:
+                raise NotFound(f"no plugin {plugin_id!r} for agent {agent!r}")
 
     def record_plugin(self, conn: sqlite3.Connection, container_id: str, agent: str, *,
-                      schema: PluginAPISchema, approval_id: str, now: float) -> PluginRecord:
+                      schema: PluginAPISchema, approval_id: str, now: float,
+                      image: str = "", image_digest: str = "") -> PluginRecord:
         """Record an approved plugin inside the caller's transaction."""
         exists = conn.execute("SELECT * FROM registry_containers WHERE id = ?",
                               (container_id,)).fetchone()
@@ -157,7 +198,8 @@ class ContainerRegistry:
         if dup is not None:
             raise Conflict(f"plugin {schema.name!r} is already approved for agent {agent!r}")
         record = PluginRecord(container_id, schema.id, agent, schema.name, schema.version,
-                              schema.to_json(), approval_id, now, "approved")
+                              schema.to_json(), approval_id, now, "approved", image,
+                              image_digest)
         row: dict[str, object] = {
             "container_id": container_id, "plugin_id": schema.id, "agent": agent,
             "name": schema.name, "version": schema.version,
@@ -168,6 +210,15 @@ class ContainerRegistry:
             "INSERT INTO registry_plugins (container_id, plugin_id, agent, name, version, schema,"
             " approval_id, approved_at, state, mac) VALUES (:container_id, :plugin_id, :agent,"
             " :name, :version, :schema, :approval_id, :approved_at, :state, :mac)", row)
+        if image:
+            img: dict[str, object] = {"container_id": container_id, "plugin_id": schema.id,
+                                      "agent": agent, "image": image,
+                                      "image_digest": image_digest}
+            img["mac"] = self.store.integrity.seal_row(_PLUGIN_IMAGE, img)
+            conn.execute(
+                "INSERT INTO registry_plugin_images (container_id, plugin_id, agent, image,"
+                " image_digest, mac) VALUES (:container_id, :plugin_id, :agent, :image,"
+                " :image_digest, :mac)", img)
         return record
 
 
@@ -176,7 +227,8 @@ def _container(row: sqlite3.Row) -> ContainerRecord:
                            json.loads(row["spec"]), float(row["created_at"]))
 
 
-def _plugin(row: sqlite3.Row) -> PluginRecord:
+def _plugin(row: sqlite3.Row, image: tuple[str, str]) -> PluginRecord:
     return PluginRecord(str(row["container_id"]), str(row["plugin_id"]), str(row["agent"]),
                         str(row["name"]), str(row["version"]), json.loads(row["schema"]),
-                        str(row["approval_id"]), float(row["approved_at"]), str(row["state"]))
+                        str(row["approval_id"]), float(row["approved_at"]), str(row["state"]),
+                        image[0], image[1])

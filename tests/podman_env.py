@@ -17,6 +17,7 @@ Fixtures (register with ``pytest_plugins = ["tests.podman_env"]``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -50,9 +51,12 @@ from tests.conftest import require_system
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_AGENT = REPO / "examples" / "reference_agent" / "agent.py"
+REFERENCE_PLUGIN = REPO / "examples" / "reference_plugin" / "plugin.py"
 
 BUSYBOX_IMAGE = "localhost/pacd-test-busybox:1"
 PYTHON_IMAGE = "localhost/pacd-test-python:1"
+PLUGIN_IMAGE = "localhost/pacd-test-text-formatter:1"
+_PLUGIN_DIGEST_LABEL = "com.luciverse.pacd-test-plugin-sha256"
 TEST_LABEL = "com.luciverse.pacd-test-run"
 _AGENT_DIGEST_LABEL = "com.luciverse.pacd-test-agent-sha256"
 
@@ -242,6 +246,37 @@ def python_image(podman_runtime: PodmanRuntime) -> str:
             'CMD ["/usr/bin/python3", "/agent/agent.py", "serve"]',
         ])
     return PYTHON_IMAGE
+
+
+@pytest.fixture(scope="session")
+def plugin_image(podman_runtime: PodmanRuntime, python_image: str) -> str:
+    """The reference plugin (the seed's Text Formatter) on the Python image, built
+    offline with Podman (the base is local; nothing is pulled)."""
+    digest = hashlib.sha256(REFERENCE_PLUGIN.read_bytes() + python_image.encode()
+                            + podman_runtime.inspect_image(python_image)["Id"].encode()
+                            ).hexdigest()
+    if podman_runtime.image_exists(PLUGIN_IMAGE):
+        labels = podman_runtime.inspect_image(PLUGIN_IMAGE).get("Labels") or {}
+        if labels.get(_PLUGIN_DIGEST_LABEL) == digest:
+            return PLUGIN_IMAGE
+        stale = str(podman_runtime.inspect_image(PLUGIN_IMAGE)["Id"])
+    else:
+        stale = ""
+    with tempfile.TemporaryDirectory(prefix="pacd-plugin-") as tmp:
+        context = Path(tmp)
+        shutil.copy(REFERENCE_PLUGIN, context / "plugin.py")
+        (context / "Containerfile").write_text(
+            f"FROM {python_image}\n"
+            "COPY plugin.py /plugin/plugin.py\n"
+            f"LABEL {_PLUGIN_DIGEST_LABEL}={digest}\n"
+            'CMD ["/usr/bin/python3", "/plugin/plugin.py"]\n', encoding="utf-8")
+        for _line in podman_runtime.build_image(context, "Containerfile", PLUGIN_IMAGE):
+            pass
+    if stale:
+        # The build moved the tag: the old image would be left behind untagged.
+        with contextlib.suppress(PacdError):
+            podman_runtime.remove_image(stale)
+    return PLUGIN_IMAGE
 
 
 # --- an agent socket for runtime tests ------------------------------------------------

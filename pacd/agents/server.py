@@ -89,7 +89,7 @@ from pacd.api.listener import ensure_private_dir
 from pacd.api.peercred import PeerCred, PidNamespace
 from pacd.api.route import Call, Route
 from pacd.api.wrapper import RouteWrapper, error_response
-from pacd.core.models import PersonalAIContainer
+from pacd.core.models import AgentDomain, PersonalAIContainer
 from pacd.errors import (
     Busy,
     ConfigError,
@@ -187,9 +187,7 @@ class AgentRoutes:
         self._peer_ns_known = asyncio.Event()
         #: every decision is in the agent's name: the socket is its identity
         self.wrapper = RouteWrapper(ctx.audit, identity.actor)
-        resources: list[AgentResource] = [
-            kind(ctx, identity, container, member)
-            for kind in (IdentityRoutes, DataRoutes, MessageRoutes, PluginRoutes)]
+        resources = self.resources(ctx, identity, container, member)
         self.routes: list[Route] = [
             *(route for resource in resources for route in resource.routes()),
             # Last: whatever matched nothing above (any method, any path) is a 404,
@@ -197,6 +195,12 @@ class AgentRoutes:
             Route("*", "/{tail:.*}", "unknown", "no such route", self.unknown,
                   action="agent.route"),
         ]
+
+    def resources(self, ctx: AgentContext, identity: AgentIdentity,
+                  container: PersonalAIContainer, member: AgentDomain) -> list[AgentResource]:
+        """The resources this socket serves (a plugin's socket serves fewer)."""
+        return [kind(ctx, identity, container, member)
+                for kind in (IdentityRoutes, DataRoutes, MessageRoutes, PluginRoutes)]
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_VALUE_BYTES, middlewares=[self._middleware])
@@ -366,12 +370,20 @@ class AgentSockets:
     async def open(self, identity: AgentIdentity, container: PersonalAIContainer,
                    path: Path) -> None:
         """Serve ``identity``'s routes on a new socket at ``path`` (no-op if already open)."""
-        key = (identity.container_id, identity.agent)
+        await self.open_routes((identity.container_id, identity.agent),
+                               lambda: AgentRoutes(self.ctx, identity, container),
+                               lambda: bind_agent_socket(path), path)
+
+    async def open_routes(self, key: tuple[str, str], make: Callable[[], AgentRoutes],
+                          bind: Callable[[], socket.socket], path: Path) -> None:
+        """Serve the routes ``make`` builds on the socket ``bind`` makes at ``path``,
+        under ``key`` (no-op if that key is open already)."""
         async with self._lock:
             if key in self._sites:
                 return
-            routes = AgentRoutes(self.ctx, identity, container)
-            sock = bind_agent_socket(path)
+            routes = make()
+            identity = routes.me
+            sock = bind()
             runner = web.AppRunner(routes.app(), access_log=None, handle_signals=False,
                                    shutdown_timeout=SHUTDOWN_TIMEOUT_S,
                                    keepalive_timeout=HEADER_TIMEOUT_S)

@@ -10,11 +10,12 @@ from pacd.approvals import ApprovalQueue
 from pacd.audit import AuditLog
 from pacd.config import Config
 from pacd.events import EventBus
+from pacd.plugins.runner import PluginState
 from pacd.presence.clock import Clock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
 from pacd.presence.tokens import TokenService
-from pacd.registry import ContainerRecord, ContainerRegistry
+from pacd.registry import ContainerRecord, ContainerRegistry, PluginRecord
 from pacd.store import Store
 from pacd.vault import SecretStore, Vault
 
@@ -65,6 +66,18 @@ class Lifecycle(Protocol):
         ...
 
     def export_kube(self, record: ContainerRecord) -> str: ...
+
+    def plugin_image_digest(self, ref: str) -> str:
+        """The id of an image in local Podman storage (never pulled); NotFound if absent."""
+        ...
+
+    def plugin_states(self, record: ContainerRecord) -> list[PluginState]: ...
+
+    def sync_plugins(self, record: ContainerRecord) -> None:
+        """Start the approved plugins that should run and do not."""
+        ...
+
+    def remove_plugin(self, record: ContainerRecord, plugin: PluginRecord) -> None: ...
 
 
 @dataclass

@@ -35,6 +35,7 @@ from pacd.errors import (
     NotFound,
     PacdError,
     PayloadTooLarge,
+    RateLimited,
 )
 from pacd.messages import RawBody, decode, decode_query, encode
 
@@ -54,7 +55,11 @@ class RequestTimeout(InvalidRequest):
 
 def error_response(exc: PacdError) -> web.Response:
     body = json.dumps(exc.to_wire()).encode()
-    return web.Response(body=body, status=exc.status, content_type="application/json")
+    response = web.Response(body=body, status=exc.status, content_type="application/json")
+    if isinstance(exc, RateLimited) and "retry_after" in exc.extra:
+        # The header HTTP clients already honour, besides the body's retry_after.
+        response.headers["Retry-After"] = str(exc.extra["retry_after"])
+    return response
 
 
 def json_response(payload: Any, status: int) -> web.Response:

@@ -69,6 +69,8 @@ class Action(StrEnum):
     container_openapi = "container_openapi"
     export_kube = "export_kube"
     submit_plugin = "submit_plugin"
+    list_plugins = "list_plugins"
+    uninstall_plugin = "uninstall_plugin"
     deny_approval = "deny_approval"
     start_container = "start_container"
     stop_container = "stop_container"
@@ -103,12 +105,15 @@ _REQUIRED: dict[Action, SecurityLevel] = {
     Action.container_config: SecurityLevel.basic,
     Action.container_openapi: SecurityLevel.basic,
     Action.export_kube: SecurityLevel.basic,
+    Action.list_plugins: SecurityLevel.basic,
     Action.deny_approval: SecurityLevel.basic,
     Action.start_container: SecurityLevel.enhanced,
     Action.stop_container: SecurityLevel.enhanced,
     Action.read_owner_data: SecurityLevel.enhanced,
     Action.build_image: SecurityLevel.enhanced,
     Action.submit_plugin: SecurityLevel.enhanced,
+    # Uninstalling only takes away (like stopping): a touch, not a fingerprint.
+    Action.uninstall_plugin: SecurityLevel.enhanced,
     Action.request_credential_removal: SecurityLevel.enhanced,
     Action.create_container: SecurityLevel.biometric,
     Action.delete_container: SecurityLevel.biometric,

@@ -31,6 +31,10 @@ from pacd.errors import InvalidRequest
 LABEL_OWNER_ID = "com.luciverse.owner-id"
 LABEL_CONTAINER_ID = "com.luciverse.container-id"
 LABEL_AGENT = "com.luciverse.agent"
+#: on a plugin's container only (with the agent it serves in LABEL_PLUGIN_AGENT, never
+#: LABEL_AGENT: the agent reconciler must not take a plugin for an agent)
+LABEL_PLUGIN = "com.luciverse.plugin-id"
+LABEL_PLUGIN_AGENT = "com.luciverse.plugin-agent"
 
 #: the labels every pacd container carries; ``list_labelled(PACD_LABELS)`` finds them all
 PACD_LABELS: Mapping[str, str] = {LABEL_PERSONAL_AI: "true", LABEL_CARBON_BASED: "true"}
@@ -38,6 +42,11 @@ PACD_LABELS: Mapping[str, str] = {LABEL_PERSONAL_AI: "true", LABEL_CARBON_BASED:
 #: where the agent socket appears inside every agent container (API.md)
 AGENT_SOCKET_IN_CONTAINER = "/run/pacd/agent.sock"
 AGENT_SOCKET_DIR_IN_CONTAINER = "/run/pacd"
+#: where a plugin container serves HTTP: a socket it creates in a directory pacd mounts
+PLUGIN_SOCKET_DIR_IN_CONTAINER = "/run/pacd-plugin"
+PLUGIN_SOCKET_IN_CONTAINER = "/run/pacd-plugin/plugin.sock"
+#: the plugin's own socket to the daemon (whoami, data within maxDataAccess)
+PLUGIN_DAEMON_SOCKET_IN_CONTAINER = "/run/pacd-plugin/pacd.sock"
 
 AGENT_USER = "1000:1000"
 DEFAULT_PIDS_LIMIT = 128
@@ -237,4 +246,56 @@ def agent_run_spec(
         memory_limit_bytes=memory_limit_bytes,
         tmpfs=(TmpfsMount(CONTAINER_TMP, tmp_bytes),),
         hostname=agent.name,
+    )
+
+
+def plugin_container_name(container_id: str, plugin_id: str, agent_name: str) -> str:
+    """``pacd-<container-id-short>.<agent>.p-<plugin-id-short>``: the dots keep it apart
+    from every agent container's name (agent names hold no dot)."""
+    return f"pacd-{short_container_id(container_id)}.{agent_name}.p-{short_container_id(plugin_id)}"
+
+
+def plugin_run_spec(
+    container: PersonalAIContainer,
+    agent: AgentDomain,
+    owner_id: str,
+    plugin_id: str,
+    *,
+    image: str,
+    socket_dir: Path | str,
+    pids_limit: int = DEFAULT_PIDS_LIMIT,
+    memory_limit_bytes: int = DEFAULT_MEMORY_BYTES,
+    tmp_bytes: int = DEFAULT_TMP_BYTES,
+) -> AgentRunSpec:
+    """The hardened run spec for a plugin approved for ``agent``: the agent's floor
+    (read-only root, uid 1000, no capabilities, no-new-privileges, limits, loopback
+    only), ``image`` pinned by the caller (the approved digest), and ``socket_dir``
+    (private to this plugin) mounted at ``/run/pacd-plugin``, where the plugin
+    creates ``plugin.sock``."""
+    if container.agent(agent.name) != agent:
+        raise InvalidRequest(f"agent {agent.name!r} is not part of container {container.id}")
+    labels = {
+        **PACD_LABELS,
+        LABEL_OWNER_ID: owner_id,
+        LABEL_CONTAINER_ID: container.id,
+        LABEL_PLUGIN: plugin_id,
+        LABEL_PLUGIN_AGENT: agent.name,
+    }
+    env = {
+        "PACD_PLUGIN_SOCKET": PLUGIN_SOCKET_IN_CONTAINER,
+        "PACD_DAEMON_SOCKET": PLUGIN_DAEMON_SOCKET_IN_CONTAINER,
+        "PACD_PLUGIN_ID": plugin_id,
+        "PACD_CONTAINER_ID": container.id,
+        "PACD_AGENT": agent.name,
+    }
+    return AgentRunSpec(
+        name=plugin_container_name(container.id, plugin_id, agent.name),
+        image=image,
+        labels=labels,
+        env=env,
+        mounts=(BindMount(str(socket_dir), PLUGIN_SOCKET_DIR_IN_CONTAINER),),
+        pids_limit=pids_limit,
+        memory_limit_bytes=memory_limit_bytes,
+        tmpfs=(TmpfsMount(CONTAINER_TMP, tmp_bytes),),
+        hostname="plugin",
     )

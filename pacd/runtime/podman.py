@@ -503,6 +503,11 @@ class PodmanRuntime:
                                              f"inspect image {ref}").json()
         return data
 
+    def tag_image(self, ref: str, repository: str, tag: str) -> None:
+        """``podman tag ref repository:tag``."""
+        self._request("post", f"/images/{ref}/tag", f"tag {ref}",
+                      params={"repo": repository, "tag": tag})
+
     def remove_image(self, ref: str, *, force: bool = False) -> None:
         self._request("delete", f"/images/{ref}", f"remove image {ref}",
                       params={"force": force})

@@ -121,3 +121,43 @@ def test_doctor_reports_each_check(daemon: DaemonProcess) -> None:
     assert out.returncode == (0 if report["ok"] else 1)
     human = daemon.cli("doctor")
     assert "[  ok] keychain" in human.stdout
+
+
+def test_plugin_without_image_keeps_its_old_meaning_and_an_image_needs_podman(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    """A submission without an image is approved and recorded as before (listed as
+    approved, never run); one with an image needs its digest from Podman, so with
+    Podman down it is refused (503) and nothing is queued."""
+    daemon = make_daemon(env={"PACD_PODMAN_URL": f"unix://{tmp_path / 'no-podman.sock'}"})
+    owner = Owner(daemon)
+    owner.init()
+    owner.enroll()
+    daemon.env["PACD_TOKEN"] = owner.session("biometric")
+    cid = owner.authed().request("POST", "/v1/containers", spec_with_plugins())["id"]
+    schema = tmp_path / "tf.json"
+    schema.write_text(json.dumps(plugin("text-formatter-seed")))
+
+    down = daemon.cli("plugin", "submit", cid, str(schema), "--agent", "writer",
+                      "--image", "localhost/text-formatter:1")
+    assert down.returncode == 10, down.stderr
+    assert daemon.client().request("GET", "/v1/approvals")["approvals"] == []
+
+    queued = daemon.cli("plugin", "submit", cid, str(schema), "--agent", "writer", "--json")
+    assert queued.returncode == 0, queued.stderr
+    approval_id = json.loads(queued.stdout)["approval_id"]
+    body = daemon.client().request("GET", f"/v1/approvals/{approval_id}")["payload"]["body"]
+    assert "image" not in body and "image_digest" not in body
+    assert "Text Formatter 1.0.0 for writer: pending" in daemon.cli("plugin", "list",
+                                                                     cid).stdout
+    owner.approve(approval_id)
+    listed = json.loads(daemon.cli("plugin", "list", cid, "--json").stdout)["plugins"]
+    assert [(p["name"], p["state"], p["reason"], p["image"]) for p in listed] == [
+        ("Text Formatter", "approved", "approved without an image: it does not run", "")]
+
+    removed = daemon.cli("plugin", "remove", cid, "Text Formatter")
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(daemon.cli("plugin", "list", cid, "--json").stdout)["plugins"] == []
+    assert daemon.cli("plugin", "remove", cid, "Text Formatter").returncode == 4
+    # the uninstall, then the refused second one
+    assert [e["decision"] for e in daemon.audit() if e["action"] == "plugin.uninstall"] == [
+        "allow", "deny"]

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ AGENT = "/agent/agent.py"
 class AgentReply:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -62,7 +63,8 @@ class _ConnectedHTTP(http.client.HTTPConnection):
 
 
 def agent_request(target: Path | AgentSocket, method: str, url: str,
-                  body: bytes | None = None, timeout: float = 30.0) -> AgentReply:
+                  body: bytes | None = None, timeout: float = 30.0,
+                  headers: dict[str, str] | None = None) -> AgentReply:
     """One HTTP request on an agent socket: as its agent (an :class:`AgentSocket`), or
     from this host process (a bare path; refused unless the test is the agent)."""
     conn: http.client.HTTPConnection
@@ -71,9 +73,9 @@ def agent_request(target: Path | AgentSocket, method: str, url: str,
     else:
         conn = UnixHTTPConnection(str(target), timeout)
     try:
-        conn.request(method, url, body=body)
+        conn.request(method, url, body=body, headers=headers or {})
         response = conn.getresponse()
-        return AgentReply(response.status, response.read())
+        return AgentReply(response.status, response.read(), dict(response.getheaders()))
     finally:
         conn.close()
 

@@ -6,6 +6,7 @@ only in the top-level conftest.
 
 from tests.podman_env import (
     busybox_image,
+    plugin_image,
     podman_cleanup,
     podman_runtime,
     podman_service,
@@ -15,6 +16,7 @@ from tests.podman_env import (
 
 __all__ = [
     "busybox_image",
+    "plugin_image",
     "podman_cleanup",
     "podman_runtime",
     "podman_service",

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pacd.api.route import WRITTEN, Call, Route
 from pacd.api.wrapper import RouteWrapper, error_response
 from pacd.audit import AuditEntry, AuditLog
-from pacd.errors import Forbidden, PacdError
+from pacd.errors import Forbidden, PacdError, RateLimited
 
 KEY = bytes(range(32))
 ACTOR = "owner:uid=4242"
@@ -153,3 +153,33 @@ def test_a_decision_the_handler_recorded_is_the_requests_only_entry(tmp_path: Pa
     finally:
         log.close()
     assert [(e.target, e.decision) for e in entries] == [("t", "allow"), ("u", "deny")]
+
+
+def test_a_rate_limited_refusal_says_when_to_retry_in_the_header_and_the_body(
+        tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None)
+
+    async def limited(call: Call) -> dict[str, Any]:
+        raise RateLimited("too many calls; retry in 3 s", retry_after=3)
+
+    async def unlimited(call: Call) -> dict[str, Any]:
+        raise RateLimited("too many calls")
+
+    async def exercise(client: TestClient[web.Request, web.Application]) -> None:
+        answer = await client.post("/limited")
+        assert (answer.status, answer.headers.get("Retry-After")) == (429, "3")
+        assert (await answer.json())["error"]["retry_after"] == 3
+        # No promise in the error, none in the header.
+        bare = await client.post("/unlimited")
+        assert (bare.status, bare.headers.get("Retry-After")) == (429, None)
+
+    try:
+        entries = _serve(log, [
+            Route("POST", "/limited", "limited", "a call", limited, action="thing.call"),
+            Route("POST", "/unlimited", "unlimited", "a call", unlimited,
+                  action="thing.call"),
+        ], exercise)
+    finally:
+        log.close()
+    assert [(e.decision, e.details["code"]) for e in entries] == [
+        ("deny", "rate_limited"), ("deny", "rate_limited")]

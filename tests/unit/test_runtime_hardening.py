@@ -25,7 +25,9 @@ from pacd.runtime.hardening import (
     BindMount,
     PortPublish,
     agent_run_spec,
+    container_name,
     egress_via_proxy,
+    plugin_run_spec,
 )
 from pacd.runtime.images import owner_image_tag
 from pacd.runtime.kube import export_kube
@@ -76,6 +78,35 @@ def test_strict_agent_spec_has_the_whole_floor() -> None:
     assert spec.env["CARBON_BASED_AUTH"] == "required"
     assert spec.env["OWNER_ID"] == "owner-1"
     assert spec.env["SECURITY_LEVEL"] == "biometric"
+
+
+def test_plugin_spec_has_the_agents_floor_its_own_dir_and_no_agent_label() -> None:
+    """A plugin runs with exactly an agent's floor, pinned to the image it is given,
+    sees only its own directory, and is never taken for an agent by the reconciler
+    (no agent label, a name no agent container can have)."""
+    w = agent("writer", IsolationLevel.managed, caps=tuple(EXTERNAL_CAPABILITIES))
+    c = container_of(w, policy=SecurityPolicy(allow_external_apis=True,
+                                              trusted_domains=("example.org",)))
+    digest = "sha256:" + "ab" * 32
+    spec = plugin_run_spec(c, w, "owner-1", "e621e1f8-c36c-495a-93fc-0c247a3e6e5f",
+                           image=digest, socket_dir="/run/user/1000/pacd/plugins/p")
+    floor = agent_run_spec(c, w, "owner-1", SOCK)
+    assert spec.image == digest
+    for attr in ("user", "read_only_root", "cap_drop", "no_new_privileges", "pids_limit",
+                 "memory_limit_bytes", "tmpfs", "init", "published_ports"):
+        assert getattr(spec, attr) == getattr(floor, attr), attr
+    # no way out at all, even where the agent it serves may use the egress proxy
+    assert spec.network is False
+    assert not {"HTTP_PROXY", "HTTPS_PROXY"} & set(spec.env)
+    assert spec.mounts == (BindMount("/run/user/1000/pacd/plugins/p", "/run/pacd-plugin"),)
+    assert spec.env["PACD_PLUGIN_SOCKET"] == "/run/pacd-plugin/plugin.sock"
+    assert "com.luciverse.agent" not in spec.labels
+    assert spec.labels["com.luciverse.plugin-id"] == "e621e1f8-c36c-495a-93fc-0c247a3e6e5f"
+    assert spec.labels["com.luciverse.plugin-agent"] == "writer"
+    assert spec.name == "pacd-8c1f3b2a1111.writer.p-e621e1f8c36c"
+    assert spec.name != container_name(c.id, "writer")
+    with pytest.raises(InvalidRequest):
+        plugin_run_spec(c, agent("stranger"), "owner-1", "p", image=digest, socket_dir="/x")
 
 
 def test_image_override() -> None:

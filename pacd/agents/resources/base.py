@@ -15,7 +15,9 @@ from pacd.agents.inbox import Doorbell, Inbox
 from pacd.api.route import Call, Route
 from pacd.audit import AuditLog
 from pacd.core.models import AgentDomain, PersonalAIContainer
+from pacd.core.rules import may_read, may_write
 from pacd.errors import InvalidRequest, MalformedRequest, PacdError, PayloadTooLarge
+from pacd.plugins.calls import PluginCalls
 from pacd.vault import SealedData
 
 MAX_VALUE_BYTES = 1024 * 1024
@@ -49,6 +51,8 @@ class AgentContext:
     inbox: Inbox
     doorbell: Doorbell
     clock: Callable[[], float] = time.time
+    #: how calls reach plugins (None: no plugin runs, every call is 404)
+    plugins: PluginCalls | None = None
 
 
 class AgentResource:
@@ -64,6 +68,21 @@ class AgentResource:
     def routes(self) -> list[Route]:
         """This resource's routes, each naming one of its handlers."""
         raise NotImplementedError
+
+    # What the socket's caller may do: the agent's own rules. A plugin's socket to
+    # the daemon serves the same resources with narrower hooks (see
+    # pacd.plugins.daemon_socket).
+
+    @property
+    def who(self) -> str:
+        """Who this socket serves, for messages."""
+        return f"agent {self.me.agent!r}"
+
+    def may_read(self, concern: str) -> bool:
+        return may_read(self.container, self.me.agent, concern)
+
+    def may_write(self, concern: str) -> bool:
+        return may_write(self.container, self.me.agent, concern)
 
     @staticmethod
     async def decide(call: Call, action: str, target: str, allowed: bool,  # noqa: PLR0917 - one parameter per entry part

@@ -15,7 +15,6 @@ from pacd.agents.resources.base import (
     name_problem,
 )
 from pacd.api.route import Call, Route
-from pacd.core.rules import may_read, may_write
 from pacd.errors import Forbidden, IntegrityError, InvalidRequest, NotFound, QuotaExceeded
 
 DATA_PATH = "/v1/data/{concern}/{key:.+}"
@@ -50,9 +49,9 @@ class DataRoutes(AgentResource):
         action = "agent.data.read"
         concern, key, target = self._data_target(call)
         await self._check_names(call, action, target, concern, key)
-        if not may_read(self.container, self.me.agent, concern):
+        if not self.may_read(concern):
             raise await self.refuse(call, action, target, Forbidden(
-                f"agent {self.me.agent!r} may not read concern {concern!r}"))
+                f"{self.who} may not read concern {concern!r}"))
         cid = self.me.container_id
         # Most reads are fetched right here: a point read on a free store connection
         # and the opening of a small value cost less than a hop to a worker thread,
@@ -84,9 +83,9 @@ class DataRoutes(AgentResource):
         action = "agent.data.write"
         concern, key, target = self._data_target(call)
         await self._check_names(call, action, target, concern, key)
-        if not may_write(self.container, self.me.agent, concern):
+        if not self.may_write(concern):
             raise await self.refuse(call, action, target, Forbidden(
-                f"agent {self.me.agent!r} may not write concern {concern!r}"))
+                f"{self.who} may not write concern {concern!r}"))
         value = await self.read_body(call, action, target, MAX_VALUE_BYTES)
         try:
             await asyncio.to_thread(self.ctx.data.check_quota, self.me.container_id, concern,
@@ -102,9 +101,9 @@ class DataRoutes(AgentResource):
         action = "agent.data.delete"
         concern, key, target = self._data_target(call)
         await self._check_names(call, action, target, concern, key)
-        if not may_write(self.container, self.me.agent, concern):
+        if not self.may_write(concern):
             raise await self.refuse(call, action, target, Forbidden(
-                f"agent {self.me.agent!r} may not delete in concern {concern!r}"))
+                f"{self.who} may not delete in concern {concern!r}"))
         await self.decide(call, action, target, True, "delete")
         # Deleting what is not there leaves the same state: 204 either way.
         with contextlib.suppress(NotFound):

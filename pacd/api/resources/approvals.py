@@ -18,6 +18,7 @@ from pacd.approvals import Approval, b64url, iso
 from pacd.core.models import SecurityLevel
 from pacd.core.rules import Action, required_level
 from pacd.errors import AuditError, Conflict, Forbidden, NotFound, PresenceFailed
+from pacd.plugins.api import PLUGIN_INSTALL, start_approved_plugin
 
 
 class ApprovalRoutes:
@@ -100,6 +101,8 @@ class ApprovalRoutes:
         done = await in_thread(
             partial(self.services.approvals.approve, record=call.decision),
             call.params["id"], verify, call.decision.actor, body.credential)
+        if done.kind == PLUGIN_INSTALL and done.state == "approved":
+            await start_approved_plugin(self.services, done)
         return messages.ApprovalResolved(id=done.id, state=cast(messages.ApprovalState, done.state),
                                          result=done.result)
 

@@ -1,0 +1,1 @@
+"""Approved plugins as running containers (DESIGN.md §6)."""

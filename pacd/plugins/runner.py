@@ -1,0 +1,301 @@
+"""Approved plugins as hardened containers, one per (container, plugin, agent).
+
+A plugin approved with an image runs while its container's agents run: it is
+started after them, stopped with them, re-adopted after a daemon restart
+(its container keeps running like an agent's) and removed on uninstall or
+when its container is deleted. It runs with an agent's hardening
+(:func:`pacd.runtime.hardening.plugin_run_spec`), pinned to the image id the
+owner approved: before each start the image reference the owner named is
+looked up again, and if it now names other content (a re-tag, a rebuild) the
+plugin is *refused* — not started, audited, shown in the listing — until an
+owner approves the new image.
+
+On disk, next to the agent sockets (``config.plugin_socket_dir``)::
+
+    plugins/                        0700   daemon user
+      <plugin container name>/      01733  mounted at /run/pacd-plugin
+
+The plugin (uid 1000 in its container, never the daemon's uid) creates
+``plugin.sock`` in its directory, so the directory is writable by others;
+"others" can only be the plugin, since ``plugins/`` and the owner socket's
+directory above it are private. No one but the directory's owner can list it,
+and the sticky bit keeps a plugin from removing anything it did not create.
+Not yet limited: how much a plugin writes into its directory (it is on the
+host's file system, next to the owner socket). Its container's memory and
+pids limits do not cover it.
+
+Every method blocks on Podman; the caller (the lifecycle) holds the
+container's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pacd.core.actors import DAEMON_ACTOR
+from pacd.core.fields import is_image_reference
+from pacd.errors import ConfigError, InvalidRequest, NotFound, PacdError
+from pacd.registry import ContainerRecord, PluginRecord
+from pacd.runtime.hardening import plugin_container_name, plugin_run_spec
+
+if TYPE_CHECKING:
+    from pacd.api.services import Services
+    from pacd.runtime.podman import PodmanRuntime
+
+log = logging.getLogger("pacd.plugins")
+
+PLUGIN_SOCKET_NAME = "plugin.sock"
+#: others may create the socket (the plugin's uid), only the owner may list
+PLUGIN_DIR_MODE = 0o1733
+MAX_SOCKET_PATH = 107
+
+PENDING = "pending"
+APPROVED = "approved"
+RUNNING = "running"
+STOPPED = "stopped"
+REFUSED = "refused"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PluginState:
+    """One plugin of a container as the owner sees it."""
+
+    id: str
+    name: str
+    version: str
+    agent: str
+    state: str
+    reason: str
+    image: str
+    image_digest: str
+    approval_id: str
+
+
+def plugin_dir(base: Path, container_id: str, plugin_id: str, agent: str) -> Path:
+    """The host directory mounted at /run/pacd-plugin; ConfigError if its socket's
+    path would be too long for a Unix socket."""
+    path = base / plugin_container_name(container_id, plugin_id, agent)
+    if len(os.fsencode(path / PLUGIN_SOCKET_NAME)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"the plugin socket path {path / PLUGIN_SOCKET_NAME} is longer than a Unix "
+            f"socket path may be ({MAX_SOCKET_PATH} bytes); choose a shorter PACD_SOCKET "
+            "directory")
+    return path
+
+
+def _private_dir(path: Path, mode: int) -> None:
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()}")
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+
+
+def image_digest(runtime: PodmanRuntime, ref: str) -> str:
+    """The id (``sha256:…``) of ``ref`` in local Podman storage; never pulled."""
+    if not is_image_reference(ref) or len(ref) > 512:
+        raise InvalidRequest(f"image: {ref!r} is not a container image reference",
+                             [f"image: {ref!r} is not a container image reference"])
+    if not runtime.image_exists(ref):
+        raise NotFound(
+            f"image {ref} is not in local Podman storage, and pacd never pulls: put it "
+            f"there first (`podman build -t {ref} DIR` or `podman load -i IMAGE.tar`)")
+    ident = str(runtime.inspect_image(ref).get("Id", ""))
+    if not ident:
+        raise NotFound(f"image {ref} has no id in local Podman storage")
+    return ident if ident.startswith("sha256:") else f"sha256:{ident}"
+
+
+def plugins_base(services: Services) -> Path:
+    return services.config.socket.parent / "plugins"
+
+
+def _image_id(ref: str) -> str:
+    return ref.removeprefix("sha256:")
+
+
+class PluginRunner:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.base = plugins_base(services)
+        #: the daemon's side of a plugin (its own socket): opened before the plugin
+        #: starts (or when found running), told its container is running, closed when
+        #: it stops or is removed. Set by the lifecycle.
+        self.on_prepare: Callable[[ContainerRecord, PluginRecord, Path], None] | None = None
+        self.on_running: Callable[[PodmanRuntime, ContainerRecord, PluginRecord], None] | None \
+            = None
+        self.on_stopped: Callable[[PluginRecord], None] | None = None
+        #: why a plugin is refused or failed, until it next starts or is removed
+        self._problems: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    # --- state -----------------------------------------------------------------
+
+    def _problem(self, plugin: PluginRecord) -> tuple[str, str] | None:
+        with self._lock:
+            return self._problems.get((plugin.container_id, plugin.plugin_id, plugin.agent))
+
+    def _set_problem(self, plugin: PluginRecord, problem: tuple[str, str] | None) -> None:
+        key = (plugin.container_id, plugin.plugin_id, plugin.agent)
+        with self._lock:
+            if problem is None:
+                self._problems.pop(key, None)
+            else:
+                self._problems[key] = problem
+
+    def states(self, runtime: PodmanRuntime | None, record: ContainerRecord
+               ) -> list[PluginState]:
+        """Every approved plugin with its state (``runtime`` None: Podman unreachable)."""
+        out: list[PluginState] = []
+        for p in self.s.registry.plugins(record.id):
+            state, reason = self._state_of(runtime, p)
+            out.append(PluginState(p.plugin_id, p.name, p.version, p.agent, state, reason,
+                                   p.image, p.image_digest, p.approval_id))
+        return out
+
+    def _state_of(self, runtime: PodmanRuntime | None, p: PluginRecord) -> tuple[str, str]:
+        if not p.image:
+            return APPROVED, "approved without an image: it does not run"
+        problem = self._problem(p)
+        if runtime is None:
+            return problem or (APPROVED, "Podman is not reachable")
+        podman = runtime.state(plugin_container_name(p.container_id, p.plugin_id, p.agent))
+        if podman == "running":
+            return RUNNING, ""
+        if problem is not None:
+            return problem
+        if podman == "missing":
+            return APPROVED, "not started: its container's agents are not running"
+        return STOPPED, f"its container is {podman}"
+
+    # --- start, stop, remove ---------------------------------------------------------
+
+    def start_all(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
+        """Start every approved plugin with an image that is not running. A plugin that
+        cannot start is refused or failed (audited, in the listing); the others and
+        the agents carry on."""
+        for p in self.s.registry.plugins(record.id):
+            if p.image:
+                self._start_one(runtime, record, p)
+
+    def _start_one(self, runtime: PodmanRuntime, record: ContainerRecord,
+                   p: PluginRecord) -> None:
+        name = plugin_container_name(record.id, p.plugin_id, p.agent)
+        if runtime.state(name) == "running":
+            # Running already (e.g. across a daemon restart): serve it again — if it
+            # runs what the owner approved. Anything else under its name is removed.
+            running = str(runtime.inspect(name).get("Image", ""))
+            if _image_id(running) != _image_id(p.image_digest):
+                runtime.remove(name, force=True, missing_ok=True)
+                self._stopped(p)
+                self._refuse(record, p, REFUSED,
+                             f"its container ran image {running}, not the approved "
+                             f"{p.image_digest}; removed")
+                return
+            try:
+                self._prepare(record, p)
+                if self.on_running is not None:
+                    self.on_running(runtime, record, p)
+            except PacdError as exc:
+                log.error("cannot serve the running plugin %s of %s: %s", p.name, record.id,
+                          exc.message)
+            return
+        try:
+            found = image_digest(runtime, p.image)
+        except NotFound as exc:
+            found = ""
+            missing = exc.message
+        else:
+            missing = ""
+        if found != p.image_digest:
+            reason = (missing or f"image {p.image} is now {found}, not the approved "
+                      f"{p.image_digest}") + "; approve the plugin again to run another image"
+            self._refuse(record, p, REFUSED, reason)
+            return
+        try:
+            model = record.model()
+            agent = model.agent(p.agent)
+            if agent is None:
+                raise NotFound(f"container {record.name!r} has no agent {p.agent!r}")
+            directory = plugin_dir(self.base, record.id, p.plugin_id, p.agent)
+            self.base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_dir(self.base, 0o700)
+            _private_dir(directory, PLUGIN_DIR_MODE)
+            self._prepare(record, p)
+            # Started by the approved id, so a re-tag between the check and the start
+            # cannot swap what runs.
+            spec = plugin_run_spec(model, agent, record.owner_id, p.plugin_id,
+                                   image=p.image_digest, socket_dir=directory)
+            runtime.run_agent(spec, replace=True)
+            if self.on_running is not None:
+                self.on_running(runtime, record, p)
+        except PacdError as exc:
+            self._stopped(p)
+            self._refuse(record, p, FAILED, exc.message)
+            return
+        self._set_problem(p, None)
+        self._audit(record, p, "plugin.start", "allow", f"plugin {p.name!r} started",
+                    details={"image_digest": p.image_digest})
+        self.s.events.publish("plugin.state", container_id=record.id, plugin_id=p.plugin_id,
+                              agent=p.agent, state=RUNNING)
+
+    def _prepare(self, record: ContainerRecord, p: PluginRecord) -> None:
+        if self.on_prepare is not None:
+            self.on_prepare(record, p, plugin_dir(self.base, record.id, p.plugin_id, p.agent))
+
+    def _stopped(self, p: PluginRecord) -> None:
+        if self.on_stopped is not None:
+            with contextlib.suppress(PacdError):
+                self.on_stopped(p)
+
+    def _refuse(self, record: ContainerRecord, p: PluginRecord, state: str,
+                reason: str) -> None:
+        log.warning("plugin %s of %s (%s) not started: %s", p.name, record.id, p.agent, reason)
+        previous = self._problem(p)
+        self._set_problem(p, (state, reason))
+        if previous != (state, reason):  # once per cause, not on every reconcile
+            self._audit(record, p, "plugin.start", "deny", reason,
+                        details={"state": state, "image": p.image, "image_digest": p.image_digest})
+        self.s.events.publish("plugin.state", container_id=record.id, plugin_id=p.plugin_id,
+                              agent=p.agent, state=state, reason=reason)
+
+    def stop_all(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
+        for p in self.s.registry.plugins(record.id):
+            if p.image:
+                with contextlib.suppress(NotFound):
+                    runtime.stop(plugin_container_name(record.id, p.plugin_id, p.agent))
+                self._stopped(p)
+
+    def remove_all(self, runtime: PodmanRuntime, record: ContainerRecord) -> None:
+        for p in self.s.registry.plugins(record.id):
+            self.remove(runtime, p)
+
+    def remove(self, runtime: PodmanRuntime, p: PluginRecord) -> None:
+        """Remove the plugin's container (ending its calls) and its directory."""
+        runtime.remove(plugin_container_name(p.container_id, p.plugin_id, p.agent),
+                       force=True, missing_ok=True)
+        self._stopped(p)
+        with contextlib.suppress(ConfigError):
+            directory = plugin_dir(self.base, p.container_id, p.plugin_id, p.agent)
+            if directory.parent == self.base:
+                shutil.rmtree(directory, ignore_errors=True)
+        self._set_problem(p, None)
+
+    def _audit(self, record: ContainerRecord, p: PluginRecord, action: str, decision: str,
+               reason: str, *, details: dict[str, object]) -> None:
+        with contextlib.suppress(PacdError):
+            self.s.audit.append(DAEMON_ACTOR, action, record.id, decision, reason,
+                                {"plugin_id": p.plugin_id, "plugin": p.name,
+                                 "agent": p.agent, **details})
