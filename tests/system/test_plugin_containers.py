@@ -126,6 +126,10 @@ def test_approved_plugin_runs_hardened_as_the_approved_digest_and_answers_format
     assert d.owner.approve(approval_id)["state"] == "approved"
     wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering")
     assert state_of(d, cid) == ("running", "")
+    # The container's own view (the tray's menu reads it) says the same, not the
+    # state stored at approval.
+    [shown] = d.daemon.client().request("GET", f"/v1/containers/{cid}")["plugins"]
+    assert shown["state"] == "running"
 
     # An agent's hardening, pinned to the approved image id, no network.
     info = podman_runtime.inspect(plugin_container_name(cid, PLUGIN_ID, "writer"))

@@ -7,6 +7,7 @@ act that then fails adds a ``.result`` entry saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -93,11 +94,17 @@ class ContainerRoutes:
     def _view(self, record: ContainerRecord) -> messages.ContainerView:
         model = record.model()
         states: dict[str, str] = {}
+        # plugin id -> its state now (running, stopped, refused …), not the one stored
+        # when it was approved
+        plugin_states: dict[str, str] = {}
         if self.services.lifecycle is not None:
             try:
                 states = self.services.lifecycle.agent_states(record)
             except (RuntimeUnavailable, RuntimeFailed):
                 states = {a.name: "unknown" for a in model.agents}
+            with contextlib.suppress(RuntimeFailed):
+                plugin_states = {p.id: p.state
+                                 for p in self.services.lifecycle.plugin_states(record)}
         agents = [
             messages.AgentView(name=a.name, image=a.image,
                                capabilities=[c.value for c in a.capabilities],
@@ -108,7 +115,8 @@ class ContainerRoutes:
         ]
         plugins = [
             messages.PluginView(id=p.plugin_id, name=p.name, version=p.version, agent=p.agent,
-                                state=p.state, approval_id=p.approval_id,
+                                state=plugin_states.get(p.plugin_id, p.state),
+                                approval_id=p.approval_id,
                                 approved_at=iso(p.approved_at) or "")
             for p in self.services.registry.plugins(record.id)
         ]
