@@ -142,10 +142,17 @@ def bind_agent_socket(path: Path) -> socket.socket:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise ConfigError(f"{path} exists and is not a socket")
         os.unlink(path)  # left by a daemon that died: this daemon owns the directory
+    return listen_for_others(path)
+
+
+def listen_for_others(path: Path) -> socket.socket:
+    """A listening socket at ``path`` that a container's uid may connect to: mode 0666,
+    its private parent directories being what admits only that container (see the
+    module docstring); nothing is left at ``path`` if binding fails."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
-        os.chmod(path, 0o666)  # noqa: S103 - see the module docstring: private parents
+        os.chmod(path, 0o666)  # noqa: S103 - the parents are private
         sock.listen(64)
         sock.setblocking(False)
     except BaseException:

@@ -23,7 +23,7 @@ from pathlib import Path
 from pacd.agents.resources.base import AgentContext, AgentIdentity, AgentResource
 from pacd.agents.resources.data import DataRoutes
 from pacd.agents.resources.identity import IdentityRoutes
-from pacd.agents.server import AgentRoutes
+from pacd.agents.server import AgentRoutes, listen_for_others
 from pacd.core.models import AgentDomain, DataAccessLevel, PersonalAIContainer
 from pacd.errors import ConfigError
 
@@ -111,16 +111,5 @@ def bind_plugin_daemon_socket(path: Path) -> socket.socket:
         raise ConfigError(f"{path.parent} must be a directory owned by uid {os.getuid()}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        # The plugin runs as another uid; the directory above is reachable by it alone.
-        os.chmod(path, 0o666)  # noqa: S103
-        sock.listen(64)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    return sock
+    # The plugin runs as another uid; the directory above is reachable by it alone.
+    return listen_for_others(path)

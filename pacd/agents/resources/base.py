@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import re
 import time
@@ -55,7 +56,7 @@ class AgentContext:
     plugins: PluginCalls | None = None
 
 
-class AgentResource:
+class AgentResource(abc.ABC):
     """One resource of one agent's socket: who is asking is fixed when it is made."""
 
     def __init__(self, ctx: AgentContext, identity: AgentIdentity,
@@ -65,9 +66,9 @@ class AgentResource:
         self.container = container
         self.agent = member
 
+    @abc.abstractmethod
     def routes(self) -> list[Route]:
         """This resource's routes, each naming one of its handlers."""
-        raise NotImplementedError
 
     # What the socket's caller may do: the agent's own rules. A plugin's socket to
     # the daemon serves the same resources with narrower hooks (see
