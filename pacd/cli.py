@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pacd import __version__
-from pacd.config import load_config
+from pacd.config import PLATFORM_PRESENCE_METHODS, load_config
 from pacd.errors import (
     DaemonUnavailable,
     IntegrityError,
@@ -298,7 +298,8 @@ def cmd_credentials(args: argparse.Namespace, ctx: Ctx) -> None:
 def cmd_session(args: argparse.Namespace, ctx: Ctx) -> None:
     if args.platform:
         # The daemon runs this ceremony itself; the reader waits for the person.
-        ctx.say("Touch the fingerprint reader…")
+        ctx.say("Touch the fingerprint reader…" if args.platform == "fprintd"
+                else "Confirm with Touch ID…")
         ctx.client.timeout = max(ctx.client.timeout,
                                  ctx.config.platform_presence_timeout_s + 30)
         token = ctx.client.request("POST", "/v1/sessions/platform",
@@ -545,9 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
                      ).add_argument("id", help="the credential id as listed")
     session = add("session", cmd_session, "prove presence now and cache the session token")
     session.add_argument("--level", choices=("enhanced", "biometric"), default="biometric")
-    session.add_argument("--platform", choices=("fprintd",),
+    session.add_argument("--platform", choices=PLATFORM_PRESENCE_METHODS,
                          help="let the daemon verify you with this machine's fingerprint "
-                              "reader (enable with platform_presence in config.toml)")
+                              "reader (fprintd, or Touch ID on a Mac; enable with "
+                              "platform_presence in config.toml)")
 
     cont = add("container", cmd_container, "create and manage containers")
     csub = cont.add_subparsers(dest="container_cmd", required=True, metavar="ACTION")

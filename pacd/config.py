@@ -32,7 +32,7 @@ from pacd.private_file import check_private_config
 
 APP = "pacd"
 #: presence methods the daemon itself can run (the owner enables each explicitly)
-PLATFORM_PRESENCE_METHODS = ("fprintd",)
+PLATFORM_PRESENCE_METHODS = ("fprintd", "touchid")
 
 
 def _default_home() -> Path:

@@ -28,7 +28,7 @@ T = TypeVar("T")
 Level = Literal["basic", "enhanced", "biometric", "carbonProof"]
 SessionLevel = Literal["enhanced", "biometric"]
 #: presence methods the daemon runs itself (config ``platform_presence``)
-PlatformMethod = Literal["fprintd"]
+PlatformMethod = Literal["fprintd", "touchid"]
 ApprovalState = Literal["pending", "approved", "denied", "expired", "failed"]
 
 
@@ -91,8 +91,8 @@ class SessionComplete:
 @dataclass(frozen=True)
 class PlatformSession:
     """Open a session with a presence method the daemon runs itself: the person
-    uses the machine's own reader. A fingerprint match signs nothing, so such a
-    session is biometric at most."""
+    uses the machine's own reader (fprintd, or Touch ID on a Mac). A session is
+    biometric at most: a carbonProof is one action's own assertion."""
 
     method: PlatformMethod
     level: SessionLevel = "biometric"

@@ -47,7 +47,9 @@ def presence_methods_report(fprintd_bus_address: str | None = None,
         report.append(Availability(False, "fprintd is Linux only", FprintdVerifier.name))
     if platform_enabled is not None:
         report[-1] = _with_enablement(report[-1], platform_enabled)
-    report.append(TouchIdVerifier.probe())
+    touchid = TouchIdVerifier.probe()
+    report.append(touchid if platform_enabled is None
+                  else _with_enablement(touchid, platform_enabled))
     report.append(windows_hello_availability())
     return report
 

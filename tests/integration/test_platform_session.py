@@ -249,3 +249,20 @@ def test_cli_session_platform_caches_the_token(make_daemon: Callable[..., Daemon
     refused = daemon.cli("session", "--platform", "fprintd")
     assert refused.returncode == PresenceFailed.exit_code
     assert "did not match" in refused.stderr
+
+
+def test_touchid_off_macos_is_unavailable_says_why_and_asks_nobody(
+        make_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = make_daemon(settings={"platform_presence": ["touchid"]})
+    Owner(daemon).init("Alice")
+    touchid = [p for p in daemon.client().status()["presence_methods"]
+               if p["name"] == "touchid"]
+    assert touchid[0]["available"] is False
+    assert "Touch ID: not macOS" in touchid[0]["detail"]
+    assert "enabled for sessions" in touchid[0]["detail"]
+    with pytest.raises(PacdError, match="Touch ID: not macOS") as refused:
+        daemon.client().request("POST", PLATFORM, {"method": "touchid", "level": "biometric"})
+    assert refused.value.code == "presence_unavailable"
+    entries = _entries(daemon)
+    assert [(e["decision"], e["details"]["method"], e["details"]["status"])
+            for e in entries] == [("deny", "touchid", 503)]

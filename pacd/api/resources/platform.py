@@ -7,6 +7,13 @@ the owner is there (the person touches the reader; pacd only ever hears
 biometric level at most (``pacd.presence.levels``): a carbonProof still needs
 an assertion over the action itself.
 
+With Touch ID (macOS) the daemon asks the owner's enrolled Secure Enclave key
+to sign a fresh challenge; the Mac shows its own fingerprint prompt and the
+daemon checks the signature against the enrolled credential. That signature
+covers the session request, not any one action, so it too opens a biometric
+session at most. Where Touch ID cannot work (not a Mac, no sensor, no enrolled
+key) the route refuses with ``presence_unavailable`` and says why.
+
 The route is closed unless an owner exists and the owner listed the method in
 ``platform_presence``: on a machine where anyone at the keyboard may touch the
 reader, opening sessions that way must be the owner's explicit choice.
@@ -19,6 +26,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 
 from pacd import messages
 from pacd.api.route import Call, Route
@@ -39,6 +47,8 @@ from pacd.errors import (
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.fprintd import FprintdVerifier
 from pacd.presence.levels import ceremony_for, level_for
+from pacd.presence.macos import SecureEnclaveKey, TouchIdVerifier
+from pacd.presence.verifiers import PresenceVerifier
 
 log = logging.getLogger("pacd.api")
 
@@ -64,10 +74,14 @@ def _os_user() -> str:
 
 
 class PlatformSessions:
-    """Opens sessions with the daemon's own presence methods (fprintd)."""
+    """Opens sessions with the daemon's own presence methods (fprintd, Touch ID)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services,
+                 touchid_key: Callable[[], SecureEnclaveKey] = SecureEnclaveKey) -> None:
         self.services = services
+        # The Secure Enclave key is where pacd meets macOS (pyobjc); it is made
+        # per request, and raises PresenceUnavailable off macOS.
+        self._touchid_key = touchid_key
         # One verification at a time: the reader serves one claim, and a second
         # request must not queue a touch the person is not expecting.
         self._in_use = threading.Lock()
@@ -76,7 +90,8 @@ class PlatformSessions:
         return Route(
             "POST", "/v1/sessions/platform", "platform_session",
             "the daemon verifies the owner with the machine's own fingerprint reader "
-            "(fprintd; enable with platform_presence) and issues a token, biometric at most",
+            "(fprintd or Touch ID; enable with platform_presence) and issues a token, "
+            "biometric at most",
             self.create, request=messages.PlatformSession, response=messages.SessionToken,
             errors=(Forbidden, PresenceFailed, PresenceMethodUnavailable, InvalidRequest),
             action=ACTION)
@@ -134,20 +149,35 @@ class PlatformSessions:
 
     # --- the verification -----------------------------------------------------
 
-    def _verifier(self) -> FprintdVerifier:
+    def verifier(self, method: str) -> PresenceVerifier:
+        """The verifier for ``method``, ready to ask; PresenceMethodUnavailable
+        (with the reason) when it cannot work here. May block: run in a thread."""
+        if method == "touchid":
+            try:
+                touchid = TouchIdVerifier(self.services.owners, self.services.clock,
+                                          self._touchid_key())
+            except PresenceUnavailable as exc:
+                raise PresenceMethodUnavailable(exc.message) from None
+            # Checked before any prompt: a Mac without an enrolled pacd key must
+            # not show a fingerprint dialog whose answer nothing can check.
+            found = touchid.availability()
+            if not found.available:
+                raise PresenceMethodUnavailable(found.reason)
+            return touchid
         return FprintdVerifier(bus_address=self.services.config.fprintd_bus_address,
                                username=_os_user(), call_timeout_s=CALL_TIMEOUT_S)
 
     async def _verify(self, method: str) -> VerifiedPresence:
         timeout = self.services.config.platform_presence_timeout_s
-        verifier = self._verifier()
+        verifier = await asyncio.to_thread(self.verifier, method)
         if not self._in_use.acquire(blocking=False):
             raise PresenceMethodUnavailable(
                 "a fingerprint verification is already in progress; try again when it ends")
 
         def run() -> VerifiedPresence:
             try:
-                # fprintd signs nothing: the challenge only satisfies the interface.
+                # A fresh challenge per request: Touch ID signs it (checked against
+                # the enrolled credential); fprintd signs nothing.
                 return verifier.verify(secrets.token_bytes(32), timeout)
             finally:
                 self._in_use.release()
