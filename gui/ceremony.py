@@ -237,23 +237,41 @@ class FingerprintSessionWorker(CeremonyWorker):
     """Earns a session at ``level`` from the daemon's own fingerprint check (fprintd,
     ``POST /v1/sessions/platform``): the daemon asks the reader; nothing is signed here."""
 
+    #: the ``platform_presence`` method the daemon runs for this worker
+    method = "fprintd"
+    prompt_text = "Touch the fingerprint reader."
+
     def __init__(self, client: Client, level: str) -> None:
         super().__init__(client, {}, _no_key)
         self.level = level
         self.token: dict[str, Any] | None = None
 
+    def sentences(self) -> dict[str, str]:
+        return FINGERPRINT_SENTENCES
+
     @Slot()
     def run(self) -> None:
-        emit(self.prompt, "Touch the fingerprint reader.")
+        emit(self.prompt, self.prompt_text)
         try:
             self.token = self.client.request(
-                "POST", "/v1/sessions/platform", {"method": "fprintd", "level": self.level},
+                "POST", "/v1/sessions/platform", {"method": self.method, "level": self.level},
                 auth=False)
         except PacdError as exc:
-            sentence = FINGERPRINT_SENTENCES.get(exc.code, f"Not confirmed: {exc.message}")
+            sentence = self.sentences().get(exc.code, f"Not confirmed: {exc.message}")
             emit(self.finished, sentence)
             return
         emit(self.finished, "")
+
+
+class TouchIdSessionWorker(FingerprintSessionWorker):
+    """The same with Touch ID on a Mac: the daemon asks the Secure Enclave key to
+    sign, macOS shows its own prompt; nothing is signed by the tray."""
+
+    method = "touchid"
+    prompt_text = "Confirm with Touch ID."
+
+    def sentences(self) -> dict[str, str]:
+        return TOUCHID_SENTENCES
 
 
 FINGERPRINT_SENTENCES = {
@@ -263,6 +281,14 @@ FINGERPRINT_SENTENCES = {
                             "fprintd not running); nothing was done.",
     "forbidden": "The daemon does not accept the fingerprint reader for sessions; "
                  "nothing was done.",
+}
+
+TOUCHID_SENTENCES = {
+    "presence_failed": "Touch ID did not confirm it is you (cancelled, not recognised, or "
+                       "not used in time); nothing was done.",
+    "presence_unavailable": "Touch ID cannot be used now (not a Mac with Touch ID, or no "
+                            "pacd key enrolled on it); nothing was done.",
+    "forbidden": "The daemon does not accept Touch ID for sessions; nothing was done.",
 }
 
 

@@ -20,6 +20,7 @@ from gui.ceremony import (
     CeremonyWorker,
     FingerprintSessionWorker,
     SessionWorker,
+    TouchIdSessionWorker,
     run_on_thread,
     window_authenticator,
 )
@@ -37,6 +38,7 @@ class PresenceDialog(QDialog):
     def __init__(self, client: Client, level: str, what: str,
                  authenticator: Authenticator | None,
                  parent: QWidget | None = None, *, fingerprint: bool = False,
+                 touchid: bool = False,
                  ceremony_timeout_s: float = CEREMONY_TIMEOUT_S) -> None:
         super().__init__(parent)
         self.setWindowTitle("pacd: confirm it is you")
@@ -44,6 +46,7 @@ class PresenceDialog(QDialog):
         self.level = level
         self.client = client
         self.fingerprint = fingerprint
+        self.touchid = touchid
         # None: the platform's ceremony for this window, its handle read now on the
         # GUI thread (the worker calls the authenticator on its own thread)
         key = authenticator or window_authenticator(int(self.winId()))
@@ -69,12 +72,16 @@ class PresenceDialog(QDialog):
         choices = QHBoxLayout(self.choice)
         self.key_button = QPushButton("Use security key")
         self.fingerprint_button = QPushButton("Use fingerprint reader")
-        for b in (self.key_button, self.fingerprint_button):
+        self.touchid_button = QPushButton("Use Touch ID")
+        for b in (self.key_button, self.fingerprint_button, self.touchid_button):
             b.setAutoDefault(False)
             choices.addWidget(b)
         self.key_button.clicked.connect(self._run)
         self.fingerprint_button.clicked.connect(self._use_fingerprint)
-        self.choice.setVisible(fingerprint)
+        self.touchid_button.clicked.connect(self._use_touchid)
+        self.fingerprint_button.setVisible(fingerprint)
+        self.touchid_button.setVisible(touchid)
+        self.choice.setVisible(fingerprint or touchid)
         layout.addWidget(self.choice)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setAutoDefault(False)
@@ -89,8 +96,9 @@ class PresenceDialog(QDialog):
 
     def start(self) -> None:
         self.show()
-        if self.fingerprint:
-            set_plain(self.status, "Confirm with your security key or the fingerprint reader.")
+        if self.fingerprint or self.touchid:
+            other = "the fingerprint reader" if self.fingerprint else "Touch ID"
+            set_plain(self.status, f"Confirm with your security key or {other}.")
         else:
             QTimer.singleShot(0, self._run)
 
@@ -105,6 +113,14 @@ class PresenceDialog(QDialog):
         if self._thread is not None:
             return
         self._worker = FingerprintSessionWorker(self.client, self.level)
+        self._connect(self._worker)
+        self._run()
+
+    @Slot()
+    def _use_touchid(self) -> None:
+        if self._thread is not None:
+            return
+        self._worker = TouchIdSessionWorker(self.client, self.level)
         self._connect(self._worker)
         self._run()
 

@@ -67,6 +67,8 @@ class TrayState:
     demo_enrolled: int = 0
     #: the daemon offers fingerprint (fprintd) sessions: the owner enabled it, a reader works
     fingerprint: bool = False
+    #: the daemon offers Touch ID sessions: the owner enabled it, this Mac can use it
+    touchid: bool = False
 
     @property
     def pending(self) -> list[dict[str, Any]]:
@@ -120,11 +122,17 @@ def fetch_state(client: Client) -> TrayState:
         approvals=list(approvals),
         containers=list(containers),
         demo_enrolled=int(demo.get("enrolled", 0)) if isinstance(demo, dict) else 0,
-        fingerprint=any(isinstance(p, dict) and p.get("name") == "fprintd"
-                        and p.get("available") is True
-                        and enabled_for_sessions(str(p.get("detail", "")))
-                        for p in status.get("presence_methods") or []),
+        fingerprint=_offered(status, "fprintd"),
+        touchid=_offered(status, "touchid"),
     )
+
+
+def _offered(status: dict[str, Any], method: str) -> bool:
+    """Whether status says the owner enabled ``method`` for sessions and it works here."""
+    return any(isinstance(p, dict) and p.get("name") == method
+               and p.get("available") is True
+               and enabled_for_sessions(str(p.get("detail", "")))
+               for p in status.get("presence_methods") or [])
 
 
 def _audit_reason(audit: dict[str, Any]) -> str:
@@ -420,7 +428,8 @@ class Tray(QObject):
                otherwise: Callable[[], None]) -> None:
         dialog = PresenceDialog(self.client, level, what,
                                 self.authenticator,
-                                fingerprint=self.state.fingerprint)
+                                fingerprint=self.state.fingerprint,
+                                touchid=self.state.touchid)
         self.presence_dialog = dialog
 
         def proved(token: dict[str, Any] | None) -> None:
