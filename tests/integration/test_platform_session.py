@@ -188,7 +188,8 @@ def test_session_is_biometric_at_most(make_daemon: Callable[..., DaemonProcess],
     with pytest.raises(InvalidRequest, match="level"):
         daemon.client().request("POST", PLATFORM, {"method": "fprintd", "level": "carbonProof"})
     with pytest.raises(InvalidRequest, match="method"):
-        daemon.client().request("POST", PLATFORM, {"method": "touchid", "level": "biometric"})
+        daemon.client().request("POST", PLATFORM, {"method": "windows-hello",
+                                                   "level": "biometric"})
     assert "Claim" not in fprintd.calls
 
     token = daemon.client().request("POST", PLATFORM, FPRINTD)
