@@ -52,6 +52,7 @@ from pacd.core.models import PersonalAIContainer, SecurityPolicy
 from pacd.egress.netns import bind_in_netns
 from pacd.egress.proxy import EgressProxy, PolicyOf
 from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
+from pacd.messages import PluginStateView
 from pacd.plugins.calls import PluginCalls
 from pacd.plugins.daemon_socket import (
     DAEMON_SOCKET_NAME,
@@ -60,7 +61,7 @@ from pacd.plugins.daemon_socket import (
     bind_plugin_daemon_socket,
     socket_key,
 )
-from pacd.plugins.runner import PluginRunner, PluginState, image_digest
+from pacd.plugins.runner import PluginRunner, image_digest
 from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import (
     LABEL_AGENT,
@@ -451,7 +452,7 @@ class ContainerLifecycle:
         """The id of an image in local Podman storage (never pulled); NotFound if absent."""
         return self._with_runtime(image_digest, ref)
 
-    def plugin_states(self, record: ContainerRecord) -> list[PluginState]:
+    def plugin_states(self, record: ContainerRecord) -> list[PluginStateView]:
         try:
             return self._with_runtime(self.plugins.states, record)
         except RuntimeUnavailable:

@@ -10,7 +10,7 @@ from pacd.approvals import ApprovalQueue
 from pacd.audit import AuditLog
 from pacd.config import Config
 from pacd.events import EventBus
-from pacd.plugins.runner import PluginState
+from pacd.messages import PluginStateView
 from pacd.presence.clock import Clock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.rp import RelyingParty
@@ -71,7 +71,7 @@ class Lifecycle(Protocol):
         """The id of an image in local Podman storage (never pulled); NotFound if absent."""
         ...
 
-    def plugin_states(self, record: ContainerRecord) -> list[PluginState]: ...
+    def plugin_states(self, record: ContainerRecord) -> list[PluginStateView]: ...
 
     def sync_plugins(self, record: ContainerRecord) -> None:
         """Start the approved plugins that should run and do not."""

@@ -29,11 +29,7 @@ def plugin_list(services: Services, record: ContainerRecord) -> m.PluginStateLis
     """Approved plugins with their runtime state, then the ones awaiting approval."""
     out: list[m.PluginStateView] = []
     if services.lifecycle is not None:
-        states = services.lifecycle.plugin_states(record)
-        out += [m.PluginStateView(id=p.id, name=p.name, version=p.version, agent=p.agent,
-                                  state=p.state, reason=p.reason, image=p.image,
-                                  image_digest=p.image_digest, approval_id=p.approval_id)
-                for p in states]
+        out += services.lifecycle.plugin_states(record)
     else:
         out += [m.PluginStateView(id=p.plugin_id, name=p.name, version=p.version,
                                   agent=p.agent, state="approved",

@@ -37,13 +37,13 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.fields import is_image_reference
 from pacd.errors import ConfigError, InvalidRequest, NotFound, PacdError
+from pacd.messages import PluginStateView
 from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import plugin_container_name, plugin_run_spec
 
@@ -64,21 +64,6 @@ RUNNING = "running"
 STOPPED = "stopped"
 REFUSED = "refused"
 FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class PluginState:
-    """One plugin of a container as the owner sees it."""
-
-    id: str
-    name: str
-    version: str
-    agent: str
-    state: str
-    reason: str
-    image: str
-    image_digest: str
-    approval_id: str
 
 
 def plugin_dir(base: Path, container_id: str, plugin_id: str, agent: str) -> Path:
@@ -156,12 +141,12 @@ class PluginRunner:
                 self._problems[key] = problem
 
     def states(self, runtime: PodmanRuntime | None, record: ContainerRecord
-               ) -> list[PluginState]:
+               ) -> list[PluginStateView]:
         """Every approved plugin with its state (``runtime`` None: Podman unreachable)."""
-        out: list[PluginState] = []
+        out: list[PluginStateView] = []
         for p in self.s.registry.plugins(record.id):
             state, reason = self._state_of(runtime, p)
-            out.append(PluginState(p.plugin_id, p.name, p.version, p.agent, state, reason,
+            out.append(PluginStateView(p.plugin_id, p.name, p.version, p.agent, state, reason,
                                    p.image, p.image_digest, p.approval_id))
         return out
 
