@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pacd.agents.inbox import Doorbell, Inbox
@@ -50,7 +49,7 @@ from pacd.core.egress import PROXY_HOST, PROXY_PORT
 from pacd.core.generators import generate_containerfile
 from pacd.core.models import PersonalAIContainer, SecurityPolicy
 from pacd.egress.netns import bind_in_netns
-from pacd.egress.proxy import EgressProxy, PolicyOf
+from pacd.egress.proxy import EgressClient, EgressProxy, PolicyOf
 from pacd.errors import NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
 from pacd.messages import PluginStateView
 from pacd.plugins.calls import PluginCalls
@@ -58,9 +57,9 @@ from pacd.plugins.daemon_socket import (
     DAEMON_SOCKET_NAME,
     PluginIdentity,
     PluginSocketRoutes,
-    bind_plugin_daemon_socket,
     socket_key,
 )
+from pacd.plugins.directory import PluginDirectories, PluginDirectory
 from pacd.plugins.runner import PluginRunner, image_digest
 from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import (
@@ -73,6 +72,7 @@ from pacd.runtime.hardening import (
     container_name,
     egress_via_proxy,
     plugin_container_name,
+    plugin_egress_via_proxy,
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
@@ -140,10 +140,11 @@ class ContainerLifecycle:
                                concern_quota=services.config.quota_per_concern_bytes)
         self.doorbell = Doorbell()
         self.plugins = PluginRunner(services)
-        self.plugins.on_prepare = self._open_plugin_socket
         self.plugins.on_running = self._serve_plugin
         self.plugins.on_stopped = self._close_plugin_socket
-        self.plugin_calls = PluginCalls(services.registry, self.plugins.base)
+        #: each running plugin's directory, reached through its container
+        self.plugin_dirs = PluginDirectories()
+        self.plugin_calls = PluginCalls(services.registry, self.plugin_dirs)
         self.sockets = AgentSockets(AgentContext(
             data=self.data, audit=services.audit, inbox=self.inbox, doorbell=self.doorbell,
             clock=services.clock.wall, plugins=self.plugin_calls))
@@ -229,7 +230,7 @@ class ContainerLifecycle:
         self._on_loop(self.sockets.serve_namespace(container_id, agent, ns))
 
     def _close_socket(self, container_id: str, agent: str) -> bool:
-        self._on_loop(self.egress.close(container_id, agent))
+        self._on_loop(self.egress.close((container_id, agent)))
         return self._on_loop(self.sockets.close(container_id, agent))
 
     def _open_egress(self, runtime: PodmanRuntime, record: ContainerRecord, agent: str) -> None:
@@ -245,19 +246,26 @@ class ContainerLifecycle:
         if pid is None:
             raise RuntimeFailed(f"agent {agent!r} of {record.id} is not running: "
                                 "no egress proxy for it")
-        if self.egress.serving(record.id, agent) == pid:
+        self._listen_for_egress(EgressClient.agent(record.id, agent), pid,
+                                self._egress_policy(record.id, agent))
+
+    def _listen_for_egress(self, client: EgressClient, pid: int, policy_of: PolicyOf) -> None:
+        """The proxy's listener in the network namespace of ``pid`` (a container's init),
+        served for ``client``; a listener already in that container is kept."""
+        if self.egress.serving(client.key) == pid:
             return
         sock = bind_in_netns(pid, PROXY_HOST, PROXY_PORT)
         try:
-            self._on_loop(self.egress.open(record.id, agent, pid, sock,
-                                           self._egress_policy(record.id, agent)))
+            self._on_loop(self.egress.open(client, pid, sock, policy_of))
         except BaseException:
             sock.close()
             raise
 
-    def _egress_policy(self, container_id: str, agent: str) -> PolicyOf:
+    def _egress_policy(self, container_id: str, agent: str, plugin_id: str | None = None
+                       ) -> PolicyOf:
         """The policy each egress connection is checked against: the container's as it
-        is now, or None once the agent may no longer go out (or the container is gone)."""
+        is now, or None once the agent (or the plugin approved for it, ``plugin_id``)
+        may no longer go out, or the container or plugin is gone."""
         def read() -> SecurityPolicy | None:
             try:
                 model = self.services.registry.get(container_id).model()
@@ -266,6 +274,12 @@ class ContainerLifecycle:
             member = model.agent(agent)
             if member is None or not egress_via_proxy(model, member):
                 return None
+            if plugin_id is not None:
+                plugin = next((p for p in self.services.registry.plugins(container_id)
+                               if p.plugin_id == plugin_id and p.agent == agent), None)
+                if plugin is None or not plugin_egress_via_proxy(
+                        model, member, plugin.model().required_capabilities):
+                    return None
             return model.policy
 
         async def policy() -> SecurityPolicy | None:
@@ -414,35 +428,60 @@ class ContainerLifecycle:
 
     # --- plugins -------------------------------------------------------------------
 
-    def _open_plugin_socket(self, record: ContainerRecord, plugin: PluginRecord,
-                            directory: Path) -> None:
-        """The plugin's own socket to the daemon, open before the plugin starts."""
+    def _serve_plugin(self, runtime: PodmanRuntime, record: ContainerRecord,
+                      plugin: PluginRecord) -> None:
+        """Set up the daemon's side of a running plugin: its directory (reached through
+        the container), its own socket to the daemon there, served to the processes of
+        its container and only those (like an agent's, see _serve_container), and the
+        egress proxy in its network namespace when its policy lets it out."""
+        name = plugin_container_name(record.id, plugin.plugin_id, plugin.agent)
+        pid = runtime.init_pid(name)
+        if pid is None:
+            raise RuntimeFailed(f"plugin container {name} is not running")
+        key = (record.id, plugin.plugin_id, plugin.agent)
+        directory = self.plugin_dirs.get(key)
+        if directory is None or directory.pid != pid:
+            # A container not served yet (or a new one): what served an earlier one goes.
+            self._close_plugin_socket(plugin)
+            directory = PluginDirectory.of_process(pid)
+            # The pid still names this container after the directory was opened, so
+            # it is not a process that took the number of one that died.
+            if runtime.init_pid(name) != pid:
+                directory.close()
+                raise RuntimeFailed(f"plugin container {name} stopped while starting")
+            self.plugin_dirs.attach(key, directory)
+        served = directory
         model = record.model()
         identity = PluginIdentity(record.id, record.name, record.owner_id, plugin.agent,
                                   plugin_id=plugin.plugin_id)
         access = plugin.model().security_requirements.max_data_access
-        path = directory / DAEMON_SOCKET_NAME
         self._on_loop(self.sockets.open_routes(
             (record.id, socket_key(plugin.plugin_id, plugin.agent)),
             lambda: PluginSocketRoutes(self.sockets.ctx, identity, model, access),
-            lambda: bind_plugin_daemon_socket(path), path))
-
-    def _serve_plugin(self, runtime: PodmanRuntime, record: ContainerRecord,
-                      plugin: PluginRecord) -> None:
-        """Serve the processes of the plugin's running container on its socket, and only
-        those (like an agent's, see _serve_container)."""
-        name = plugin_container_name(record.id, plugin.plugin_id, plugin.agent)
-        ns = pid_namespace(runtime.init_pid(name))
+            lambda: served.bind(DAEMON_SOCKET_NAME),
+            lambda: served.unlink(DAEMON_SOCKET_NAME)))
+        ns = pid_namespace(pid)
         if ns is not None and ns == pid_namespace(os.getpid()):
             log.error("plugin container %s runs in the host's PID namespace: its socket "
                       "serves no one", name)
             ns = None
         self._on_loop(self.sockets.serve_namespace(
             record.id, socket_key(plugin.plugin_id, plugin.agent), ns))
+        member = model.agent(plugin.agent)
+        if member is not None and plugin_egress_via_proxy(
+                model, member, plugin.model().required_capabilities):
+            self._listen_for_egress(
+                EgressClient.plugin(record.id, socket_key(plugin.plugin_id, plugin.agent),
+                                    plugin.plugin_id, plugin.name, plugin.agent),
+                pid, self._egress_policy(record.id, plugin.agent, plugin.plugin_id))
 
     def _close_plugin_socket(self, plugin: PluginRecord) -> None:
-        self._on_loop(self.sockets.close(plugin.container_id,
-                                         socket_key(plugin.plugin_id, plugin.agent)))
+        """Tear down the daemon's side of a plugin: its proxy, its socket, then its
+        directory (the socket is removed through it)."""
+        key = socket_key(plugin.plugin_id, plugin.agent)
+        self._on_loop(self.egress.close((plugin.container_id, key)))
+        self._on_loop(self.sockets.close(plugin.container_id, key))
+        self.plugin_dirs.close((plugin.container_id, plugin.plugin_id, plugin.agent))
 
     def _is_plugin_of(self, record: ContainerRecord, name: str) -> bool:
         return any(p.image and plugin_container_name(record.id, p.plugin_id, p.agent) == name
@@ -655,6 +694,7 @@ class ContainerLifecycle:
             await asyncio.to_thread(self._watcher.join, 10.0)
         await self.sockets.close_all()
         await self.egress.close_all()
+        self.plugin_dirs.close_all()
         with self._runtime_lock:
             runtime, self._runtime = self._runtime, None
         if runtime is not None:

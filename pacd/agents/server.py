@@ -347,7 +347,8 @@ class _GuardedSockSite(web.SockSite):
 class _Site:
     routes: AgentRoutes
     runner: web.AppRunner
-    path: Path
+    #: removes the socket's file (first thing on close: no new connection after it)
+    remove: Callable[[], None]
     sock: socket.socket
 
 
@@ -377,14 +378,19 @@ class AgentSockets:
     async def open(self, identity: AgentIdentity, container: PersonalAIContainer,
                    path: Path) -> None:
         """Serve ``identity``'s routes on a new socket at ``path`` (no-op if already open)."""
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
         await self.open_routes((identity.container_id, identity.agent),
                                lambda: AgentRoutes(self.ctx, identity, container),
-                               lambda: bind_agent_socket(path), path)
+                               lambda: bind_agent_socket(path), remove)
 
     async def open_routes(self, key: tuple[str, str], make: Callable[[], AgentRoutes],
-                          bind: Callable[[], socket.socket], path: Path) -> None:
-        """Serve the routes ``make`` builds on the socket ``bind`` makes at ``path``,
-        under ``key`` (no-op if that key is open already)."""
+                          bind: Callable[[], socket.socket], remove: Callable[[], None]
+                          ) -> None:
+        """Serve the routes ``make`` builds on the socket ``bind`` makes, under ``key``
+        (no-op if that key is open already); ``remove`` removes its file."""
         async with self._lock:
             if key in self._sites:
                 return
@@ -399,12 +405,11 @@ class AgentSockets:
                 await _GuardedSockSite(runner, sock, routes.guard).start()
             except BaseException:
                 sock.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                remove()
                 await runner.cleanup()
                 raise
-            self._sites[key] = _Site(routes, runner, path, sock)
-            log.info("agent socket open: %s at %s", identity.actor, path)
+            self._sites[key] = _Site(routes, runner, remove, sock)
+            log.info("agent socket open: %s at %s", identity.actor, sock.getsockname())
 
     async def close(self, container_id: str, agent: str) -> bool:
         """Stop serving an agent and remove its socket file; False if it was not open."""
@@ -413,8 +418,7 @@ class AgentSockets:
         if site is None:
             return False
         # Unlink first: from this moment no new connection can reach the agent.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(site.path)
+        site.remove()
         await site.runner.cleanup()
         site.sock.close()
         await site.routes.refusals.close()

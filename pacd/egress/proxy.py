@@ -1,6 +1,7 @@
-"""The egress proxy: HTTP (absolute-form) and HTTPS (CONNECT) out of agent containers.
+"""The egress proxy: HTTP (absolute-form) and HTTPS (CONNECT) out of agent and plugin
+containers.
 
-One listener per networked agent, inside its container (see
+One listener per networked agent or plugin, inside its container (see
 :mod:`pacd.egress.netns`), so a connection's origin is known without trusting
 anything the agent says. Each connection carries one request: the head is
 read (at most ``MAX_HEAD_BYTES``, within ``head_timeout_s``), checked against
@@ -11,7 +12,7 @@ made to the checked address, never re-resolved. Then bytes are relayed both
 ways until either side closes or ``idle_timeout_s`` passes without traffic.
 
 Every connection that sent anything is one durable audit entry
-(``egress.connect``: host, port, allow/deny, bytes up and down). A refusal is
+(``egress.connect``: who, host, port, allow/deny, bytes up and down). A refusal is
 recorded before the agent is answered; an allowed connection is recorded when
 it ends, with its byte counts.
 """
@@ -23,7 +24,7 @@ import contextlib
 import http
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,8 +53,31 @@ class AuditSink(Protocol):
     ) -> object: ...
 
 
-#: the policy egress is checked against now; None when the agent may no longer go out
+#: the policy egress is checked against now; None when the client may no longer go out
 PolicyOf = Callable[[], Awaitable[SecurityPolicy | None]]
+
+
+@dataclass(frozen=True)
+class EgressClient:
+    """Whom a listener serves: the key it is kept under, the audit actor, and the
+    details naming it in each ``egress.connect`` entry."""
+
+    key: tuple[str, str]
+    actor: str
+    names: Mapping[str, str]
+
+    @classmethod
+    def agent(cls, container_id: str, agent: str) -> EgressClient:
+        return cls((container_id, agent), f"agent:{container_id}/{agent}",
+                   {"container": container_id, "agent": agent})
+
+    @classmethod
+    def plugin(cls, container_id: str, key: str, plugin_id: str, plugin: str,
+               agent: str) -> EgressClient:
+        """A plugin approved for ``agent``, kept under ``key`` (never an agent's name)."""
+        return cls((container_id, key), f"plugin:{container_id}/{plugin_id}",
+                   {"container": container_id, "agent": agent, "plugin_id": plugin_id,
+                    "plugin": plugin})
 
 
 @dataclass
@@ -61,6 +85,7 @@ class _Listener:
     server: asyncio.Server
     pid: int
     policy_of: PolicyOf
+    client: EgressClient
     connections: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -71,7 +96,7 @@ class _Counts:
 
 
 class EgressProxy:
-    """The daemon's egress listeners, one per (container, agent)."""
+    """The daemon's egress listeners, one per client (an agent, or a plugin)."""
 
     def __init__(self, audit: AuditSink, *, allow_loopback: bool = False,
                  head_timeout_s: float = 10.0, connect_timeout_s: float = 10.0,
@@ -83,34 +108,33 @@ class EgressProxy:
         self.idle_timeout_s = idle_timeout_s
         self._listeners: dict[tuple[str, str], _Listener] = {}
 
-    def serving(self, container_id: str, agent: str) -> int | None:
+    def serving(self, key: tuple[str, str]) -> int | None:
         """The init pid of the container whose namespace the listener is in, or None."""
-        listener = self._listeners.get((container_id, agent))
+        listener = self._listeners.get(key)
         return listener.pid if listener is not None else None
 
-    async def open(self, container_id: str, agent: str, pid: int, sock: socket.socket,
+    async def open(self, client: EgressClient, pid: int, sock: socket.socket,
                    policy_of: PolicyOf) -> None:
-        """Serve ``sock`` (already listening) for this agent, replacing an older listener."""
-        await self.close(container_id, agent)
-        key = (container_id, agent)
+        """Serve ``sock`` (already listening) for ``client``, replacing an older listener."""
+        await self.close(client.key)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None  # a connection callback always runs in a task
             listener.connections.add(task)
             try:
-                await self._handle(key, listener, reader, writer)
+                await self._handle(listener, reader, writer)
             finally:
                 listener.connections.discard(task)
 
         sock.setblocking(False)
         server = await asyncio.start_server(handle, sock=sock, limit=MAX_HEAD_BYTES)
-        listener = _Listener(server, pid, policy_of)
-        self._listeners[key] = listener
+        listener = _Listener(server, pid, policy_of, client)
+        self._listeners[client.key] = listener
 
-    async def close(self, container_id: str, agent: str) -> None:
-        """Stop listening for this agent and end its connections."""
-        listener = self._listeners.pop((container_id, agent), None)
+    async def close(self, key: tuple[str, str]) -> None:
+        """Stop listening for this client and end its connections."""
+        listener = self._listeners.pop(key, None)
         if listener is None:
             return
         listener.server.close()
@@ -120,14 +144,14 @@ class EgressProxy:
         await listener.server.wait_closed()
 
     async def close_all(self) -> None:
-        for container_id, agent in list(self._listeners):
-            await self.close(container_id, agent)
+        for key in list(self._listeners):
+            await self.close(key)
 
     # --- one connection ----------------------------------------------------------------
 
-    async def _handle(self, key: tuple[str, str], listener: _Listener,
-                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        actor = f"agent:{key[0]}/{key[1]}"
+    async def _handle(self, listener: _Listener, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        client = listener.client
         request: ProxyRequest | None = None
         try:
             try:
@@ -138,7 +162,8 @@ class EgressProxy:
                 policy = await listener.policy_of()
                 if policy is None:
                     raise EgressRefusal(403, "egress_not_allowed",
-                                        "this agent's policy no longer allows external APIs")
+                                        f"this {client.actor.split(':', 1)[0]}'s policy "
+                                        "no longer allows external APIs")
                 if len(listener.connections) > policy.max_concurrent_connections:
                     raise EgressRefusal(503, "too_many_connections",
                                         f"more than {policy.max_concurrent_connections} "
@@ -147,7 +172,7 @@ class EgressProxy:
                              policy.allowed_network_ports)
                 address, upstream_reader, upstream_writer = await self._connect(request)
             except EgressRefusal as refusal:
-                await self._refuse(actor, key, request, refusal, reader, writer)
+                await self._refuse(client, request, refusal, reader, writer)
                 return
             counts = _Counts()
             try:
@@ -155,7 +180,7 @@ class EgressProxy:
                                   counts)
             finally:
                 upstream_writer.close()
-                await self._record(actor, key, request, "allow",
+                await self._record(client, request, "allow",
                                    f"connection to {request.host}:{request.port} closed",
                                    {"address": address, "bytes_up": counts.up,
                                     "bytes_down": counts.down})
@@ -261,10 +286,10 @@ class EgressProxy:
         except* (OSError, TimeoutError):
             pass  # either side went away or fell silent: the connection is over
 
-    async def _refuse(self, actor: str, key: tuple[str, str], request: ProxyRequest | None,  # noqa: PLR0917
+    async def _refuse(self, client: EgressClient, request: ProxyRequest | None,
                       refusal: EgressRefusal, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
-        await self._record(actor, key, request, "deny", refusal.reason,
+        await self._record(client, request, "deny", refusal.reason,
                            {"status": refusal.status, "refusal": refusal.kind})
         body = (refusal.reason + "\n").encode("utf-8", "replace")
         phrase = http.HTTPStatus(refusal.status).phrase
@@ -283,15 +308,15 @@ class EgressProxy:
                 while await reader.read(_CHUNK):
                     pass
 
-    async def _record(self, actor: str, key: tuple[str, str], request: ProxyRequest | None,  # noqa: PLR0917
+    async def _record(self, client: EgressClient, request: ProxyRequest | None,
                       decision: str, reason: str, extra: dict[str, Any]) -> None:
         host = request.host if request is not None else ""
         port = request.port if request is not None else 0
-        details: dict[str, Any] = {"container": key[0], "agent": key[1], "host": host,
+        details: dict[str, Any] = {**client.names, "host": host,
                                    "port": port, "method": request.method if request else "",
                                    "bytes_up": 0, "bytes_down": 0, **extra}
         try:
-            await self.audit.append_async(actor, "egress.connect",
+            await self.audit.append_async(client.actor, "egress.connect",
                                           f"{host}:{port}" if host else "", decision, reason,
                                           details)
         except PacdError as exc:

@@ -1,7 +1,8 @@
 """Agents calling plugins through their own socket (``/v1/plugins/{plugin}/{path}``).
 
-The daemon is the only way to a plugin: its socket is in a directory only the
-daemon and the plugin can reach. A call is routed only to a plugin that is
+The daemon is the only way to a plugin: its socket is in a directory inside the
+plugin's container, which the daemon reaches through the container
+(:mod:`pacd.plugins.directory`). A call is routed only to a plugin that is
 installed in the caller's container, approved for the calling agent, running,
 and that declares the endpoint (path and method); it is rate limited per
 (plugin, endpoint, agent) by the endpoint's token bucket; it carries the
@@ -15,14 +16,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 
 from pacd.core.models import APIEndpoint
 from pacd.core.ratelimit import TokenBucket
 from pacd.errors import Forbidden, NotFound, PluginTimeout, PluginUnavailable, RateLimited
-from pacd.plugins.runner import PLUGIN_SOCKET_NAME, plugin_dir
+from pacd.plugins.directory import PluginDirectories, PluginDirectory
 from pacd.registry import ContainerRegistry
 
 #: a call's body, and a plugin's answer, at most (bytes)
@@ -38,7 +38,8 @@ class PluginRoute:
     plugin_id: str
     name: str
     endpoint: APIEndpoint
-    socket: Path
+    #: the running plugin's directory, holding its socket
+    directory: PluginDirectory
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ class PluginAnswer:
 
 
 class PluginCalls:
-    def __init__(self, registry: ContainerRegistry, base: Path,
+    def __init__(self, registry: ContainerRegistry, directories: PluginDirectories,
                  clock: Callable[[], float] = time.monotonic,
                  timeout_s: float = PLUGIN_TIMEOUT_S) -> None:
         self.registry = registry
-        self.base = base
+        self.directories = directories
         self.clock = clock
         self.timeout_s = timeout_s
         self._buckets: dict[tuple[str, str, str, str, str], TokenBucket] = {}
@@ -78,10 +79,10 @@ class PluginCalls:
                          if e.path == path and e.method.value == method), None)
         if endpoint is None:
             raise NotFound(f"plugin {plugin.name!r} has no endpoint {method} {path[:200]}")
-        sock = plugin_dir(self.base, container_id, plugin.plugin_id, agent) / PLUGIN_SOCKET_NAME
-        if not sock.exists():
+        directory = self.directories.get((container_id, plugin.plugin_id, agent))
+        if directory is None or not directory.has_socket():
             raise NotFound(f"plugin {plugin.name!r} is not running")
-        return PluginRoute(container_id, plugin.plugin_id, plugin.name, endpoint, sock)
+        return PluginRoute(container_id, plugin.plugin_id, plugin.name, endpoint, directory)
 
     def take(self, route: PluginRoute, agent: str) -> None:
         """Spend one token of the endpoint's bucket for this agent; RateLimited (with
@@ -116,28 +117,32 @@ class PluginCalls:
             headers["Content-Type"] = content_type
         try:
             async with asyncio.timeout(self.timeout_s):
-                connector = aiohttp.UnixConnector(path=str(route.socket))
-                async with aiohttp.ClientSession(connector=connector) as session, \
-                        session.request(method, f"http://plugin{path_qs}", data=body,
-                                        headers=headers, allow_redirects=False) as reply:
-                    # Read to the end (read(n) may return less than is coming), and
-                    # stop as soon as the answer is too large.
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in reply.content.iter_chunked(65536):
-                        size += len(chunk)
-                        if size > MAX_PLUGIN_BODY:
-                            raise PluginUnavailable(
-                                f"plugin {route.name!r} answered with more than "
-                                f"{MAX_PLUGIN_BODY} bytes")
-                        chunks.append(chunk)
-                    return PluginAnswer(reply.status,
-                                        reply.headers.get("Content-Type",
-                                                          "application/octet-stream"),
-                                        b"".join(chunks))
+                with route.directory.socket_path() as path:
+                    return await self._send(route, method, path_qs, body, headers, path)
         except TimeoutError:
             raise PluginTimeout(f"plugin {route.name!r} did not answer within "
                                 f"{self.timeout_s:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise PluginUnavailable(f"plugin {route.name!r} is not answering: "
                                     f"{type(exc).__name__}") from None
+
+    @staticmethod
+    async def _send(route: PluginRoute, method: str, path_qs: str, body: bytes,  # noqa: PLR0917
+                    headers: dict[str, str], path: str) -> PluginAnswer:
+        connector = aiohttp.UnixConnector(path=path)
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                session.request(method, f"http://plugin{path_qs}", data=body,
+                                headers=headers, allow_redirects=False) as reply:
+            # Read to the end (read(n) may return less than is coming), and stop as
+            # soon as the answer is too large.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in reply.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > MAX_PLUGIN_BODY:
+                    raise PluginUnavailable(f"plugin {route.name!r} answered with more "
+                                            f"than {MAX_PLUGIN_BODY} bytes")
+                chunks.append(chunk)
+            return PluginAnswer(reply.status,
+                                reply.headers.get("Content-Type", "application/octet-stream"),
+                                b"".join(chunks))

@@ -12,20 +12,14 @@ within its ``maxDataAccess`` (``none``: nothing, ``readOnly``: reads,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from pacd.agents.resources.base import AgentContext, AgentIdentity, AgentResource
 from pacd.agents.resources.data import DataRoutes
 from pacd.agents.resources.identity import IdentityRoutes
-from pacd.agents.server import AgentRoutes, listen_for_others
+from pacd.agents.server import AgentRoutes
 from pacd.core.models import AgentDomain, DataAccessLevel, PersonalAIContainer
-from pacd.errors import ConfigError
 
 DAEMON_SOCKET_NAME = "pacd.sock"
 
@@ -100,16 +94,3 @@ class PluginSocketRoutes(AgentRoutes):
                   container: PersonalAIContainer, member: AgentDomain) -> list[AgentResource]:
         return [PluginWhoami(ctx, self.plugin, container, member, self.max_access),
                 PluginData(ctx, self.plugin, container, member, self.max_access)]
-
-
-def bind_plugin_daemon_socket(path: Path) -> socket.socket:
-    """Bind ``pacd.sock`` in the plugin's directory (made by the runner, the daemon's).
-    Whatever the plugin may have put at that name goes first: the directory is the
-    daemon's, so it may remove anything in it."""
-    st = os.lstat(path.parent)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ConfigError(f"{path.parent} must be a directory owned by uid {os.getuid()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    # The plugin runs as another uid; the directory above is reachable by it alone.
-    return listen_for_others(path)

@@ -10,19 +10,11 @@ looked up again, and if it now names other content (a re-tag, a rebuild) the
 plugin is *refused* — not started, audited, shown in the listing — until an
 owner approves the new image.
 
-On disk, next to the agent sockets (``config.plugin_socket_dir``)::
-
-    plugins/                        0700   daemon user
-      <plugin container name>/      01733  mounted at /run/pacd-plugin
-
-The plugin (uid 1000 in its container, never the daemon's uid) creates
-``plugin.sock`` in its directory, so the directory is writable by others;
-"others" can only be the plugin, since ``plugins/`` and the owner socket's
-directory above it are private. No one but the directory's owner can list it,
-and the sticky bit keeps a plugin from removing anything it did not create.
-Not yet limited: how much a plugin writes into its directory (it is on the
-host's file system, next to the owner socket). Its container's memory and
-pids limits do not cover it.
+The plugin's directory, ``/run/pacd-plugin``, where it creates ``plugin.sock``
+and the daemon binds ``pacd.sock``, is a small tmpfs in its container
+(:func:`pacd.runtime.hardening.plugin_dir_mount`): what the plugin writes there
+is capped and never reaches the host's disk. The daemon reaches it through the
+container (:mod:`pacd.plugins.directory`), once the container runs.
 
 Every method blocks on Podman; the caller (the lifecycle) holds the
 container's lock.
@@ -32,17 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import stat
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.fields import is_image_reference
-from pacd.errors import ConfigError, InvalidRequest, NotFound, PacdError
+from pacd.errors import InvalidRequest, NotFound, PacdError
 from pacd.messages import PluginStateView
 from pacd.registry import ContainerRecord, PluginRecord
 from pacd.runtime.hardening import plugin_container_name, plugin_run_spec
@@ -53,39 +41,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pacd.plugins")
 
-PLUGIN_SOCKET_NAME = "plugin.sock"
-#: others may create the socket (the plugin's uid), only the owner may list
-PLUGIN_DIR_MODE = 0o1733
-MAX_SOCKET_PATH = 107
-
 PENDING = "pending"
 APPROVED = "approved"
 RUNNING = "running"
 STOPPED = "stopped"
 REFUSED = "refused"
 FAILED = "failed"
-
-
-def plugin_dir(base: Path, container_id: str, plugin_id: str, agent: str) -> Path:
-    """The host directory mounted at /run/pacd-plugin; ConfigError if its socket's
-    path would be too long for a Unix socket."""
-    path = base / plugin_container_name(container_id, plugin_id, agent)
-    if len(os.fsencode(path / PLUGIN_SOCKET_NAME)) > MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"the plugin socket path {path / PLUGIN_SOCKET_NAME} is longer than a Unix "
-            f"socket path may be ({MAX_SOCKET_PATH} bytes); choose a shorter PACD_SOCKET "
-            "directory")
-    return path
-
-
-def _private_dir(path: Path, mode: int) -> None:
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=mode)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()}")
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
 
 
 def image_digest(runtime: PodmanRuntime, ref: str) -> str:
@@ -103,10 +64,6 @@ def image_digest(runtime: PodmanRuntime, ref: str) -> str:
     return ident if ident.startswith("sha256:") else f"sha256:{ident}"
 
 
-def plugins_base(services: Services) -> Path:
-    return services.config.socket.parent / "plugins"
-
-
 def _image_id(ref: str) -> str:
     return ref.removeprefix("sha256:")
 
@@ -114,11 +71,9 @@ def _image_id(ref: str) -> str:
 class PluginRunner:
     def __init__(self, services: Services) -> None:
         self.s = services
-        self.base = plugins_base(services)
-        #: the daemon's side of a plugin (its own socket): opened before the plugin
-        #: starts (or when found running), told its container is running, closed when
-        #: it stops or is removed. Set by the lifecycle.
-        self.on_prepare: Callable[[ContainerRecord, PluginRecord, Path], None] | None = None
+        #: the daemon's side of a plugin (its directory, its own socket, its egress
+        #: proxy): set up once its container runs (started, or found running), torn
+        #: down when it stops or is removed. Set by the lifecycle.
         self.on_running: Callable[[PodmanRuntime, ContainerRecord, PluginRecord], None] | None \
             = None
         self.on_stopped: Callable[[PluginRecord], None] | None = None
@@ -190,7 +145,6 @@ class PluginRunner:
                              f"{p.image_digest}; removed")
                 return
             try:
-                self._prepare(record, p)
                 if self.on_running is not None:
                     self.on_running(runtime, record, p)
             except PacdError as exc:
@@ -214,19 +168,19 @@ class PluginRunner:
             agent = model.agent(p.agent)
             if agent is None:
                 raise NotFound(f"container {record.name!r} has no agent {p.agent!r}")
-            directory = plugin_dir(self.base, record.id, p.plugin_id, p.agent)
-            self.base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _private_dir(self.base, 0o700)
-            _private_dir(directory, PLUGIN_DIR_MODE)
-            self._prepare(record, p)
             # Started by the approved id, so a re-tag between the check and the start
             # cannot swap what runs.
             spec = plugin_run_spec(model, agent, record.owner_id, p.plugin_id,
-                                   image=p.image_digest, socket_dir=directory)
+                                   image=p.image_digest,
+                                   capabilities=p.model().required_capabilities)
             runtime.run_agent(spec, replace=True)
             if self.on_running is not None:
                 self.on_running(runtime, record, p)
         except PacdError as exc:
+            # A plugin the daemon cannot serve (its directory, its socket, its proxy)
+            # does not run half set up.
+            with contextlib.suppress(PacdError):
+                runtime.remove(name, force=True, missing_ok=True)
             self._stopped(p)
             self._refuse(record, p, FAILED, exc.message)
             return
@@ -235,10 +189,6 @@ class PluginRunner:
                     details={"image_digest": p.image_digest})
         self.s.events.publish("plugin.state", container_id=record.id, plugin_id=p.plugin_id,
                               agent=p.agent, state=RUNNING)
-
-    def _prepare(self, record: ContainerRecord, p: PluginRecord) -> None:
-        if self.on_prepare is not None:
-            self.on_prepare(record, p, plugin_dir(self.base, record.id, p.plugin_id, p.agent))
 
     def _stopped(self, p: PluginRecord) -> None:
         if self.on_stopped is not None:
@@ -268,14 +218,10 @@ class PluginRunner:
             self.remove(runtime, p)
 
     def remove(self, runtime: PodmanRuntime, p: PluginRecord) -> None:
-        """Remove the plugin's container (ending its calls) and its directory."""
+        """Remove the plugin's container (ending its calls; its directory goes with it)."""
         runtime.remove(plugin_container_name(p.container_id, p.plugin_id, p.agent),
                        force=True, missing_ok=True)
         self._stopped(p)
-        with contextlib.suppress(ConfigError):
-            directory = plugin_dir(self.base, p.container_id, p.plugin_id, p.agent)
-            if directory.parent == self.base:
-                shutil.rmtree(directory, ignore_errors=True)
         self._set_problem(p, None)
 
     def _audit(self, record: ContainerRecord, p: PluginRecord, action: str, decision: str,

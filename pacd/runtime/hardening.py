@@ -21,6 +21,7 @@ from pacd.core.generators import LABEL_CARBON_BASED, LABEL_PERSONAL_AI, generate
 from pacd.core.models import (
     EXTERNAL_CAPABILITIES,
     AgentDomain,
+    Capability,
     IsolationLevel,
     PersonalAIContainer,
 )
@@ -52,6 +53,8 @@ AGENT_USER = "1000:1000"
 DEFAULT_PIDS_LIMIT = 128
 DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
 DEFAULT_TMP_BYTES = 64 * 1024 * 1024
+#: the plugin's directory (/run/pacd-plugin) holds its socket and the daemon's, little else
+PLUGIN_DIR_BYTES = 1024 * 1024
 #: the in-container scratch directory (a size-limited tmpfs, not the host's /tmp)
 CONTAINER_TMP = "/tmp"  # noqa: S108
 
@@ -255,6 +258,38 @@ def plugin_container_name(container_id: str, plugin_id: str, agent_name: str) ->
     return f"pacd-{short_container_id(container_id)}.{agent_name}.p-{short_container_id(plugin_id)}"
 
 
+def plugin_egress_via_proxy(container: PersonalAIContainer, agent: AgentDomain,
+                            capabilities: tuple[Capability, ...]) -> bool:
+    """Whether a plugin approved for ``agent`` may reach the outside through pacd's egress
+    proxy: the policy allows external APIs and the plugin requires a network capability
+    (``capabilities``, its schema's ``required_capabilities``) that the agent holds and
+    may use (:func:`egress_via_proxy`). A plugin never goes where its agent may not."""
+    if not egress_via_proxy(container, agent):
+        return False
+    return any(cap in EXTERNAL_CAPABILITIES and cap in agent.capabilities
+               for cap in capabilities)
+
+
+def plugin_dir_mount(size_bytes: int = PLUGIN_DIR_BYTES) -> TmpfsMount:
+    """The plugin's directory: a tmpfs of ``size_bytes`` in its container, not a host
+    directory, so what the plugin writes there is capped (ENOSPC past the size, and
+    its pages count against the container's memory limit, as do its inodes: Podman 4.3
+    refuses ``nr_inodes``) and never reaches the host's disk.
+
+    Why a tmpfs and not a bind mount of a size-limited host file system: rootless
+    Podman cannot be given one (mounting a tmpfs or a loop device on the host needs
+    privileges the owner does not have), while a tmpfs in the container is mounted by
+    Podman itself, rootless and rootful alike. The daemon reaches it through
+    ``/proc/<init pid>/root`` (:mod:`pacd.plugins.directory`), which needs no more
+    than pacd already needs over its containers (their namespaces for the peer check
+    and the egress listener). Mode 01733 as before: the plugin (uid 1000) may create
+    its socket, only the directory's owner (the container's root: the daemon's own
+    uid under rootless Podman, root under rootful) may list it, and the sticky bit
+    keeps the plugin from removing the daemon's socket."""
+    return TmpfsMount(PLUGIN_SOCKET_DIR_IN_CONTAINER, size_bytes,
+                      ("rw", "noexec", "nosuid", "nodev", "mode=1733"))
+
+
 def plugin_run_spec(
     container: PersonalAIContainer,
     agent: AgentDomain,
@@ -262,16 +297,18 @@ def plugin_run_spec(
     plugin_id: str,
     *,
     image: str,
-    socket_dir: Path | str,
+    capabilities: tuple[Capability, ...] = (),
     pids_limit: int = DEFAULT_PIDS_LIMIT,
     memory_limit_bytes: int = DEFAULT_MEMORY_BYTES,
     tmp_bytes: int = DEFAULT_TMP_BYTES,
+    dir_bytes: int = PLUGIN_DIR_BYTES,
 ) -> AgentRunSpec:
     """The hardened run spec for a plugin approved for ``agent``: the agent's floor
     (read-only root, uid 1000, no capabilities, no-new-privileges, limits, loopback
-    only), ``image`` pinned by the caller (the approved digest), and ``socket_dir``
-    (private to this plugin) mounted at ``/run/pacd-plugin``, where the plugin
-    creates ``plugin.sock``."""
+    only), ``image`` pinned by the caller (the approved digest), and its directory
+    ``/run/pacd-plugin`` (:func:`plugin_dir_mount`, ``dir_bytes`` at most), where the
+    plugin creates ``plugin.sock``. A plugin whose required ``capabilities`` let it out
+    (:func:`plugin_egress_via_proxy`) is told where the proxy listens, as an agent is."""
     if container.agent(agent.name) != agent:
         raise InvalidRequest(f"agent {agent.name!r} is not part of container {container.id}")
     labels = {
@@ -287,15 +324,16 @@ def plugin_run_spec(
         "PACD_PLUGIN_ID": plugin_id,
         "PACD_CONTAINER_ID": container.id,
         "PACD_AGENT": agent.name,
+        **(PROXY_ENV if plugin_egress_via_proxy(container, agent, capabilities) else {}),
     }
     return AgentRunSpec(
         name=plugin_container_name(container.id, plugin_id, agent.name),
         image=image,
         labels=labels,
         env=env,
-        mounts=(BindMount(str(socket_dir), PLUGIN_SOCKET_DIR_IN_CONTAINER),),
+        mounts=(),
         pids_limit=pids_limit,
         memory_limit_bytes=memory_limit_bytes,
-        tmpfs=(TmpfsMount(CONTAINER_TMP, tmp_bytes),),
+        tmpfs=(TmpfsMount(CONTAINER_TMP, tmp_bytes), plugin_dir_mount(dir_bytes)),
         hostname="plugin",
     )

@@ -14,6 +14,7 @@ import pytest
 from pacd.core.models import APIEndpoint, HttpMethod, RateLimit
 from pacd.errors import PluginTimeout, PluginUnavailable, RateLimited
 from pacd.plugins.calls import MAX_PLUGIN_BODY, PluginCalls, PluginRoute
+from pacd.plugins.directory import PluginDirectories, PluginDirectory
 
 
 class Clock:
@@ -24,13 +25,15 @@ class Clock:
         return self.now
 
 
-def route(sock: Path = Path("/nonexistent"), rpm: int = 60, burst: int = 10) -> PluginRoute:
+def route(sock: Path | None = None, rpm: int = 60, burst: int = 10) -> PluginRoute:
+    """A route to the plugin whose directory holds ``sock`` (``plugin.sock``)."""
     endpoint = APIEndpoint("/format", HttpMethod.POST, rate_limit=RateLimit(rpm, burst))
-    return PluginRoute("c1", "p1", "Text Formatter", endpoint, sock)
+    directory = PluginDirectory(-1) if sock is None else PluginDirectory.at(sock.parent)
+    return PluginRoute("c1", "p1", "Text Formatter", endpoint, directory)
 
 
 def calls(clock: Clock | None = None, timeout_s: float = 30.0) -> PluginCalls:
-    return PluginCalls(None, Path("/nonexistent"), clock or Clock(),  # type: ignore[arg-type]
+    return PluginCalls(None, PluginDirectories(), clock or Clock(),  # type: ignore[arg-type]
                        timeout_s=timeout_s)
 
 
@@ -64,7 +67,8 @@ def test_retry_after_at_one_call_a_minute_is_a_minute() -> None:
 
 def test_an_endpoint_without_rate_limit_is_not_limited() -> None:
     c = calls()
-    r = PluginRoute("c1", "p1", "x", APIEndpoint("/format", HttpMethod.POST), Path("/x"))
+    r = PluginRoute("c1", "p1", "x", APIEndpoint("/format", HttpMethod.POST),
+                    PluginDirectory(-1))
     taken = 0
     for _ in range(1000):
         c.take(r, "writer")  # raises RateLimited if any bucket were applied
@@ -150,8 +154,37 @@ def test_a_plugin_that_hangs_up_or_answers_too_much_is_unavailable() -> None:
     asyncio.run(_with_plugin(too_much, run))
 
     async def nobody(path: Path) -> None:
-        with pytest.raises(PluginUnavailable):
-            await calls().forward(route(path.parent / "gone.sock"), "POST", "/format", b"",
+        with tempfile.TemporaryDirectory(prefix="pacd-pc-") as empty, \
+                pytest.raises(PluginUnavailable):
+            await calls().forward(route(Path(empty) / "plugin.sock"), "POST", "/format", b"",
                                   content_type=None, caller="c1/writer")
 
     asyncio.run(_with_plugin(hangs_up, nobody))
+
+
+def test_a_symbolic_link_in_place_of_the_plugins_socket_is_not_followed() -> None:
+    """The plugin owns its directory: a link it puts at plugin.sock, to another socket
+    the daemon could reach (the owner's, say), must not take the call there."""
+    reached: list[bytes] = []
+
+    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reached.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def run(path: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="pacd-pc-") as plugin:
+            (Path(plugin) / "plugin.sock").symlink_to(path)
+            r = route(Path(plugin) / "plugin.sock")
+            assert not r.directory.has_socket()
+            with pytest.raises(PluginUnavailable, match="not a socket"):
+                await calls().forward(r, "POST", "/format", b"", content_type=None,
+                                      caller="c1/writer")
+            # the same socket, not through a link, is reached
+            direct = await calls().forward(route(path), "POST", "/format", b"",
+                                           content_type=None, caller="c1/writer")
+            assert direct.status == 200
+
+    asyncio.run(_with_plugin(other, run))
+    assert len(reached) == 1

@@ -24,9 +24,11 @@ from pacd.runtime.hardening import (
     AgentRunSpec,
     BindMount,
     PortPublish,
+    TmpfsMount,
     agent_run_spec,
     container_name,
     egress_via_proxy,
+    plugin_egress_via_proxy,
     plugin_run_spec,
 )
 from pacd.runtime.images import owner_image_tag
@@ -89,16 +91,26 @@ def test_plugin_spec_has_the_agents_floor_its_own_dir_and_no_agent_label() -> No
                                               trusted_domains=("example.org",)))
     digest = "sha256:" + "ab" * 32
     spec = plugin_run_spec(c, w, "owner-1", "e621e1f8-c36c-495a-93fc-0c247a3e6e5f",
-                           image=digest, socket_dir="/run/user/1000/pacd/plugins/p")
+                           image=digest)
     floor = agent_run_spec(c, w, "owner-1", SOCK)
     assert spec.image == digest
     for attr in ("user", "read_only_root", "cap_drop", "no_new_privileges", "pids_limit",
-                 "memory_limit_bytes", "tmpfs", "init", "published_ports"):
+                 "memory_limit_bytes", "init", "published_ports"):
         assert getattr(spec, attr) == getattr(floor, attr), attr
-    # no way out at all, even where the agent it serves may use the egress proxy
+    # A plugin requiring no network capability gets no way out, even where the agent
+    # it serves may use the egress proxy.
     assert spec.network is False
     assert not {"HTTP_PROXY", "HTTPS_PROXY"} & set(spec.env)
-    assert spec.mounts == (BindMount("/run/user/1000/pacd/plugins/p", "/run/pacd-plugin"),)
+    # Nothing of the host is mounted: its directory is a capped tmpfs in the container.
+    assert spec.mounts == ()
+    assert spec.tmpfs == (*floor.tmpfs, TmpfsMount("/run/pacd-plugin", 1024 * 1024, (
+        "rw", "noexec", "nosuid", "nodev", "mode=1733")))
+    assert "size=1048576" in spec.tmpfs[1].mount_options()
+    body = create_body(spec, "bridge")
+    assert body["netns"] == {"nsmode": "none"}
+    assert [m for m in body["mounts"] if m["destination"] == "/run/pacd-plugin"] == [
+        {"destination": "/run/pacd-plugin", "type": "tmpfs", "source": "tmpfs",
+         "options": ["rw", "noexec", "nosuid", "nodev", "mode=1733", "size=1048576"]}]
     assert spec.env["PACD_PLUGIN_SOCKET"] == "/run/pacd-plugin/plugin.sock"
     assert "com.luciverse.agent" not in spec.labels
     assert spec.labels["com.luciverse.plugin-id"] == "e621e1f8-c36c-495a-93fc-0c247a3e6e5f"
@@ -106,7 +118,31 @@ def test_plugin_spec_has_the_agents_floor_its_own_dir_and_no_agent_label() -> No
     assert spec.name == "pacd-8c1f3b2a1111.writer.p-e621e1f8c36c"
     assert spec.name != container_name(c.id, "writer")
     with pytest.raises(InvalidRequest):
-        plugin_run_spec(c, agent("stranger"), "owner-1", "p", image=digest, socket_dir="/x")
+        plugin_run_spec(c, agent("stranger"), "owner-1", "p", image=digest)
+
+
+@pytest.mark.parametrize(("isolation", "allow", "agent_caps", "plugin_caps"), list(
+    itertools.product(
+        IsolationLevel, (False, True),
+        ((Capability.textGeneration,), (Capability.networkAccess, Capability.apiCall)),
+        ((), (Capability.textGeneration,), (Capability.networkAccess,),
+         (Capability.apiCall, Capability.textGeneration), (Capability.webSearch,)))))
+def test_a_plugin_gets_the_proxy_only_for_a_network_capability_its_agent_may_use(
+        isolation: IsolationLevel, allow: bool, agent_caps: tuple[Capability, ...],
+        plugin_caps: tuple[Capability, ...]) -> None:
+    w = agent("writer", isolation, caps=agent_caps)
+    c = container_of(w, policy=SecurityPolicy.custom(allow_external_apis=allow,
+                                                     trusted_domains=["example.org"]))
+    spec = plugin_run_spec(c, w, "owner-1", "e621e1f8-c36c-495a-93fc-0c247a3e6e5f",
+                           image="sha256:" + "ab" * 32, capabilities=plugin_caps)
+    expected = (egress_via_proxy(c, w)
+                and bool(set(plugin_caps) & set(agent_caps) & EXTERNAL_CAPABILITIES))
+    assert plugin_egress_via_proxy(c, w, plugin_caps) is expected
+    proxy_env = {k: v for k, v in spec.env.items() if k.lower().endswith("_proxy")}
+    assert proxy_env == ({k: "http://127.0.0.1:3128" for k in (
+        "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")} if expected else {})
+    # loopback only, whatever the policy: the proxy is the only way out
+    assert spec.network is False and spec.published_ports == ()
 
 
 def test_image_override() -> None:
