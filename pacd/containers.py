@@ -475,13 +475,18 @@ class ContainerLifecycle:
                                     plugin.plugin_id, plugin.name, plugin.agent),
                 pid, self._egress_policy(record.id, plugin.agent, plugin.plugin_id))
 
-    def _close_plugin_socket(self, plugin: PluginRecord) -> None:
+    def _close_plugin_socket(self, plugin: PluginRecord, *, keep_directory: bool = False
+                             ) -> None:
         """Tear down the daemon's side of a plugin: its proxy, its socket, then its
-        directory (the socket is removed through it)."""
+        directory (the socket is removed through it). ``keep_directory`` (a plugin
+        that died): calls still find its dead socket there and get 502, as they do
+        until it is started again or removed, rather than 404 for a plugin that is
+        installed."""
         key = socket_key(plugin.plugin_id, plugin.agent)
         self._on_loop(self.egress.close((plugin.container_id, key)))
         self._on_loop(self.sockets.close(plugin.container_id, key))
-        self.plugin_dirs.close((plugin.container_id, plugin.plugin_id, plugin.agent))
+        if not keep_directory:
+            self.plugin_dirs.close((plugin.container_id, plugin.plugin_id, plugin.agent))
 
     def _is_plugin_of(self, record: ContainerRecord, name: str) -> bool:
         return any(p.image and plugin_container_name(record.id, p.plugin_id, p.agent) == name
@@ -671,7 +676,7 @@ class ContainerLifecycle:
                 if runtime.state(name) != "running":
                     for p in self.services.registry.plugins(cid):
                         if plugin_container_name(cid, p.plugin_id, p.agent) == name:
-                            self._close_plugin_socket(p)
+                            self._close_plugin_socket(p, keep_directory=True)
             return
         try:
             record = self.services.registry.get(cid) if cid else None

@@ -49,9 +49,33 @@ PLUGIN_ID = SEED["id"].lower()
 FORMAT = json.dumps({"text": "  hello   plugin world ", "style": "title"}).encode()
 
 
+def plugin_dir(d: Deployment, cid: str, agent: str = "writer") -> Path:
+    """The running plugin's /run/pacd-plugin as this host process sees it (through its
+    container's root: the directory is a tmpfs in the container); a path that does not
+    exist when the plugin does not run."""
+    pid = d.runtime.init_pid(plugin_container_name(cid, PLUGIN_ID, agent))
+    return Path(f"/proc/{pid}/root/run/pacd-plugin" if pid else "/nonexistent/pacd-plugin")
+
+
 def plugin_socket(d: Deployment, cid: str, agent: str = "writer") -> Path:
-    return (d.daemon.socket.parent / "plugins"
-            / plugin_container_name(cid, PLUGIN_ID, agent) / "plugin.sock")
+    return plugin_dir(d, cid, agent) / "plugin.sock"
+
+
+def daemon_plugin_sockets(d: Deployment) -> int:
+    """How many plugin sockets (pacd.sock) the daemon listens on: bound through its
+    descriptor of a plugin's directory, ``/proc/self/fd/<n>/pacd.sock``."""
+    assert d.daemon.proc is not None
+    pid = d.daemon.proc.pid
+    mine = {os.stat(f"/proc/{pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")}
+    count = 0
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (len(fields) == 8 and int(fields[6]) in mine
+                and fields[7].startswith("/proc/self/fd/")
+                and fields[7].endswith("/pacd.sock")):
+            count += 1
+    return count
 
 
 def listed(d: Deployment, cid: str) -> list[dict[str, Any]]:
@@ -144,12 +168,14 @@ def test_approved_plugin_runs_hardened_as_the_approved_digest_and_answers_format
     assert host["PidsLimit"] == 128
     assert host["Memory"] == 512 * 1024 * 1024
     assert host["NetworkMode"] == "none"
-    mounts = {m["Destination"]: m for m in info["Mounts"]}
-    assert Path(mounts["/run/pacd-plugin"]["Source"]) == plugin_socket(d, cid).parent
-    # one private directory per plugin, under a directory only the daemon can enter
-    plugins_dir = plugin_socket(d, cid).parent.parent
-    assert stat.S_IMODE(os.stat(plugins_dir).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(plugin_socket(d, cid).parent).st_mode) == 0o1733
+    # Nothing of the host is mounted: its directory is a 1 MiB tmpfs of its own.
+    assert [m for m in info["Mounts"] if m.get("Type") == "bind"] == []
+    pid = podman_runtime.init_pid(plugin_container_name(cid, PLUGIN_ID, "writer"))
+    mounts = [line.split() for line in Path(f"/proc/{pid}/mounts").read_text().splitlines()]
+    [own] = [m for m in mounts if m[1] == "/run/pacd-plugin"]
+    assert own[2] == "tmpfs" and "size=1024k" in own[3].split(","), own
+    assert stat.S_IMODE(os.stat(plugin_dir(d, cid)).st_mode) == 0o1733
+    assert not (d.daemon.socket.parent / "plugins").exists()
     started = d.audit(action="plugin.start", target=cid, decision="allow")
     assert [e["details"]["image_digest"] for e in started] == [digest]
 
@@ -157,7 +183,7 @@ def test_approved_plugin_runs_hardened_as_the_approved_digest_and_answers_format
     d.stop(cid)
     assert state_of(d, cid)[0] == "stopped"
     assert not answers_format(plugin_socket(d, cid))
-    assert not (plugin_socket(d, cid).parent / "pacd.sock").exists()
+    assert daemon_plugin_sockets(d) == 0
     d.start(cid)
     wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering again")
 
@@ -361,17 +387,20 @@ def _plugin_busy(runtime: PodmanRuntime, cid: str) -> bool:
 def test_a_plugin_that_stopped_answering_is_502(pair: tuple[Deployment, str],
                                                 podman_runtime: PodmanRuntime) -> None:
     d, cid = pair
-    # Killed outright: its socket file stays behind, nobody listens on it.
+    assert daemon_plugin_sockets(d) == 1
+    # Killed outright: its socket stays behind (the daemon keeps its directory until it
+    # is started again or removed), nobody listens on it.
     podman_runtime.kill(plugin_container_name(cid, PLUGIN_ID, "writer"))
     wait_until(lambda: podman_runtime.state(plugin_container_name(cid, PLUGIN_ID, "writer"))
                != "running", 30, "the plugin stopping")
-    assert plugin_socket(d, cid).exists()
     reply = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
     assert reply.status == 502 and reply.json()["error"]["code"] == "plugin_unavailable"
     # The daemon saw it die (Podman's events): its socket to the daemon is closed.
-    wait_until(lambda: not (plugin_socket(d, cid).parent / "pacd.sock").exists(), 30,
+    wait_until(lambda: daemon_plugin_sockets(d) == 0, 30,
                "the dead plugin's daemon socket closing")
     assert state_of(d, cid)[0] == "stopped"
+    reply = call(d, cid, "writer", f"/v1/plugins/{PLUGIN_ID}/format")
+    assert reply.status == 502 and reply.json()["error"]["code"] == "plugin_unavailable"
 
 
 def exec_plugin(runtime: PodmanRuntime, cid: str, *args: str) -> Any:
@@ -426,8 +455,7 @@ def test_a_container_under_the_plugins_name_running_other_content_is_removed_not
     writer = model.agent("writer")
     assert writer is not None
     impostor = dataclasses.replace(
-        plugin_run_spec(model, writer, d.owner_id, PLUGIN_ID, image=busybox_image,
-                        socket_dir=plugin_socket(d, cid).parent),
+        plugin_run_spec(model, writer, d.owner_id, PLUGIN_ID, image=busybox_image),
         command=("/bin/busybox", "sleep", "600"))
     podman_runtime.run_agent(impostor, replace=True)
     assert podman_runtime.state(name) == "running"
