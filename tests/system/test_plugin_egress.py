@@ -88,8 +88,8 @@ def net(make_deployment: Callable[..., Deployment], python_image: str, plugin_im
         assert d.owner.approve(submit(d, cid, schema, plugin_image))["state"] == "approved"
     wait_until(lambda: running(d, cid) == {FETCHER_ID, FORMATTER_ID}, 60,
                "both plugins running")
-    for plugin_id in (FETCHER_ID, FORMATTER_ID):
-        wait_until(lambda: serving(d, cid, plugin_id), 60, "the plugin's socket")
+    wait_until(lambda: all(serving(d, cid, p) for p in (FETCHER_ID, FORMATTER_ID)), 60,
+               "both plugins' sockets")
     yield d, cid
 
 
