@@ -282,7 +282,7 @@ def plugin_dir_mount(size_bytes: int = PLUGIN_DIR_BYTES) -> TmpfsMount:
     Podman itself, rootless and rootful alike. The daemon reaches it through
     ``/proc/<init pid>/root`` (:mod:`pacd.plugins.directory`), which needs no more
     than pacd already needs over its containers (their namespaces for the peer check
-    and the egress listener). Mode 01733 as before: the plugin (uid 1000) may create
+    and the egress listener). Mode 01733: the plugin (uid 1000) may create
     its socket, only the directory's owner (the container's root: the daemon's own
     uid under rootless Podman, root under rootful) may list it, and the sticky bit
     keeps the plugin from removing the daemon's socket."""
