@@ -26,14 +26,18 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pacd.core.actors import DAEMON_ACTOR
 from pacd.core.fields import is_image_reference
 from pacd.errors import InvalidRequest, NotFound, PacdError
 from pacd.messages import PluginStateView
 from pacd.registry import ContainerRecord, PluginRecord
-from pacd.runtime.hardening import plugin_container_name, plugin_run_spec
+from pacd.runtime.hardening import (
+    PLUGIN_SOCKET_DIR_IN_CONTAINER,
+    plugin_container_name,
+    plugin_run_spec,
+)
 
 if TYPE_CHECKING:
     from pacd.api.services import Services
@@ -66,6 +70,15 @@ def image_digest(runtime: PodmanRuntime, ref: str) -> str:
 
 def _image_id(ref: str) -> str:
     return ref.removeprefix("sha256:")
+
+
+def _has_capped_dir(info: dict[str, Any]) -> bool:
+    """Whether a plugin container (Podman's inspect) has its directory as pacd makes it
+    now: a tmpfs of its own, and nothing of the host mounted there."""
+    tmpfs = (info.get("HostConfig") or {}).get("Tmpfs") or {}
+    binds = [m for m in info.get("Mounts") or []
+             if str(m.get("Destination", "")).rstrip("/") == PLUGIN_SOCKET_DIR_IN_CONTAINER]
+    return PLUGIN_SOCKET_DIR_IN_CONTAINER in tmpfs and not binds
 
 
 class PluginRunner:
@@ -136,7 +149,8 @@ class PluginRunner:
         if runtime.state(name) == "running":
             # Running already (e.g. across a daemon restart): serve it again — if it
             # runs what the owner approved. Anything else under its name is removed.
-            running = str(runtime.inspect(name).get("Image", ""))
+            info = runtime.inspect(name)
+            running = str(info.get("Image", ""))
             if _image_id(running) != _image_id(p.image_digest):
                 runtime.remove(name, force=True, missing_ok=True)
                 self._stopped(p)
@@ -144,13 +158,20 @@ class PluginRunner:
                              f"its container ran image {running}, not the approved "
                              f"{p.image_digest}; removed")
                 return
-            try:
-                if self.on_running is not None:
-                    self.on_running(runtime, record, p)
-            except PacdError as exc:
-                log.error("cannot serve the running plugin %s of %s: %s", p.name, record.id,
-                          exc.message)
-            return
+            if _has_capped_dir(info):
+                try:
+                    if self.on_running is not None:
+                        self.on_running(runtime, record, p)
+                except PacdError as exc:
+                    log.error("cannot serve the running plugin %s of %s: %s", p.name,
+                              record.id, exc.message)
+                return
+            # Its directory is not the capped one (a container made by an earlier pacd,
+            # with a host directory): started afresh below, as the approved image.
+            log.warning("plugin %s of %s runs without its capped directory: restarted",
+                        p.name, record.id)
+            runtime.remove(name, force=True, missing_ok=True)
+            self._stopped(p)
         try:
             found = image_digest(runtime, p.image)
         except NotFound as exc:

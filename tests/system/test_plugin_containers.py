@@ -27,7 +27,7 @@ import pytest
 
 from pacd.errors import NotFound
 from pacd.registry import ContainerRecord
-from pacd.runtime.hardening import plugin_container_name, plugin_run_spec
+from pacd.runtime.hardening import BindMount, plugin_container_name, plugin_run_spec
 from pacd.runtime.podman import PodmanRuntime
 from tests.integration.harness import EXAMPLES
 from tests.system.agents_env import (
@@ -464,3 +464,41 @@ def test_a_container_under_the_plugins_name_running_other_content_is_removed_not
     assert podman_runtime.state(name) == "missing"
     denied = d.audit(action="plugin.start", target=cid, decision="deny")
     assert len(denied) == 1 and "not the approved" in denied[0]["reason"]
+
+
+def test_a_running_plugin_with_a_host_directory_is_started_afresh_with_its_capped_one(
+        home: tuple[Deployment, str], plugin_image: str, podman_runtime: PodmanRuntime,
+        tmp_path: Path) -> None:
+    """A plugin container made with a host directory at /run/pacd-plugin (as pacd made
+    them before the directory was capped) is not served as it is: a restarted daemon
+    removes it and starts the approved image with its tmpfs."""
+    d, cid = home
+    assert d.owner.approve(submit(d, cid, plugin_image))["state"] == "approved"
+    wait_until(lambda: answers_format(plugin_socket(d, cid)), 60, "the plugin answering")
+    spec = d.show(cid)["spec"]
+    name = plugin_container_name(cid, PLUGIN_ID, "writer")
+    digest = podman_runtime.inspect(name)["Image"]
+    assert d.daemon.stop(timeout=30) == 0
+    model = ContainerRecord(cid, "home", d.owner_id, spec, 0.0).model()
+    writer = model.agent("writer")
+    assert writer is not None
+    host_dir = tmp_path / "plugin-dir"
+    host_dir.mkdir()
+    host_dir.chmod(0o1777)
+    current = plugin_run_spec(model, writer, d.owner_id, PLUGIN_ID, image=digest)
+    old = dataclasses.replace(current, tmpfs=current.tmpfs[:1],
+                              mounts=(BindMount(str(host_dir), "/run/pacd-plugin"),))
+    before = podman_runtime.run_agent(old, replace=True)
+    wait_until(lambda: (host_dir / "plugin.sock").exists(), 60, "the old-style plugin serving")
+    d.daemon.start()
+
+    def replaced() -> bool:
+        return (podman_runtime.state(name) == "running"
+                and podman_runtime.inspect(name)["Id"] != before
+                and answers_format(plugin_socket(d, cid)))
+
+    wait_until(replaced, 60, "the plugin started afresh")
+    info = podman_runtime.inspect(name)
+    assert [m for m in info["Mounts"] if m.get("Type") == "bind"] == []
+    assert "size=1048576" in info["HostConfig"]["Tmpfs"]["/run/pacd-plugin"]
+    assert state_of(d, cid) == ("running", "")
