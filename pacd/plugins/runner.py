@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from pacd.runtime.podman import PodmanRuntime
 
 log = logging.getLogger("pacd.plugins")
+
+#: where pacd kept plugin directories on the host before they were capped tmpfs mounts
+LEGACY_PLUGINS_DIR = "plugins"
 
 PENDING = "pending"
 APPROVED = "approved"
@@ -206,6 +211,7 @@ class PluginRunner:
             self._refuse(record, p, FAILED, exc.message)
             return
         self._set_problem(p, None)
+        self._remove_host_dir(name)
         self._audit(record, p, "plugin.start", "allow", f"plugin {p.name!r} started",
                     details={"image_digest": p.image_digest})
         self.s.events.publish("plugin.state", container_id=record.id, plugin_id=p.plugin_id,
@@ -240,10 +246,23 @@ class PluginRunner:
 
     def remove(self, runtime: PodmanRuntime, p: PluginRecord) -> None:
         """Remove the plugin's container (ending its calls; its directory goes with it)."""
-        runtime.remove(plugin_container_name(p.container_id, p.plugin_id, p.agent),
-                       force=True, missing_ok=True)
+        name = plugin_container_name(p.container_id, p.plugin_id, p.agent)
+        runtime.remove(name, force=True, missing_ok=True)
         self._stopped(p)
+        self._remove_host_dir(name)
         self._set_problem(p, None)
+
+    def _remove_host_dir(self, name: str) -> None:
+        """Remove the host directory an earlier pacd mounted for the plugin ``name``
+        (``plugins/<name>/`` next to the owner socket), once no container uses it: what
+        the plugin wrote there was not capped."""
+        base = self.s.config.socket.parent / LEGACY_PLUGINS_DIR
+        directory = base / name
+        if directory.parent == base and os.path.isdir(directory) \
+                and not os.path.islink(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                base.rmdir()  # the last one: nothing of plugins is on the host any more
 
     def _audit(self, record: ContainerRecord, p: PluginRecord, action: str, decision: str,
                reason: str, *, details: dict[str, object]) -> None:

@@ -467,8 +467,8 @@ def test_a_container_under_the_plugins_name_running_other_content_is_removed_not
 
 
 def test_a_running_plugin_with_a_host_directory_is_started_afresh_with_its_capped_one(
-        home: tuple[Deployment, str], plugin_image: str, podman_runtime: PodmanRuntime,
-        tmp_path: Path) -> None:
+        home: tuple[Deployment, str], plugin_image: str, podman_runtime: PodmanRuntime
+        ) -> None:
     """A plugin container made with a host directory at /run/pacd-plugin (as pacd made
     them before the directory was capped) is not served as it is: a restarted daemon
     removes it and starts the approved image with its tmpfs."""
@@ -482,8 +482,9 @@ def test_a_running_plugin_with_a_host_directory_is_started_afresh_with_its_cappe
     model = ContainerRecord(cid, "home", d.owner_id, spec, 0.0).model()
     writer = model.agent("writer")
     assert writer is not None
-    host_dir = tmp_path / "plugin-dir"
-    host_dir.mkdir()
+    # where pacd put a plugin's directory then: plugins/<container name>/ by the socket
+    host_dir = d.daemon.socket.parent / "plugins" / name
+    host_dir.mkdir(parents=True, mode=0o700)
     host_dir.chmod(0o1777)
     current = plugin_run_spec(model, writer, d.owner_id, PLUGIN_ID, image=digest)
     old = dataclasses.replace(current, tmpfs=current.tmpfs[:1],
@@ -502,3 +503,5 @@ def test_a_running_plugin_with_a_host_directory_is_started_afresh_with_its_cappe
     assert [m for m in info["Mounts"] if m.get("Type") == "bind"] == []
     assert "size=1048576" in info["HostConfig"]["Tmpfs"]["/run/pacd-plugin"]
     assert state_of(d, cid) == ("running", "")
+    # The old host directory, and what the plugin wrote there, is gone.
+    assert not host_dir.parent.exists()
