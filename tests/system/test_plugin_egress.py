@@ -28,6 +28,7 @@ from tests.system.agents_env import (
     agent_request,
     agent_spec,
     make_deployment,
+    restart,
     short_base,
     wait_until,
 )
@@ -175,6 +176,22 @@ def test_a_plugin_that_requires_no_network_capability_has_no_proxy_and_no_networ
     assert allowed.requests == []
     assert egress_entries(d, cid, FORMATTER_ID, "allow") == []
     assert egress_entries(d, cid, FORMATTER_ID, "deny") == []
+
+
+def test_the_plugins_proxy_is_served_again_after_a_daemon_restart(
+        net: tuple[Deployment, str], servers: tuple[LoopbackServer, LoopbackServer]) -> None:
+    d, cid = net
+    allowed, _ = servers
+    restart(d.daemon)
+
+    def answers() -> bool:
+        # refused (errno 111) until the new daemon has found the running plugin again
+        (answer,) = run_in_plugin(d, cid, FETCHER_ID,
+                                  get(f"http://localhost:{allowed.port}/again"))
+        return answer.startswith("HTTP/") and status_of(answer) == 200
+
+    wait_until(answers, 30, "the proxy answering in the running plugin after a restart")
+    assert ("/again", f"localhost:{allowed.port}") in allowed.requests
 
 
 #: runs in the plugin's container: write up to 4 MiB into its directory, say how it ended
