@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from pacd.presence.client import authenticate
 from pacd.runtime.hardening import plugin_container_name
 from pacd.runtime.podman import PodmanRuntime
-from tests.integration.harness import ROOT
+from tests.integration.harness import ROOT, Silent
 from tests.system.agents_env import (
     AgentReply,
     AgentSocket,
@@ -175,12 +176,21 @@ def test_the_seeds_plugins_walked_through_as_a_new_user(
     assert (request["decision"], request["details"]["required_level"]) == ("info", "biometric")
     assert state_of(d, cid)[0] == "pending"
 
-    # 2. Approved with a biometric assertion: the software key's user verification.
+    # 2. A touch without user verification does not approve it (enhanced, not biometric);
+    #    an assertion with the key's user verification does.
     assertion = tmp_path / "assertion.json"
+    touch_only = {**detail["publicKey"], "userVerification": "discouraged"}
+    assertion.write_text(json.dumps(authenticate(touch_only, detail["origin"], Silent(),
+                                                 device=d.owner.device)))
+    not_enough = pacd(d, "approve", approval_id, "--credential-json", str(assertion))
+    assert not_enough.returncode == 3, not_enough  # 3: a higher level is needed
+    [weak] = d.audit(action="approval.plugin.install.approve", target=approval_id)
+    assert weak["decision"] == "deny", weak
+    assert state_of(d, cid)[0] == "pending"
     assertion.write_text(json.dumps(d.owner.sign_approval(approval_id)))
     approved = pacd(d, "approve", approval_id, "--credential-json", str(assertion))
     assert approved.returncode == 0, approved.stderr
-    [entry] = d.audit(action="approval.plugin.install.approve", target=approval_id)
+    [_, entry] = d.audit(action="approval.plugin.install.approve", target=approval_id)
     assert entry["decision"] == "allow"
     evidence = entry["details"]["evidence"]
     assert (evidence["level"], evidence["user_verified"]) == ("biometric", True)
