@@ -203,13 +203,18 @@ def _audit_status_lines(a: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _plugin_title(p: dict[str, Any]) -> str:
+    """A listed plugin's name and version; its name alone when it states no version."""
+    return f"{p['name']} {p['version']}" if p["version"] else str(p["name"])
+
+
 def _container_text(c: dict[str, Any]) -> str:
     lines = [f"{c['name']}  id {c['id']}  state {c['state']}  created {c['created_at']}"]
     for a in c["agents"]:
         lines.append(f"  agent {a['name']:<12} {a['state']:<9} {a['isolation']:<13} "
                      f"{a['data_access']:<10} {','.join(a['capabilities'])}")
     for p in c["plugins"]:
-        lines.append(f"  plugin {p['name']} {p['version']} for {p['agent']}: {p['state']}")
+        lines.append(f"  plugin {_plugin_title(p)} for {p['agent']}: {p['state']}")
     storage = c.get("storage")
     if storage:
         lines.append(f"  storage {storage['used_bytes']} of {storage['quota_bytes']} bytes"
@@ -357,7 +362,7 @@ def cmd_plugin(args: argparse.Namespace, ctx: Ctx) -> None:
     if args.plugin_cmd == "list":
         listed = ctx.client.request("GET", f"/v1/containers/{args.id}/plugins")
         ctx.out(listed, "\n".join(
-            f"{p['name']} {p['version']} for {p['agent']}: {p['state']}"
+            f"{_plugin_title(p)} for {p['agent']}: {p['state']}"
             + (f" ({p['reason']})" if p["reason"] else "") for p in listed["plugins"])
             or "no plugins")
         return

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.host_guard import GUARDED_DIRS, RUN_MARKER, differences, snapshot, stop_left_running
+from tests.host_guard import (
+    GUARDED_DIRS,
+    PODMAN_EVENTS,
+    RUN_MARKER,
+    differences,
+    remove_left_in_podman,
+    snapshot,
+    stop_left_running,
+)
 
 
 def system_required() -> bool:
@@ -49,23 +60,36 @@ def real_keychain() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def host_left_as_found() -> Iterator[None]:
     """Fails the run when it changed a shared directory's mode or owner, or the
-    OS's users or groups, or left a process it started running: tests touch only
-    what they made and undo the rest. Processes are recognised by a marker in
-    the environment every child of this run inherits; those left are killed."""
+    OS's users or groups, or left a process it started running, or a Podman pod or
+    container it created: tests touch only what they made and undo the rest.
+    Processes are recognised by a marker in the environment every child of this
+    run inherits; those left are killed. Pods and containers are the ones this
+    run's Podman services logged creating (``PODMAN_EVENTS``); those left are
+    removed."""
     dirs = [*GUARDED_DIRS, *([os.environ["HOME"]] if os.environ.get("HOME") else [])]
     before = snapshot(dirs)
     outer = os.environ.get(RUN_MARKER)
     marker = f"{RUN_MARKER}={os.getpid()}-{secrets.token_hex(8)}"
     os.environ[RUN_MARKER] = marker.split("=", 1)[1]
+    outer_events = os.environ.get(PODMAN_EVENTS)
+    events_dir = Path(tempfile.mkdtemp(prefix="pacd-run-"))
+    events = events_dir / "podman-events.log"
+    os.environ[PODMAN_EVENTS] = str(events)
     try:
         yield
     finally:
-        # An inner run (pytester) restores the outer run's marker.
-        if outer is None:
-            del os.environ[RUN_MARKER]
-        else:
-            os.environ[RUN_MARKER] = outer
-    changes = differences(before, snapshot(dirs)) + stop_left_running(marker)
+        # An inner run (pytester) restores the outer run's marker and events log.
+        for name, value in ((RUN_MARKER, outer), (PODMAN_EVENTS, outer_events)):
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+    try:
+        # Pods first: removing them also ends the processes that run their containers.
+        changes = (differences(before, snapshot(dirs)) + remove_left_in_podman(events)
+                   + stop_left_running(marker))
+    finally:
+        shutil.rmtree(events_dir, ignore_errors=True)
     if changes:
         pytest.fail("the test run left the host changed (restore it by hand):\n  "
                     + "\n  ".join(changes), pytrace=False)

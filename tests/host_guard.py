@@ -1,5 +1,6 @@
 """What a test run must leave as it found it: the modes and owners of the shared
-directories, the OS's users and groups, and no process of its own still running.
+directories, the OS's users and groups, no process of its own still running, and
+no Podman pod or container it created.
 
 ``snapshot`` reads the host; ``differences`` compares two snapshots and is pure,
 so its rules are tested without changing anything on the machine.
@@ -8,8 +9,11 @@ so its rules are tested without changing anything on the machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,3 +106,77 @@ def stop_left_running(entry: str, grace_s: float = 5.0) -> list[str]:
         with contextlib.suppress(ProcessLookupError):  # ended meanwhile
             os.kill(pid, signal.SIGKILL)
     return [f"process {pid} still running: {cmd}" for pid, cmd in sorted(left.items())]
+
+
+# --- Podman ----------------------------------------------------------------------
+
+#: The file this run's Podman services log their events to (containers.conf
+#: ``events_logfile_path``, see tests.podman_env): it names every pod and container
+#: the run created, and nothing of another run sharing the host's Podman storage,
+#: which a name prefix or a time window could not tell apart.
+PODMAN_EVENTS = "PACD_TEST_PODMAN_EVENTS"
+
+
+@dataclass(frozen=True)
+class PodmanObject:
+    kind: str  # "pod" or "container"
+    id: str
+    name: str
+
+
+def created_in_events(lines: Iterable[str]) -> list[PodmanObject]:
+    """The pods and containers Podman's event lines say were created and not removed
+    since, in the order they were created."""
+    made: dict[str, PodmanObject] = {}
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line cut off as the service stopped
+            continue
+        if not isinstance(event, dict) or event.get("Type") not in ("pod", "container"):
+            continue
+        key = f"{event['Type']}:{event.get('ID', '')}"
+        if event.get("Status") == "create":
+            made[key] = PodmanObject(str(event["Type"]), str(event.get("ID", "")),
+                                     str(event.get("Name", "")))
+        elif event.get("Status") == "remove":
+            made.pop(key, None)
+    return list(made.values())
+
+
+def _podman_json(podman: str, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run([podman, *args, "--format", "json"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    listed = json.loads(out or "[]")
+    return listed if isinstance(listed, list) else []
+
+
+def remove_left_in_podman(events: Path, podman: str | None = None) -> list[str]:
+    """Removes each pod and container the run's Podman events say it created and that
+    still exists (a pod with whatever is in it), and names each."""
+    podman = podman or shutil.which("podman")
+    if podman is None or not events.exists():
+        return []
+    made = created_in_events(events.read_text(errors="replace").splitlines())
+    if not made:
+        return []
+    pods = {str(p["Id"]) for p in _podman_json(podman, "pod", "ps")}
+    containers = {str(c["Id"]): c for c in _podman_json(podman, "ps", "--all")}
+    left_pods = [o for o in made if o.kind == "pod" and o.id in pods]
+    left = [o for o in made if o.kind == "container" and o.id in containers]
+    removed_with_pod = {o.id for o in left if containers[o.id].get("Pod") in
+                        {p.id for p in left_pods}}
+    if left_pods:
+        subprocess.run([podman, "pod", "rm", "--force", "--ignore", *(p.id for p in left_pods)],
+                       capture_output=True, timeout=120, check=True)
+    alone = [o for o in left if o.id not in removed_with_pod]
+    if alone:
+        subprocess.run([podman, "rm", "--force", "--ignore", *(o.id for o in alone)],
+                       capture_output=True, timeout=120, check=True)
+    lines = []
+    for pod in left_pods:
+        inside = sorted(o.name for o in left if containers[o.id].get("Pod") == pod.id)
+        lines.append(f"podman pod {pod.name} ({pod.id[:12]}) left behind, removed"
+                     + (f" with its containers {', '.join(inside)}" if inside else ""))
+    lines += [f"podman container {o.name} ({o.id[:12]}) left behind, removed" for o in alone]
+    return lines

@@ -48,6 +48,7 @@ from pacd.runtime.service import (
     write_containers_conf,
 )
 from tests.conftest import require_system
+from tests.host_guard import PODMAN_EVENTS
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_AGENT = REPO / "examples" / "reference_agent" / "agent.py"
@@ -77,13 +78,28 @@ def _cache_dir() -> Path:
 # --- the service -------------------------------------------------------------------
 
 
+def write_run_containers_conf(path: Path) -> Path:
+    """pacd's containers.conf, logging Podman's events where this test run's host guard
+    reads them (``PODMAN_EVENTS``): every pod and container made through it is known
+    to be this run's."""
+    conf = write_containers_conf(path)
+    events = os.environ.get(PODMAN_EVENTS)
+    if events:
+        # no size limit: a rotation would drop the oldest creations
+        conf.write_text(conf.read_text().replace(
+            "[engine]\n", f"[engine]\nevents_logfile_path = {json.dumps(events)}\n"
+                          'events_logfile_max_size = "0"\n'))
+    return conf
+
+
+
 @pytest.fixture(scope="session")
 def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if podman_binary() is None:
         require_system("podman")
     # Short path: a Unix socket path must fit in 108 bytes.
     base = Path(tempfile.mkdtemp(prefix="pacd-podman-"))
-    conf = write_containers_conf(base / "containers.conf")
+    conf = write_run_containers_conf(base / "containers.conf")
     socket_path = base / "podman.sock"
     try:
         proc = start_podman_service(socket_path, conf)

@@ -53,7 +53,7 @@ def generate_openapi_spec(container: PersonalAIContainer,
             responses["403"] = {"description": "Forbidden - Insufficient permissions"}
             operation: dict[str, Any] = {
                 "operationId": _operation_id(plugin, endpoint.method.value, endpoint.path),
-                "summary": f"{plugin.name} {plugin.version}: {endpoint.method.value} "
+                "summary": f"{plugin.title}: {endpoint.method.value} "
                            f"{endpoint.path}",
                 "tags": [plugin.name],
                 # An endpoint without auth says so explicitly instead of

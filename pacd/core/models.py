@@ -519,11 +519,18 @@ class PluginAPISchema:
         slug = _SLUG_DROP.sub("-", self.name.lower()).strip("-")[:63].strip("-")
         return slug or "plugin"
 
+    @property
+    def title(self) -> str:
+        """Name and version as the owner reads them (``Text Formatter 1.0.0``); the
+        name alone for a schema that states no version."""
+        return f"{self.name} {self.version}" if self.version else self.name
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
-            "version": self.version,
+            # written as given: a schema without one has none (parsing reads that as "")
+            **({"version": self.version} if self.version else {}),
             "required_capabilities": [c.value for c in self.required_capabilities],
             "endpoints": [e.to_json() for e in self.endpoints],
             "security_requirements": self.security_requirements.to_json(),

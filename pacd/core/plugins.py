@@ -68,15 +68,21 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
 
     Without an ``id`` the plugin gets one derived from its content, so the same
     schema always has the same id and any change gives a new one.
+
+    ``version`` and ``endpoints`` may be left out, as the seed's own examples
+    write them (its Text Formatter has no version, its External Data Harvester
+    neither a version nor endpoints): a missing version is ``""``; missing
+    endpoints are none, which validation refuses with its reason beside the
+    plugin's other reasons instead of the parser hiding them.
     """
     problems = f.Problems("schema")
-    obj = f.Obj(data, "", problems, SCHEMA_FIELDS, ("name", "version", "required_capabilities",
-                                                     "endpoints"), aliases=SCHEMA_ALIASES)
+    obj = f.Obj(data, "", problems, SCHEMA_FIELDS, ("name", "required_capabilities"),
+                aliases=SCHEMA_ALIASES)
     plugin_id = obj.string("id", None, check=_is_uuid, expect="a UUID", max_len=36)
     # a name the owner reads in prompts: read_string refuses control, bidi and
     # other invisible characters (fields.text_problem)
     name = obj.string("name", max_len=100)
-    version = obj.string("version", check=lambda s: _VERSION.fullmatch(s) is not None,
+    version = obj.string("version", "", check=lambda s: _VERSION.fullmatch(s) is not None,
                          expect="a version (like 1.2.0)", max_len=64)
     image = obj.string("image", None, check=f.is_image_reference,
                        expect="a container image reference (like localhost/plugin:1.0)",
@@ -85,7 +91,7 @@ def parse_plugin_schema(data: Any) -> PluginAPISchema:
     capabilities = f.read_unique(
         obj.array("required_capabilities", max_items=len(Capability)), problems,
         lambda v, p: f.read_enum(v, p, problems, Capability), "capability")
-    endpoint_items = obj.array("endpoints")
+    endpoint_items = obj.array("endpoints", [])
     endpoints: list[APIEndpoint | None] = []
     if endpoint_items is not None:
         if len(endpoint_items) > MAX_ENDPOINTS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import subprocess
 import uuid
 
 import pytest
@@ -15,10 +15,11 @@ from pacd.core.models import (
     PersonalAIContainer,
     SecurityPolicy,
 )
-from pacd.errors import NotFound, PacdError
+from pacd.errors import NotFound
 from pacd.runtime.hardening import LABEL_AGENT, LABEL_CONTAINER_ID, PACD_LABELS
 from pacd.runtime.kube import export_kube
 from pacd.runtime.podman import PodmanRuntime
+from pacd.runtime.service import podman_binary
 
 pytestmark = [pytest.mark.system, pytest.mark.podman]
 
@@ -38,7 +39,10 @@ def test_kube_export_plays_in_podman_with_the_security_context(
     kinds = [doc["kind"] for doc in yaml.safe_load_all(text)]
     assert kinds == ["Pod", "Pod", "NetworkPolicy", "NetworkPolicy"]
 
-    pod_ids: list[str] = []
+    # Every pod the YAML names is removed in the end, however far kube play got: a
+    # play that failed half-way leaves pods it never gave an id for.
+    pod_names = [doc["metadata"]["name"] for doc in yaml.safe_load_all(text)
+                 if doc["kind"] == "Pod"]
     try:
         pod_ids = podman_runtime.kube_play(text)
         assert len(pod_ids) == 2
@@ -68,9 +72,22 @@ def test_kube_export_plays_in_podman_with_the_security_context(
             assert "CapEff:\t0000000000000000" in out and "NoNewPrivs:\t1" in out
             assert "Read-only file system" in out
         assert seen_agents == {"writer", "scout"}
+        # kube down removes what kube play made
+        assert sorted(podman_runtime.kube_down(text)) == sorted(pod_ids)
+        for pod_id in pod_ids:
+            with pytest.raises(NotFound):
+                podman_runtime.inspect_pod(pod_id)
     finally:
-        with contextlib.suppress(PacdError):
-            podman_runtime.kube_down(text)
-    for pod_id in pod_ids:
+        remove_pods(pod_names)
+    for name in pod_names:
         with pytest.raises(NotFound):
-            podman_runtime.inspect_pod(pod_id)
+            podman_runtime.inspect_pod(name)
+
+
+def remove_pods(names: list[str]) -> None:
+    """``podman pod rm --force`` by name; a pod that is not there is no error."""
+    podman = podman_binary()
+    assert podman is not None
+    done = subprocess.run([podman, "pod", "rm", "--force", "--ignore", *names],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr

@@ -55,6 +55,49 @@ def test_text_formatter_parses_as_the_seed_describes() -> None:
     assert tf.id == content_id(tf)
 
 
+#: the seed's two example plugins as it writes them, field for field (its
+#: Text Formatter with an id added): neither states a version, the harvester no endpoints
+SEED_TEXT_FORMATTER = {
+    "id": "E621E1F8-C36C-495A-93FC-0C247A3E6E5F",
+    "name": "Text Formatter",
+    "requiredCapabilities": ["textGeneration"],
+    "endpoints": [{"path": "/format", "method": "POST", "requiresAuth": True,
+                   "rateLimit": {"requestsPerMinute": 60, "burstSize": 10}}],
+    "securityRequirements": {"carbonBasedAuthRequired": True, "domainIsolation": True,
+                             "maxDataAccess": "readOnly"},
+}
+SEED_HARVESTER = {
+    "name": "External Data Harvester",
+    "requiredCapabilities": ["networkAccess", "fileAccess", "databaseQuery"],
+    "securityRequirements": {"carbonBasedAuthRequired": False, "domainIsolation": False,
+                             "maxDataAccess": "crossDomain"},
+}
+
+
+def test_the_seeds_text_formatter_as_written_parses_and_passes_without_a_version() -> None:
+    tf = parse_plugin_schema(SEED_TEXT_FORMATTER)
+    assert (tf.id, tf.name, tf.version, tf.title) == (
+        "e621e1f8-c36c-495a-93fc-0c247a3e6e5f", "Text Formatter", "", "Text Formatter")
+    assert tf.endpoints == (APIEndpoint("/format", HttpMethod.POST, True, RateLimit(60, 10)),)
+    assert validate_plugin(tf, PLUGINS_ON, writer()) == []
+    # written without a version, as given, and read back the same
+    assert "version" not in tf.to_json()
+    assert parse_plugin_schema(tf.to_json()) == tf
+    assert text_formatter().title == "Text Formatter 1.0.0"
+
+
+def test_the_seeds_harvester_as_written_reaches_validation_with_every_reason() -> None:
+    harvester = parse_plugin_schema(SEED_HARVESTER)
+    assert harvester.endpoints == ()
+    reasons = validate_plugin(harvester, PLUGINS_ON, writer(), written=SEED_HARVESTER)
+    assert [r.split(":")[0] for r in reasons] == [
+        "securityRequirements.carbonBasedAuthRequired", "securityRequirements.domainIsolation",
+        "securityRequirements.maxDataAccess", "requiredCapabilities[0]",
+        "requiredCapabilities[0]", "requiredCapabilities[1]", "requiredCapabilities[2]",
+        "endpoints"]
+    assert reasons[-1] == "endpoints: a plugin must declare at least one endpoint"
+
+
 def test_text_formatter_passes_when_plugins_are_allowed() -> None:
     tf = text_formatter()
     assert validate_plugin(tf, PLUGINS_ON) == []
@@ -261,7 +304,7 @@ def test_schema_errors_name_their_paths() -> None:
     with pytest.raises(SpecError) as info:
         parse_plugin_schema({"endpoints": [{}] * 65, "security_requirements": []})
     every = [
-        "name: is required", "version: is required", "required_capabilities: is required",
+        "name: is required", "required_capabilities: is required",
         "endpoints: has 65 endpoints, at most 64",
         *[f"endpoints[{i}].{k}: is required" for i in range(64) for k in ("path", "method")],
         "security_requirements: expected an object, got array",

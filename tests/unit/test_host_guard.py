@@ -5,6 +5,7 @@ HOME (a directory made for it), one leaves a process running."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -16,6 +17,8 @@ from tests.host_guard import (
     GUARDED_DIRS,
     RUN_MARKER,
     HostSnapshot,
+    PodmanObject,
+    created_in_events,
     differences,
     processes_with_env,
     snapshot,
@@ -147,3 +150,24 @@ def test_a_process_without_the_runs_marker_is_not_counted(tmp_path: Path) -> Non
         for proc in (marked, unmarked):
             proc.kill()
             proc.wait()
+
+
+def _event(kind: str, status: str, id_: str, name: str) -> str:
+    return json.dumps({"ID": id_, "Name": name, "Status": status, "Type": kind,
+                       "Time": "2026-01-01T00:00:00Z"})
+
+
+def test_the_pods_and_containers_a_run_made_are_read_from_its_podman_events() -> None:
+    lines = [
+        _event("container", "create", "c1", "p-infra"),
+        _event("pod", "create", "p", "pacd-1-writer"),
+        _event("container", "create", "c2", "pacd-2-reader"),
+        _event("container", "start", "c2", "pacd-2-reader"),
+        json.dumps({"Name": "localhost/x:1", "Status": "pull", "Type": "image"}),
+        _event("container", "create", "c3", "pacd-3-gone"),
+        _event("container", "remove", "c3", "pacd-3-gone"),
+        '{"ID": "c4", "Name": "cut off as the serv',
+    ]
+    assert created_in_events(lines) == [
+        PodmanObject("container", "c1", "p-infra"), PodmanObject("pod", "p", "pacd-1-writer"),
+        PodmanObject("container", "c2", "pacd-2-reader")]

@@ -75,7 +75,7 @@ class PluginRoutes:
             raise PluginRejected(f"plugin {name!r} was rejected ({count} reasons): "
                                  f"{shown}{more}", errors=errors, omitted=omitted)
         assert schema is not None
-        summary = (f"install plugin {schema.name} {schema.version} for agent {body.agent} "
+        summary = (f"install plugin {schema.title} for agent {body.agent} "
                    f"in container {record.name}")
         payload: dict[str, Any] = {
             "container_id": record.id, "container_name": record.name, "agent": body.agent,
