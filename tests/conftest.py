@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.host_guard import (
     GUARDED_DIRS,
@@ -25,6 +26,13 @@ from tests.host_guard import (
     snapshot,
     stop_left_running,
 )
+
+# Property tests check what is generated, not how fast: on a loaded 2-core CI runner
+# Hypothesis's timing checks (per-example deadline, "data generation is too slow")
+# fail tests whose every example passed.
+settings.register_profile("pacd", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pacd")
 
 
 def system_required() -> bool:
