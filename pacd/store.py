@@ -145,6 +145,27 @@ class Store:
             finally:
                 self._reader.execute("COMMIT")
 
+    @contextmanager
+    def read_if_free(self) -> Iterator[sqlite3.Connection | None]:
+        """:meth:`read`, or ``None`` when another thread is using the read connection.
+
+        For the event loop: a point read on a free connection costs less than two
+        hops to a worker thread and back, and a busy one is never waited for (the
+        caller falls back to :meth:`read` in a thread).
+        """
+        if self._writer == threading.get_ident():
+            with self.read() as conn:
+                yield conn
+            return
+        if not self._read_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            with self.read() as conn:  # re-entrant: the lock is ours now
+                yield conn
+        finally:
+            self._read_lock.release()
+
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())

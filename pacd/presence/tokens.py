@@ -77,6 +77,17 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+def _digest(token: str | None) -> bytes:
+    """The hash a presented token is looked up by; ``Unauthorized`` if it is none of ours."""
+    if not token:
+        raise Unauthorized("a bearer token is required: run a presence ceremony first")
+    # Tokens are URL-safe base64; anything else (a header's undecodable bytes
+    # arrive as surrogates) is no token of ours, and must not reach the hash.
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        raise Unauthorized("unknown token")
+    return token_hash(token)
+
+
 class TokenService:
     def __init__(self, store: Store, clock: Clock, lifetime_s: int = 3600) -> None:
         if lifetime_s <= 0:
@@ -136,23 +147,41 @@ class TokenService:
         ``PresenceRequired`` (valid but proves too little, or another scope).
         """
         required = SecurityLevel(required)
-        if not token:
-            raise Unauthorized("a bearer token is required: run a presence ceremony first")
-        # Tokens are URL-safe base64; anything else (a header's undecodable bytes
-        # arrive as surrogates) is no token of ours, and must not reach the hash.
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
-            raise Unauthorized("unknown token")
-        digest = token_hash(token)
+        digest = _digest(token)
         with self.store.read() as conn:
             info = self._verified(conn, digest, required, scope)[1]
         if info.single_use:
-            # The one write a check makes. Checked again inside the transaction:
-            # between the read and here another use may have consumed it.
-            with self.store.transaction() as conn:
-                row, info = self._verified(conn, digest, required, scope)
-                if self._set(conn, row, "consumed_at", self.clock.wall()) != 1:
-                    raise TokenRevoked("single-use token was already used")
+            self._consume(digest, required, scope)
         return info
+
+    def check_if_quick(
+        self, token: str | None, required: SecurityLevel | str, scope: str = ANY_SCOPE
+    ) -> TokenInfo | None:
+        """:meth:`check` without waiting on anything, for the event loop; ``None`` if
+        it would have to (call :meth:`check` in a thread then).
+
+        A check is an indexed read and a MAC: on a free read connection that costs
+        less than handing it to a thread. It cannot be done here when another thread
+        holds the read connection, or when the token is single-use (its use is a
+        write transaction, which may wait on an fsync). Refuses exactly as
+        :meth:`check` does.
+        """
+        required = SecurityLevel(required)
+        digest = _digest(token)
+        with self.store.read_if_free() as conn:
+            if conn is None:
+                return None
+            info = self._verified(conn, digest, required, scope)[1]
+        return None if info.single_use else info
+
+    def _consume(self, digest: bytes, required: SecurityLevel, scope: str) -> None:
+        """Use up a single-use token: the one write a check makes. Checked again
+        inside the transaction: between the read and here another use may have
+        consumed it."""
+        with self.store.transaction() as conn:
+            row, _info = self._verified(conn, digest, required, scope)
+            if self._set(conn, row, "consumed_at", self.clock.wall()) != 1:
+                raise TokenRevoked("single-use token was already used")
 
     def _verified(self, conn: sqlite3.Connection, digest: bytes, required: SecurityLevel,
                   scope: str) -> tuple[sqlite3.Row, TokenInfo]:
