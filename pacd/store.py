@@ -160,9 +160,16 @@ class Store:
         if not self._read_lock.acquire(blocking=False):
             yield None
             return
+        # read()'s body, not a call to it: one context manager less per request.
         try:
-            with self.read() as conn:  # re-entrant: the lock is ours now
-                yield conn
+            if self._reader.in_transaction:  # a nested read: same snapshot
+                yield self._reader
+                return
+            self._reader.execute("BEGIN DEFERRED")
+            try:
+                yield self._reader
+            finally:
+                self._reader.execute("COMMIT")
         finally:
             self._read_lock.release()
 

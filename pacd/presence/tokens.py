@@ -77,6 +77,15 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+#: a level by its name: a dict lookup instead of the Enum's call machinery, per request
+_LEVELS: dict[str, SecurityLevel] = {level.value: level for level in SecurityLevel}
+
+
+def _level(value: SecurityLevel | str) -> SecurityLevel:
+    """``SecurityLevel(value)``, raising the same ValueError for an unknown name."""
+    return _LEVELS.get(value) or SecurityLevel(value)
+
+
 def _digest(token: str | None) -> bytes:
     """The hash a presented token is looked up by; ``Unauthorized`` if it is none of ours."""
     if not token:
@@ -166,7 +175,7 @@ class TokenService:
         write transaction, which may wait on an fsync). Refuses exactly as
         :meth:`check` does.
         """
-        required = SecurityLevel(required)
+        required = _level(required)
         digest = _digest(token)
         with self.store.read_if_free() as conn:
             if conn is None:
@@ -261,7 +270,7 @@ def _info(row: sqlite3.Row) -> TokenInfo:
     return TokenInfo(
         token_id=str(row["token_id"]),
         owner_id=str(row["owner_id"]),
-        level=SecurityLevel(str(row["level"])),
+        level=_level(str(row["level"])),
         scope=str(row["scope"]),
         single_use=bool(row["single_use"]),
         expires_at=float(row["expires_at"]),
