@@ -291,14 +291,6 @@ def test_a_single_use_token_is_consumed_by_a_write_that_waits_for_the_lock(
 # -- the check on the event loop (check_if_quick) -------------------------------------
 
 
-def _assert_refused_alike(tokens: TokenService, token: str | None, level: str) -> None:
-    with pytest.raises(PacdError) as full:
-        tokens.check(token, level)
-    with pytest.raises(PacdError) as quick:
-        tokens.check_if_quick(token, level)
-    assert quick.value.to_wire() == full.value.to_wire(), token
-
-
 def test_a_quick_check_refuses_every_token_a_full_check_refuses(
         tokens: TokenService, clock: SettableClock) -> None:
     revoked = tokens.issue(SecurityLevel.biometric)
@@ -307,13 +299,20 @@ def test_a_quick_check_refuses_every_token_a_full_check_refuses(
     scoped = tokens.issue(SecurityLevel.biometric, scope="containers")
     used = tokens.issue(SecurityLevel.carbonProof)
     tokens.check(used.token, SecurityLevel.carbonProof)
-    for token, level in [(None, "enhanced"), ("not-a-token", "enhanced"),
-                         ("\udcff" * 10, "enhanced"), (revoked.token, "enhanced"),
-                         (low.token, "biometric"), (scoped.token, "enhanced"),
-                         (used.token, "carbonProof")]:
-        _assert_refused_alike(tokens, token, level)
-    clock.advance(3601)
-    _assert_refused_alike(tokens, scoped.token, "enhanced")  # now expired
+    cases: list[tuple[str | None, str]] = [
+        (None, "enhanced"), ("not-a-token", "enhanced"), ("\udcff" * 10, "enhanced"),
+        (revoked.token, "enhanced"), (low.token, "biometric"), (scoped.token, "enhanced"),
+        (used.token, "carbonProof"), ("expired", "enhanced")]
+    for token, level in cases:
+        if token == "expired":
+            clock.advance(3601)
+            token = scoped.token
+        with pytest.raises(PacdError) as full:
+            tokens.check(token, level)
+        with pytest.raises(PacdError) as quick:
+            tokens.check_if_quick(token, level)
+        assert quick.value.to_wire() == full.value.to_wire(), token
+    assert isinstance(quick.value, TokenExpired)  # the last case: past its hour
 
 
 def test_a_revoked_token_is_refused_on_the_loop(tokens: TokenService) -> None:
