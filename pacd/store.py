@@ -147,29 +147,27 @@ class Store:
 
     @contextmanager
     def read_if_free(self) -> Iterator[sqlite3.Connection | None]:
-        """:meth:`read`, or ``None`` when another thread is using the read connection.
+        """The read connection if no other thread is using it right now, else ``None``.
 
         For the event loop: a point read on a free connection costs less than two
         hops to a worker thread and back, and a busy one is never waited for (the
-        caller falls back to :meth:`read` in a thread).
+        caller falls back to :meth:`read` in a thread). Unlike :meth:`read` there is
+        no snapshot across statements: each sees the last committed state as it
+        runs. That spares a BEGIN and a COMMIT, each a point where the loop's thread
+        gives up the interpreter lock and may wait for a busy worker to hand it
+        back; callers combine only reads whose order makes a snapshot unneeded.
+        Called inside :meth:`transaction` on the same thread, it joins that
+        transaction, as :meth:`read` does.
         """
         if self._writer == threading.get_ident():
-            with self.read() as conn:
-                yield conn
+            with self._lock:
+                yield self._conn
             return
         if not self._read_lock.acquire(blocking=False):
             yield None
             return
-        # read()'s body, not a call to it: one context manager less per request.
         try:
-            if self._reader.in_transaction:  # a nested read: same snapshot
-                yield self._reader
-                return
-            self._reader.execute("BEGIN DEFERRED")
-            try:
-                yield self._reader
-            finally:
-                self._reader.execute("COMMIT")
+            yield self._reader
         finally:
             self._read_lock.release()
 

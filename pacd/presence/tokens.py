@@ -177,6 +177,10 @@ class TokenService:
         """
         required = _level(required)
         digest = _digest(token)
+        # No snapshot (see Store.read_if_free): the token row is read before the
+        # owner's, so a change in between can only show a newer owner, whose id a
+        # token issued before cannot carry: such a token is refused, never one
+        # accepted that a snapshot at the token row's read would refuse.
         with self.store.read_if_free() as conn:
             if conn is None:
                 return None
