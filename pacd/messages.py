@@ -683,10 +683,22 @@ def decode_query(cls: type[T], query: typing.Mapping[str, str]) -> T:
     return decode(cls, converted, "query")
 
 
+#: values :func:`encode` hands back as they are, by exact type (the common case first)
+_PLAIN: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+#: a message class's field names, looked up once per class instead of once per answer
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def encode(obj: Any) -> Any:
     """A message (or list/dict of messages) as plain JSON data."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    cls = type(obj)
+    if cls in _PLAIN:
+        return obj
+    names = _FIELD_NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(obj)))
+    if names is not None:
+        return {name: encode(getattr(obj, name)) for name in names}
     if isinstance(obj, list | tuple):
         return [encode(v) for v in obj]
     if isinstance(obj, dict):

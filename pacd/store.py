@@ -145,6 +145,55 @@ class Store:
             finally:
                 self._reader.execute("COMMIT")
 
+    @contextmanager
+    def read_if_free(self) -> Iterator[sqlite3.Connection | None]:
+        """The read connection if no other thread is using it right now, else ``None``.
+
+        For the event loop: a point read on a free connection costs less than two
+        hops to a worker thread and back, and a busy one is never waited for (the
+        caller falls back to :meth:`read` in a thread). Unlike :meth:`read` there is
+        no snapshot across statements: each sees the last committed state as it
+        runs. That spares a BEGIN and a COMMIT, each a point where the loop's thread
+        gives up the interpreter lock and may wait for a busy worker to hand it
+        back; callers combine only reads whose order makes a snapshot unneeded.
+        Called inside :meth:`transaction` on the same thread, it joins that
+        transaction, as :meth:`read` does.
+        """
+        if self._writer == threading.get_ident():
+            with self._lock:
+                yield self._conn
+            return
+        if not self._read_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield self._reader
+        finally:
+            self._read_lock.release()
+
+    def read_one_if_free(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> tuple[bool, sqlite3.Row | None]:
+        """One statement's first row through the read connection, if it is free now.
+
+        ``(False, None)`` when another thread is using the read connection; never
+        waits. Like :meth:`query_one_if_free`, but a write transaction in progress
+        (waiting on its fsync, say) does not make it busy: a read on the event loop
+        needs no writer to finish. One statement reads one snapshot of its own, so
+        no BEGIN/COMMIT is spent on it.
+        """
+        if self._writer == threading.get_ident():
+            with self._lock:  # inside this thread's transaction: see its writes
+                row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+                return True, row
+        if not self._read_lock.acquire(blocking=False):
+            return False, None
+        try:
+            row = self._reader.execute(sql, params).fetchone()
+            return True, row
+        finally:
+            self._read_lock.release()
+
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())

@@ -77,6 +77,26 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+#: a level by its name: a dict lookup instead of the Enum's call machinery, per request
+_LEVELS: dict[str, SecurityLevel] = {level.value: level for level in SecurityLevel}
+
+
+def _level(value: SecurityLevel | str) -> SecurityLevel:
+    """``SecurityLevel(value)``, raising the same ValueError for an unknown name."""
+    return _LEVELS.get(value) or SecurityLevel(value)
+
+
+def _digest(token: str | None) -> bytes:
+    """The hash a presented token is looked up by; ``Unauthorized`` if it is none of ours."""
+    if not token:
+        raise Unauthorized("a bearer token is required: run a presence ceremony first")
+    # Tokens are URL-safe base64; anything else (a header's undecodable bytes
+    # arrive as surrogates) is no token of ours, and must not reach the hash.
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        raise Unauthorized("unknown token")
+    return token_hash(token)
+
+
 class TokenService:
     def __init__(self, store: Store, clock: Clock, lifetime_s: int = 3600) -> None:
         if lifetime_s <= 0:
@@ -136,23 +156,45 @@ class TokenService:
         ``PresenceRequired`` (valid but proves too little, or another scope).
         """
         required = SecurityLevel(required)
-        if not token:
-            raise Unauthorized("a bearer token is required: run a presence ceremony first")
-        # Tokens are URL-safe base64; anything else (a header's undecodable bytes
-        # arrive as surrogates) is no token of ours, and must not reach the hash.
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
-            raise Unauthorized("unknown token")
-        digest = token_hash(token)
+        digest = _digest(token)
         with self.store.read() as conn:
             info = self._verified(conn, digest, required, scope)[1]
         if info.single_use:
-            # The one write a check makes. Checked again inside the transaction:
-            # between the read and here another use may have consumed it.
-            with self.store.transaction() as conn:
-                row, info = self._verified(conn, digest, required, scope)
-                if self._set(conn, row, "consumed_at", self.clock.wall()) != 1:
-                    raise TokenRevoked("single-use token was already used")
+            self._consume(digest, required, scope)
         return info
+
+    def check_if_quick(
+        self, token: str | None, required: SecurityLevel | str, scope: str = ANY_SCOPE
+    ) -> TokenInfo | None:
+        """:meth:`check` without waiting on anything, for the event loop; ``None`` if
+        it would have to (call :meth:`check` in a thread then).
+
+        A check is an indexed read and a MAC: on a free read connection that costs
+        less than handing it to a thread. It cannot be done here when another thread
+        holds the read connection, or when the token is single-use (its use is a
+        write transaction, which may wait on an fsync). Refuses exactly as
+        :meth:`check` does.
+        """
+        required = _level(required)
+        digest = _digest(token)
+        # No snapshot (see Store.read_if_free): the token row is read before the
+        # owner's, so a change in between can only show a newer owner, whose id a
+        # token issued before cannot carry: such a token is refused, never one
+        # accepted that a snapshot at the token row's read would refuse.
+        with self.store.read_if_free() as conn:
+            if conn is None:
+                return None
+            info = self._verified(conn, digest, required, scope)[1]
+        return None if info.single_use else info
+
+    def _consume(self, digest: bytes, required: SecurityLevel, scope: str) -> None:
+        """Use up a single-use token: the one write a check makes. Checked again
+        inside the transaction: between the read and here another use may have
+        consumed it."""
+        with self.store.transaction() as conn:
+            row, _info = self._verified(conn, digest, required, scope)
+            if self._set(conn, row, "consumed_at", self.clock.wall()) != 1:
+                raise TokenRevoked("single-use token was already used")
 
     def _verified(self, conn: sqlite3.Connection, digest: bytes, required: SecurityLevel,
                   scope: str) -> tuple[sqlite3.Row, TokenInfo]:
@@ -232,7 +274,7 @@ def _info(row: sqlite3.Row) -> TokenInfo:
     return TokenInfo(
         token_id=str(row["token_id"]),
         owner_id=str(row["owner_id"]),
-        level=SecurityLevel(str(row["level"])),
+        level=_level(str(row["level"])),
         scope=str(row["scope"]),
         single_use=bool(row["single_use"]),
         expires_at=float(row["expires_at"]),

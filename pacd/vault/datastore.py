@@ -112,7 +112,9 @@ class SealedData:
             )
 
     def get(self, container: str, concern: str, key: str) -> bytes:
-        row = self._store.query_one(_GET, (container, concern, key))
+        # The read connection: a read does not queue behind a write transaction.
+        with self._store.read() as conn:
+            row = conn.execute(_GET, (container, concern, key)).fetchone()
         if row is None:
             raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
         return self._open(row)
@@ -130,12 +132,13 @@ class SealedData:
             raise
 
     def get_if_quick(self, container: str, concern: str, key: str) -> bytes | None:
-        """:meth:`get` if it needs no waiting; None if the store is busy or the value large.
+        """:meth:`get` if it needs no waiting; None if the store's read connection is
+        busy or the value large (a write transaction in progress does not hold it up).
 
         For the event loop, which must not block: on None, run :meth:`get` in a
         worker thread instead. Raises NotFound like :meth:`get`.
         """
-        free, row = self._store.query_one_if_free(_GET, (container, concern, key))
+        free, row = self._store.read_one_if_free(_GET, (container, concern, key))
         if not free:
             return None
         if row is None:

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from pacd.core.models import SecurityLevel
-from pacd.errors import NotFound, PresenceRequired, TokenExpired, TokenRevoked, Unauthorized
+from pacd.errors import (
+    NotFound,
+    PacdError,
+    PresenceRequired,
+    TokenExpired,
+    TokenRevoked,
+    Unauthorized,
+)
 from pacd.presence.clock import SettableClock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.tokens import TokenInfo, TokenService
@@ -279,3 +286,105 @@ def test_a_single_use_token_is_consumed_by_a_write_that_waits_for_the_lock(
     assert [type(o) for o in outcome] == [TokenInfo]
     with pytest.raises(TokenRevoked, match="already used"):
         tokens.check(issued.token, SecurityLevel.carbonProof)
+
+
+# -- the check on the event loop (check_if_quick) -------------------------------------
+
+
+def test_a_quick_check_refuses_every_token_a_full_check_refuses(
+        tokens: TokenService, clock: SettableClock) -> None:
+    revoked = tokens.issue(SecurityLevel.biometric)
+    tokens.revoke(revoked.token_id)
+    low = tokens.issue(SecurityLevel.enhanced)
+    scoped = tokens.issue(SecurityLevel.biometric, scope="containers")
+    used = tokens.issue(SecurityLevel.carbonProof)
+    tokens.check(used.token, SecurityLevel.carbonProof)
+    cases: list[tuple[str | None, str]] = [
+        (None, "enhanced"), ("not-a-token", "enhanced"), ("\udcff" * 10, "enhanced"),
+        (revoked.token, "enhanced"), (low.token, "biometric"), (scoped.token, "enhanced"),
+        (used.token, "carbonProof"), ("expired", "enhanced")]
+    for token, level in cases:
+        if token == "expired":
+            clock.advance(3601)
+            token = scoped.token
+        with pytest.raises(PacdError) as full:
+            tokens.check(token, level)
+        with pytest.raises(PacdError) as quick:
+            tokens.check_if_quick(token, level)
+        assert quick.value.to_wire() == full.value.to_wire(), token
+    assert isinstance(quick.value, TokenExpired)  # the last case: past its hour
+
+
+def test_a_revoked_token_is_refused_on_the_loop(tokens: TokenService) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    info = tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
+    assert info is not None and info.token_id == issued.token_id
+    tokens.revoke(issued.token_id)
+    with pytest.raises(TokenRevoked, match="revoked"):
+        tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
+
+
+def test_a_quick_check_leaves_a_single_use_token_to_the_full_check(
+        tokens: TokenService) -> None:
+    issued = tokens.issue(SecurityLevel.carbonProof)
+    # Its use is a write transaction: not on the loop, and not used up by asking.
+    assert tokens.check_if_quick(issued.token, SecurityLevel.carbonProof) is None
+    assert tokens.check_if_quick(issued.token, SecurityLevel.carbonProof) is None
+    assert tokens.check(issued.token, SecurityLevel.carbonProof).single_use
+    with pytest.raises(TokenRevoked, match="already used"):
+        tokens.check_if_quick(issued.token, SecurityLevel.carbonProof)
+
+
+def test_a_quick_check_never_waits_for_a_busy_read_connection(
+        tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    inside, release = threading.Event(), threading.Event()
+
+    def reader() -> None:  # another request's check, in a worker thread
+        with store.read():
+            inside.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=reader)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        quick: list[object] = []
+        asker = threading.Thread(
+            target=lambda: quick.append(tokens.check_if_quick(issued.token, "enhanced")))
+        asker.start()
+        asker.join(5)
+        assert not asker.is_alive(), "the quick check waited for the read connection"
+        assert quick == [None]  # busy: the caller falls back to check() in a thread
+        # ...and that fallback answers as soon as the connection is free.
+        thread, done, outcome = _check_in_thread(tokens, issued.token, SecurityLevel.enhanced)
+    finally:
+        release.set()
+        holder.join()
+    assert done.wait(10)
+    thread.join()
+    assert [type(o) for o in outcome] == [TokenInfo]
+    assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced) is not None
+
+
+def test_a_quick_check_does_not_see_an_uncommitted_write(
+        tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    inside, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with contextlib.suppress(_Undone), store.transaction() as conn:
+            conn.execute("UPDATE presence_tokens SET revoked_at = 1")
+            inside.set()
+            release.wait(30)
+            raise _Undone
+
+    holder = threading.Thread(target=writer)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        info = tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
+        assert info is not None and info.scope == "*"
+    finally:
+        release.set()
+        holder.join()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,6 @@ def test_failed_commit_is_rolled_back(tmp_path: Path) -> None:
 
 
 def test_query_one_if_free_never_waits_for_another_thread(tmp_path: Path) -> None:
-    import threading
-
     store = Store(tmp_path / "s.sqlite3")
     assert store.query_one_if_free("SELECT 1 + ?", (1,))[0] is True
     free, row = store.query_one_if_free("SELECT 1 + ?", (1,))
@@ -141,4 +140,37 @@ def test_a_read_sees_committed_state_and_inside_a_transaction_its_own_writes(
             assert [r[0] for r in inner.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
     with store.read() as conn:
         assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+    store.close()
+
+
+@pytest.mark.parametrize("where", ["file", ":memory:"])
+def test_read_if_free_gives_none_while_another_thread_reads_and_joins_its_own_transaction(
+        tmp_path: Path, where: str) -> None:
+    store = Store(tmp_path / "s.sqlite3" if where == "file" else ":memory:")
+    store.migrate("t", 1, "CREATE TABLE t (v INTEGER)")
+    with store.read_if_free() as conn:
+        assert conn is not None and conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.read():
+            inside.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        with store.read_if_free() as conn:
+            assert conn is None
+    finally:
+        release.set()
+        holder.join()
+    with store.transaction() as writer:
+        writer.execute("INSERT INTO t VALUES (1)")
+        # On the writer's own thread it joins the transaction and sees the write.
+        with store.read_if_free() as conn:
+            assert conn is not None and conn.execute("SELECT v FROM t").fetchall()[0][0] == 1
+    with store.read_if_free() as conn:
+        assert conn is not None and conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
     store.close()

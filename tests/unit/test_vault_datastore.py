@@ -84,11 +84,11 @@ def test_get_if_quick_reads_small_values_and_defers_when_busy_or_large(
     with pytest.raises(NotFound, match="absent"):
         data.get_if_quick("home", "personal", "absent")
     assert data.get_if_quick("home", "personal", "large") is None  # left to a worker thread
-    # While another thread holds the store (a write transaction), nothing waits.
+    # While another thread holds the read connection, nothing waits.
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with store.transaction():
+        with store.read():
             entered.set()
             release.wait(10)
 
@@ -101,6 +101,35 @@ def test_get_if_quick_reads_small_values_and_defers_when_busy_or_large(
         release.set()
         holder.join(10)
     assert data.get_if_quick("home", "personal", "small") == b"note"
+
+
+def test_a_write_in_progress_does_not_send_reads_to_a_thread(
+        store: Store, data: SealedData) -> None:
+    import threading
+
+    data.put("home", "personal", "small", b"note", now=1.0)
+    entered, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        # Another request's write, its transaction open (as while it waits on a fsync).
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM sealed_data")
+            entered.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert entered.wait(10)
+        # Answered on the caller's thread, from the last committed state; the
+        # worker-thread read does not wait for the writer either.
+        assert data.get_if_quick("home", "personal", "small") == b"note"
+        assert data.get("home", "personal", "small") == b"note"
+    finally:
+        release.set()
+        writer.join(10)
+    with pytest.raises(NotFound):
+        data.get_if_quick("home", "personal", "small")
 
 
 def _value(store: Store, key: str) -> bytes:
