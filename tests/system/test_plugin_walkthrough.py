@@ -94,9 +94,15 @@ def post(target: AgentSocket, body: bytes = FORMAT, timeout: float = 30) -> Agen
                          headers={"Content-Type": "application/json"})
 
 
-def burst(d: Deployment, cid: str, agent: str) -> tuple[list[AgentReply], AgentReply, float]:
-    """The endpoint's burst of ten calls made at once, then an 11th: the ten replies,
-    the 11th's, and the seconds from the first call's sending to the 11th's reply.
+def burst(d: Deployment, cid: str, agent: str
+          ) -> tuple[list[AgentReply], list[AgentReply], AgentReply]:
+    """The endpoint's burst of ten calls made at once, then calls one by one until one
+    is refused: the ten replies, those answered after them, and the refusal.
+
+    The bucket refills one call a second, so a burst that took longer than that
+    (a loaded machine) has one answered call more per second it took: the calls
+    past the ten are returned with how long the whole took, and the caller checks
+    them against it (none when it took under a second).
 
     The ten go two after another on each of five connections made beforehand
     (the agent's own process holds one of the ten its policy allows), all five
@@ -128,9 +134,15 @@ def burst(d: Deployment, cid: str, agent: str) -> tuple[list[AgentReply], AgentR
     started = time.monotonic()
     for thread in threads:
         thread.join(60)
-    eleventh = post(agent_socket)
-    elapsed = time.monotonic() - started
-    return [r for pair in replies for r in pair], eleventh, elapsed
+    past: list[AgentReply] = []
+    reply = post(agent_socket)
+    while reply.status == 200 and len(past) < 10:
+        past.append(reply)
+        reply = post(agent_socket)
+    # Whole seconds the burst took: how many calls the bucket may have refilled.
+    refills = int(time.monotonic() - started)
+    assert len(past) <= refills, (len(past), refills)
+    return [r for pair in replies for r in pair], past, reply
 
 
 def test_the_seeds_plugins_walked_through_as_a_new_user(
@@ -206,17 +218,18 @@ def test_the_seeds_plugins_walked_through_as_a_new_user(
 
     # 4. Its agent calls it through its own socket: ten calls at once are answered with
     #    the formatted text, the 11th is rate limited; the other agent is refused.
-    answered, limited, elapsed = burst(d, cid, "writer")
-    assert [r.status for r in answered] == [200] * 10, (answered, elapsed)
+    answered, refilled, limited = burst(d, cid, "writer")
+    assert [r.status for r in answered] == [200] * 10, answered
+    answered += refilled  # only on a machine too loaded to send eleven calls in a second
     assert all(r.json() == {**FORMATTED, "caller": f"{cid}/writer"} for r in answered)
-    assert (limited.status, limited.json()["error"]["code"]) == (429, "rate_limited"), elapsed
+    assert (limited.status, limited.json()["error"]["code"]) == (429, "rate_limited")
     assert limited.headers["Retry-After"] == "1"
     other = post(d.agent(cid, "reader"))
     assert (other.status, other.json()["error"]["code"]) == (403, "forbidden")
     calls = d.audit(action="agent.plugin.call")
     allowed = [e for e in calls if e["decision"] == "allow"]
     assert [(e["actor"], e["details"]["status"]) for e in allowed] == [
-        (f"agent:{cid}/writer", 200)] * 10
+        (f"agent:{cid}/writer", 200)] * len(answered)
     assert all(e["details"]["bytes_in"] == len(FORMAT) and e["details"]["bytes_out"] > 0
                for e in allowed)
     assert [(e["actor"], e["details"]["code"]) for e in calls if e["decision"] == "deny"] == [
