@@ -76,6 +76,7 @@ from pacd.runtime.hardening import (
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
+from pacd.runtime.podman_url import no_podman_socket
 from pacd.vault import SealedData
 
 if TYPE_CHECKING:
@@ -175,6 +176,11 @@ class ContainerLifecycle:
             with self._runtime_lock:
                 if self._runtime is not None:
                     return self._runtime
+            # No socket where Podman would listen: nothing to connect to, and no need to
+            # load the adapter (podman-py, requests, urllib3) to say so.
+            absent = no_podman_socket(self.services.config.podman_url, os.environ)
+            if absent is not None:
+                raise RuntimeUnavailable(absent)
             from pacd.runtime.podman import connect_podman  # lazy: see TYPE_CHECKING above
 
             runtime = connect_podman(self.services.config.podman_url, os.environ)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -111,3 +112,27 @@ def test_keychain_chosen_during_the_imports_is_still_vetted(
     assert d.proc.wait(30) == 8, d.log()
     assert "does not keep secrets in a protected keychain" in d.log()
     assert not d.socket.exists()
+
+
+def test_no_podman_socket_is_told_without_loading_the_adapter(
+        make_daemon: Callable[..., DaemonProcess], short_tmp: Path) -> None:
+    missing = short_tmp / "no-podman.sock"
+    d = make_daemon(env={"PACD_PODMAN_URL": f"unix://{missing}"})
+    deadline = time.monotonic() + 30
+    podman = d.client().status()["podman"]
+    while podman["detail"] == "not connected yet" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        podman = d.client().status()["podman"]
+    # Said by the look for a socket, made before the adapter (podman-py) is imported.
+    assert f"cannot reach Podman at unix://{missing} (no such socket)" in podman["detail"]
+    assert "podman.socket" in podman["detail"]
+    assert podman["connected"] is False
+
+
+def test_looking_for_podman_does_not_load_podman_py(tmp_path: Path) -> None:
+    probe = ("import sys; from pacd.runtime.podman_url import no_podman_socket; "
+             f"said = no_podman_socket('unix://{tmp_path}/missing.sock', {{}}); "
+             "print(said is not None, 'podman' in sys.modules, 'requests' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["True", "False", "False"]
