@@ -2,15 +2,14 @@
 
 Podman (connecting, importing podman-py, the first reconcile) comes after the
 socket listens, in the watcher's thread: a Podman that takes its time cannot
-hold up the status. The modules only some requests need are imported when
-first needed, so a daemon that never uses them does not hold them.
+hold up the status, and a Podman whose socket does not exist is told without
+loading the adapter at all. Which modules a start imports is checked in
+tests/unit/test_daemon_start_imports.py.
 """
 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,19 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ROOT, DaemonProcess
-
-#: modules ``import pacd.daemon`` must not load: the Podman adapter's (podman-py,
-#: requests, urllib3) and the Kubernetes export's YAML writer
-LAZY = ("podman", "requests", "urllib3", "yaml")
-
-
-def test_importing_the_daemon_leaves_podman_and_yaml_for_later() -> None:
-    probe = ("import sys, pacd.daemon; "
-             f"print(' '.join(m for m in {LAZY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                         text=True, check=True, timeout=60)
-    assert out.stdout.split() == []
+from tests.integration.harness import DaemonProcess
 
 
 class SilentPodman:
@@ -128,11 +115,3 @@ def test_no_podman_socket_is_told_without_loading_the_adapter(
     assert "podman.socket" in podman["detail"]
     assert podman["connected"] is False
 
-
-def test_looking_for_podman_does_not_load_podman_py(tmp_path: Path) -> None:
-    probe = ("import sys; from pacd.runtime.podman_url import no_podman_socket; "
-             f"said = no_podman_socket('unix://{tmp_path}/missing.sock', {{}}); "
-             "print(said is not None, 'podman' in sys.modules, 'requests' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                         text=True, check=True, timeout=60)
-    assert out.stdout.split() == ["True", "False", "False"]
