@@ -1,11 +1,12 @@
 """A daemon start loads what every request needs, and nothing only some requests need.
 
-Podman's client (podman-py, requests, urllib3), python-fido2's server and its
-attestation verifiers (cryptography's X.509), the OpenAPI document builder and
-the Kubernetes export's YAML writer are imported when a request first needs
-them: importing them all at start-up made the daemon take most of a second to
-answer its first status request and hold a third more memory while idle. A
-new top-level import that pulls one of them back in fails here.
+Podman's client (podman-py, requests, urllib3), python-fido2 (its server, its
+attestation verifiers with cryptography's X.509, its COSE keys with
+cryptography's public-key modules), the OpenAPI document builder and the
+Kubernetes export's YAML writer are imported when a request first needs them:
+importing them all at start-up made the daemon take most of a second to answer
+its first status request and hold a third more memory while idle. A new
+top-level import that pulls one of them back in fails here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import sys
 from pathlib import Path
 
 #: modules (and their submodules) no request made at start-up needs
-DEFERRED = ("podman", "requests", "urllib3", "fido2.server", "fido2.attestation",
-            "cryptography.x509", "pacd.runtime.podman", "pacd.api.openapi", "yaml")
+DEFERRED = ("podman", "requests", "urllib3", "fido2", "cryptography.x509",
+            "cryptography.hazmat.primitives.asymmetric", "pacd.runtime.podman",
+            "pacd.api.openapi", "yaml")
 
 _PROBE = """
 import json, sys
