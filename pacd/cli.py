@@ -236,9 +236,15 @@ def _audit_line(e: dict[str, Any]) -> str:
 
 
 def cmd_daemon(args: argparse.Namespace, ctx: Ctx | None) -> int:
+    config = load_config()
+    if config.keystore == "keychain":
+        from pacd.vault.keychain import start_backend_discovery
+
+        # While the daemon's modules import below (start-up time, not a choice).
+        start_backend_discovery()
     from pacd.daemon import main as daemon_main
 
-    return daemon_main(load_config())
+    return daemon_main(config)
 
 
 def cmd_status(args: argparse.Namespace, ctx: Ctx) -> None:

@@ -76,6 +76,7 @@ from pacd.runtime.hardening import (
 )
 from pacd.runtime.images import build_owner_image, owner_image_tag
 from pacd.runtime.kube import export_kube
+from pacd.runtime.podman_url import no_podman_socket
 from pacd.vault import SealedData
 
 if TYPE_CHECKING:
@@ -150,7 +151,11 @@ class ContainerLifecycle:
             clock=services.clock.wall, plugins=self.plugin_calls))
         self.egress = EgressProxy(services.audit,
                                   allow_loopback=services.config.egress_allow_loopback)
+        #: guards ``_runtime`` only: held for a read or a swap, never across a connect,
+        #: so a status answer does not wait for Podman (or for podman-py's import)
         self._runtime_lock = threading.Lock()
+        #: one connect at a time (the watcher's and a request's would race otherwise)
+        self._connect_lock = threading.Lock()
         self._runtime: PodmanRuntime | None = None
         #: the last state pacd saw per agent, so each change is reported once
         self._known: dict[tuple[str, str], str] = {}
@@ -168,12 +173,21 @@ class ContainerLifecycle:
 
     def runtime(self) -> PodmanRuntime:
         """The Podman adapter, connecting on first use; RuntimeUnavailable if none answers."""
-        with self._runtime_lock:
-            if self._runtime is None:
-                from pacd.runtime.podman import connect_podman  # lazy: see TYPE_CHECKING above
+        with self._connect_lock:
+            with self._runtime_lock:
+                if self._runtime is not None:
+                    return self._runtime
+            # No socket where Podman would listen: nothing to connect to, and no need to
+            # load the adapter (podman-py, requests, urllib3) to say so.
+            absent = no_podman_socket(self.services.config.podman_url, os.environ)
+            if absent is not None:
+                raise RuntimeUnavailable(absent)
+            from pacd.runtime.podman import connect_podman  # lazy: see TYPE_CHECKING above
 
-                self._runtime = connect_podman(self.services.config.podman_url, os.environ)
-            return self._runtime
+            runtime = connect_podman(self.services.config.podman_url, os.environ)
+            with self._runtime_lock:
+                self._runtime = runtime
+            return runtime
 
     def podman_view(self) -> dict[str, Any]:
         with self._runtime_lock:
@@ -700,19 +714,21 @@ class ContainerLifecycle:
         await self.sockets.close_all()
         await self.egress.close_all()
         self.plugin_dirs.close_all()
-        with self._runtime_lock:
+        # Not while a request's connect is under way: it would set a runtime after this.
+        with self._connect_lock, self._runtime_lock:
             runtime, self._runtime = self._runtime, None
         if runtime is not None:
             runtime.close()
 
 
 async def attach_lifecycle(services: Services) -> ContainerLifecycle:
-    """Build the lifecycle on the running loop, make it the daemon's, start following Podman.
+    """Build the lifecycle on the running loop and make it the daemon's.
 
-    Podman need not be reachable: the daemon starts regardless, lifecycle calls
-    answer 503 until it is, and the watcher connects when it can.
+    It does not follow Podman yet: the daemon calls :meth:`~ContainerLifecycle.start_watching`
+    once its socket listens, so start-up never waits for Podman (connecting, importing
+    podman-py, the first reconcile). Podman need not be reachable at all: lifecycle
+    calls answer 503 until it is, and the watcher connects when it can.
     """
     lifecycle = ContainerLifecycle(services, asyncio.get_running_loop())
     services.lifecycle = lifecycle
-    lifecycle.start_watching()
     return lifecycle

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -73,23 +74,32 @@ EXPIRY_TICK_S = 1.0
 PRESENCE_REPORT_TIMEOUT_S = 5.0
 
 
-def _presence_report(config: Config) -> list[dict[str, Any]]:
-    """Which presence methods work here; bounded in time (it may ask D-Bus)."""
-    result: list[dict[str, Any]] = []
+class PresenceProbe:
+    """Which presence methods work here, asked in its own thread from the start of
+    start-up: the answer may take D-Bus round trips, which overlap with opening the
+    keychain and the databases instead of following them. Bounded in time."""
 
-    def run() -> None:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._result: list[dict[str, Any]] = []
+        self._deadline = time.monotonic() + PRESENCE_REPORT_TIMEOUT_S
+        self._worker = threading.Thread(target=self._run, name="pacd-presence-report",
+                                        daemon=True)
+        self._worker.start()
+
+    def _run(self) -> None:
         try:
             from pacd.presence.report import presence_methods_report
 
-            result.extend(a.to_json() for a in presence_methods_report(
-                config.fprintd_bus_address, config.platform_presence))
+            self._result.extend(a.to_json() for a in presence_methods_report(
+                self._config.fprintd_bus_address, self._config.platform_presence))
         except Exception as exc:  # a diagnostic: never a reason not to start
             log.warning("presence methods report failed: %s", exc)
 
-    worker = threading.Thread(target=run, name="pacd-presence-report", daemon=True)
-    worker.start()
-    worker.join(PRESENCE_REPORT_TIMEOUT_S)
-    return list(result)
+    def result(self) -> list[dict[str, Any]]:
+        """The report; empty if it did not finish in time (blocks until then)."""
+        self._worker.join(max(0.0, self._deadline - time.monotonic()))
+        return [] if self._worker.is_alive() else list(self._result)
 
 
 def ensure_private_home(home: Path) -> None:
@@ -187,6 +197,7 @@ class Daemon:
         except BaseException:
             listener.close()
             raise
+        presence = PresenceProbe(self.config)
         try:
             services = await asyncio.to_thread(build_services, self.config)
         except BaseException:
@@ -194,7 +205,7 @@ class Daemon:
             listener.close()
             raise
         try:
-            await self._serve(loop, services, listener)
+            await self._serve(loop, services, listener, presence)
         finally:
             with contextlib.suppress(PacdError):
                 await asyncio.to_thread(services.audit.append, DAEMON_ACTOR, "daemon.stop",
@@ -206,9 +217,9 @@ class Daemon:
             listener.close()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, services: Services,
-                     listener: OwnerListener) -> None:
+                     listener: OwnerListener, presence: PresenceProbe) -> None:
         services.events.bind(loop)
-        services.presence_methods = await asyncio.to_thread(_presence_report, services.config)
+        services.presence_methods = await asyncio.to_thread(presence.result)
         routes, access = owner_routes(services)
         self._watch_audit_health(services)
 
@@ -242,6 +253,11 @@ class Daemon:
                                     f"pacd {__version__} listening", {"pid": os.getpid()})
             sd_notify("READY=1")
             log.info("pacd %s listening on %s", __version__, listener.where)
+            # Only now Podman: connecting (podman-py's import), the reconcile that
+            # reopens the sockets of running agents and the event stream run in the
+            # watcher's thread while the socket already answers; container calls made
+            # before the first connect connect themselves.
+            lifecycle.start_watching()
             await self._stop.wait()
             sd_notify("STOPPING=1")
             log.info("stopping")

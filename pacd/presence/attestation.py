@@ -27,10 +27,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from fido2.webauthn import AttestationConveyancePreference, AttestationObject
+from typing import TYPE_CHECKING
 
 from pacd.errors import Forbidden, SoftwareAuthenticatorRefused
+
+if TYPE_CHECKING:
+    from fido2.webauthn import AttestationConveyancePreference, AttestationObject
 
 MODES = ("none", "direct")
 
@@ -77,6 +79,8 @@ class AttestationPolicy:
     @property
     def conveyance(self) -> AttestationConveyancePreference | None:
         """What the creation options ask the authenticator for."""
+        from fido2.webauthn import AttestationConveyancePreference  # lazy: see pacd.presence.rp
+
         return AttestationConveyancePreference.DIRECT if self.mode == "direct" else None
 
     def check(self, attestation: AttestationObject, client_data_hash: bytes) -> str:

@@ -19,11 +19,6 @@ import sys
 import threading
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
-from fido2 import cbor
-from fido2.cose import ES256
-
 from pacd.core.models import SecurityLevel
 from pacd.errors import (
     CeremonyCancelled,
@@ -181,6 +176,11 @@ class SecureEnclaveKey:
 
 
 def cose_from_x963(public_key_x963: bytes) -> bytes:
+    # python-fido2 and cryptography's EC: loaded by a Touch ID enrolment, not at start
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from fido2 import cbor
+    from fido2.cose import ES256
+
     public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key_x963)
     cose: Any = ES256.from_cryptography_key(public)  # type: ignore[no-untyped-call]
     return cbor.encode(dict(cose))
@@ -190,6 +190,8 @@ def verify_platform_signature(credential: Credential, challenge: bytes, signatur
     """Daemon side: the enrolled public key signed this challenge (raises PresenceFailed)."""
     if credential.kind != "platform":
         raise PresenceFailed("not a platform credential")
+    from cryptography.exceptions import InvalidSignature
+
     try:
         credential.cose_key().verify(signed_message(challenge), signature)
     except (InvalidSignature, ValueError) as exc:

@@ -14,10 +14,7 @@ import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
-
-from fido2 import cbor
-from fido2.cose import CoseKey
+from typing import TYPE_CHECKING, Literal
 
 from pacd.core.models import Owner
 from pacd.errors import Conflict, IntegrityError, InvalidRequest, NotFound
@@ -25,6 +22,9 @@ from pacd.integrity import RowSpec
 from pacd.presence.attestation import is_software_authenticator
 from pacd.store import Store
 from pacd.vault.keychain import SecretStore
+
+if TYPE_CHECKING:
+    from fido2.cose import CoseKey
 
 CredentialKind = Literal["fido2", "platform"]
 _KINDS: tuple[str, ...] = ("fido2", "platform")
@@ -93,6 +93,9 @@ class Credential:
     kind: CredentialKind = "fido2"
 
     def cose_key(self) -> CoseKey:
+        from fido2 import cbor  # lazy: see pacd.presence.rp
+        from fido2.cose import CoseKey
+
         decoded = cbor.decode(self.public_key)
         if not isinstance(decoded, Mapping):
             raise ValueError("public key is not a COSE_Key map")

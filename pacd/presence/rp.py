@@ -50,23 +50,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fido2 import cbor
-from fido2.cose import CoseKey, UnsupportedKey
-from fido2.utils import websafe_encode
-from fido2.webauthn import (
-    AttestedCredentialData,
-    AuthenticationResponse,
-    AuthenticatorAttachment,
-    AuthenticatorData,
-    PublicKeyCredentialDescriptor,
-    PublicKeyCredentialRpEntity,
-    PublicKeyCredentialType,
-    PublicKeyCredentialUserEntity,
-    RegistrationResponse,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
-
 from pacd.core.models import SecurityLevel
 from pacd.errors import (
     ClonedAuthenticator,
@@ -83,7 +66,16 @@ from pacd.presence.owner import MAX_LABEL, Credential, CredentialKind, OwnerRegi
 from pacd.store import Store
 
 if TYPE_CHECKING:
+    # python-fido2 is imported where a ceremony uses it, not at daemon start
+    # (fido2.webauthn and fido2.cose with cryptography's public-key modules).
+    from fido2.cose import CoseKey
     from fido2.server import Fido2Server
+    from fido2.webauthn import (
+        AttestedCredentialData,
+        AuthenticatorData,
+        PublicKeyCredentialDescriptor,
+        UserVerificationRequirement,
+    )
 
 __all__ = ["FIRST_CREDENTIAL", "EnrolmentHook", "RefusalHook", "Registration", "RelyingParty",
            "VerifiedPresence"]
@@ -179,6 +171,7 @@ class RelyingParty:
         with self._fido2_lock:
             if self._fido2 is None:
                 from fido2.server import Fido2Server
+                from fido2.webauthn import PublicKeyCredentialRpEntity
 
                 # Exact origin match: the daemon tells clients which origin to use,
                 # so anything else is not one of our clients.
@@ -207,6 +200,13 @@ class RelyingParty:
         label = check_text(label, "credential label", MAX_LABEL)
         if not isinstance(authorised, str) or not authorised:
             raise InvalidRequest("a registration must say how it was authorised")
+        from fido2.webauthn import (
+            AuthenticatorAttachment,
+            PublicKeyCredentialUserEntity,
+            ResidentKeyRequirement,
+            UserVerificationRequirement,
+        )
+
         existing = [_descriptor(c) for c in self.owners.list_credentials()]
         options, state = self._server.register_begin(
             PublicKeyCredentialUserEntity(
@@ -251,6 +251,10 @@ class RelyingParty:
     def verify_registration(self, registration_id: str,
                             credential: Mapping[str, Any]) -> Registration:
         """Check a registration (single use) and the attestation policy; store nothing."""
+        from fido2 import cbor
+        from fido2.cose import UnsupportedKey
+        from fido2.webauthn import RegistrationResponse
+
         pending = self._take(registration_id, "registration")
         try:
             response = RegistrationResponse.from_dict(credential)
@@ -399,6 +403,8 @@ class RelyingParty:
                 )
         if self._challenge_used(challenge):
             raise PresenceFailed("this action was already signed: an assertion is used once")
+        from fido2.utils import websafe_encode
+
         state = {
             "challenge": websafe_encode(challenge),
             "user_verification": _uv_requirement(require_uv),
@@ -473,6 +479,8 @@ class RelyingParty:
     def _check_assertion(
         self, state: Mapping[str, Any], credential: Mapping[str, Any], require_uv: bool
     ) -> tuple[Credential, AuthenticatorData]:
+        from fido2.webauthn import AuthenticationResponse
+
         try:
             response = AuthenticationResponse.from_dict(credential)
         except Exception as exc:
@@ -567,6 +575,8 @@ def _session_level(level: SecurityLevel | str) -> SecurityLevel:
 
 
 def _uv_requirement(require_uv: bool) -> UserVerificationRequirement:
+    from fido2.webauthn import UserVerificationRequirement
+
     return (
         UserVerificationRequirement.REQUIRED if require_uv
         else UserVerificationRequirement.DISCOURAGED
@@ -579,11 +589,15 @@ def _check_challenge(challenge: bytes) -> None:
 
 
 def _descriptor(credential: Credential) -> PublicKeyCredentialDescriptor:
+    from fido2.webauthn import PublicKeyCredentialDescriptor, PublicKeyCredentialType
+
     return PublicKeyCredentialDescriptor(
         type=PublicKeyCredentialType.PUBLIC_KEY, id=credential.credential_id
     )
 
 
 def _attested(credential: Credential) -> AttestedCredentialData:
+    from fido2.webauthn import AttestedCredentialData
+
     key: CoseKey = credential.cose_key()
     return AttestedCredentialData.create(credential.aaguid, credential.credential_id, key)

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from pacd.core.models import PersonalAIContainer
 from pacd.errors import InvalidRequest
 from pacd.runtime.hardening import (
@@ -128,4 +126,6 @@ def export_kube(container: PersonalAIContainer, owner_id: str,
     if network_policies:
         docs.extend(agent_network_policy(container, a.name, owner_id)
                     for a in container.agents)
+    import yaml  # lazy: only an export needs it, so the daemon does not hold it from start
+
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,8 +26,13 @@ from podman.errors import APIError, PodmanError
 
 from pacd.errors import Conflict, NotFound, PacdError, RuntimeFailed, RuntimeUnavailable
 from pacd.runtime.hardening import PACD_LABELS, AgentRunSpec
+from pacd.runtime.podman_url import (
+    candidate_podman_urls,
+    normalize_url,
+    rootless_socket,
+    start_hint,
+)
 
-ROOTFUL_SOCKET = Path("/run/podman/podman.sock")
 DEFAULT_TIMEOUT_S = 60.0
 
 #: container events the daemon reconciles on
@@ -36,55 +40,6 @@ CONTAINER_ACTIONS: tuple[str, ...] = ("start", "died", "stop", "remove", "kill",
 
 # Event attributes Podman mixes into the label map; they are not labels.
 _EVENT_ATTRIBUTES = frozenset({"name", "image", "containerExitCode", "podId"})
-
-
-def start_hint(socket_path: str | os.PathLike[str] | None = None) -> str:
-    path = socket_path or "$XDG_RUNTIME_DIR/podman/podman.sock"
-    return (
-        "start Podman's API service: `systemctl --user enable --now podman.socket` "
-        "(rootless; `systemctl enable --now podman.socket` as root), or run "
-        f"`podman system service --time 0 unix://{path}`"
-    )
-
-
-# --- where Podman is -----------------------------------------------------------
-
-
-def normalize_url(url: str) -> str:
-    """``/path`` and ``unix:/path`` become ``unix:///path``; other schemes pass through."""
-    if url.startswith("/"):
-        return "unix://" + url
-    parsed = urlparse(url)
-    if parsed.scheme in ("unix", "http+unix") and not parsed.netloc:
-        return "unix://" + parsed.path
-    return url
-
-
-def rootless_socket(env: Mapping[str, str]) -> Path:
-    runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-    return Path(runtime_dir) / "podman" / "podman.sock"
-
-
-def candidate_podman_urls(config_url: str | None, env: Mapping[str, str]) -> list[str]:
-    """Where to look, in order. An explicit URL is the only candidate: when the
-    owner names a Podman, pacd never silently talks to a different one."""
-    explicit = env.get("PACD_PODMAN_URL") or config_url
-    if explicit:
-        return [normalize_url(explicit)]
-    return [normalize_url(str(rootless_socket(env))), normalize_url(str(ROOTFUL_SOCKET))]
-
-
-def resolve_podman_url(config_url: str | None, env: Mapping[str, str]) -> str:
-    """``PACD_PODMAN_URL``, else the config URL, else the rootless user socket if it
-    exists, else the rootful one if it exists, else the rootless path (so that the
-    error which follows names the socket the owner should start)."""
-    candidates = candidate_podman_urls(config_url, env)
-    if len(candidates) == 1:
-        return candidates[0]
-    for url in candidates:
-        if Path(urlparse(url).path).exists():
-            return url
-    return candidates[0]
 
 
 def connect_podman(config_url: str | None, env: Mapping[str, str]) -> PodmanRuntime:

@@ -175,6 +175,50 @@ def select_backend(candidate: Any) -> Any:
     return candidate
 
 
+class _Discovery:
+    """keyring's backend discovery, started ahead of need (start_backend_discovery)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._discover,
+                                                name="pacd-keychain-discovery", daemon=True)
+                self._thread.start()
+
+    @staticmethod
+    def _discover() -> None:
+        with contextlib.suppress(Exception):  # asked again, and reported, by the store
+            import keyring
+
+            keyring.get_keyring()
+
+    def wait(self) -> None:
+        """Until a started discovery has finished (at once when none was started)."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+
+_DISCOVERY = _Discovery()
+
+
+def start_backend_discovery() -> None:
+    """Let keyring choose its backend in a background thread, now.
+
+    The choice imports every installed backend and probes D-Bus (a tenth of a
+    second or more); the daemon starts this before importing its own modules so
+    the two overlap. Nothing is decided here: :class:`KeyringSecretStore` waits
+    for it, takes keyring's (cached) choice and vets it as always, and a failed
+    discovery is simply asked again there, where its error is reported.
+    """
+    _DISCOVERY.start()
+
+
 class KeyringSecretStore:
     """Secrets in the OS keychain, namespaced per ``PACD_HOME``.
 
@@ -191,6 +235,8 @@ class KeyringSecretStore:
         def choose() -> Any:
             import keyring
 
+            # Bounded like the rest: this runs under _run_with_timeout.
+            _DISCOVERY.wait()
             return select_backend(backend if backend is not None else keyring.get_keyring())
 
         try:

@@ -33,13 +33,8 @@ from pacd.runtime.hardening import (
 )
 from pacd.runtime.images import owner_image_tag
 from pacd.runtime.kube import export_kube
-from pacd.runtime.podman import (
-    PodmanRuntime,
-    _demux,
-    candidate_podman_urls,
-    create_body,
-    resolve_podman_url,
-)
+from pacd.runtime.podman import PodmanRuntime, _demux, create_body
+from pacd.runtime.podman_url import candidate_podman_urls, resolve_podman_url
 
 SOCK = Path("/run/user/1000/pacd/agents/x/agent.sock")
 

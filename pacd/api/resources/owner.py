@@ -31,8 +31,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fido2.utils import websafe_decode
-
 from pacd import messages
 from pacd.api.access import OwnerAccess
 from pacd.api.decisions import RequestDecision
@@ -94,6 +92,8 @@ def add_payload(registration: Registration) -> dict[str, Any]:
 
 
 def credential_from_payload(body: dict[str, Any], now: float) -> Credential:
+    from fido2.utils import websafe_decode  # lazy: python-fido2 is not loaded at start
+
     try:
         kind = str(body["kind"])
         return Credential(
