@@ -96,6 +96,8 @@ _DEFAULT_MAX_BATCH = 1024
 WRITTEN_SYNC_S = 0.001
 #: after a failed fsync of written entries, when to try again
 _SYNC_RETRY_S = 1.0
+#: how long the writer thread waits for another connection's write lock
+_BUSY_WAIT_S = 30.0
 
 
 # What canonical_json (ensure_ascii=False) does to a str, without the
@@ -340,11 +342,44 @@ def _connect(path: Path) -> sqlite3.Connection:
     if str(mode).lower() != "wal":
         conn.close()
         raise AuditError(f"the audit log {path} cannot use WAL mode (got {mode!r})")
-    conn.execute("PRAGMA synchronous=FULL")
+    # Commits only write the WAL file; the log fsyncs it itself (_fsync_wal), off
+    # the committing thread, so one fsync covers every commit made before it.
+    conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
-def _fsync_wal(path: Path) -> None:
+def _for_appending(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """No busy wait inside SQLite: an appender on an event loop must never block on
+    another connection's write lock (it hands its entry to the writer thread
+    instead), and the writer thread waits for the lock itself (:func:`_begin`)."""
+    conn.execute("PRAGMA busy_timeout=0")
+    return conn
+
+
+class _Busy(Exception):
+    """Another connection holds the log's write lock."""
+
+
+def _begin(conn: sqlite3.Connection, deadline: float | None) -> None:
+    """``BEGIN IMMEDIATE``; if the write lock is held elsewhere, retry until ``deadline``
+    (monotonic), or raise :class:`_Busy` at once when there is none."""
+    pause = 0.0005
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if deadline is None:
+                raise _Busy from exc
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # waits-on: another process's write lock, which has no event to wait on
+        pause = min(pause * 2, 0.05)
+
+
+def _fsync_wal(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
     """Make every frame SQLite has written to the log's WAL durable.
 
     Entries committed with ``synchronous=NORMAL`` are in the WAL file (the
@@ -355,7 +390,7 @@ def _fsync_wal(path: Path) -> None:
     """
     fd = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -383,6 +418,7 @@ class AuditLog:
         checkpoints: SecretStore | None, untrusted: Untrusted | None,
         checkpoint_seq: int | None, clock: Callable[[], float], max_batch: int,
         append_timeout_s: float, written_sync_s: float = WRITTEN_SYNC_S,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         """Wire up a log already opened by :meth:`open` (no I/O, no threads here)."""
         if len(key) < 32:
@@ -392,6 +428,10 @@ class AuditLog:
         self.path = path
         self._key = bytes(key)
         self._chain_key = _ChainKey(self._key)
+        #: held for every use of ``_conn`` and every change of ``_head``: entries are
+        #: committed by the writer thread and, when it is idle, by appenders on an
+        #: event loop (see _append_async)
+        self._commit_lock = threading.Lock()
         self._conn = conn
         self._head = head
         self._clock = clock
@@ -425,18 +465,23 @@ class AuditLog:
         self._written_sync_s = written_sync_s
         #: the newest (seq, mac) known to be fsynced; the head at open is (open syncs it)
         self._synced = head
-        #: (writer thread only) when the oldest commit not yet fsynced was made,
-        #: and when its fsync is due (monotonic); None: everything committed is synced
+        self._fsync = fsync
+        #: guards what the sync thread is asked to do: the committed durable entries
+        #: waiting for an fsync, and when the oldest commit not yet fsynced was made
+        #: and its fsync is due (monotonic; None: no "written" entry waits)
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._sync_waiters: list[_Submission] = []
         self._unsynced_from: float | None = None
         self._sync_due: float | None = None
-        #: (writer thread only) the connection's setting is synchronous=FULL
-        self._sync_full = True
-        #: a deferred fsync failed: commit every batch with FULL until one succeeds
-        self._force_full = False
+        self._sync_stop = False
+        #: committed entries whose fsync failed, for the writer's next audit.abandoned note
+        self._unsynced_failed: list[int] = []
         #: seconds from the oldest unsynced commit to the end of the fsync covering
         #: it, for the last such fsync (None: none yet)
         self.written_sync_lag_s: float | None = None
         self._writer = threading.Thread(target=self._run, name="pacd-audit-writer", daemon=True)
+        self._syncer = threading.Thread(target=self._run_sync, name="pacd-audit-sync",
+                                        daemon=True)
 
     @classmethod
     def open(
@@ -449,6 +494,7 @@ class AuditLog:
         max_batch: int = _DEFAULT_MAX_BATCH,
         append_timeout_s: float = 30.0,
         written_sync_s: float = WRITTEN_SYNC_S,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> AuditLog:
         """Open (or create) the log at ``path``, check it against its checkpoint, start writing.
 
@@ -456,6 +502,7 @@ class AuditLog:
         (tests, benchmarks); the daemon always passes its secret store.
         ``max_batch`` bounds entries per transaction (1 = one fsync per entry).
         ``written_sync_s``: how long a "written" entry may wait for its fsync to start.
+        ``fsync``: how a file descriptor is synced (a seam for faults the disk will not make).
         """
         if written_sync_s < 0:
             raise ValueError("written_sync_s must not be negative")
@@ -470,12 +517,14 @@ class AuditLog:
             # A process killed right after a "written" entry leaves it in the file
             # but maybe not on the disk; the checkpoint must not get ahead of it.
             with contextlib.suppress(FileNotFoundError):
-                _fsync_wal(path)
+                _fsync_wal(path, fsync)
             untrusted, checkpoint_seq = (None, None) if checkpoints is None else (
                 check_against_checkpoint(conn, checkpoints, checkpoint_name(path), head[0]))
+            _for_appending(conn)
             log = cls(path, key, conn, head, checkpoints=checkpoints, untrusted=untrusted,
                       checkpoint_seq=checkpoint_seq, clock=clock, max_batch=max_batch,
-                      append_timeout_s=append_timeout_s, written_sync_s=written_sync_s)
+                      append_timeout_s=append_timeout_s, written_sync_s=written_sync_s,
+                      fsync=fsync)
         except (sqlite3.Error, OSError) as exc:
             conn.close()
             raise AuditError(f"cannot open the audit log {path}: {exc}") from exc
@@ -494,6 +543,7 @@ class AuditLog:
                 # checkpoint behind; bring it up to the (consistent) head now.
                 self._checkpointer.schedule(*self._head)
         self._writer.start()
+        self._syncer.start()
 
     # --- health -----------------------------------------------------------------
 
@@ -611,25 +661,23 @@ class AuditLog:
 
         Decided under the queue lock, against the writer's own bookkeeping: an
         entry still queued is withdrawn and never written; one the writer has
-        taken may be committed regardless, so it is noted and, once its batch is
-        over, followed by an ``audit.abandoned`` entry if it was made durable.
-        False means the writer finished the entry first: a timed-out appender
-        then takes that outcome instead; a cancelled one (``note_if_finished``)
-        has it noted all the same, since its caller goes no further.
+        taken, or one committed and waiting for its fsync, may be made durable
+        regardless, so it is noted and, once committed, followed by an
+        ``audit.abandoned`` entry. False means the entry finished first (``done``
+        is set only after its outcome): a timed-out appender then takes that
+        outcome instead; a cancelled one (``note_if_finished``) has it noted all
+        the same, since its caller goes no further.
         """
         with self._lock:
-            ticket = pending.ticket
-            if ticket >= self._taken:
+            if pending.ticket >= self._taken:
                 self._queue.remove(pending)
                 return True
-            if ticket >= self._finished:
-                self._gave_up.append(pending)
-                return True
-            if note_if_finished and pending.error is None:
+            gave_up = not pending.done
+            if gave_up or (note_if_finished and pending.error is None):
                 self._gave_up.append(pending)
                 if self._writer_sleeping:
                     self._cond.notify()
-            return False
+            return gave_up
 
     def _abandoned_note(self, seqs: list[int]) -> _Submission:
         """The entry naming durable entries whose appenders had already failed."""
@@ -712,6 +760,28 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         pending = self._prepare(actor, action, target, decision, reason, details)
         pending.durable = durable
+        # Combining: while the writer thread is idle, commit here, on the loop,
+        # instead of handing the entry over and waiting to be woken. The commit
+        # only writes the WAL file (no fsync, no wait for another connection's
+        # lock), so the loop is held about as long as a thread hand-off takes.
+        if not self._queue and self._commit_lock.acquire(blocking=False):
+            try:
+                if durable:  # the sync thread resolves it: it needs somewhere to go first
+                    future = self._awaited_on(loop, pending)
+                committed = self._commit_inline(pending)
+            finally:
+                self._commit_lock.release()
+            if committed:
+                if not durable:  # in the file: answered now, fsynced by the sync thread
+                    return pending.committed()
+                return await self._wait(pending, future)
+        future = self._awaited_on(loop, pending)
+        self._enqueue(pending)
+        return await self._wait(pending, future)
+
+    def _awaited_on(
+        self, loop: asyncio.AbstractEventLoop, pending: _Submission,
+    ) -> asyncio.Future[AuditEntry]:
         owner = self._loop_waiters.get(loop)
         if owner is None:
             owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s,
@@ -719,14 +789,30 @@ class AuditLog:
         pending.owner = owner
         future: asyncio.Future[AuditEntry] = loop.create_future()
         pending.future = future
-        self._enqueue(pending)
+        return future
+
+    async def _wait(self, pending: _Submission, future: asyncio.Future[AuditEntry]) -> AuditEntry:
         # Resolution is scheduled onto this loop, so it cannot run before this line.
-        owner.watch(pending)
+        assert pending.owner is not None
+        pending.owner.watch(pending)
         try:
             return await future
         except asyncio.CancelledError:
             self._give_up(pending, True)
             raise
+
+    def _commit_inline(self, pending: _Submission) -> bool:
+        """Commit one entry in the appender's thread (commit lock held); False: the
+        writer thread must take it (closing, entries queued, or the database's
+        write lock held by another connection). AuditError if it cannot be written."""
+        if self._closing or self._queue:
+            return False
+        try:
+            self._write([pending], None)
+        except _Busy:
+            return False
+        self._committed([pending])
+        return True
 
     def _finish(self, batch: list[_Submission]) -> None:
         """Wake every waiter of a batch: one hand-off per event loop, one release per thread.
@@ -766,40 +852,31 @@ class AuditLog:
         abandoned: list[int] = []
         note_due = False
         while True:
-            # Yield the GIL once per batch: the appenders the last batch just woke
-            # get to resubmit now, so their entries join the next batch instead of
-            # the one after. Larger batches, fewer fsyncs, and no timed wait that
-            # would delay a lone appender.
-            time.sleep(0)
-            if self._sync_due is not None and time.monotonic() >= self._sync_due:
-                self._sync_written()
             with self._lock:
                 # The previous batch is over: from here on an appender that gives
-                # up finds its entry finished (see _give_up).
+                # up finds its entry taken no more (see _give_up).
                 self._finished = self._taken
                 while True:
                     if self._gave_up:
-                        # Their batches are over, so ``error`` says whether each is durable.
+                        # Their batches are over, so ``error`` says whether each was
+                        # committed; committed ones are (or will be) durable.
                         fresh = [p.row[0] for p in self._gave_up if p.error is None and p.row]
                         self._gave_up = []
                         if fresh:
                             abandoned += fresh
                             note_due = True
+                    if self._unsynced_failed:
+                        abandoned += self._unsynced_failed
+                        self._unsynced_failed = []
+                        note_due = True
                     if self._queue or self._closing or note_due:
                         break
-                    wait = None
-                    if self._sync_due is not None:
-                        wait = self._sync_due - time.monotonic()
-                        if wait <= 0:
-                            break
                     self._writer_sleeping = True
                     try:
-                        self._cond.wait(wait)
+                        self._cond.wait()
                     finally:
                         self._writer_sleeping = False
                 if not self._queue and not abandoned:
-                    if not self._closing:
-                        continue  # woke for the fsync of written entries
                     batch = None
                 elif len(self._queue) <= self._max_batch:
                     batch = list(self._queue)
@@ -809,8 +886,6 @@ class AuditLog:
                 if batch:
                     self._taken = batch[-1].ticket + 1
             if batch is None:  # closing, and nothing left to write
-                if self._sync_due is not None:
-                    self._sync_written()
                 return
             if abandoned:
                 batch.insert(0, self._abandoned_note(abandoned))
@@ -829,67 +904,163 @@ class AuditLog:
                 abandoned = []
 
     def _commit(self, batch: list[_Submission]) -> bool:
-        """Write one batch and wake its waiters; True if it was committed."""
+        """Commit one batch from the writer thread; True if it was committed.
+
+        Its "written" entries are answered now, its durable ones by the sync
+        thread once an fsync covers them.
+        """
+        with self._commit_lock:
+            try:
+                self._write(batch, time.monotonic() + _BUSY_WAIT_S)
+            except AuditError as exc:
+                self._fail(batch, exc)
+                return False
+            self._committed(batch)
+        self._finish([p for p in batch if not p.durable])
+        return True
+
+    def _write(self, batch: list[_Submission], busy_until: float | None) -> None:
+        """Give ``batch`` its seqs and MACs and commit it in one transaction (commit lock held).
+
+        Committed means written to the WAL file, not yet fsynced. Raises
+        :class:`_Busy` (only when ``busy_until`` is None) before anything is
+        assigned if another connection holds the write lock, and AuditError if
+        the batch could not be committed (none of it is then in the log).
+        """
         if self._resync:
             try:
                 self._resync_head()
             except sqlite3.Error as exc:
-                self._fail(batch, AuditError(
-                    f"the audit log could not record the entry durably: {exc}"))
-                return False
-        seq, mac = self._head
-        when = float(self._clock())
-        if not math.isfinite(when):
-            raise AuditError("the clock returned a non-finite time")
-        # The per-entry loop is the writer's hot path: the canonical entry is
-        # prefix ‖ seq ‖ middle ‖ time, with the time encoded once per batch.
-        tail = _json_float(when) + "}"
-        link = self._chain_key.link
-        rows: list[tuple[Any, ...]] = []
-        add_row = rows.append
-        for p in batch:
-            seq += 1
-            mac = link(mac, (p.prefix + str(seq) + p.middle + tail).encode())
-            p.row = row = (seq, when, p.actor, p.action, p.target, p.decision, p.reason,
-                           p.details_text, mac)
-            add_row(row)
-        # One durable entry makes the whole batch durable (today's one fsync per
-        # batch); a batch of only "written" entries is committed to the file and
-        # its fsync deferred to _sync_written, shared with what follows.
-        durable = self._force_full or any(p.durable for p in batch)
+                raise AuditError(
+                    f"the audit log could not record the entry durably: {exc}") from exc
+        conn = self._conn
         try:
-            if durable != self._sync_full:
-                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self._sync_full = durable
-            self._conn.execute("BEGIN IMMEDIATE")
-            _insert_rows(self._conn, rows)
-            self._conn.execute("COMMIT")
+            _begin(conn, busy_until)
         except sqlite3.Error as exc:
             self._recover_after_failure()
-            self._fail(batch, AuditError(
-                f"the audit log could not record the entry durably: {exc}"))
-            return False
+            raise AuditError(f"the audit log could not record the entry durably: {exc}") from exc
+        try:
+            seq, mac = self._head
+            when = float(self._clock())
+            if not math.isfinite(when):
+                raise AuditError("the clock returned a non-finite time")
+            # The per-entry loop is the writer's hot path: the canonical entry is
+            # prefix ‖ seq ‖ middle ‖ time, with the time encoded once per batch.
+            tail = _json_float(when) + "}"
+            link = self._chain_key.link
+            rows: list[tuple[Any, ...]] = []
+            add_row = rows.append
+            for p in batch:
+                seq += 1
+                mac = link(mac, (p.prefix + str(seq) + p.middle + tail).encode())
+                p.row = row = (seq, when, p.actor, p.action, p.target, p.decision, p.reason,
+                               p.details_text, mac)
+                add_row(row)
+            _insert_rows(conn, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._recover_after_failure()
+            raise AuditError(f"the audit log could not record the entry durably: {exc}") from exc
+        except BaseException:
+            self._recover_after_failure()
+            raise
         self._head = (seq, mac)
-        if durable:
-            # Before the waiters wake: one that needs the checkpoint (``cover``)
-            # then finds the write covering its entry already scheduled.
-            self._synced_up_to((seq, mac))
-        elif self._sync_due is None:
-            self._unsynced_from = time.monotonic()
-            self._sync_due = self._unsynced_from + self._written_sync_s
-        listeners = list(self._listeners)
+
+    def _committed(self, batch: list[_Submission]) -> None:
+        """After a commit (commit lock still held): tell the listeners, in seq order, and
+        hand the batch to the sync thread.
+
+        The listeners get the entry before its appender is answered, so waiter
+        and listeners share one object.
+        """
+        listeners = self._listeners
         if listeners:
-            # Built before the waiters wake, so waiter and listeners share one object.
-            entries = [p.committed() for p in batch]
-        self._finish(batch)
-        if listeners:
-            for entry in entries:
-                for listener in listeners:
+            for p in batch:
+                entry = p.committed()
+                for listener in list(listeners):
                     try:
                         listener(entry)
                     except Exception:
                         log.exception("audit listener failed")
+        durable = [p for p in batch if p.durable]
+        cond = self._sync_cond
+        with cond:
+            if durable:
+                self._sync_waiters += durable
+                cond.notify()
+            if len(durable) < len(batch) and self._unsynced_from is None:
+                self._unsynced_from = now = time.monotonic()
+                self._sync_due = now + self._written_sync_s
+                cond.notify()
+
+    # --- the sync thread ----------------------------------------------------------
+
+    def _run_sync(self) -> None:
+        """fsync the WAL for whatever is committed and not yet synced, then answer it.
+
+        Durable entries are synced as soon as they are committed; an fsync
+        covers everything committed before it starts, so while one runs the
+        next commits gather for the next one (commits never wait for an
+        fsync). "Written" entries are synced at most ``written_sync_s`` after
+        the oldest of them, or sooner with a durable one.
+        """
+        cond = self._sync_cond
+        while True:
+            with cond:
+                while not self._sync_waiters:
+                    due = self._sync_due
+                    if due is None:
+                        if self._sync_stop:
+                            return
+                        cond.wait()
+                        continue
+                    wait = due - time.monotonic()
+                    if wait <= 0 or self._sync_stop:
+                        break
+                    cond.wait(wait)
+                waiters, self._sync_waiters = self._sync_waiters, []
+                unsynced_from, self._unsynced_from, self._sync_due = self._unsynced_from, None, None
+                stopping = self._sync_stop
+                # Read after taking the waiters: every one of them was committed
+                # (and the head moved) before it was added.
+                head = self._head
+            if not self._sync(head, waiters, unsynced_from) and stopping:
+                return
+
+    def _sync(self, head: tuple[int, bytes], waiters: list[_Submission],
+              unsynced_from: float | None) -> bool:
+        """fsync everything up to ``head`` and answer ``waiters``; False if the fsync failed."""
+        if head[0] > self._synced[0]:
+            try:
+                _fsync_wal(self.path, self._fsync)
+            except OSError as exc:
+                self._sync_failed(head, waiters, unsynced_from, exc)
+                return False
+            if unsynced_from is not None:
+                self.written_sync_lag_s = time.monotonic() - unsynced_from
+            # Before the waiters wake: one that needs the checkpoint (``cover``)
+            # then finds the write covering its entry already scheduled.
+            self._synced_up_to(head)
+        self._finish(waiters)
         return True
+
+    def _sync_failed(self, head: tuple[int, bytes], waiters: list[_Submission],
+                     unsynced_from: float | None, exc: OSError) -> None:
+        """The entries are in the file but maybe not on the disk: their appenders fail
+        closed, the writer notes them as abandoned, and the fsync is tried again."""
+        log.error("audit entries up to %d are written but could not be made durable: %s",
+                  head[0], exc)
+        with self._sync_cond:
+            if self._unsynced_from is None:
+                self._unsynced_from = time.monotonic() if unsynced_from is None else unsynced_from
+            self._sync_due = time.monotonic() + _SYNC_RETRY_S
+        if waiters:
+            with self._lock:
+                self._unsynced_failed += [p.row[0] for p in waiters]
+                if self._writer_sleeping:
+                    self._cond.notify()
+            self._fail(waiters, AuditError(
+                f"the audit log could not record the entry durably: fsync: {exc}"))
 
     def _synced_up_to(self, head: tuple[int, bytes]) -> None:
         """Everything up to ``head`` is fsynced: say so, and checkpoint it.
@@ -898,27 +1069,8 @@ class AuditLog:
         power loss then took would make the log look truncated.
         """
         self._synced = head
-        self._force_full = False
-        if self._unsynced_from is not None:
-            self.written_sync_lag_s = time.monotonic() - self._unsynced_from
-        self._unsynced_from = self._sync_due = None
         if self._checkpointer is not None and self._untrusted is None:
             self._checkpointer.schedule(*head)
-
-    def _sync_written(self) -> None:
-        """fsync the entries committed without one (the "written" class)."""
-        head = self._head
-        try:
-            _fsync_wal(self.path)
-        except OSError as exc:
-            # Nobody waits for these entries; the next batch is committed with a
-            # full sync, so its waiters fail closed while the disk fails.
-            log.error("audit entries up to %d are written but could not be made durable: %s",
-                      head[0], exc)
-            self._force_full = True
-            self._sync_due = time.monotonic() + _SYNC_RETRY_S
-            return
-        self._synced_up_to(head)
 
     def _recover_after_failure(self) -> None:
         """After a failed commit, trust only what the database says it holds.
@@ -936,8 +1088,7 @@ class AuditLog:
         # A connection that saw an I/O error may keep stale state: start afresh.
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
-        self._conn = _connect(self.path)
-        self._sync_full = True
+        self._conn = _for_appending(_connect(self.path))
         self._head = _read_head(self._conn)
         self._resync = False
 
@@ -1002,6 +1153,12 @@ class AuditLog:
             self._closing = True
             self._cond.notify_all()
         self._writer.join()
+        # Under the commit lock no appender is committing on its loop, and any
+        # later one finds the log closing: nothing is committed after the last sync.
+        with self._commit_lock, self._sync_cond:
+            self._sync_stop = True
+            self._sync_cond.notify()
+        self._syncer.join()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._conn.close()
