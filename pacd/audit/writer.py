@@ -351,7 +351,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _for_appending(conn: sqlite3.Connection) -> sqlite3.Connection:
     """No busy wait inside SQLite: an appender on an event loop must never block on
     another connection's write lock (it hands its entry to the writer thread
-    instead), and the writer thread waits for the lock itself (:func:`_begin`)."""
+    instead), and the writer thread waits for the lock itself (:func:`_execute_writing`)."""
     conn.execute("PRAGMA busy_timeout=0")
     return conn
 
@@ -360,13 +360,14 @@ class _Busy(Exception):
     """Another connection holds the log's write lock."""
 
 
-def _begin(conn: sqlite3.Connection, deadline: float | None) -> None:
-    """``BEGIN IMMEDIATE``; if the write lock is held elsewhere, retry until ``deadline``
-    (monotonic), or raise :class:`_Busy` at once when there is none."""
+def _execute_writing(conn: sqlite3.Connection, sql: str, params: Any, deadline: float | None,
+                     ) -> None:
+    """Execute a statement that takes the write lock; if another connection holds it,
+    retry until ``deadline`` (monotonic), or raise :class:`_Busy` at once when there is none."""
     pause = 0.0005
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql, params)
             return
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
@@ -934,11 +935,18 @@ class AuditLog:
                 raise AuditError(
                     f"the audit log could not record the entry durably: {exc}") from exc
         conn = self._conn
-        try:
-            _begin(conn, busy_until)
-        except sqlite3.Error as exc:
-            self._recover_after_failure()
-            raise AuditError(f"the audit log could not record the entry durably: {exc}") from exc
+        # A single entry is one INSERT in its own (autocommit) transaction: one call
+        # into SQLite instead of three. Each call releases the GIL and then queues
+        # for it again behind whatever other thread is running, a wait that costs
+        # more than the call itself.
+        explicit = len(batch) > 1
+        if explicit:
+            try:
+                _execute_writing(conn, "BEGIN IMMEDIATE", (), busy_until)
+            except sqlite3.Error as exc:
+                self._recover_after_failure()
+                raise AuditError(
+                    f"the audit log could not record the entry durably: {exc}") from exc
         try:
             seq, mac = self._head
             when = float(self._clock())
@@ -956,8 +964,13 @@ class AuditLog:
                 p.row = row = (seq, when, p.actor, p.action, p.target, p.decision, p.reason,
                                p.details_text, mac)
                 add_row(row)
-            _insert_rows(conn, rows)
-            conn.execute("COMMIT")
+            if explicit:
+                _insert_rows(conn, rows)
+                conn.execute("COMMIT")
+            else:
+                _execute_writing(conn, _insert_sql(1), rows[0], busy_until)
+        except _Busy:
+            raise  # nothing was written: the writer thread takes the entry
         except sqlite3.Error as exc:
             self._recover_after_failure()
             raise AuditError(f"the audit log could not record the entry durably: {exc}") from exc
