@@ -1,36 +1,45 @@
-"""The group-commit writer: one thread gives entries their seq and MAC and commits them.
+"""The group-commit writer: entries get their seq and MAC and are committed in order,
+then one fsync makes everything committed before it durable.
 
-The log lives in its own SQLite file (WAL, ``synchronous=FULL``): an entry is
-acknowledged only after the transaction holding it is committed and synced.
-One writer thread drains a queue of pending entries, assigns seqs and MACs in
-order, writes the whole batch in one transaction (one fsync) and then wakes
-every waiter of that batch — many concurrent writers share each fsync. If the
-batch cannot be made durable every waiter gets :class:`~pacd.errors.AuditError`
-so the action it was logging fails closed.
+The log lives in its own SQLite file (WAL). A commit (``synchronous=NORMAL``)
+only writes the WAL file; a sync thread fsyncs that file (:func:`_fsync_wal`)
+and an entry is acknowledged only once such an fsync covers it. Commits never
+wait for an fsync: while one runs, the next commits gather for the one after,
+so many concurrent writers share each fsync (a pipelined group commit). If an
+entry cannot be committed, or its fsync fails, every waiter concerned gets
+:class:`~pacd.errors.AuditError` so the action it was logging fails closed.
+
+Who commits: one writer thread drains a queue of pending entries and writes
+each batch in one transaction. An ``append_async`` caller that finds the queue
+empty and nobody committing does the same for its own entry on its event loop
+(*combining*): the commit is a write to the page cache, cheaper than handing
+the entry to another thread and being woken. It never waits there for another
+connection's write lock; then the writer thread takes the entry. Every use of
+the connection, and every seq, is under one commit lock.
 
 Two durability classes (``append(..., durable=...)``). *Durable* (the
 default; actions that change state or release data): answered only after the
-fsync, as above. *Written* (reads of metadata): answered once the batch is
-committed to the WAL file, without waiting for an fsync, so a killed daemon
-keeps the entry (the kernel has it) but a power loss within the next few
-milliseconds may not; the writer fsyncs the WAL at most ``written_sync_s``
-after such a commit, or sooner with the next durable batch, sharing one fsync
-among everything written meanwhile. The keychain checkpoint only ever names
-fsynced entries (:attr:`AuditLog.synced_seq`).
+fsync, as above. *Written* (reads of metadata): answered once committed to the
+WAL file, without waiting for an fsync, so a killed daemon keeps the entry (the
+kernel has it) but a power loss within the next few milliseconds may not; the
+sync thread fsyncs the WAL at most ``written_sync_s`` after such a commit, or
+sooner with the next durable entry, sharing one fsync among everything written
+meanwhile. The keychain checkpoint only ever names fsynced entries
+(:attr:`AuditLog.synced_seq`).
 
-Under load the writer, not the disk, is the limit, so the per-entry work is
-kept small: callers pre-encode their entry, the writer splices in only seq and
-time (:func:`_entry_parts`, checked against :func:`pacd.audit.entry.canonical_entry`
-by a property test and by every ``verify``), and each event loop is woken once
-per batch with all of its results (its waiters' timeouts share one timer
-instead of one timer each).
+Under load the committing thread, not the disk, is the limit, so the
+per-entry work is kept small: callers pre-encode their entry, the committer
+splices in only seq and time (:func:`_entry_parts`, checked against
+:func:`pacd.audit.entry.canonical_entry` by a property test and by every
+``verify``), and each event loop is woken once per batch or fsync with all of
+its results (its waiters' timeouts share one timer instead of one timer each).
 
 An appender that stops waiting (its timeout passed, or it was cancelled) has
-failed, so its action does not happen. Its entry is then withdrawn if the
-writer has not taken it yet; if it was already being written it is durable
-anyway, and the writer follows it with an ``audit.abandoned`` entry naming its
-seq, so the log never shows an "allow" for an action that was not done without
-also saying so.
+failed, so its action does not happen. Its entry is then withdrawn if nobody
+has taken it yet; if it was already being written or waits for its fsync it
+is durable anyway, and the writer follows it with an ``audit.abandoned`` entry
+naming its seq, so the log never shows an "allow" for an action that was not
+done without also saying so. Entries whose fsync failed are named the same way.
 
 While the log is untrusted (see :mod:`pacd.audit.checkpoint`) the checkpoint
 is not moved until the owner re-anchors it with a carbonProof approval whose
@@ -608,10 +617,12 @@ class AuditLog:
     # --- appending ------------------------------------------------------------
 
     def add_listener(self, callback: Callable[[AuditEntry], None]) -> None:
-        """Call ``callback(entry)`` after each entry is committed (on the writer thread).
+        """Call ``callback(entry)`` after each entry is committed, in seq order (on the
+        committing thread: the writer's, or an appender's event loop; before the fsync).
 
-        Callbacks must be quick and must not append; asyncio users hand over with
-        ``loop.call_soon_threadsafe``. A failing callback is logged and ignored.
+        Callbacks must be quick, thread-safe and must not append; asyncio users
+        hand over with ``loop.call_soon_threadsafe``. A failing callback is
+        logged and ignored.
         """
         self._listeners.append(callback)
 
@@ -1067,9 +1078,12 @@ class AuditLog:
             if self._unsynced_from is None:
                 self._unsynced_from = time.monotonic() if unsynced_from is None else unsynced_from
             self._sync_due = time.monotonic() + _SYNC_RETRY_S
-        if waiters:
+        # Only entries somebody appended: a failed note is not itself noted, or a
+        # failing disk would have the writer note its own notes for ever.
+        failed = [p.row[0] for p in waiters if p.future is not None or p.waker is not None]
+        if failed:
             with self._lock:
-                self._unsynced_failed += [p.row[0] for p in waiters]
+                self._unsynced_failed += failed
                 if self._writer_sleeping:
                     self._cond.notify()
             self._fail(waiters, AuditError(
