@@ -219,3 +219,18 @@ def test_appender_that_times_out_waiting_for_its_fsync_fails_and_is_noted(
         assert reopened.verify().ok
     finally:
         reopened.close()
+
+
+def test_log_reached_through_a_symlink_fsyncs_the_wal_sqlite_writes(tmp_path: Path) -> None:
+    # SQLite keeps the WAL next to the file the link names, not next to the link.
+    (tmp_path / "disk").mkdir()
+    link = tmp_path / "audit.sqlite3"
+    link.symlink_to(tmp_path / "disk" / "audit.sqlite3")
+    log = AuditLog.open(link, KEY, None)
+    try:
+        entry = asyncio.run(log.append_async("owner:uid=1", "container.start", "c", "allow",
+                                             "ok"))
+        assert log.synced_seq == entry.seq
+        assert (tmp_path / "disk" / "audit.sqlite3-wal").exists()
+    finally:
+        log.close()
