@@ -389,7 +389,12 @@ def _execute_writing(conn: sqlite3.Connection, sql: str, params: Any, deadline: 
         pause = min(pause * 2, 0.05)
 
 
-def _fsync_wal(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
+def _wal_path(path: Path) -> str:
+    """The WAL file of the log at ``path``: SQLite puts it next to the file a symlink names."""
+    return f"{os.path.realpath(path)}-wal"
+
+
+def _fsync_wal(wal: str, fsync: Callable[[int], None] = os.fsync) -> None:
     """Make every frame SQLite has written to the log's WAL durable.
 
     Entries committed with ``synchronous=NORMAL`` are in the WAL file (the
@@ -398,7 +403,7 @@ def _fsync_wal(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
     before it copies frames into the database, so frames already moved out are
     durable too.
     """
-    fd = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fsync(fd)
     finally:
@@ -476,6 +481,7 @@ class AuditLog:
         #: the newest (seq, mac) known to be fsynced; the head at open is (open syncs it)
         self._synced = head
         self._fsync = fsync
+        self._wal = _wal_path(path)
         #: guards what the sync thread is asked to do: the committed durable entries
         #: waiting for an fsync, and when the oldest commit not yet fsynced was made
         #: and its fsync is due (monotonic; None: no "written" entry waits)
@@ -527,7 +533,7 @@ class AuditLog:
             # A process killed right after a "written" entry leaves it in the file
             # but maybe not on the disk; the checkpoint must not get ahead of it.
             with contextlib.suppress(FileNotFoundError):
-                _fsync_wal(path, fsync)
+                _fsync_wal(_wal_path(path), fsync)
             untrusted, checkpoint_seq = (None, None) if checkpoints is None else (
                 check_against_checkpoint(conn, checkpoints, checkpoint_name(path), head[0]))
             _for_appending(conn)
@@ -1056,7 +1062,7 @@ class AuditLog:
         """fsync everything up to ``head`` and answer ``waiters``; False if the fsync failed."""
         if head[0] > self._synced[0]:
             try:
-                _fsync_wal(self.path, self._fsync)
+                _fsync_wal(self._wal, self._fsync)
             except OSError as exc:
                 self._sync_failed(head, waiters, unsynced_from, exc)
                 return False
