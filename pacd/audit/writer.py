@@ -107,6 +107,11 @@ WRITTEN_SYNC_S = 0.001
 _SYNC_RETRY_S = 1.0
 #: how long the writer thread waits for another connection's write lock
 _BUSY_WAIT_S = 30.0
+#: a commit on an event loop that takes longer than this (it normally takes tens
+#: of microseconds) waited for the GIL behind busy threads, or for the disk ...
+_COMBINE_SLOW_S = 0.0005
+#: ... so for this long appenders hand their entries to the writer thread again
+_COMBINE_PAUSE_S = 0.05
 
 
 # What canonical_json (ensure_ascii=False) does to a str, without the
@@ -447,6 +452,8 @@ class AuditLog:
         #: committed by the writer thread and, when it is idle, by appenders on an
         #: event loop (see _append_async)
         self._commit_lock = threading.Lock()
+        #: appenders on an event loop commit themselves only from then on (monotonic)
+        self._combine_after = 0.0
         self._conn = conn
         self._head = head
         self._clock = clock
@@ -782,13 +789,22 @@ class AuditLog:
         # instead of handing the entry over and waiting to be woken. The commit
         # only writes the WAL file (no fsync, no wait for another connection's
         # lock), so the loop is held about as long as a thread hand-off takes.
-        if not self._queue and self._commit_lock.acquire(blocking=False):
+        # Each call into SQLite releases the GIL, and the loop then queues for it
+        # again: cheap in a quiet process, up to a switch interval (5 ms) per call
+        # while other threads are busy, which holds up every request on the
+        # loop. A slow commit here means the latter: hand over for a while.
+        if (not self._queue and time.monotonic() >= self._combine_after
+                and self._commit_lock.acquire(blocking=False)):
+            started = time.monotonic()
             try:
                 if durable:  # the sync thread resolves it: it needs somewhere to go first
                     future = self._awaited_on(loop, pending)
                 committed = self._commit_inline(pending)
             finally:
                 self._commit_lock.release()
+            ended = time.monotonic()
+            if ended - started > _COMBINE_SLOW_S:
+                self._combine_after = ended + _COMBINE_PAUSE_S
             if committed:
                 if not durable:  # in the file: answered now, fsynced by the sync thread
                     return pending.committed()

@@ -13,6 +13,7 @@ import errno
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,3 +235,35 @@ def test_log_reached_through_a_symlink_fsyncs_the_wal_sqlite_writes(tmp_path: Pa
         assert (tmp_path / "disk" / "audit.sqlite3-wal").exists()
     finally:
         log.close()
+
+
+def test_after_a_slow_commit_on_the_loop_appenders_hand_over_to_the_writer(
+    tmp_path: Path,
+) -> None:
+    # A commit on the loop that takes long (the loop waited for the GIL behind
+    # busy threads) holds up every request there: the next ones go to the writer
+    # thread. The slowness is the clock's here, read inside the commit.
+    slow = [True]
+
+    def clock() -> float:
+        if slow and slow.pop():
+            time.sleep(0.002)  # waits-on: nothing; this is the slow commit itself
+        return time.time()
+
+    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None, clock=clock)
+    committers: list[int] = []
+    log.add_listener(lambda entry: committers.append(threading.get_ident()))
+
+    async def main() -> int:
+        for i in range(2):
+            await asyncio.wait_for(log.append_async(
+                "owner:uid=1", "session.current", str(i), "allow", "ok", durable=False),
+                PROMPT_S)
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        log.close()
+    assert committers[0] == loop_thread  # the slow one, committed on the loop
+    assert committers[1] != loop_thread  # the next, handed to the writer thread
