@@ -247,7 +247,7 @@ def test_after_a_slow_commit_on_the_loop_appenders_hand_over_to_the_writer(
 
     def clock() -> float:
         if slow and slow.pop():
-            time.sleep(0.002)  # waits-on: nothing; this is the slow commit itself
+            time.sleep(0.002)  # waits-on: external clock — this commit must take over 0.5 ms
         return time.time()
 
     log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None, clock=clock)
