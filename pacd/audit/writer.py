@@ -9,13 +9,11 @@ so many concurrent writers share each fsync (a pipelined group commit). If an
 entry cannot be committed, or its fsync fails, every waiter concerned gets
 :class:`~pacd.errors.AuditError` so the action it was logging fails closed.
 
-Who commits: one writer thread drains a queue of pending entries and writes
-each batch in one transaction. An ``append_async`` caller that finds the queue
-empty and nobody committing does the same for its own entry on its event loop
-(*combining*): the commit is a write to the page cache, cheaper than handing
-the entry to another thread and being woken. It never waits there for another
-connection's write lock; then the writer thread takes the entry. Every use of
-the connection, and every seq, is under one commit lock.
+One writer thread drains a queue of pending entries, assigns seqs and MACs in
+order and writes each batch in one transaction; it alone uses the connection.
+The event loop of an ``append_async`` caller never calls into SQLite: each
+call releases the GIL and queues for it again, which on a daemon with busy
+threads costs the loop (and every request on it) more than the hand-off does.
 
 Two durability classes (``append(..., durable=...)``). *Durable* (the
 default; actions that change state or release data): answered only after the
@@ -27,19 +25,20 @@ sooner with the next durable entry, sharing one fsync among everything written
 meanwhile. The keychain checkpoint only ever names fsynced entries
 (:attr:`AuditLog.synced_seq`).
 
-Under load the committing thread, not the disk, is the limit, so the
-per-entry work is kept small: callers pre-encode their entry, the committer
-splices in only seq and time (:func:`_entry_parts`, checked against
-:func:`pacd.audit.entry.canonical_entry` by a property test and by every
-``verify``), and each event loop is woken once per batch or fsync with all of
-its results (its waiters' timeouts share one timer instead of one timer each).
+Under load the writer, not the disk, is the limit, so the per-entry work is
+kept small: callers pre-encode their entry, the writer splices in only seq and
+time (:func:`_entry_parts`, checked against :func:`pacd.audit.entry.canonical_entry`
+by a property test and by every ``verify``), and each event loop is woken once
+per batch or fsync with all of its results (its waiters' timeouts share one
+timer instead of one timer each).
 
 An appender that stops waiting (its timeout passed, or it was cancelled) has
-failed, so its action does not happen. Its entry is then withdrawn if nobody
-has taken it yet; if it was already being written or waits for its fsync it
-is durable anyway, and the writer follows it with an ``audit.abandoned`` entry
-naming its seq, so the log never shows an "allow" for an action that was not
-done without also saying so. Entries whose fsync failed are named the same way.
+failed, so its action does not happen. Its entry is then withdrawn if the
+writer has not taken it yet; if it was already being written, or waits for its
+fsync, it is durable anyway, and the writer follows it with an
+``audit.abandoned`` entry naming its seq, so the log never shows an "allow" for
+an action that was not done without also saying so. Entries whose fsync failed
+are named the same way.
 
 While the log is untrusted (see :mod:`pacd.audit.checkpoint`) the checkpoint
 is not moved until the owner re-anchors it with a carbonProof approval whose
@@ -105,13 +104,6 @@ _DEFAULT_MAX_BATCH = 1024
 WRITTEN_SYNC_S = 0.001
 #: after a failed fsync of written entries, when to try again
 _SYNC_RETRY_S = 1.0
-#: how long the writer thread waits for another connection's write lock
-_BUSY_WAIT_S = 30.0
-#: a commit on an event loop that takes longer than this (it normally takes tens
-#: of microseconds) waited for the GIL behind busy threads, or for the disk ...
-_COMBINE_SLOW_S = 0.0005
-#: ... so for this long appenders hand their entries to the writer thread again
-_COMBINE_PAUSE_S = 0.05
 
 
 # What canonical_json (ensure_ascii=False) does to a str, without the
@@ -356,42 +348,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     if str(mode).lower() != "wal":
         conn.close()
         raise AuditError(f"the audit log {path} cannot use WAL mode (got {mode!r})")
-    # Commits only write the WAL file; the log fsyncs it itself (_fsync_wal), off
-    # the committing thread, so one fsync covers every commit made before it.
+    # Commits only write the WAL file; the sync thread fsyncs it (_fsync_wal), so
+    # one fsync covers every commit made before it and the writer never waits for one.
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
-
-
-def _for_appending(conn: sqlite3.Connection) -> sqlite3.Connection:
-    """No busy wait inside SQLite: an appender on an event loop must never block on
-    another connection's write lock (it hands its entry to the writer thread
-    instead), and the writer thread waits for the lock itself (:func:`_execute_writing`)."""
-    conn.execute("PRAGMA busy_timeout=0")
-    return conn
-
-
-class _Busy(Exception):
-    """Another connection holds the log's write lock."""
-
-
-def _execute_writing(conn: sqlite3.Connection, sql: str, params: Any, deadline: float | None,
-                     ) -> None:
-    """Execute a statement that takes the write lock; if another connection holds it,
-    retry until ``deadline`` (monotonic), or raise :class:`_Busy` at once when there is none."""
-    pause = 0.0005
-    while True:
-        try:
-            conn.execute(sql, params)
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            if deadline is None:
-                raise _Busy from exc
-            if time.monotonic() >= deadline:
-                raise
-        time.sleep(pause)  # waits-on: another process's write lock, which has no event to wait on
-        pause = min(pause * 2, 0.05)
 
 
 def _wal_path(path: Path) -> str:
@@ -448,12 +408,6 @@ class AuditLog:
         self.path = path
         self._key = bytes(key)
         self._chain_key = _ChainKey(self._key)
-        #: held for every use of ``_conn`` and every change of ``_head``: entries are
-        #: committed by the writer thread and, when it is idle, by appenders on an
-        #: event loop (see _append_async)
-        self._commit_lock = threading.Lock()
-        #: appenders on an event loop commit themselves only from then on (monotonic)
-        self._combine_after = 0.0
         self._conn = conn
         self._head = head
         self._clock = clock
@@ -543,7 +497,6 @@ class AuditLog:
                 _fsync_wal(_wal_path(path), fsync)
             untrusted, checkpoint_seq = (None, None) if checkpoints is None else (
                 check_against_checkpoint(conn, checkpoints, checkpoint_name(path), head[0]))
-            _for_appending(conn)
             log = cls(path, key, conn, head, checkpoints=checkpoints, untrusted=untrusted,
                       checkpoint_seq=checkpoint_seq, clock=clock, max_batch=max_batch,
                       append_timeout_s=append_timeout_s, written_sync_s=written_sync_s,
@@ -631,11 +584,10 @@ class AuditLog:
 
     def add_listener(self, callback: Callable[[AuditEntry], None]) -> None:
         """Call ``callback(entry)`` after each entry is committed, in seq order (on the
-        committing thread: the writer's, or an appender's event loop; before the fsync).
+        writer thread, before the fsync).
 
-        Callbacks must be quick, thread-safe and must not append; asyncio users
-        hand over with ``loop.call_soon_threadsafe``. A failing callback is
-        logged and ignored.
+        Callbacks must be quick and must not append; asyncio users hand over with
+        ``loop.call_soon_threadsafe``. A failing callback is logged and ignored.
         """
         self._listeners.append(callback)
 
@@ -785,37 +737,6 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         pending = self._prepare(actor, action, target, decision, reason, details)
         pending.durable = durable
-        # Combining: while the writer thread is idle, commit here, on the loop,
-        # instead of handing the entry over and waiting to be woken. The commit
-        # only writes the WAL file (no fsync, no wait for another connection's
-        # lock), so the loop is held about as long as a thread hand-off takes.
-        # Each call into SQLite releases the GIL, and the loop then queues for it
-        # again: cheap in a quiet process, up to a switch interval (5 ms) per call
-        # while other threads are busy, which holds up every request on the
-        # loop. A slow commit here means the latter: hand over for a while.
-        if (not self._queue and time.monotonic() >= self._combine_after
-                and self._commit_lock.acquire(blocking=False)):
-            started = time.monotonic()
-            try:
-                if durable:  # the sync thread resolves it: it needs somewhere to go first
-                    future = self._awaited_on(loop, pending)
-                committed = self._commit_inline(pending)
-            finally:
-                self._commit_lock.release()
-            ended = time.monotonic()
-            if ended - started > _COMBINE_SLOW_S:
-                self._combine_after = ended + _COMBINE_PAUSE_S
-            if committed:
-                if not durable:  # in the file: answered now, fsynced by the sync thread
-                    return pending.committed()
-                return await self._wait(pending, future)
-        future = self._awaited_on(loop, pending)
-        self._enqueue(pending)
-        return await self._wait(pending, future)
-
-    def _awaited_on(
-        self, loop: asyncio.AbstractEventLoop, pending: _Submission,
-    ) -> asyncio.Future[AuditEntry]:
         owner = self._loop_waiters.get(loop)
         if owner is None:
             owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s,
@@ -823,30 +744,14 @@ class AuditLog:
         pending.owner = owner
         future: asyncio.Future[AuditEntry] = loop.create_future()
         pending.future = future
-        return future
-
-    async def _wait(self, pending: _Submission, future: asyncio.Future[AuditEntry]) -> AuditEntry:
+        self._enqueue(pending)
         # Resolution is scheduled onto this loop, so it cannot run before this line.
-        assert pending.owner is not None
-        pending.owner.watch(pending)
+        owner.watch(pending)
         try:
             return await future
         except asyncio.CancelledError:
             self._give_up(pending, True)
             raise
-
-    def _commit_inline(self, pending: _Submission) -> bool:
-        """Commit one entry in the appender's thread (commit lock held); False: the
-        writer thread must take it (closing, entries queued, or the database's
-        write lock held by another connection). AuditError if it cannot be written."""
-        if self._closing or self._queue:
-            return False
-        try:
-            self._write([pending], None)
-        except _Busy:
-            return False
-        self._committed([pending])
-        return True
 
     def _finish(self, batch: list[_Submission]) -> None:
         """Wake every waiter of a batch: one hand-off per event loop, one release per thread.
@@ -943,22 +848,19 @@ class AuditLog:
         Its "written" entries are answered now, its durable ones by the sync
         thread once an fsync covers them.
         """
-        with self._commit_lock:
-            try:
-                self._write(batch, time.monotonic() + _BUSY_WAIT_S)
-            except AuditError as exc:
-                self._fail(batch, exc)
-                return False
-            self._committed(batch)
+        try:
+            self._write(batch)
+        except AuditError as exc:
+            self._fail(batch, exc)
+            return False
+        self._committed(batch)
         self._finish([p for p in batch if not p.durable])
         return True
 
-    def _write(self, batch: list[_Submission], busy_until: float | None) -> None:
-        """Give ``batch`` its seqs and MACs and commit it in one transaction (commit lock held).
+    def _write(self, batch: list[_Submission]) -> None:
+        """Give ``batch`` its seqs and MACs and commit it in one transaction.
 
-        Committed means written to the WAL file, not yet fsynced. Raises
-        :class:`_Busy` (only when ``busy_until`` is None) before anything is
-        assigned if another connection holds the write lock, and AuditError if
+        Committed means written to the WAL file, not yet fsynced. AuditError if
         the batch could not be committed (none of it is then in the log).
         """
         if self._resync:
@@ -975,7 +877,7 @@ class AuditLog:
         explicit = len(batch) > 1
         if explicit:
             try:
-                _execute_writing(conn, "BEGIN IMMEDIATE", (), busy_until)
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 self._recover_after_failure()
                 raise AuditError(
@@ -1001,9 +903,7 @@ class AuditLog:
                 _insert_rows(conn, rows)
                 conn.execute("COMMIT")
             else:
-                _execute_writing(conn, _insert_sql(1), rows[0], busy_until)
-        except _Busy:
-            raise  # nothing was written: the writer thread takes the entry
+                conn.execute(_insert_sql(1), rows[0])
         except sqlite3.Error as exc:
             self._recover_after_failure()
             raise AuditError(f"the audit log could not record the entry durably: {exc}") from exc
@@ -1013,8 +913,8 @@ class AuditLog:
         self._head = (seq, mac)
 
     def _committed(self, batch: list[_Submission]) -> None:
-        """After a commit (commit lock still held): tell the listeners, in seq order, and
-        hand the batch to the sync thread.
+        """After a commit: tell the listeners, in seq order, and hand the batch to the
+        sync thread.
 
         The listeners get the entry before its appender is answered, so waiter
         and listeners share one object.
@@ -1137,7 +1037,7 @@ class AuditLog:
         # A connection that saw an I/O error may keep stale state: start afresh.
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
-        self._conn = _for_appending(_connect(self.path))
+        self._conn = _connect(self.path)
         self._head = _read_head(self._conn)
         self._resync = False
 
@@ -1202,9 +1102,8 @@ class AuditLog:
             self._closing = True
             self._cond.notify_all()
         self._writer.join()
-        # Under the commit lock no appender is committing on its loop, and any
-        # later one finds the log closing: nothing is committed after the last sync.
-        with self._commit_lock, self._sync_cond:
+        # The writer has committed its last entry: the sync thread's last fsync covers it.
+        with self._sync_cond:
             self._sync_stop = True
             self._sync_cond.notify()
         self._syncer.join()

@@ -1,9 +1,9 @@
 """Commits that only write the WAL, and the fsync that answers them, on real SQLite files.
 
-An ``append_async`` that finds the writer idle commits on its own event loop;
-a sync thread fsyncs the WAL and answers durable entries. The disk of this
-machine never fails or stalls an fsync on demand, so the log's ``fsync`` seam
-gets one that can be held or made to fail; everything else is real.
+The writer thread commits without waiting for the disk; a sync thread fsyncs
+the WAL and answers durable entries. The disk of this machine never fails or
+stalls an fsync on demand, so the log's ``fsync`` seam gets one that can be
+held or made to fail; everything else is real.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import errno
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,27 +69,23 @@ def stored(path: Path) -> list[tuple[int, str]]:
                 in conn.execute("SELECT seq, action FROM audit_log ORDER BY seq")]
 
 
-def test_written_entry_committed_on_the_loop_is_in_the_file_before_the_answer(
+def test_written_entry_is_in_the_file_before_the_answer_while_no_fsync_can_finish(
     tmp_path: Path, fsync: Fsync,
 ) -> None:
     path = tmp_path / "audit.sqlite3"
     log = AuditLog.open(path, KEY, None, fsync=fsync, written_sync_s=0)
-    committers: list[int] = []
-    log.add_listener(lambda entry: committers.append(threading.get_ident()))
     fsync.hold()  # no fsync can finish: the answer cannot have waited for one
 
-    async def main() -> tuple[AuditEntry, list[tuple[int, str]], int]:
+    async def main() -> tuple[AuditEntry, list[tuple[int, str]]]:
         entry = await asyncio.wait_for(log.append_async(
             "owner:uid=1", "session.current", "/v1/sessions/current", "allow", "ok",
             durable=False), PROMPT_S)
-        return entry, stored(path), threading.get_ident()
+        return entry, stored(path)
 
     try:
-        entry, in_file, loop_thread = asyncio.run(main())
+        entry, in_file = asyncio.run(main())
         assert in_file == [(entry.seq, "session.current")]
         assert log.synced_seq == 0  # answered before any fsync covered it
-        # committed by the appender itself, on its loop: no hand-off to the writer
-        assert committers == [loop_thread]
     finally:
         fsync.release()
         log.close()
@@ -111,7 +106,7 @@ def test_durable_entry_is_answered_only_after_its_fsync_and_commits_go_on_meanwh
         await asyncio.sleep(0)  # waits-on: nothing; lets a wrongly early answer arrive
         assert not first.done()  # ... but not answered before the fsync
         assert log.synced_seq == 0
-        # While that fsync is held, others commit (one fsync in flight never stalls commits)
+        # While that fsync is held, the writer commits on (an fsync never stalls commits)
         second = asyncio.create_task(log.append_async("agent", "data.read", "k2", "allow", "ok"))
         read = await asyncio.wait_for(log.append_async(
             "owner:uid=1", "container.list", "/v1/containers", "allow", "ok", durable=False),
@@ -235,35 +230,3 @@ def test_log_reached_through_a_symlink_fsyncs_the_wal_sqlite_writes(tmp_path: Pa
         assert (tmp_path / "disk" / "audit.sqlite3-wal").exists()
     finally:
         log.close()
-
-
-def test_after_a_slow_commit_on_the_loop_appenders_hand_over_to_the_writer(
-    tmp_path: Path,
-) -> None:
-    # A commit on the loop that takes long (the loop waited for the GIL behind
-    # busy threads) holds up every request there: the next ones go to the writer
-    # thread. The slowness is the clock's here, read inside the commit.
-    slow = [True]
-
-    def clock() -> float:
-        if slow and slow.pop():
-            time.sleep(0.002)  # waits-on: external clock — this commit must take over 0.5 ms
-        return time.time()
-
-    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None, clock=clock)
-    committers: list[int] = []
-    log.add_listener(lambda entry: committers.append(threading.get_ident()))
-
-    async def main() -> int:
-        for i in range(2):
-            await asyncio.wait_for(log.append_async(
-                "owner:uid=1", "session.current", str(i), "allow", "ok", durable=False),
-                PROMPT_S)
-        return threading.get_ident()
-
-    try:
-        loop_thread = asyncio.run(main())
-    finally:
-        log.close()
-    assert committers[0] == loop_thread  # the slow one, committed on the loop
-    assert committers[1] != loop_thread  # the next, handed to the writer thread
