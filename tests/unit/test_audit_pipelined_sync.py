@@ -230,3 +230,27 @@ def test_log_reached_through_a_symlink_fsyncs_the_wal_sqlite_writes(tmp_path: Pa
         assert (tmp_path / "disk" / "audit.sqlite3-wal").exists()
     finally:
         log.close()
+
+
+def test_durable_entry_queued_during_an_fsync_is_committed_when_that_fsync_ends(
+    tmp_path: Path, fsync: Fsync,
+) -> None:
+    # While an fsync runs the writer leaves durable entries queued (they would
+    # wait for the next fsync anyway); its end must send the writer back to them.
+    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None, fsync=fsync)
+    fsync.hold()
+
+    async def main() -> list[int]:
+        first = asyncio.create_task(log.append_async("agent", "data.read", "k1", "allow", "ok"))
+        assert await asyncio.to_thread(fsync.started.wait, PROMPT_S)
+        second = asyncio.create_task(log.append_async("agent", "data.read", "k2", "allow", "ok"))
+        await asyncio.sleep(0)  # waits-on: nothing; the task runs up to its wait: queued
+        fsync.release()
+        entries = await asyncio.wait_for(asyncio.gather(first, second), PROMPT_S)
+        return [e.seq for e in entries]
+
+    try:
+        assert asyncio.run(main()) == [1, 2]
+    finally:
+        fsync.release()
+        log.close()
