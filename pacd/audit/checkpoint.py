@@ -128,8 +128,13 @@ class Checkpointer:
 
     def schedule(self, seq: int, mac: bytes) -> None:
         with self._cond:
+            idle = self._pending is None
             self._pending = (seq, mac)
-            self._cond.notify_all()
+            # A newer head replacing a pending one changes nothing anyone waits for:
+            # the thread is spacing its writes or busy writing, and comes back to it.
+            # Waking it for every fsync would only make it queue for the GIL.
+            if idle:
+                self._cond.notify_all()
 
     def _run(self) -> None:
         while True:

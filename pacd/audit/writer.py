@@ -1,36 +1,44 @@
-"""The group-commit writer: one thread gives entries their seq and MAC and commits them.
+"""The group-commit writer: entries get their seq and MAC and are committed in order,
+then one fsync makes everything committed before it durable.
 
-The log lives in its own SQLite file (WAL, ``synchronous=FULL``): an entry is
-acknowledged only after the transaction holding it is committed and synced.
+The log lives in its own SQLite file (WAL). A commit (``synchronous=NORMAL``)
+only writes the WAL file; a sync thread fsyncs that file (:func:`_fsync_wal`)
+and an entry is acknowledged only once such an fsync covers it. Commits never
+wait for an fsync: while one runs, the next commits gather for the one after,
+so many concurrent writers share each fsync (a pipelined group commit). If an
+entry cannot be committed, or its fsync fails, every waiter concerned gets
+:class:`~pacd.errors.AuditError` so the action it was logging fails closed.
+
 One writer thread drains a queue of pending entries, assigns seqs and MACs in
-order, writes the whole batch in one transaction (one fsync) and then wakes
-every waiter of that batch — many concurrent writers share each fsync. If the
-batch cannot be made durable every waiter gets :class:`~pacd.errors.AuditError`
-so the action it was logging fails closed.
+order and writes each batch in one transaction; it alone uses the connection.
+The event loop of an ``append_async`` caller never calls into SQLite: each
+call releases the GIL and queues for it again, which on a daemon with busy
+threads costs the loop (and every request on it) more than the hand-off does.
 
 Two durability classes (``append(..., durable=...)``). *Durable* (the
 default; actions that change state or release data): answered only after the
-fsync, as above. *Written* (reads of metadata): answered once the batch is
-committed to the WAL file, without waiting for an fsync, so a killed daemon
-keeps the entry (the kernel has it) but a power loss within the next few
-milliseconds may not; the writer fsyncs the WAL at most ``written_sync_s``
-after such a commit, or sooner with the next durable batch, sharing one fsync
-among everything written meanwhile. The keychain checkpoint only ever names
-fsynced entries (:attr:`AuditLog.synced_seq`).
+fsync, as above. *Written* (reads of metadata): answered once committed to the
+WAL file, without waiting for an fsync, so a killed daemon keeps the entry (the
+kernel has it) but a power loss within the next few milliseconds may not; the
+sync thread fsyncs the WAL at most ``written_sync_s`` after such a commit, or
+sooner with the next durable entry, sharing one fsync among everything written
+meanwhile. The keychain checkpoint only ever names fsynced entries
+(:attr:`AuditLog.synced_seq`).
 
 Under load the writer, not the disk, is the limit, so the per-entry work is
 kept small: callers pre-encode their entry, the writer splices in only seq and
 time (:func:`_entry_parts`, checked against :func:`pacd.audit.entry.canonical_entry`
 by a property test and by every ``verify``), and each event loop is woken once
-per batch with all of its results (its waiters' timeouts share one timer
-instead of one timer each).
+per batch or fsync with all of its results (its waiters' timeouts share one
+timer instead of one timer each).
 
 An appender that stops waiting (its timeout passed, or it was cancelled) has
 failed, so its action does not happen. Its entry is then withdrawn if the
-writer has not taken it yet; if it was already being written it is durable
-anyway, and the writer follows it with an ``audit.abandoned`` entry naming its
-seq, so the log never shows an "allow" for an action that was not done without
-also saying so.
+writer has not taken it yet; if it was already being written, or waits for its
+fsync, it is durable anyway, and the writer follows it with an
+``audit.abandoned`` entry naming its seq, so the log never shows an "allow" for
+an action that was not done without also saying so. Entries whose fsync failed
+are named the same way.
 
 While the log is untrusted (see :mod:`pacd.audit.checkpoint`) the checkpoint
 is not moved until the owner re-anchors it with a carbonProof approval whose
@@ -340,11 +348,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     if str(mode).lower() != "wal":
         conn.close()
         raise AuditError(f"the audit log {path} cannot use WAL mode (got {mode!r})")
-    conn.execute("PRAGMA synchronous=FULL")
+    # Commits only write the WAL file; the sync thread fsyncs it (_fsync_wal), so
+    # one fsync covers every commit made before it and the writer never waits for one.
+    conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
-def _fsync_wal(path: Path) -> None:
+def _wal_path(path: Path) -> str:
+    """The WAL file of the log at ``path``: SQLite puts it next to the file a symlink names."""
+    return f"{os.path.realpath(path)}-wal"
+
+
+def _fsync_wal(wal: str, fsync: Callable[[int], None] = os.fsync) -> None:
     """Make every frame SQLite has written to the log's WAL durable.
 
     Entries committed with ``synchronous=NORMAL`` are in the WAL file (the
@@ -353,9 +368,9 @@ def _fsync_wal(path: Path) -> None:
     before it copies frames into the database, so frames already moved out are
     durable too.
     """
-    fd = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -383,6 +398,7 @@ class AuditLog:
         checkpoints: SecretStore | None, untrusted: Untrusted | None,
         checkpoint_seq: int | None, clock: Callable[[], float], max_batch: int,
         append_timeout_s: float, written_sync_s: float = WRITTEN_SYNC_S,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         """Wire up a log already opened by :meth:`open` (no I/O, no threads here)."""
         if len(key) < 32:
@@ -404,6 +420,10 @@ class AuditLog:
         self._cond = threading.Condition(self._lock)
         self._writer_sleeping = False
         self._queue: deque[_Submission] = deque()
+        #: how many queued entries are "written" ones (they never wait for an fsync)
+        self._written_queued = 0
+        #: the sync thread is in an fsync (durable entries then wait for it to end)
+        self._syncing = False
         #: tickets below _taken have left the queue for the writer; below
         #: _finished their batch is over (committed or failed)
         self._next_ticket = 0
@@ -425,18 +445,24 @@ class AuditLog:
         self._written_sync_s = written_sync_s
         #: the newest (seq, mac) known to be fsynced; the head at open is (open syncs it)
         self._synced = head
-        #: (writer thread only) when the oldest commit not yet fsynced was made,
-        #: and when its fsync is due (monotonic); None: everything committed is synced
+        self._fsync = fsync
+        self._wal = _wal_path(path)
+        #: guards what the sync thread is asked to do: the committed durable entries
+        #: waiting for an fsync, and when the oldest commit not yet fsynced was made
+        #: and its fsync is due (monotonic; None: no "written" entry waits)
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._sync_waiters: list[_Submission] = []
         self._unsynced_from: float | None = None
         self._sync_due: float | None = None
-        #: (writer thread only) the connection's setting is synchronous=FULL
-        self._sync_full = True
-        #: a deferred fsync failed: commit every batch with FULL until one succeeds
-        self._force_full = False
+        self._sync_stop = False
+        #: committed entries whose fsync failed, for the writer's next audit.abandoned note
+        self._unsynced_failed: list[int] = []
         #: seconds from the oldest unsynced commit to the end of the fsync covering
         #: it, for the last such fsync (None: none yet)
         self.written_sync_lag_s: float | None = None
         self._writer = threading.Thread(target=self._run, name="pacd-audit-writer", daemon=True)
+        self._syncer = threading.Thread(target=self._run_sync, name="pacd-audit-sync",
+                                        daemon=True)
 
     @classmethod
     def open(
@@ -449,6 +475,7 @@ class AuditLog:
         max_batch: int = _DEFAULT_MAX_BATCH,
         append_timeout_s: float = 30.0,
         written_sync_s: float = WRITTEN_SYNC_S,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> AuditLog:
         """Open (or create) the log at ``path``, check it against its checkpoint, start writing.
 
@@ -456,6 +483,7 @@ class AuditLog:
         (tests, benchmarks); the daemon always passes its secret store.
         ``max_batch`` bounds entries per transaction (1 = one fsync per entry).
         ``written_sync_s``: how long a "written" entry may wait for its fsync to start.
+        ``fsync``: how a file descriptor is synced (a seam for faults the disk will not make).
         """
         if written_sync_s < 0:
             raise ValueError("written_sync_s must not be negative")
@@ -470,12 +498,13 @@ class AuditLog:
             # A process killed right after a "written" entry leaves it in the file
             # but maybe not on the disk; the checkpoint must not get ahead of it.
             with contextlib.suppress(FileNotFoundError):
-                _fsync_wal(path)
+                _fsync_wal(_wal_path(path), fsync)
             untrusted, checkpoint_seq = (None, None) if checkpoints is None else (
                 check_against_checkpoint(conn, checkpoints, checkpoint_name(path), head[0]))
             log = cls(path, key, conn, head, checkpoints=checkpoints, untrusted=untrusted,
                       checkpoint_seq=checkpoint_seq, clock=clock, max_batch=max_batch,
-                      append_timeout_s=append_timeout_s, written_sync_s=written_sync_s)
+                      append_timeout_s=append_timeout_s, written_sync_s=written_sync_s,
+                      fsync=fsync)
         except (sqlite3.Error, OSError) as exc:
             conn.close()
             raise AuditError(f"cannot open the audit log {path}: {exc}") from exc
@@ -494,6 +523,7 @@ class AuditLog:
                 # checkpoint behind; bring it up to the (consistent) head now.
                 self._checkpointer.schedule(*self._head)
         self._writer.start()
+        self._syncer.start()
 
     # --- health -----------------------------------------------------------------
 
@@ -557,7 +587,8 @@ class AuditLog:
     # --- appending ------------------------------------------------------------
 
     def add_listener(self, callback: Callable[[AuditEntry], None]) -> None:
-        """Call ``callback(entry)`` after each entry is committed (on the writer thread).
+        """Call ``callback(entry)`` after each entry is committed, in seq order (on the
+        writer thread, before the fsync).
 
         Callbacks must be quick and must not append; asyncio users hand over with
         ``loop.call_soon_threadsafe``. A failing callback is logged and ignored.
@@ -603,6 +634,8 @@ class AuditLog:
             pending.ticket = self._next_ticket
             self._next_ticket += 1
             self._queue.append(pending)
+            if not pending.durable:
+                self._written_queued += 1
             if self._writer_sleeping:
                 self._cond.notify()
 
@@ -611,25 +644,25 @@ class AuditLog:
 
         Decided under the queue lock, against the writer's own bookkeeping: an
         entry still queued is withdrawn and never written; one the writer has
-        taken may be committed regardless, so it is noted and, once its batch is
-        over, followed by an ``audit.abandoned`` entry if it was made durable.
-        False means the writer finished the entry first: a timed-out appender
-        then takes that outcome instead; a cancelled one (``note_if_finished``)
-        has it noted all the same, since its caller goes no further.
+        taken, or one committed and waiting for its fsync, may be made durable
+        regardless, so it is noted and, once committed, followed by an
+        ``audit.abandoned`` entry. False means the entry finished first (``done``
+        is set only after its outcome): a timed-out appender then takes that
+        outcome instead; a cancelled one (``note_if_finished``) has it noted all
+        the same, since its caller goes no further.
         """
         with self._lock:
-            ticket = pending.ticket
-            if ticket >= self._taken:
+            if pending.ticket >= self._taken:
                 self._queue.remove(pending)
+                if not pending.durable:
+                    self._written_queued -= 1
                 return True
-            if ticket >= self._finished:
-                self._gave_up.append(pending)
-                return True
-            if note_if_finished and pending.error is None:
+            gave_up = not pending.done
+            if gave_up or (note_if_finished and pending.error is None):
                 self._gave_up.append(pending)
                 if self._writer_sleeping:
                     self._cond.notify()
-            return False
+            return gave_up
 
     def _abandoned_note(self, seqs: list[int]) -> _Submission:
         """The entry naming durable entries whose appenders had already failed."""
@@ -766,51 +799,48 @@ class AuditLog:
         abandoned: list[int] = []
         note_due = False
         while True:
-            # Yield the GIL once per batch: the appenders the last batch just woke
-            # get to resubmit now, so their entries join the next batch instead of
-            # the one after. Larger batches, fewer fsyncs, and no timed wait that
-            # would delay a lone appender.
-            time.sleep(0)
-            if self._sync_due is not None and time.monotonic() >= self._sync_due:
-                self._sync_written()
             with self._lock:
                 # The previous batch is over: from here on an appender that gives
-                # up finds its entry finished (see _give_up).
+                # up finds its entry taken no more (see _give_up).
                 self._finished = self._taken
                 while True:
                     if self._gave_up:
-                        # Their batches are over, so ``error`` says whether each is durable.
+                        # Their batches are over, so ``error`` says whether each was
+                        # committed; committed ones are (or will be) durable.
                         fresh = [p.row[0] for p in self._gave_up if p.error is None and p.row]
                         self._gave_up = []
                         if fresh:
                             abandoned += fresh
                             note_due = True
-                    if self._queue or self._closing or note_due:
+                    if self._unsynced_failed:
+                        abandoned += self._unsynced_failed
+                        self._unsynced_failed = []
+                        note_due = True
+                    # While an fsync runs, durable entries wait for the one after it
+                    # whenever they are committed: committing them when it ends
+                    # costs them nothing and gathers more into one commit. A
+                    # "written" entry is answered at its commit, so it goes now.
+                    if self._closing or note_due or (self._queue and (
+                            not self._syncing or self._written_queued
+                            or len(self._queue) >= self._max_batch)):
                         break
-                    wait = None
-                    if self._sync_due is not None:
-                        wait = self._sync_due - time.monotonic()
-                        if wait <= 0:
-                            break
                     self._writer_sleeping = True
                     try:
-                        self._cond.wait(wait)
+                        self._cond.wait()
                     finally:
                         self._writer_sleeping = False
                 if not self._queue and not abandoned:
-                    if not self._closing:
-                        continue  # woke for the fsync of written entries
                     batch = None
                 elif len(self._queue) <= self._max_batch:
                     batch = list(self._queue)
                     self._queue.clear()
+                    self._written_queued = 0
                 else:
                     batch = [self._queue.popleft() for _ in range(self._max_batch)]
+                    self._written_queued = sum(1 for p in self._queue if not p.durable)
                 if batch:
                     self._taken = batch[-1].ticket + 1
             if batch is None:  # closing, and nothing left to write
-                if self._sync_due is not None:
-                    self._sync_written()
                 return
             if abandoned:
                 batch.insert(0, self._abandoned_note(abandoned))
@@ -829,67 +859,180 @@ class AuditLog:
                 abandoned = []
 
     def _commit(self, batch: list[_Submission]) -> bool:
-        """Write one batch and wake its waiters; True if it was committed."""
+        """Commit one batch from the writer thread; True if it was committed.
+
+        Its "written" entries are answered now, its durable ones by the sync
+        thread once an fsync covers them.
+        """
+        try:
+            self._write(batch)
+        except AuditError as exc:
+            self._fail(batch, exc)
+            return False
+        self._committed(batch)
+        self._finish([p for p in batch if not p.durable])
+        return True
+
+    def _write(self, batch: list[_Submission]) -> None:
+        """Give ``batch`` its seqs and MACs and commit it in one transaction.
+
+        Committed means written to the WAL file, not yet fsynced. AuditError if
+        the batch could not be committed (none of it is then in the log).
+        """
         if self._resync:
             try:
                 self._resync_head()
             except sqlite3.Error as exc:
-                self._fail(batch, AuditError(
-                    f"the audit log could not record the entry durably: {exc}"))
-                return False
-        seq, mac = self._head
-        when = float(self._clock())
-        if not math.isfinite(when):
-            raise AuditError("the clock returned a non-finite time")
-        # The per-entry loop is the writer's hot path: the canonical entry is
-        # prefix ‖ seq ‖ middle ‖ time, with the time encoded once per batch.
-        tail = _json_float(when) + "}"
-        link = self._chain_key.link
-        rows: list[tuple[Any, ...]] = []
-        add_row = rows.append
-        for p in batch:
-            seq += 1
-            mac = link(mac, (p.prefix + str(seq) + p.middle + tail).encode())
-            p.row = row = (seq, when, p.actor, p.action, p.target, p.decision, p.reason,
-                           p.details_text, mac)
-            add_row(row)
-        # One durable entry makes the whole batch durable (today's one fsync per
-        # batch); a batch of only "written" entries is committed to the file and
-        # its fsync deferred to _sync_written, shared with what follows.
-        durable = self._force_full or any(p.durable for p in batch)
+                raise AuditError(
+                    f"the audit log could not record the entry durably: {exc}") from exc
+        conn = self._conn
+        # A single entry is one INSERT in its own (autocommit) transaction: one call
+        # into SQLite instead of three. Each call releases the GIL and then queues
+        # for it again behind whatever other thread is running, a wait that costs
+        # more than the call itself.
+        explicit = len(batch) > 1
+        if explicit:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._recover_after_failure()
+                raise AuditError(
+                    f"the audit log could not record the entry durably: {exc}") from exc
         try:
-            if durable != self._sync_full:
-                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self._sync_full = durable
-            self._conn.execute("BEGIN IMMEDIATE")
-            _insert_rows(self._conn, rows)
-            self._conn.execute("COMMIT")
+            seq, mac = self._head
+            when = float(self._clock())
+            if not math.isfinite(when):
+                raise AuditError("the clock returned a non-finite time")
+            # The per-entry loop is the writer's hot path: the canonical entry is
+            # prefix ‖ seq ‖ middle ‖ time, with the time encoded once per batch.
+            tail = _json_float(when) + "}"
+            link = self._chain_key.link
+            rows: list[tuple[Any, ...]] = []
+            add_row = rows.append
+            for p in batch:
+                seq += 1
+                mac = link(mac, (p.prefix + str(seq) + p.middle + tail).encode())
+                p.row = row = (seq, when, p.actor, p.action, p.target, p.decision, p.reason,
+                               p.details_text, mac)
+                add_row(row)
+            if explicit:
+                _insert_rows(conn, rows)
+                conn.execute("COMMIT")
+            else:
+                conn.execute(_insert_sql(1), rows[0])
         except sqlite3.Error as exc:
             self._recover_after_failure()
-            self._fail(batch, AuditError(
-                f"the audit log could not record the entry durably: {exc}"))
-            return False
+            raise AuditError(f"the audit log could not record the entry durably: {exc}") from exc
+        except BaseException:
+            self._recover_after_failure()
+            raise
         self._head = (seq, mac)
-        if durable:
-            # Before the waiters wake: one that needs the checkpoint (``cover``)
-            # then finds the write covering its entry already scheduled.
-            self._synced_up_to((seq, mac))
-        elif self._sync_due is None:
-            self._unsynced_from = time.monotonic()
-            self._sync_due = self._unsynced_from + self._written_sync_s
-        listeners = list(self._listeners)
+
+    def _committed(self, batch: list[_Submission]) -> None:
+        """After a commit: tell the listeners, in seq order, and hand the batch to the
+        sync thread.
+
+        The listeners get the entry before its appender is answered, so waiter
+        and listeners share one object.
+        """
+        listeners = self._listeners
         if listeners:
-            # Built before the waiters wake, so waiter and listeners share one object.
-            entries = [p.committed() for p in batch]
-        self._finish(batch)
-        if listeners:
-            for entry in entries:
-                for listener in listeners:
+            for p in batch:
+                entry = p.committed()
+                for listener in list(listeners):
                     try:
                         listener(entry)
                     except Exception:
                         log.exception("audit listener failed")
+        durable = [p for p in batch if p.durable]
+        cond = self._sync_cond
+        with cond:
+            if durable:
+                self._sync_waiters += durable
+                cond.notify()
+            if len(durable) < len(batch) and self._unsynced_from is None:
+                self._unsynced_from = now = time.monotonic()
+                self._sync_due = now + self._written_sync_s
+                cond.notify()
+
+    # --- the sync thread ----------------------------------------------------------
+
+    def _run_sync(self) -> None:
+        """fsync the WAL for whatever is committed and not yet synced, then answer it.
+
+        Durable entries are synced as soon as they are committed; an fsync
+        covers everything committed before it starts, so while one runs the
+        next commits gather for the next one (commits never wait for an
+        fsync). "Written" entries are synced at most ``written_sync_s`` after
+        the oldest of them, or sooner with a durable one.
+        """
+        cond = self._sync_cond
+        while True:
+            with cond:
+                while not self._sync_waiters:
+                    due = self._sync_due
+                    if due is None:
+                        if self._sync_stop:
+                            return
+                        cond.wait()
+                        continue
+                    wait = due - time.monotonic()
+                    if wait <= 0 or self._sync_stop:
+                        break
+                    cond.wait(wait)
+                waiters, self._sync_waiters = self._sync_waiters, []
+                unsynced_from, self._unsynced_from, self._sync_due = self._unsynced_from, None, None
+                stopping = self._sync_stop
+                # Read after taking the waiters: every one of them was committed
+                # (and the head moved) before it was added.
+                head = self._head
+            if not self._sync(head, waiters, unsynced_from) and stopping:
+                return
+
+    def _sync(self, head: tuple[int, bytes], waiters: list[_Submission],
+              unsynced_from: float | None) -> bool:
+        """fsync everything up to ``head`` and answer ``waiters``; False if the fsync failed."""
+        if head[0] > self._synced[0]:
+            with self._lock:
+                self._syncing = True
+            try:
+                _fsync_wal(self._wal, self._fsync)
+            except OSError as exc:
+                self._sync_failed(head, waiters, unsynced_from, exc)
+                return False
+            finally:
+                with self._lock:
+                    self._syncing = False
+                    if self._writer_sleeping:
+                        self._cond.notify()
+            if unsynced_from is not None:
+                self.written_sync_lag_s = time.monotonic() - unsynced_from
+            # Before the waiters wake: one that needs the checkpoint (``cover``)
+            # then finds the write covering its entry already scheduled.
+            self._synced_up_to(head)
+        self._finish(waiters)
         return True
+
+    def _sync_failed(self, head: tuple[int, bytes], waiters: list[_Submission],
+                     unsynced_from: float | None, exc: OSError) -> None:
+        """The entries are in the file but maybe not on the disk: their appenders fail
+        closed, the writer notes them as abandoned, and the fsync is tried again."""
+        log.error("audit entries up to %d are written but could not be made durable: %s",
+                  head[0], exc)
+        with self._sync_cond:
+            if self._unsynced_from is None:
+                self._unsynced_from = time.monotonic() if unsynced_from is None else unsynced_from
+            self._sync_due = time.monotonic() + _SYNC_RETRY_S
+        # Only entries somebody appended: a failed note is not itself noted, or a
+        # failing disk would have the writer note its own notes for ever.
+        failed = [p.row[0] for p in waiters if p.future is not None or p.waker is not None]
+        if failed:
+            with self._lock:
+                self._unsynced_failed += failed
+                if self._writer_sleeping:
+                    self._cond.notify()
+            self._fail(waiters, AuditError(
+                f"the audit log could not record the entry durably: fsync: {exc}"))
 
     def _synced_up_to(self, head: tuple[int, bytes]) -> None:
         """Everything up to ``head`` is fsynced: say so, and checkpoint it.
@@ -898,27 +1041,8 @@ class AuditLog:
         power loss then took would make the log look truncated.
         """
         self._synced = head
-        self._force_full = False
-        if self._unsynced_from is not None:
-            self.written_sync_lag_s = time.monotonic() - self._unsynced_from
-        self._unsynced_from = self._sync_due = None
         if self._checkpointer is not None and self._untrusted is None:
             self._checkpointer.schedule(*head)
-
-    def _sync_written(self) -> None:
-        """fsync the entries committed without one (the "written" class)."""
-        head = self._head
-        try:
-            _fsync_wal(self.path)
-        except OSError as exc:
-            # Nobody waits for these entries; the next batch is committed with a
-            # full sync, so its waiters fail closed while the disk fails.
-            log.error("audit entries up to %d are written but could not be made durable: %s",
-                      head[0], exc)
-            self._force_full = True
-            self._sync_due = time.monotonic() + _SYNC_RETRY_S
-            return
-        self._synced_up_to(head)
 
     def _recover_after_failure(self) -> None:
         """After a failed commit, trust only what the database says it holds.
@@ -937,7 +1061,6 @@ class AuditLog:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
         self._conn = _connect(self.path)
-        self._sync_full = True
         self._head = _read_head(self._conn)
         self._resync = False
 
@@ -1002,6 +1125,11 @@ class AuditLog:
             self._closing = True
             self._cond.notify_all()
         self._writer.join()
+        # The writer has committed its last entry: the sync thread's last fsync covers it.
+        with self._sync_cond:
+            self._sync_stop = True
+            self._sync_cond.notify()
+        self._syncer.join()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._conn.close()

@@ -380,30 +380,39 @@ def test_group_commit_shares_transactions_and_keeps_seqs_contiguous(log_path: Pa
 
 
 def test_append_async_does_not_block_the_loop(log_path: Path) -> None:
-    log = AuditLog.open(log_path, KEY, None)
+    # Entries are committed on the loop when the writer is idle, but their fsync
+    # is not: held here, the loop keeps running while 200 entries wait for it.
+    released = threading.Event()
+    released.set()
 
-    async def main() -> tuple[list[int], int]:
-        ticks = 0
-        stop = asyncio.Event()
+    def held_fsync(fd: int) -> None:
+        released.wait(30)
+        os.fsync(fd)
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while not stop.is_set():
-                ticks += 1
-                await asyncio.sleep(0)
+    log = AuditLog.open(log_path, KEY, None, fsync=held_fsync)
+    released.clear()
 
-        task = asyncio.create_task(ticker())
-        entries = await asyncio.gather(*(
+    async def main() -> tuple[list[int], int, bool]:
+        appends = asyncio.gather(*(
             log.append_async("agent", "data.read", f"k{i}", "allow", "connected")
             for i in range(200)
         ))
-        stop.set()
-        await task
-        return [e.seq for e in entries], ticks
+        ticks = 0
+        while ticks < 50:
+            ticks += 1
+            await asyncio.sleep(0)
+        waiting = not appends.done()
+        released.set()
+        entries = await appends
+        return [e.seq for e in entries], ticks, waiting
 
-    seqs, ticks = asyncio.run(main())
+    try:
+        seqs, ticks, waiting = asyncio.run(main())
+    finally:
+        released.set()
     assert sorted(seqs) == list(range(1, 201))
-    assert ticks > 10  # the loop kept running while entries were being made durable
+    assert ticks == 50 and waiting  # the loop ran on while entries were being made durable
+    assert log.synced_seq == 200
     assert log.verify().ok
     log.close()
 
