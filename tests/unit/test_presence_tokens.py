@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -240,16 +241,16 @@ class _Undone(Exception):
     pass
 
 
-def test_a_token_check_does_not_queue_behind_a_write_transaction_waiting_on_its_fsync(
-        tokens: TokenService, store: Store) -> None:
-    issued = tokens.issue(SecurityLevel.enhanced)
+@contextlib.contextmanager
+def _write_held_open(store: Store, sql: str) -> Iterator[None]:
+    """Another thread's write transaction that ran ``sql`` and stays open (as a handler's
+    that writes state and waits for its audit entry's fsync) until the block ends; then
+    it fails, so the rows stay as they were (and MAC-valid)."""
     inside, release = threading.Event(), threading.Event()
 
     def writer() -> None:
-        # What a handler does that writes state and waits for its audit entry's fsync;
-        # then it fails, so the row stays as it was (and MAC-valid).
         with contextlib.suppress(_Undone), store.transaction() as conn:
-            conn.execute("UPDATE presence_tokens SET scope = 'other'")
+            conn.execute(sql)
             inside.set()
             release.wait(30)
             raise _Undone
@@ -258,14 +259,21 @@ def test_a_token_check_does_not_queue_behind_a_write_transaction_waiting_on_its_
     holder.start()
     try:
         assert inside.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_token_check_does_not_queue_behind_a_write_transaction_waiting_on_its_fsync(
+        tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    with _write_held_open(store, "UPDATE presence_tokens SET scope = 'other'"):
         thread, done, outcome = _check_in_thread(tokens, issued.token, SecurityLevel.enhanced)
         assert done.wait(5), "the token check waited for another request's write transaction"
         # It saw the committed state, not the writer's uncommitted change.
         assert [type(o) for o in outcome] == [TokenInfo]
         assert isinstance(outcome[0], TokenInfo) and outcome[0].scope == "*"
-    finally:
-        release.set()
-        holder.join()
     thread.join()
 
 
@@ -370,21 +378,6 @@ def test_a_quick_check_never_waits_for_a_busy_read_connection(
 def test_a_quick_check_does_not_see_an_uncommitted_write(
         tokens: TokenService, store: Store) -> None:
     issued = tokens.issue(SecurityLevel.enhanced)
-    inside, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with contextlib.suppress(_Undone), store.transaction() as conn:
-            conn.execute("UPDATE presence_tokens SET revoked_at = 1")
-            inside.set()
-            release.wait(30)
-            raise _Undone
-
-    holder = threading.Thread(target=writer)
-    holder.start()
-    try:
-        assert inside.wait(10)
+    with _write_held_open(store, "UPDATE presence_tokens SET revoked_at = 1"):
         info = tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
         assert info is not None and info.scope == "*"
-    finally:
-        release.set()
-        holder.join()
