@@ -111,6 +111,33 @@ def _parse_time(text: str) -> float:
         return 0.0
 
 
+class _Unsent(Exception):
+    """The request could not be sent and the daemon left no answer to read."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _send(conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None,
+          headers: dict[str, str]) -> None:
+    """Send one request, also when the daemon refuses it before taking all of its body.
+
+    The daemon answers a refusal (no token, too large) at once and reads at most
+    64 KiB of a body it refused: past that it closes the connection, and the rest
+    of the body meets a broken pipe here. Its answer was sent before the close
+    and is waiting on the socket, so it is read instead of reporting a daemon
+    that is not there.
+    """
+    try:
+        conn.request(method, path, body=data, headers=headers)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        if conn.sock is None:
+            raise _Unsent(exc) from None
+        # The head went out (http.client counts the request as sent): getresponse
+        # reads what the daemon answered, or fails as a closed connection would.
+
+
 class Client:
     def __init__(self, config: Config | None = None, *, socket_path: Path | None = None,
                  token: str | None = None, timeout: float = 60.0,
@@ -197,9 +224,11 @@ class Client:
         conn = self._connection(self.timeout)
         try:
             try:
-                conn.request(method, path, body=data, headers=headers)
+                _send(conn, method, path, data, headers)
                 resp = conn.getresponse()
                 raw = resp.read()
+            except _Unsent as exc:
+                raise self._unavailable(exc.cause) from None
             except OSError as exc:
                 raise self._unavailable(exc) from None
             except http.client.HTTPException as exc:

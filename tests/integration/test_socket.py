@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pacd.errors import ConfigError, DaemonUnavailable
+from pacd.errors import ConfigError, DaemonUnavailable, Unauthorized
 from tests.integration.harness import ROOT, DaemonProcess, EventCollector, held_connection
 
 
@@ -360,3 +360,16 @@ def test_systemd_socket_activation_and_notify(make_daemon: Callable[..., DaemonP
     assert ready == b"READY=1"
     assert version
     assert exit_code == 0  # a clean shutdown on SIGTERM
+
+
+def test_the_client_reads_a_refusal_answered_while_it_still_sends_a_large_body(
+        daemon: DaemonProcess) -> None:
+    # Far more than the daemon reads of a refused body (64 KiB) and than the socket
+    # buffers hold: the daemon answers 401 and closes while the client still writes,
+    # whose next write then breaks (EPIPE). The answer is on the socket all the same.
+    with pytest.raises(Unauthorized):
+        daemon.client().request("POST", "/v1/containers",
+                                {"name": "x", "pad": "p" * (8 * 1024 * 1024)})
+    refusals = [e for e in daemon.audit() if e["action"] == "container.create"]
+    assert [(e["decision"], e["details"]["code"]) for e in refusals] == [
+        ("deny", "unauthorized")]
