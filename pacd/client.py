@@ -298,8 +298,10 @@ class Client:
         conn = self._connection(timeout)
         try:
             try:
-                conn.request(method, path, body=data, headers=headers)
+                _send(conn, method, path, data, headers)
                 resp = conn.getresponse()
+            except _Unsent as exc:
+                raise self._unavailable(exc.cause) from None
             except OSError as exc:
                 raise self._unavailable(exc) from None
             except http.client.HTTPException as exc:
