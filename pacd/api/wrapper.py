@@ -42,7 +42,8 @@ from pacd.messages import RawBody, decode, decode_query, encode
 log = logging.getLogger("pacd.api")
 
 #: request key of a stream whose decision entry is due when its headers go out
-_STREAM_KEY = "pacd.stream_decision"
+_STREAM_KEY: web.RequestKey[tuple[Route, RequestDecision, Principal]] = web.RequestKey(
+    "pacd.stream_decision")
 
 Authorizer = Callable[[web.Request, Route], Awaitable[Principal]]
 Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
