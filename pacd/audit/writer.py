@@ -360,7 +360,7 @@ def _wal_path(path: Path) -> str:
 
 
 def _fsync_wal(wal: str, fsync: Callable[[int], None] = os.fsync) -> None:
-    """Make every frame SQLite has written to the log's WAL durable.
+    """Make every frame SQLite has written to the log's WAL durable (one-off, at open).
 
     Entries committed with ``synchronous=NORMAL`` are in the WAL file (the
     kernel's page cache) but not yet on the disk. fsync covers the whole file,
@@ -373,6 +373,40 @@ def _fsync_wal(wal: str, fsync: Callable[[int], None] = os.fsync) -> None:
         fsync(fd)
     finally:
         os.close(fd)
+
+
+class _HeldWal:
+    """The log's WAL file held open by the sync thread, for every fsync after the first.
+
+    Linux reports a failed write-back once to each open file description that
+    existed when it failed. SQLite fsyncs the WAL through its own descriptor in
+    its automatic checkpoints and, the commit being done, ignores a failure
+    there; a descriptor opened afterwards would then see a clean fsync for pages
+    that never reached the disk. This one is opened at the first sync after the
+    file appears (a commit or two into a new WAL, long before the 1000 pages of
+    SQLite's first automatic checkpoint) and kept, so it sees that failure too.
+    It is reopened only when SQLite has replaced the file (another inode).
+    """
+
+    def __init__(self, wal: str, fsync: Callable[[int], None]) -> None:
+        self._wal = wal
+        self._fsync = fsync
+        self._fd: int | None = None
+
+    def sync(self) -> None:
+        now = os.stat(self._wal)
+        if self._fd is not None:
+            held = os.fstat(self._fd)
+            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                self.close()
+        if self._fd is None:
+            self._fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        self._fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 def _check_class(checkpoint: bool, durable: bool) -> None:
@@ -445,8 +479,7 @@ class AuditLog:
         self._written_sync_s = written_sync_s
         #: the newest (seq, mac) known to be fsynced; the head at open is (open syncs it)
         self._synced = head
-        self._fsync = fsync
-        self._wal = _wal_path(path)
+        self._wal = _HeldWal(_wal_path(path), fsync)
         #: guards what the sync thread is asked to do: the committed durable entries
         #: waiting for an fsync, and when the oldest commit not yet fsynced was made
         #: and its fsync is due (monotonic; None: no "written" entry waits)
@@ -996,9 +1029,14 @@ class AuditLog:
             with self._lock:
                 self._syncing = True
             try:
-                _fsync_wal(self._wal, self._fsync)
+                self._wal.sync()
             except OSError as exc:
                 self._sync_failed(head, waiters, unsynced_from, exc)
+                return False
+            except Exception as exc:  # whatever it was, these entries are not known durable
+                log.exception("audit sync failed")
+                self._sync_failed(head, waiters, unsynced_from,
+                                  OSError(f"{type(exc).__name__}: {exc}"))
                 return False
             finally:
                 with self._lock:
@@ -1130,6 +1168,7 @@ class AuditLog:
             self._sync_stop = True
             self._sync_cond.notify()
         self._syncer.join()
+        self._wal.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._conn.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import sqlite3
 import threading
@@ -254,3 +255,54 @@ def test_durable_entry_queued_during_an_fsync_is_committed_when_that_fsync_ends(
     finally:
         fsync.release()
         log.close()
+
+
+def test_every_fsync_goes_through_one_description_of_the_wal_held_since_the_first(
+    tmp_path: Path,
+) -> None:
+    # Linux reports a failed write-back once to each open description that existed
+    # when it failed; SQLite's own checkpoint fsync may take that report and ignore
+    # it. A description opened for each fsync would then see a clean one: the log
+    # keeps one open. Each description that reaches the seam is marked (O_NONBLOCK,
+    # a flag of the open description and meaningless to fsync): unmarked = new.
+    descriptions: list[int] = []
+
+    def marking_fsync(fd: int) -> None:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if not flags & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            descriptions.append(fd)
+        os.fsync(fd)
+
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog.open(path, KEY, None, fsync=marking_fsync)
+    try:
+        opened = len(descriptions)  # the one-off sync of what a killed daemon left
+        for i in range(20):
+            log.append("owner:uid=1", "container.start", f"c{i}", "allow", "ok")
+    finally:
+        log.close()
+    assert len(descriptions) - opened == 1, descriptions
+
+
+def test_a_sync_that_fails_with_anything_fails_its_appender_at_once(tmp_path: Path) -> None:
+    # Not only an OSError: whatever stops an fsync, its entries are not known to be
+    # durable, and a sync thread that died of it would leave appenders to time out.
+    broken = threading.Event()
+
+    def failing_fsync(fd: int) -> None:
+        if broken.is_set():
+            raise RuntimeError("the disk driver fell over")
+        os.fsync(fd)
+
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog.open(path, KEY, None, fsync=failing_fsync, append_timeout_s=PROMPT_S * 3)
+    try:
+        broken.set()
+        with pytest.raises(AuditError, match="fsync: RuntimeError: the disk driver fell over"):
+            log.append("owner:uid=1", "container.start", "c0", "allow", "ok")
+        broken.clear()
+        after = log.append("owner:uid=1", "container.stop", "c0", "allow", "ok")
+    finally:
+        log.close()
+    assert after.action == "container.stop"
