@@ -385,7 +385,8 @@ class _HeldWal:
     that never reached the disk. This one is opened at the first sync after the
     file appears (a commit or two into a new WAL, long before the 1000 pages of
     SQLite's first automatic checkpoint) and kept, so it sees that failure too.
-    It is reopened only when SQLite has replaced the file (another inode).
+    It is reopened only when SQLite has replaced the file (another inode), and
+    the directory is synced each time it is opened.
     """
 
     def __init__(self, wal: str, fsync: Callable[[int], None]) -> None:
@@ -401,6 +402,15 @@ class _HeldWal:
                 self.close()
         if self._fd is None:
             self._fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+            # A new WAL file's name is durable only once its directory is: with
+            # synchronous=FULL SQLite synced the directory at the file's first sync;
+            # its commits no longer sync, so this does.
+            directory = os.open(os.path.dirname(self._wal), os.O_RDONLY | os.O_DIRECTORY
+                                | os.O_CLOEXEC)
+            try:
+                self._fsync(directory)
+            finally:
+                os.close(directory)
         self._fsync(self._fd)
 
     def close(self) -> None:

@@ -269,7 +269,8 @@ def test_every_fsync_goes_through_one_description_of_the_wal_held_since_the_firs
 
     def marking_fsync(fd: int) -> None:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        if not flags & os.O_NONBLOCK:
+        wal = os.readlink(f"/proc/self/fd/{fd}").endswith("-wal")
+        if wal and not flags & os.O_NONBLOCK:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
             descriptions.append(fd)
         os.fsync(fd)
@@ -306,3 +307,24 @@ def test_a_sync_that_fails_with_anything_fails_its_appender_at_once(tmp_path: Pa
     finally:
         log.close()
     assert after.action == "container.stop"
+
+
+def test_the_directory_of_a_new_wal_is_synced_before_its_entries_are_answered(
+    tmp_path: Path,
+) -> None:
+    # The WAL's name must survive a power loss with its frames: the directory that
+    # holds it is fsynced when the log first syncs that file.
+    synced: list[str] = []
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        os.fsync(fd)
+
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog.open(path, KEY, None, fsync=recording_fsync)
+    try:
+        del synced[:]  # the one-off sync at open
+        log.append("owner:uid=1", "container.start", "c0", "allow", "ok")
+    finally:
+        log.close()
+    assert synced[:2] == [str(tmp_path), f"{path}-wal"], synced
