@@ -30,7 +30,11 @@ class EventFollower(QObject):
     """Emits ``connected`` when subscribed, ``received`` per line, ``lost(code, message)``."""
 
     connected = Signal()
-    received = Signal(dict)
+    #: ``object``, not ``dict``: PySide6 6.12 converts a ``dict`` argument through a
+    #: QVariantMap and drops a reference to every ``True``/``None`` inside it on the
+    #: way; the event's values were freed under the GUI thread (a segfault in
+    #: ``Tray.on_event``). An ``object`` argument is passed as the same Python object.
+    received = Signal(object)
     lost = Signal(str, str)
 
     def __init__(self, client: Client, *, first_retry_s: float = FIRST_RETRY_S,

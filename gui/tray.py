@@ -233,7 +233,7 @@ class Tray(QObject):
 
     # --- following the daemon ----------------------------------------------
 
-    @Slot(dict)
+    @Slot(object)
     def on_event(self, event: dict[str, Any]) -> None:
         kind = str(event.get("type", ""))
         if kind == "approval.created":
