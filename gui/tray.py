@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
-from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
 
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
 from gui.ceremony import Authenticator
+from gui.collector import GuiThreadCollector
 from gui.daemon_start import Spawn, start_daemon
 from gui.follower import EventFollower
 from gui.instance import SingleInstance
@@ -172,6 +174,8 @@ class Tray(QObject):
         #: counts daemon losses: a refresh or detail fetch begun before the last loss
         #: answers for a daemon that is gone, and its result is dropped
         self._epoch = 0
+        #: set by close(): results still on their way are dropped, its widgets are gone
+        self._closed = False
         self._seen: set[str] = set()
         self.queue: list[str] = []
         self.dialog: ApprovalDialog | None = None
@@ -220,9 +224,13 @@ class Tray(QObject):
                     current: bool = False) -> None:
         """Run ``work`` off the GUI thread, then ``then(result)`` on it. ``current``: only
         if the daemon has not been lost meanwhile (see :meth:`on_lost`)."""
+        if self._closed:
+            return  # an event queued before close() arrived after it: nothing to fetch for
         epoch = self._epoch
 
         def deliver(result: Any) -> None:
+            if self._closed:
+                return
             if not current or epoch == self._epoch:
                 then(result)
 
@@ -235,6 +243,8 @@ class Tray(QObject):
 
     @Slot(object)
     def on_event(self, event: dict[str, Any]) -> None:
+        if self._closed:
+            return  # queued before close(); its widgets are gone
         kind = str(event.get("type", ""))
         if kind == "approval.created":
             approval_id = str(event.get("id", ""))
@@ -272,6 +282,8 @@ class Tray(QObject):
 
     @Slot(str, str)
     def on_lost(self, code: str, message: str) -> None:
+        if self._closed:
+            return
         if code in AUDIT_PROBLEMS:
             self._apply(TrayState(reachable=True, problem=code, error=message))
             return
@@ -540,11 +552,19 @@ class Tray(QObject):
         self._background(post, after)
 
     def close(self) -> None:
+        self._closed = True
         self.follower.stop()
         if isinstance(self.dialog, ApprovalDialog):
             self.dialog.close_for("tray closed")
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.icon.hide()
+        # A request still running on a worker may hold the last reference to this
+        # tray: its widgets are destroyed here, on the GUI thread, not wherever the
+        # tray's wrapper happens to be freed (see gui.collector).
+        for widget in (self.dialog, self.presence_dialog, self.audit_view, self.menu):
+            if isinstance(widget, QWidget) and shiboken6.isValid(widget):
+                shiboken6.delete(widget)
+        self.dialog = self.presence_dialog = self.audit_view = None
 
 
 #: stands in for the dialog while its detail is fetched, so only one is fetched at a time
@@ -562,12 +582,15 @@ def main() -> int:
     if not QSystemTrayIcon.isSystemTrayAvailable():
         print("pacd-tray: no system tray on this desktop; use the pacd CLI", file=sys.stderr)
         return 1
+    collector = GuiThreadCollector()
+    collector.start()
     tray = Tray(client)
     instance.raise_requested.connect(lambda: tray.icon.contextMenu().popup(
         tray.icon.geometry().center()))
     tray.icon.show()
     code = app.exec()
     tray.close()
+    collector.stop()
     instance.release()
     return code
 

@@ -2,12 +2,14 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # Qt renders offscreen in tests: no display server needed.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from gui.collector import GuiThreadCollector
 from tests.gui.world import World
 from tests.integration.harness import DaemonProcess
 
@@ -38,3 +40,15 @@ def bare_world(daemon_base: Path) -> Iterator[World]:
     finally:
         if daemon.alive():
             daemon.stop(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def gui_thread_collection(qapp: Any) -> Iterator[None]:
+    """Cycles are collected on the GUI thread during tray tests, as in the tray itself
+    (gui.tray.main); at the end of each test everything left is collected here."""
+    collector = GuiThreadCollector()
+    collector.start()
+    try:
+        yield
+    finally:
+        collector.stop()
