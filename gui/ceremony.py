@@ -315,6 +315,13 @@ class _Reaper(QObject):
 _REAPER: _Reaper | None = None
 
 
+def wait_for_ceremonies(timeout_ms: int = 5000) -> bool:
+    """At exit, once the dialogs have cancelled theirs: wait for every ceremony thread
+    to end (a QThread destroyed while it runs aborts the process). False if one still
+    runs after ``timeout_ms``."""
+    return all(thread.wait(timeout_ms) for thread, _worker in list(_RUNNING))
+
+
 def run_on_thread(worker: CeremonyWorker) -> QThread:
     """Start ``worker.run`` on a thread of its own and return the thread.
 

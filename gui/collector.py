@@ -10,7 +10,10 @@ thread and deleted them there a second time (a segfault in
 
 While a :class:`GuiThreadCollector` runs, the automatic collector is off and a
 timer on the GUI thread collects whatever generation the allocation counts say
-is due, with the same thresholds. Objects freed by their reference count are
+is due, with the interpreter's thresholds (CPython also defers a full
+collection until enough long-lived objects are pending; here one simply runs
+when generation 1 has been collected often enough: a few more full collections
+in a process whose heap is small). Objects freed by their reference count are
 not affected: code that lets a widget go does so on the GUI thread
 (see ``Tray.close``).
 """
@@ -36,6 +39,8 @@ class GuiThreadCollector(QObject):
         self._was_enabled = gc.isenabled()
 
     def start(self) -> None:
+        if self._timer.isActive():
+            return  # started twice: the state to restore is the one seen the first time
         self._was_enabled = gc.isenabled()
         gc.disable()
         self._timer.start()

@@ -25,11 +25,11 @@ from typing import Any
 import shiboken6
 from PySide6.QtCore import QObject, QRect, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QColor, QFont, QIcon, QPainter
-from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from gui.approval_dialog import ApprovalDialog
 from gui.audit_view import AuditView
-from gui.ceremony import Authenticator
+from gui.ceremony import Authenticator, wait_for_ceremonies
 from gui.collector import GuiThreadCollector
 from gui.daemon_start import Spawn, start_daemon
 from gui.follower import EventFollower
@@ -554,16 +554,22 @@ class Tray(QObject):
     def close(self) -> None:
         self._closed = True
         self.follower.stop()
-        if isinstance(self.dialog, ApprovalDialog):
-            self.dialog.close_for("tray closed")
+        dialog = self.dialog  # close_for() reports back through _decided, which forgets it
+        if isinstance(dialog, ApprovalDialog):
+            dialog.close_for("tray closed")  # also cancels a ceremony in progress
+        if self.presence_dialog is not None:
+            self.presence_dialog.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.icon.hide()
         # A request still running on a worker may hold the last reference to this
-        # tray: its widgets are destroyed here, on the GUI thread, not wherever the
-        # tray's wrapper happens to be freed (see gui.collector).
-        for widget in (self.dialog, self.presence_dialog, self.audit_view, self.menu):
-            if isinstance(widget, QWidget) and shiboken6.isValid(widget):
-                shiboken6.delete(widget)
+        # tray: its widgets and its icon are destroyed here, on the GUI thread, not
+        # wherever the tray's wrapper happens to be freed (see gui.collector).
+        # The stubs type the menu as QMenu; Qt takes a null one (no menu).
+        self.icon.setContextMenu(None)  # type: ignore[arg-type]
+        for qt_object in (dialog, self.presence_dialog, self.audit_view, self.menu,
+                          self.icon):
+            if isinstance(qt_object, QObject) and shiboken6.isValid(qt_object):
+                shiboken6.delete(qt_object)
         self.dialog = self.presence_dialog = self.audit_view = None
 
 
@@ -590,6 +596,7 @@ def main() -> int:
     tray.icon.show()
     code = app.exec()
     tray.close()
+    wait_for_ceremonies()
     collector.stop()
     instance.release()
     return code

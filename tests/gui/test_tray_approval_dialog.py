@@ -281,3 +281,43 @@ def test_answers_read_before_the_daemon_went_away_do_not_reopen_a_dialog_or_revi
     finally:
         held.release()
         tray.close()
+
+
+def test_closing_the_tray_destroys_its_dialogs_on_the_gui_thread(
+        qtbot: Any, world: World) -> None:
+    # A worker still running a request may hold the last reference to a closed tray;
+    # its widgets must already be gone then, destroyed here (see gui.collector).
+    import shiboken6
+
+    made, _ = world.tray()
+    wait_reachable(qtbot, made)
+    dialog = open_dialog(qtbot, made, world.queue_plugin())
+    made.show_audit()
+    view = made.audit_view
+    assert view is not None
+    made.close()
+    assert not shiboken6.isValid(dialog)
+    assert not shiboken6.isValid(view)
+    assert not shiboken6.isValid(made.menu)
+    assert made.dialog is None and made.audit_view is None
+
+
+def test_a_result_arriving_after_close_is_dropped(qtbot: Any, world: World) -> None:
+    # The worker's answer is posted to the GUI thread after close(): applying it would
+    # touch the widgets close() destroyed.
+    from PySide6.QtWidgets import QApplication
+
+    held = HeldClient(world.daemon.client(), ())
+    made, _ = world.tray(client=held)
+    try:
+        wait_reachable(qtbot, made)
+        qtbot.waitUntil(lambda: not made._refreshing, timeout=10_000)
+        held.holding = ("GET /v1/containers",)
+        made.refresh()
+        qtbot.waitUntil(lambda: held.held == 1, timeout=10_000)  # answered, held back
+        made.close()
+    finally:
+        held.release()
+    made._pool.shutdown(wait=True)  # its result is now posted to the GUI thread
+    QApplication.processEvents()
+    assert made._refreshing  # the result was dropped: _refreshed never ran

@@ -16,7 +16,7 @@ from gui.signals import emit
 from pacd.client import Client
 
 GUI = Path(__file__).resolve().parents[2] / "gui"
-CONVERTED = {"dict", "list", "tuple", "set"}
+CONVERTED = {"dict", "list", "tuple", "set", "qvariantmap", "qvariantlist"}
 
 
 class Collector(QObject):
@@ -59,17 +59,29 @@ def test_events_sent_from_the_follower_thread_do_not_free_true_or_none(
     assert after[1] >= before[1] - 20, (before, after)
 
 
-def test_no_gui_signal_is_declared_with_a_container_type() -> None:
+def _type_name(node: ast.expr) -> str:
+    """``dict`` for ``dict``, ``dict[str, Any]``, ``typing.Dict`` or ``"QVariantMap"``."""
+    if isinstance(node, ast.Subscript):
+        return _type_name(node.value)
+    if isinstance(node, ast.Attribute):
+        return node.attr.lower()
+    if isinstance(node, ast.Name):
+        return node.id.lower()
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.lower()
+    return ""
+
+
+def test_no_gui_signal_or_slot_is_declared_with_a_container_type() -> None:
     # Signal(dict) / Signal(list) go through QVariant conversion, which loses
     # references (see above); data crosses threads as ``object`` or as text.
     offenders = []
     for path in sorted(GUI.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id == "Signal"):
-                names = {a.id for a in node.args if isinstance(a, ast.Name)}
-                if names & CONVERTED:
-                    offenders.append(f"{path.name}:{node.lineno}")
+                    and node.func.id in ("Signal", "Slot")
+                    and {_type_name(a) for a in node.args} & CONVERTED):
+                offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
 
 
