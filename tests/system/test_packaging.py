@@ -247,8 +247,10 @@ def test_the_windows_installer_needs_no_admin_writes_its_run_key_and_uninstalls_
     assert installer.read_bytes()[:2] == b"MZ"
 
     (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    env.update(WINEPREFIX=str(tmp_path / "wine"), WINEDEBUG="-all",
+    # TMPDIR: wineserver makes its socket directory (wine-XXXXXX) there and leaves it
+    env.update(WINEPREFIX=str(tmp_path / "wine"), WINEDEBUG="-all", TMPDIR=str(tmp_path / "tmp"),
                # no Mono/Gecko download prompts, no menu entries in the real HOME
                WINEDLLOVERRIDES="mscoree,mshtml=;winemenubuilder.exe=d",
                HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "home" / "share"),
