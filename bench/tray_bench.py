@@ -41,10 +41,13 @@ def idle_child(socket_path: str) -> None:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from gui.collector import GuiThreadCollector
     from gui.tray import Tray
     from pacd.client import Client
 
     app = QApplication([])
+    collector = GuiThreadCollector()  # as the tray's main() runs it
+    collector.start()
     tray = Tray(Client(socket_path=Path(socket_path), use_token_cache=False))
     QTimer.singleShot(int(IDLE_SETTLE_S * 1000), app.quit)
     app.exec()

@@ -596,7 +596,9 @@ def main() -> int:
     tray.icon.show()
     code = app.exec()
     tray.close()
-    wait_for_ceremonies()
+    if not wait_for_ceremonies():
+        print("pacd-tray: a cancelled key ceremony had not ended 5 s after quitting",
+              file=sys.stderr)
     collector.stop()
     instance.release()
     return code

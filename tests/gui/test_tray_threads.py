@@ -19,7 +19,14 @@ GUI = Path(__file__).resolve().parents[2] / "gui"
 CONVERTED = {"dict", "list", "tuple", "set", "qvariantmap", "qvariantlist"}
 
 
-class Collector(QObject):
+def unreachable_client(tmp_path: Path) -> Client:
+    """A client of a daemon that is not there: these tests never send a request."""
+    return Client(socket_path=tmp_path / "no.sock", token="t")
+
+
+class EventSink(QObject):
+    """Receives the follower's events on the GUI thread."""
+
     def __init__(self) -> None:
         super().__init__()
         self.events: list[dict[str, Any]] = []
@@ -33,9 +40,9 @@ def test_events_sent_from_the_follower_thread_do_not_free_true_or_none(
         qtbot: Any, tmp_path: Path) -> None:
     # A dict-typed signal dropped a reference to each True and None an event held:
     # 200 events took 200 from True, and a long-running tray segfaulted in on_event.
-    follower = EventFollower(Client(socket_path=tmp_path / "no.sock", token="t"))
-    collector = Collector()
-    follower.received.connect(collector.take)
+    follower = EventFollower(unreachable_client(tmp_path))
+    sink = EventSink()
+    follower.received.connect(sink.take)
     count = 200
 
     def event(n: int) -> dict[str, Any]:
@@ -50,10 +57,10 @@ def test_events_sent_from_the_follower_thread_do_not_free_true_or_none(
     sender = threading.Thread(target=send)
     sender.start()
     sender.join()
-    qtbot.waitUntil(lambda: len(collector.events) == count, timeout=10_000)
+    qtbot.waitUntil(lambda: len(sink.events) == count, timeout=10_000)
 
-    assert collector.events == [event(n) for n in range(count)]
-    collector.events.clear()
+    assert sink.events == [event(n) for n in range(count)]
+    sink.events.clear()
     after = sys.getrefcount(True), sys.getrefcount(None)
     assert after[0] >= before[0] - 20, (before, after)
     assert after[1] >= before[1] - 20, (before, after)
@@ -130,7 +137,7 @@ def test_events_queued_before_close_are_dropped_after_it(qtbot: Any, tmp_path: P
     # deleted. Seen as an exception in the Qt event loop failing an unrelated test.
     from gui.tray import Tray
 
-    tray = Tray(Client(socket_path=tmp_path / "no.sock", token="t"), follow=False)
+    tray = Tray(unreachable_client(tmp_path), follow=False)
     tray.close()
     tray.on_event({"type": "approval.created", "id": "a1", "summary": "s"})
     tray.on_event({"type": "container.state", "name": "box", "agent": "x",
