@@ -101,6 +101,12 @@ class EventBus:
 
     def publish(self, type_: str, **data: Any) -> None:
         """Send an event to every subscriber; never blocks, callable from any thread."""
+        if not self._subs:
+            # Nobody listens (the usual case: every audited request publishes one):
+            # no encoding, and no wake-up of the loop from the audit writer's thread.
+            # A subscriber added meanwhile subscribed after this event, as it would
+            # had it come a moment later.
+            return
         event = {"type": type_, "time": utc_now_iso(), **data}
         line = _encode(event)
         if self._loop is not None and threading.get_ident() != self._thread:

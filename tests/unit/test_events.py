@@ -81,3 +81,36 @@ def test_publish_from_another_thread() -> None:
         assert line is not None and json.loads(line)["state"] == "running"
 
     asyncio.run(run())
+
+
+def test_an_event_nobody_subscribed_to_does_not_wake_the_loop() -> None:
+    """The audit writer publishes one event per entry from its thread: with no
+    subscriber that must not cost the loop a wake-up per request."""
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        wakeups: list[object] = []
+        handoff = loop.call_soon_threadsafe
+
+        def counted(callback: object, *args: object) -> object:
+            wakeups.append(callback)
+            return handoff(callback, *args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        bus = EventBus()
+        bus.bind(loop)
+
+        def publish_from_a_thread() -> None:
+            worker = threading.Thread(target=bus.publish, args=("audit.appended",),
+                                      kwargs={"seq": 1})
+            worker.start()
+            worker.join()
+
+        publish_from_a_thread()
+        assert wakeups == []
+        sub = bus.subscribe()
+        publish_from_a_thread()
+        assert len(wakeups) == 1
+        line = await sub.get(2)
+        assert line is not None and json.loads(line)["seq"] == 1
+
+    asyncio.run(run())
