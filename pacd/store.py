@@ -171,6 +171,20 @@ class Store:
         finally:
             self._read_lock.release()
 
+    def data_version(self, conn: sqlite3.Connection) -> int | None:
+        """A number that changes whenever a commit to this database could have changed
+        what ``conn`` (the read connection) reads; ``None`` if there is no such number.
+
+        SQLite's ``PRAGMA data_version`` on the read connection changes with every
+        commit by any other connection: this store's writer and any other process
+        editing the file. It does not change with the connection's own writes, so
+        there is none for the writer's connection, nor for an in-memory store whose
+        reads share it.
+        """
+        if conn is not self._reader or self._reader is self._conn:
+            return None
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
     def read_one_if_free(
         self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
     ) -> tuple[bool, sqlite3.Row | None]:

@@ -97,6 +97,28 @@ def _digest(token: str | None) -> bytes:
     return token_hash(token)
 
 
+#: at most this many remembered tokens (a session's few, not every token ever issued)
+_MAX_KNOWN = 64
+
+
+class _Verified:
+    """Tokens whose rows (and their owner's) were found valid at one state of the database.
+
+    An authorised request otherwise reads and MAC-checks two rows on the event
+    loop; while the database has not changed (``Store.data_version``) and rows
+    are checked with the same key, those reads would find the same. Only what
+    the rows decide is remembered (the row and owner MACs, the owner binding,
+    not revoked, not used): expiry, level and scope are checked on every use.
+    """
+
+    __slots__ = ("sealer", "tokens", "version")
+
+    def __init__(self, version: int | None, sealer: object) -> None:
+        self.version = version
+        self.sealer = sealer
+        self.tokens: dict[bytes, TokenInfo] = {}
+
+
 class TokenService:
     def __init__(self, store: Store, clock: Clock, lifetime_s: int = 3600) -> None:
         if lifetime_s <= 0:
@@ -110,6 +132,8 @@ class TokenService:
         self._lock = threading.Lock()
         # token_id -> monotonic deadline, for tokens this process has seen.
         self._deadlines: dict[str, float] = {}
+        #: tokens whose rows checked at one state of the database (check_if_quick)
+        self._known = _Verified(None, store.integrity)
 
     def issue(
         self, level: SecurityLevel | str, scope: str = ANY_SCOPE, single_use: bool = False
@@ -184,8 +208,23 @@ class TokenService:
         with self.store.read_if_free() as conn:
             if conn is None:
                 return None
-            info = self._verified(conn, digest, required, scope)[1]
-        return None if info.single_use else info
+            # Read before the rows: a commit after this read changes the number,
+            # so what is remembered below is never used past a change it missed.
+            version = self.store.data_version(conn)
+            known = self._known
+            if (version is None or version != known.version
+                    or known.sealer is not self.store.integrity):
+                known = self._known = _Verified(version, self.store.integrity)
+            info = known.tokens.get(digest)
+            if info is None:
+                info = self._verified(conn, digest, required, scope)[1]
+                if version is not None and not info.single_use:
+                    if len(known.tokens) >= _MAX_KNOWN:
+                        known.tokens.clear()
+                    known.tokens[digest] = info
+                return None if info.single_use else info
+        self._allows(info, required, scope)
+        return info
 
     def _consume(self, digest: bytes, required: SecurityLevel, scope: str) -> None:
         """Use up a single-use token: the one write a check makes. Checked again
@@ -213,6 +252,13 @@ class TokenService:
             raise TokenRevoked("token was revoked")
         if row["consumed_at"] is not None:
             raise TokenRevoked("single-use token was already used")
+        self._allows(info, required, scope)
+        return row, info
+
+    def _allows(self, info: TokenInfo, required: SecurityLevel, scope: str) -> None:
+        """Whether a token whose row checks may be used for ``required`` at ``scope``
+        now: the part of a check that depends on the clock and the request, not on
+        the database."""
         self._check_expiry(info)
         if not info.level.satisfies(required):
             raise PresenceRequired(
@@ -224,7 +270,6 @@ class TokenService:
             raise PresenceRequired(
                 "the token was issued for another action", required_level=required.value
             )
-        return row, info
 
     def _set(self, conn: sqlite3.Connection, row: sqlite3.Row, column: str,
              value: float) -> int:

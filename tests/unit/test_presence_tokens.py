@@ -20,6 +20,7 @@ from pacd.errors import (
     TokenRevoked,
     Unauthorized,
 )
+from pacd.integrity import RowSealer
 from pacd.presence.clock import SettableClock
 from pacd.presence.owner import OwnerRegistry
 from pacd.presence.tokens import TokenInfo, TokenService
@@ -381,3 +382,73 @@ def test_a_quick_check_does_not_see_an_uncommitted_write(
     with _write_held_open(store, "UPDATE presence_tokens SET revoked_at = 1"):
         info = tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
         assert info is not None and info.scope == "*"
+
+
+# -- what a quick check remembers between requests -------------------------------------
+
+
+def test_a_remembered_token_is_read_again_after_an_outside_edit_of_its_row(
+        tokens: TokenService, store: Store, tmp_path: Path) -> None:
+    """An edit by another process (no MAC key) is seen by the next check, not hidden
+    behind what the check before it found."""
+    issued = tokens.issue(SecurityLevel.enhanced)
+    assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced) is not None
+    outside = sqlite3.connect(tmp_path / "state.sqlite3")
+    try:
+        with outside:
+            outside.execute("UPDATE presence_tokens SET revoked_at = 1")
+    finally:
+        outside.close()
+    with pytest.raises(Unauthorized, match="unknown token"):  # its MAC no longer checks
+        tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
+
+
+def test_a_remembered_token_is_refused_once_another_process_revokes_it(
+        tokens: TokenService, store: Store, clock: SettableClock, tmp_path: Path) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced) is not None
+    other = Store(tmp_path / "state.sqlite3")
+    try:
+        other.integrity = store.integrity  # the same vault key, as a second daemon
+        TokenService(other, clock).revoke(issued.token_id)
+    finally:
+        other.close()
+    with pytest.raises(TokenRevoked, match="revoked"):
+        tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
+
+
+def test_a_remembered_token_still_expires_and_keeps_its_level_and_scope(
+        tokens: TokenService, clock: SettableClock) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced, scope="containers")
+    assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced, "containers")
+    with pytest.raises(PresenceRequired, match="proves only enhanced"):
+        tokens.check_if_quick(issued.token, SecurityLevel.biometric, "containers")
+    with pytest.raises(PresenceRequired, match="another action"):
+        tokens.check_if_quick(issued.token, SecurityLevel.enhanced, "plugins")
+    clock.advance(3601)
+    with pytest.raises(TokenExpired):
+        tokens.check_if_quick(issued.token, SecurityLevel.enhanced, "containers")
+
+
+def test_a_remembered_token_is_not_trusted_under_another_row_key(
+        tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced) is not None
+    store.integrity = RowSealer.ephemeral()  # rows sealed before no longer check
+    with pytest.raises(Unauthorized):
+        tokens.check_if_quick(issued.token, SecurityLevel.enhanced)
+
+
+def test_a_repeated_quick_check_reads_only_whether_the_database_changed(
+        tokens: TokenService, store: Store) -> None:
+    issued = tokens.issue(SecurityLevel.enhanced)
+    statements: list[str] = []
+    reader = store._reader  # the connection the loop's checks read through
+    assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced) is not None
+    reader.set_trace_callback(statements.append)
+    try:
+        for _ in range(3):
+            assert tokens.check_if_quick(issued.token, SecurityLevel.enhanced) is not None
+    finally:
+        reader.set_trace_callback(None)
+    assert statements == ["PRAGMA data_version"] * 3
