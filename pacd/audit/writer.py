@@ -10,10 +10,19 @@ entry cannot be committed, or its fsync fails, every waiter concerned gets
 :class:`~pacd.errors.AuditError` so the action it was logging fails closed.
 
 One writer thread drains a queue of pending entries, assigns seqs and MACs in
-order and writes each batch in one transaction; it alone uses the connection.
-The event loop of an ``append_async`` caller never calls into SQLite: each
-call releases the GIL and queues for it again, which on a daemon with busy
-threads costs the loop (and every request on it) more than the hand-off does.
+order and writes each batch in one transaction. Durable entries always go
+through it: on a busy daemon each SQLite call on the event loop releases the
+GIL and queues for it again, which costs the loop (and every request on it)
+more than the hand-off does, and those entries wait for an fsync anyway. The
+one exception is the *written* class on an idle writer: an event loop commits
+the written entries of its current turn itself, in one transaction, while the
+writer sleeps with nothing queued (:meth:`AuditLog._commit_loop_batch`). The
+entries are next in line then, so order is kept, and the answer does not wait
+for two thread wake-ups (writer, then loop), which took longer than the commit.
+Whoever commits holds the writer's role (``_inline`` or ``_writer_busy``,
+under the queue lock), so only one of them uses the connection at a time. A
+commit on the loop may also run SQLite's automatic WAL checkpoint (every
+~1000 pages), a few milliseconds the writer thread would otherwise spend.
 
 Two durability classes (``append(..., durable=...)``). *Durable* (the
 default; actions that change state or release data): answered only after the
@@ -463,7 +472,14 @@ class AuditLog:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._writer_sleeping = False
+        #: an event loop is committing a "written" entry itself (see _commit_inline);
+        #: the writer does not take a batch meanwhile
+        self._inline = False
+        #: the writer has taken a batch (or a note) and is not done with it
+        self._writer_busy = False
         self._queue: deque[_Submission] = deque()
+        #: each loop's "written" entries of its current turn (see _written_on_loop)
+        self._loop_batches: dict[asyncio.AbstractEventLoop, list[_Submission]] = {}
         #: how many queued entries are "written" ones (they never wait for an fsync)
         self._written_queued = 0
         #: the sync thread is in an fsync (durable entries then wait for it to end)
@@ -788,21 +804,121 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         pending = self._prepare(actor, action, target, decision, reason, details)
         pending.durable = durable
+        if durable:
+            future = self._queue_for_writer(loop, pending, loop.create_future())
+        else:
+            future = self._written_on_loop(loop, pending)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Handed to the writer, or committed on the loop: see _give_up. Not
+            # yet either: its future is done, so the loop's commit leaves it out.
+            if pending.owner is not None or pending.done:
+                self._give_up(pending, True)
+            raise
+
+    def _queue_for_writer(self, loop: asyncio.AbstractEventLoop, pending: _Submission,
+                          future: asyncio.Future[AuditEntry]) -> asyncio.Future[AuditEntry]:
+        """Queue ``pending`` for the writer; ``future`` gets its outcome on ``loop``."""
         owner = self._loop_waiters.get(loop)
         if owner is None:
             owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s,
                                  self._give_up)
         pending.owner = owner
-        future: asyncio.Future[AuditEntry] = loop.create_future()
         pending.future = future
         self._enqueue(pending)
         # Resolution is scheduled onto this loop, so it cannot run before this line.
         owner.watch(pending)
+        return future
+
+    def _take_inline(self) -> bool:
+        """Whether an event loop may commit its "written" entries itself, now.
+
+        Only when the writer sleeps with nothing queued and no note to write: the
+        entries are then next in line anyway, and committing them on the loop
+        spares the hand-off to the writer and back (two thread wake-ups, more
+        than the commit costs). Durable entries always go to the writer: they
+        wait for an fsync regardless, and the writer gathers them.
+        """
+        with self._lock:
+            if (self._writer_busy or self._inline or self._queue or self._closing
+                    or self._gave_up or self._unsynced_failed):
+                return False
+            self._inline = True
+            return True
+
+    def _written_on_loop(self, loop: asyncio.AbstractEventLoop,
+                         pending: _Submission) -> asyncio.Future[AuditEntry]:
+        """A "written" entry, committed by its own loop with the others of this turn.
+
+        The loop commits, at the end of its current turn, every such entry its
+        requests appended during it, in one transaction (:meth:`_commit_loop_batch`).
+        """
+        future: asyncio.Future[AuditEntry] = loop.create_future()
+        pending.future = future
+        batch = self._loop_batches.get(loop)
+        if batch is None:
+            self._loop_batches[loop] = batch = []
+            loop.call_soon(self._commit_loop_batch, loop)
+        batch.append(pending)
+        return future
+
+    def _commit_loop_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit one loop turn's "written" entries on the loop, or hand them to the writer.
+
+        An appender cancelled before this (its future is done) is left out: its
+        entry is never written, as one withdrawn from the queue.
+        """
+        batch = [p for p in self._loop_batches.pop(loop) if not _settled(p)]
+        if not batch:
+            return
+        if len(batch) > self._max_batch or not self._take_inline():
+            for p in batch:
+                future = p.future
+                assert future is not None
+                try:
+                    self._queue_for_writer(loop, p, future)
+                except AuditError as exc:  # closed meanwhile
+                    future.set_exception(exc)
+            return
         try:
-            return await future
-        except asyncio.CancelledError:
-            self._give_up(pending, True)
-            raise
+            self._write(batch)
+        except BaseException as exc:
+            self._release_inline()
+            if not isinstance(exc, AuditError):
+                log.exception("audit writer failure")
+            error = exc if isinstance(exc, AuditError) else AuditError(
+                f"the audit writer failed: {type(exc).__name__}: {exc}")
+            for p in batch:
+                p.error = error
+            self._resolve_on_loop(batch)
+            return
+        try:
+            # Still holding the writer's role: listeners hear of entries in seq order.
+            self._committed(batch)
+        finally:
+            self._release_inline()
+        self._resolve_on_loop(batch)
+
+    @staticmethod
+    def _resolve_on_loop(batch: list[_Submission]) -> None:
+        for p in batch:
+            p.done = True
+            future = p.future
+            if future is None or future.done():
+                continue
+            if p.error is not None:
+                future.set_exception(p.error)
+            else:
+                future.set_result(p.committed())
+
+    def _release_inline(self) -> None:
+        with self._lock:
+            self._inline = False
+            # The writer skipped whatever came meanwhile (see _run): its turn.
+            if self._writer_sleeping and (self._queue or self._closing or self._gave_up
+                                          or self._unsynced_failed):
+                self._cond.notify()
 
     def _finish(self, batch: list[_Submission]) -> None:
         """Wake every waiter of a batch: one hand-off per event loop, one release per thread.
@@ -846,6 +962,7 @@ class AuditLog:
                 # The previous batch is over: from here on an appender that gives
                 # up finds its entry taken no more (see _give_up).
                 self._finished = self._taken
+                self._writer_busy = False
                 while True:
                     if self._gave_up:
                         # Their batches are over, so ``error`` says whether each was
@@ -863,7 +980,9 @@ class AuditLog:
                     # whenever they are committed: committing them when it ends
                     # costs them nothing and gathers more into one commit. A
                     # "written" entry is answered at its commit, so it goes now.
-                    if self._closing or note_due or (self._queue and (
+                    if self._inline:
+                        pass  # a loop is committing; it wakes the writer when done
+                    elif self._closing or note_due or (self._queue and (
                             not self._syncing or self._written_queued
                             or len(self._queue) >= self._max_batch)):
                         break
@@ -883,6 +1002,7 @@ class AuditLog:
                     self._written_queued = sum(1 for p in self._queue if not p.durable)
                 if batch:
                     self._taken = batch[-1].ticket + 1
+                self._writer_busy = batch is not None
             if batch is None:  # closing, and nothing left to write
                 return
             if abandoned:

@@ -70,7 +70,7 @@ def test_an_entry_the_checkpoint_must_cover_cannot_be_only_written(tmp_path: Pat
 
 
 WRITTEN_THEN_KILLED = """
-import json, sys
+import asyncio, json, sys
 from pathlib import Path
 from pacd.audit import AuditLog
 from pacd.vault import PassphraseSecretStore
@@ -78,17 +78,23 @@ from pacd.vault import PassphraseSecretStore
 log = AuditLog.open(Path(sys.argv[1]), bytes(range(32)),
                     PassphraseSecretStore(Path(sys.argv[2]), b"pw"), written_sync_s=3600.0)
 log.append("pacd", "daemon.start", "", "info", "started", checkpoint=True)
-entry = log.append("owner:uid=1", "session.current", "/v1/sessions/current", "allow", "ok",
-                   durable=False)
+args = ("owner:uid=1", "session.current", "/v1/sessions/current", "allow", "ok")
+if sys.argv[3] == "loop":  # committed by the event loop itself (the writer was idle)
+    entry = asyncio.run(log.append_async(*args, durable=False))
+else:
+    entry = log.append(*args, durable=False)
 print(json.dumps({"seq": entry.seq, "synced": log.synced_seq}), flush=True)
 sys.stdin.read()  # killed here, before any fsync of the written entry
 """
 
 
-def test_written_entry_survives_kill_9_right_after_append_returns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("appender", ["thread", "loop"])
+def test_written_entry_survives_kill_9_right_after_append_returns(
+        tmp_path: Path, appender: str) -> None:
     path = tmp_path / "audit.sqlite3"
     keys = tmp_path / "keys.sealed"
-    proc = subprocess.Popen([sys.executable, "-c", WRITTEN_THEN_KILLED, str(path), str(keys)],
+    proc = subprocess.Popen([sys.executable, "-c", WRITTEN_THEN_KILLED, str(path), str(keys),
+                             appender],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
