@@ -10,19 +10,22 @@ entry cannot be committed, or its fsync fails, every waiter concerned gets
 :class:`~pacd.errors.AuditError` so the action it was logging fails closed.
 
 One writer thread drains a queue of pending entries, assigns seqs and MACs in
-order and writes each batch in one transaction. Durable entries always go
-through it: on a busy daemon each SQLite call on the event loop releases the
-GIL and queues for it again, which costs the loop (and every request on it)
-more than the hand-off does, and those entries wait for an fsync anyway. The
-one exception is the *written* class on an idle writer: an event loop commits
-the written entries of its current turn itself, in one transaction, while the
-writer sleeps with nothing queued (:meth:`AuditLog._commit_loop_batch`). The
-entries are next in line then, so order is kept, and the answer does not wait
-for two thread wake-ups (writer, then loop), which took longer than the commit.
-Whoever commits holds the writer's role (``_inline`` or ``_writer_busy``,
-under the queue lock), so only one of them uses the connection at a time. A
-commit on the loop may also run SQLite's automatic WAL checkpoint (every
-~1000 pages), a few milliseconds the writer thread would otherwise spend.
+order and writes each batch in one transaction. An event loop hands over what
+its requests appended during one turn together, at the turn's end
+(:meth:`AuditLog._end_of_turn`): one lock and one wake-up per turn, and the
+writer does not compete for the GIL with a loop still serving that turn's
+requests. Durable entries always go to the writer: on a busy daemon each SQLite
+call on the event loop releases the GIL and queues for it again, which costs
+the loop (and every request on it) more than the hand-off does, and those
+entries wait for an fsync anyway. The one exception is a turn of *written*
+entries only while the writer sleeps with nothing queued: the loop commits them
+itself, in one transaction. They are next in line then, so order is kept, and
+their answer does not wait for two thread wake-ups (writer, then loop), which
+took longer than the commit. Whoever commits holds the writer's role
+(``_inline`` or ``_writer_busy``, under the queue lock), so only one of them
+uses the connection at a time. A commit on the loop may also run SQLite's
+automatic WAL checkpoint (every ~1000 pages), a few milliseconds the writer
+thread would otherwise spend.
 
 Two durability classes (``append(..., durable=...)``). *Durable* (the
 default; actions that change state or release data): answered only after the
@@ -478,7 +481,7 @@ class AuditLog:
         #: the writer has taken a batch (or a note) and is not done with it
         self._writer_busy = False
         self._queue: deque[_Submission] = deque()
-        #: each loop's "written" entries of its current turn (see _written_on_loop)
+        #: each loop's entries of its current turn (see _gather_for_turn_end)
         self._loop_batches: dict[asyncio.AbstractEventLoop, list[_Submission]] = {}
         #: how many queued entries are "written" ones (they never wait for an fsync)
         self._written_queued = 0
@@ -686,15 +689,17 @@ class AuditLog:
         return _Submission(actor, action, target, decision, reason, details, details_text,
                         prefix, middle)
 
-    def _enqueue(self, pending: _Submission) -> None:
+    def _enqueue(self, *entries: _Submission) -> None:
+        """Queue ``entries`` in order for the writer, waking it once."""
         with self._lock:
             if self._closing:
                 raise AuditError("the audit log is closed")
-            pending.ticket = self._next_ticket
-            self._next_ticket += 1
-            self._queue.append(pending)
-            if not pending.durable:
-                self._written_queued += 1
+            for pending in entries:
+                pending.ticket = self._next_ticket
+                self._next_ticket += 1
+                self._queue.append(pending)
+                if not pending.durable:
+                    self._written_queued += 1
             if self._writer_sleeping:
                 self._cond.notify()
 
@@ -804,10 +809,7 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         pending = self._prepare(actor, action, target, decision, reason, details)
         pending.durable = durable
-        if durable:
-            future = self._queue_for_writer(loop, pending, loop.create_future())
-        else:
-            future = self._written_on_loop(loop, pending)
+        future = self._gather_for_turn_end(loop, pending)
         try:
             return await future
         except asyncio.CancelledError:
@@ -817,19 +819,27 @@ class AuditLog:
                 self._give_up(pending, True)
             raise
 
-    def _queue_for_writer(self, loop: asyncio.AbstractEventLoop, pending: _Submission,
-                          future: asyncio.Future[AuditEntry]) -> asyncio.Future[AuditEntry]:
-        """Queue ``pending`` for the writer; ``future`` gets its outcome on ``loop``."""
+    def _queue_for_writer(self, loop: asyncio.AbstractEventLoop,
+                          batch: list[_Submission]) -> None:
+        """Queue ``batch`` (each with its future) for the writer; the futures get their
+        outcome on ``loop``, AuditError at once if the log is closed."""
         owner = self._loop_waiters.get(loop)
         if owner is None:
             owner = _LoopWaiters(loop, self._loop_waiters, self._append_timeout_s,
                                  self._give_up)
-        pending.owner = owner
-        pending.future = future
-        self._enqueue(pending)
-        # Resolution is scheduled onto this loop, so it cannot run before this line.
-        owner.watch(pending)
-        return future
+        for p in batch:
+            p.owner = owner
+        try:
+            self._enqueue(*batch)
+        except AuditError as exc:
+            for p in batch:
+                p.owner = None
+                if p.future is not None:
+                    p.future.set_exception(exc)
+            return
+        # Resolution is scheduled onto this loop, so it cannot run before these lines.
+        for p in batch:
+            owner.watch(p)
 
     def _take_inline(self) -> bool:
         """Whether an event loop may commit its "written" entries itself, now.
@@ -847,24 +857,29 @@ class AuditLog:
             self._inline = True
             return True
 
-    def _written_on_loop(self, loop: asyncio.AbstractEventLoop,
-                         pending: _Submission) -> asyncio.Future[AuditEntry]:
-        """A "written" entry, committed by its own loop with the others of this turn.
+    def _gather_for_turn_end(self, loop: asyncio.AbstractEventLoop,
+                             pending: _Submission) -> asyncio.Future[AuditEntry]:
+        """Hold ``pending`` until the end of the loop's current turn (:meth:`_end_of_turn`).
 
-        The loop commits, at the end of its current turn, every such entry its
-        requests appended during it, in one transaction (:meth:`_commit_loop_batch`).
+        The requests a loop serves in one turn append their entries one after the
+        other; handed over one by one, the first would wake the writer, which then
+        competes for the GIL with the loop still serving the others, and the
+        batch is cut in pieces. Gathered, they cost one hand-off (or one commit on
+        the loop) per turn.
         """
         future: asyncio.Future[AuditEntry] = loop.create_future()
         pending.future = future
         batch = self._loop_batches.get(loop)
         if batch is None:
             self._loop_batches[loop] = batch = []
-            loop.call_soon(self._commit_loop_batch, loop)
+            loop.call_soon(self._end_of_turn, loop)
         batch.append(pending)
         return future
 
-    def _commit_loop_batch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Commit one loop turn's "written" entries on the loop, or hand them to the writer.
+    def _end_of_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The entries a loop's turn gathered: committed on the loop if they are all
+        "written" ones and the writer is idle (see :meth:`_take_inline`), else queued
+        for the writer in one go.
 
         An appender cancelled before this (its future is done) is left out: its
         entry is never written, as one withdrawn from the queue.
@@ -872,14 +887,9 @@ class AuditLog:
         batch = [p for p in self._loop_batches.pop(loop) if not _settled(p)]
         if not batch:
             return
-        if len(batch) > self._max_batch or not self._take_inline():
-            for p in batch:
-                future = p.future
-                assert future is not None
-                try:
-                    self._queue_for_writer(loop, p, future)
-                except AuditError as exc:  # closed meanwhile
-                    future.set_exception(exc)
+        if (len(batch) > self._max_batch or any(p.durable for p in batch)
+                or not self._take_inline()):
+            self._queue_for_writer(loop, batch)
             return
         try:
             self._write(batch)

@@ -24,9 +24,9 @@ __all__ = ["fsync"]  # the fixture, shared with the pipelined-sync tests
 KEY = bytes(range(32))
 
 
-def _written(log: AuditLog, target: str) -> asyncio.Task[AuditEntry]:
+def _written(log: AuditLog, target: str, *, durable: bool = False) -> asyncio.Task[AuditEntry]:
     return asyncio.ensure_future(log.append_async(
-        "owner:uid=1", "session.current", target, "allow", "ok", durable=False))
+        "owner:uid=1", "session.current", target, "allow", "ok", durable=durable))
 
 
 def test_written_entries_of_one_loop_turn_are_committed_by_the_loop_in_one_transaction(
@@ -76,13 +76,14 @@ def test_a_written_entry_waits_behind_a_durable_one_queued_before_it(
     assert stored(path) == [(1, "data.read"), (2, "data.read"), (3, "session.current")]
 
 
-def test_a_written_entry_cancelled_before_its_loop_commits_is_never_written(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [False, True], ids=["written", "durable"])
+def test_an_entry_cancelled_before_its_loop_turn_ends_is_never_written(
+        tmp_path: Path, durable: bool) -> None:
     path = tmp_path / "audit.sqlite3"
     log = AuditLog.open(path, KEY, None)
 
     async def main() -> None:
-        gone = _written(log, "gone")
+        gone = _written(log, "gone", durable=durable)
         await asyncio.sleep(0)  # waits-on: nothing; the task appends, the commit is next turn
         gone.cancel()
         kept = await _written(log, "kept")
@@ -146,3 +147,17 @@ def test_a_failed_commit_on_the_loop_fails_its_appenders_and_the_log_recovers(
         blocker.close()
         log.close()
     assert stored(path) == [(1, "session.current")]
+
+
+def test_entries_gathered_when_the_log_closes_fail_instead_of_hanging(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None)
+
+    async def main() -> list[object]:
+        late = [_written(log, "w"), _written(log, "d", durable=True)]
+        await asyncio.sleep(0)  # waits-on: nothing; both append, the turn's end is next
+        log.close()
+        return await asyncio.wait_for(asyncio.gather(*late, return_exceptions=True), PROMPT_S)
+
+    outcomes = asyncio.run(main())
+    assert [type(o) for o in outcomes] == [AuditError, AuditError]
+    assert all("closed" in str(o) for o in outcomes)
