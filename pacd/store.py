@@ -60,6 +60,7 @@ class Store:
         self._depth = 0
         #: the thread inside transaction(), so read() on it joins that transaction
         self._writer: int | None = None
+        self._commits = 0
         if str(path) == ":memory:":
             # One private database per connection: reads share the writer's.
             self._reader, self._read_lock = self._conn, self._lock
@@ -113,6 +114,9 @@ class Store:
             self._writer = None
             try:
                 self._conn.execute("COMMIT")
+                # After the commit, never before: a reader that sees the old count
+                # may have read the new rows, but not the reverse (see commits).
+                self._commits += 1
             except BaseException:
                 # SQLite keeps the transaction open after some failed COMMITs (a
                 # deferred constraint, a busy database): end it here, or its writes
@@ -170,6 +174,22 @@ class Store:
             yield self._reader
         finally:
             self._read_lock.release()
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions this store has committed.
+
+        It changes after every write this process makes (all go through
+        :meth:`transaction`), not with writes by other processes. A reader that
+        reads it, then rows, and finds it unchanged later knows those rows were
+        current at that later moment, as far as this process's writes go.
+        """
+        return self._commits
+
+    def writing_here(self) -> bool:
+        """Whether this thread is inside :meth:`transaction` (its reads see its own
+        uncommitted writes, which a rollback may undo)."""
+        return self._writer == threading.get_ident()
 
     def data_version(self, conn: sqlite3.Connection) -> int | None:
         """A number that changes whenever a commit to this database could have changed

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from pacd.errors import IntegrityError, NotFound, QuotaExceeded
@@ -45,6 +47,58 @@ _GET = "SELECT * FROM sealed_data WHERE container = ? AND concern = ? AND key = 
 #: values up to this size are opened on the caller's thread by get_if_quick
 #: (tens of microseconds); larger ones go to a worker thread
 QUICK_OPEN_BYTES = 64 * 1024
+#: sealed bytes of rows kept for the event loop's reads (see _LoopRows)
+LOOP_ROWS_BYTES = 4 * 1024 * 1024
+
+
+class _LoopRows:
+    """Sealed rows the event loop has read, kept until this process next writes the store.
+
+    Reading a row on the loop is a SQLite call, and every SQLite call releases
+    the GIL: with the audit threads busy, getting it back costs more than the
+    read (an agent read then took about twice the context switches). Only what
+    is on disk anyway is kept — the sealed value and its MACed row, never the
+    plain value — and each read still checks the row's MAC and opens the value.
+    Everything is dropped when the store commits anything (``Store.commits``),
+    so a write, delete or purge by this daemon is seen at once; a change made
+    by another process while the daemon runs is seen after its next commit.
+    The daemon's home lock keeps other pacd processes out, so such a change
+    is tampering, which then meets the MAC check at that read.
+    """
+
+    def __init__(self, budget: int = LOOP_ROWS_BYTES) -> None:
+        self._budget = budget
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[tuple[str, str, str], sqlite3.Row] = OrderedDict()
+        self._bytes = 0
+        #: the store's commit count the rows were read at
+        self._commits = -1
+
+    def get(self, place: tuple[str, str, str], commits: int) -> sqlite3.Row | None:
+        with self._lock:
+            if commits != self._commits:
+                self._rows.clear()
+                self._bytes = 0
+                self._commits = commits
+                return None
+            row = self._rows.get(place)
+            if row is not None:
+                self._rows.move_to_end(place)
+            return row
+
+    def keep(self, place: tuple[str, str, str], row: sqlite3.Row, commits: int) -> None:
+        """Keep ``row``, read while the store's commit count was ``commits`` throughout."""
+        size = len(row["value"])
+        with self._lock:
+            if commits != self._commits or size > self._budget:
+                return
+            old = self._rows.pop(place, None)
+            if old is not None:
+                self._bytes -= len(old["value"])
+            while self._rows and self._bytes + size > self._budget:
+                self._bytes -= len(self._rows.popitem(last=False)[1]["value"])
+            self._rows[place] = row
+            self._bytes += size
 
 
 def stored_bytes(store: Store, container: str) -> dict[str, int]:
@@ -64,6 +118,7 @@ class SealedData:
         self.concern_quota = concern_quota
         store.migrate("sealed_data", 1, _SCHEMA)
         store.migrate("sealed_data", 2, _SCHEMA_V2)
+        self._loop_rows = _LoopRows()
 
     def check_quota(self, container: str, concern: str, key: str, size: int,
                     conn: Any = None) -> None:
@@ -138,13 +193,20 @@ class SealedData:
         For the event loop, which must not block: on None, run :meth:`get` in a
         worker thread instead. Raises NotFound like :meth:`get`.
         """
-        free, row = self._store.read_one_if_free(_GET, (container, concern, key))
-        if not free:
-            return None
+        place = (container, concern, key)
+        commits = self._store.commits  # before the read: see Store.commits
+        row = self._loop_rows.get(place, commits)
         if row is None:
-            raise NotFound(f"no value {key!r} in concern {concern!r} of container {container!r}")
-        if len(row["value"]) > QUICK_OPEN_BYTES:
-            return None
+            free, row = self._store.read_one_if_free(_GET, place)
+            if not free:
+                return None
+            if row is None:
+                raise NotFound(
+                    f"no value {key!r} in concern {concern!r} of container {container!r}")
+            if len(row["value"]) > QUICK_OPEN_BYTES:
+                return None
+            if self._store.commits == commits and not self._store.writing_here():
+                self._loop_rows.keep(place, row, commits)
         return self._open(row)
 
     def delete(self, container: str, concern: str, key: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pacd.errors import IntegrityError, NotFound
+from pacd.integrity import RowSealer
 from pacd.store import Store
 from pacd.vault import PassphraseSecretStore, SealedData, Vault
 
@@ -79,6 +80,7 @@ def test_get_if_quick_reads_small_values_and_defers_when_busy_or_large(
     from pacd.vault.datastore import QUICK_OPEN_BYTES
 
     data.put("home", "personal", "small", b"note", now=1.0)
+    data.put("home", "personal", "unread", b"later", now=1.0)
     data.put("home", "personal", "large", b"x" * (QUICK_OPEN_BYTES + 1), now=1.0)
     assert data.get_if_quick("home", "personal", "small") == b"note"
     with pytest.raises(NotFound, match="absent"):
@@ -96,11 +98,13 @@ def test_get_if_quick_reads_small_values_and_defers_when_busy_or_large(
     holder.start()
     try:
         assert entered.wait(10)
-        assert data.get_if_quick("home", "personal", "small") is None
+        assert data.get_if_quick("home", "personal", "unread") is None
+        # A row read since the store's last commit is kept: no read connection needed.
+        assert data.get_if_quick("home", "personal", "small") == b"note"
     finally:
         release.set()
         holder.join(10)
-    assert data.get_if_quick("home", "personal", "small") == b"note"
+    assert data.get_if_quick("home", "personal", "unread") == b"later"
 
 
 def test_a_write_in_progress_does_not_send_reads_to_a_thread(
@@ -176,3 +180,83 @@ def test_an_edited_index_row_is_refused_and_not_listed(store: Store, data: Seale
     assert data.keys("home", "personal") == ["b"]
     assert data.get("home", "personal", "b") == b"2"
     assert store.integrity.failure_count == 1
+
+
+# -- rows kept for the event loop's reads ------------------------------------------------
+
+
+def _reads_of(store: Store) -> list[str]:
+    statements: list[str] = []
+    store._reader.set_trace_callback(statements.append)  # the connection reads go through
+    return statements
+
+
+def test_a_value_read_again_is_not_read_from_sqlite_until_the_store_commits(
+        store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "k", b"v1", now=1.0)
+    assert data.get_if_quick("home", "personal", "k") == b"v1"
+    statements = _reads_of(store)
+    assert data.get_if_quick("home", "personal", "k") == b"v1"
+    assert statements == []
+    data.put("home", "personal", "other", b"x", now=2.0)  # any commit drops what is kept
+    assert data.get_if_quick("home", "personal", "k") == b"v1"
+    assert len(statements) == 1
+
+
+@pytest.mark.parametrize("change", ["put", "delete", "purge", "delete_container"])
+def test_a_kept_value_is_never_served_after_this_daemon_changes_it(
+        data: SealedData, change: str) -> None:
+    data.put("home", "personal", "k", b"old", now=1.0)
+    assert data.get_if_quick("home", "personal", "k") == b"old"
+    if change == "put":
+        data.put("home", "personal", "k", b"new", now=2.0)
+        assert data.get_if_quick("home", "personal", "k") == b"new"
+        return
+    if change == "delete":
+        data.delete("home", "personal", "k")
+    elif change == "purge":
+        assert data.purge_older_than(1.5) == 1
+    else:
+        assert data.delete_container("home") == 1
+    with pytest.raises(NotFound):
+        data.get_if_quick("home", "personal", "k")
+
+
+def test_a_value_read_inside_a_transaction_that_rolls_back_is_not_kept(
+        store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "k", b"committed", now=1.0)
+
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(Undo), store.transaction() as conn:
+        conn.execute("UPDATE sealed_data SET value = x'00'")  # uncommitted, MAC now wrong
+        with pytest.raises(IntegrityError):
+            data.get_if_quick("home", "personal", "k")
+        raise Undo
+    assert data.get_if_quick("home", "personal", "k") == b"committed"
+
+
+def test_a_kept_row_is_still_checked_against_its_mac_at_every_read(
+        store: Store, data: SealedData) -> None:
+    data.put("home", "personal", "k", b"v", now=1.0)
+    assert data.get_if_quick("home", "personal", "k") == b"v"
+    store.integrity = RowSealer.ephemeral()  # another row key: the kept row no longer checks
+    with pytest.raises(IntegrityError):
+        data.get_if_quick("home", "personal", "k")
+
+
+def test_kept_rows_stay_within_their_byte_budget(store: Store, data: SealedData) -> None:
+    from pacd.vault.datastore import LOOP_ROWS_BYTES, QUICK_OPEN_BYTES
+
+    value = b"x" * (QUICK_OPEN_BYTES - 100)
+    count = LOOP_ROWS_BYTES // QUICK_OPEN_BYTES + 8
+    for i in range(count):
+        data.put("home", "personal", f"k{i}", value, now=1.0)
+    for i in range(count):
+        assert data.get_if_quick("home", "personal", f"k{i}") == value
+    kept = data._loop_rows
+    assert kept._bytes <= LOOP_ROWS_BYTES
+    assert 0 < len(kept._rows) < count
+    assert ("home", "personal", f"k{count - 1}") in kept._rows  # the newest stay
+    assert ("home", "personal", "k0") not in kept._rows
