@@ -23,10 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
+import importlib
 import json
 import os
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -175,8 +178,65 @@ def select_backend(candidate: Any) -> Any:
     return candidate
 
 
+#: keyring's own backends for the keychains of each platform; any other platform is
+#: taken for a freedesktop one (the Secret Service directly or through libsecret,
+#: KWallet where dbus-python is installed). On each, keyring's discovery finds these
+#: same ones viable, plus any third-party plugin, which therefore needs an explicit
+#: configuration here.
+_NATIVE_BACKENDS = {
+    "darwin": ("keyring.backends.macOS.Keyring",),
+    "win32": ("keyring.backends.Windows.WinVaultKeyring",),
+}
+_FREEDESKTOP_BACKENDS = (
+    "keyring.backends.SecretService.Keyring",
+    "keyring.backends.libsecret.Keyring",
+    "keyring.backends.kwallet.DBusKeyring",
+    "keyring.backends.kwallet.DBusKeyringKWallet4",
+)
+
+
+def _native_backend() -> Any:
+    """The most preferred viable backend of this platform's keychains (keyring's rule:
+    highest priority wins), or KeychainUnavailable saying why each is unusable."""
+    reasons: list[str] = []
+    best: tuple[float, Any] | None = None
+    for name in _NATIVE_BACKENDS.get(sys.platform, _FREEDESKTOP_BACKENDS):
+        module_name, _, class_name = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            # keyring's viability test: a backend that cannot work here raises.
+            priority = float(cls.priority)
+        except Exception as exc:
+            reasons.append(f"{name} is not usable here ({type(exc).__name__}: {exc})")
+            continue
+        if best is None or priority > best[0]:
+            best = (priority, cls)
+    if best is None:
+        raise KeychainUnavailable(f"no secure keychain: {'; '.join(reasons)}. {_FIX_HINT}")
+    return best[1]()
+
+
+@functools.cache
+def keyring_backend() -> Any:
+    """The keyring backend for this machine's keychain (not yet vetted: select_backend).
+
+    An explicit keyring configuration (``PYTHON_KEYRING_BACKEND``, keyring's
+    ``keyringrc.cfg``) is used as keyring itself uses it. Otherwise the choice is
+    among keyring's backends for this platform, instead of keyring's discovery:
+    that imports every installed backend through an entry-point scan (on Linux
+    its macOS backend runs ldconfig and gcc looking for a Security framework),
+    60-90 ms of a daemon start. A third-party backend therefore needs the
+    explicit configuration. Cached: one answer per process (a failure is asked
+    again).
+    """
+    import keyring.core
+
+    configured = keyring.core.load_env() or keyring.core.load_config()
+    return configured if configured is not None else _native_backend()
+
+
 class _Discovery:
-    """keyring's backend discovery, started ahead of need (start_backend_discovery)."""
+    """The keychain's backend chosen ahead of need (start_backend_discovery)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -192,9 +252,7 @@ class _Discovery:
     @staticmethod
     def _discover() -> None:
         with contextlib.suppress(Exception):  # asked again, and reported, by the store
-            import keyring
-
-            keyring.get_keyring()
+            keyring_backend()
 
     def wait(self) -> None:
         """Until a started discovery has finished (at once when none was started)."""
@@ -208,13 +266,14 @@ _DISCOVERY = _Discovery()
 
 
 def start_backend_discovery() -> None:
-    """Let keyring choose its backend in a background thread, now.
+    """Choose the keychain's backend in a background thread, now.
 
-    The choice imports every installed backend and probes D-Bus (a tenth of a
-    second or more); the daemon starts this before importing its own modules so
-    the two overlap. Nothing is decided here: :class:`KeyringSecretStore` waits
-    for it, takes keyring's (cached) choice and vets it as always, and a failed
-    discovery is simply asked again there, where its error is reported.
+    The choice imports keyring and its backend and asks D-Bus whether the
+    keychain is there (tens of milliseconds); the daemon starts this before
+    importing its own modules so the two overlap. Nothing is decided here:
+    :class:`KeyringSecretStore` waits for it, takes the (cached) choice and vets
+    it as always, and a failed choice is simply made again there, where its
+    error is reported.
     """
     _DISCOVERY.start()
 
@@ -223,7 +282,7 @@ class KeyringSecretStore:
     """Secrets in the OS keychain, namespaced per ``PACD_HOME``.
 
     ``backend`` is for callers that already hold a keyring backend instance;
-    by default keyring's own choice is used (and vetted).
+    by default :func:`keyring_backend` chooses (and the choice is vetted).
     """
 
     def __init__(self, namespace: str, timeout_s: float = 10.0, backend: Any = None) -> None:
@@ -233,11 +292,9 @@ class KeyringSecretStore:
         self.timeout_s = timeout_s
 
         def choose() -> Any:
-            import keyring
-
             # Bounded like the rest: this runs under _run_with_timeout.
             _DISCOVERY.wait()
-            return select_backend(backend if backend is not None else keyring.get_keyring())
+            return select_backend(backend if backend is not None else keyring_backend())
 
         try:
             self._backend = _run_with_timeout(choose, timeout_s, "backend discovery")

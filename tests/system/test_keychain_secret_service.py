@@ -1,7 +1,9 @@
 """The keychain adapter against the real gnome-keyring (run via scripts/dev-session).
 
-Refused backends are keyring's own fail and null backends, selected in-process
-with ``keyring.set_keyring``, and plaintext-file backends shaped like keyrings.alt.
+Refused backends are keyring's own fail and null backends, handed to the store
+as an in-process choice (``backend=``; a configured one arrives by
+``PYTHON_KEYRING_BACKEND``, see tests/integration/test_daemon_start.py), and
+plaintext-file backends shaped like keyrings.alt.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +56,6 @@ def secret_service_items(namespace: str) -> dict[str, bytes]:
             item.get_attributes()["username"]: item.get_secret()
             for item in collection.search_items({"service": namespace})
         }
-
-
-@contextmanager
-def keyring_backend(backend: Any) -> Iterator[None]:
-    original = keyring.get_keyring()
-    keyring.set_keyring(backend)
-    try:
-        yield
-    finally:
-        keyring.set_keyring(original)
 
 
 def test_roundtrip_binary_values(namespace: str) -> None:
@@ -177,8 +169,8 @@ def test_insecure_backends_are_refused(
     real_keychain: str, tmp_path: Path, make_backend: Any
 ) -> None:
     backend = make_backend(tmp_path)
-    with keyring_backend(backend), pytest.raises(KeychainUnavailable) as info:
-        KeyringSecretStore("pacd-test:refused")
+    with pytest.raises(KeychainUnavailable) as info:
+        KeyringSecretStore("pacd-test:refused", backend=backend)
     message = str(info.value)
     assert f"{type(backend).__module__}.{type(backend).__name__}" in message
     assert "gnome-keyring" in message

@@ -7,14 +7,21 @@ Kubernetes export's YAML writer are imported when a request first needs them:
 importing them all at start-up made the daemon take most of a second to answer
 its first status request and hold a third more memory while idle. A new
 top-level import that pulls one of them back in fails here.
+
+The keychain's backend is chosen among keyring's backends for this platform,
+not by keyring's discovery (an entry-point scan importing every installed
+backend; on Linux its macOS backend runs ldconfig and gcc): 60-90 ms of a start.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 #: modules (and their submodules) no request made at start-up needs
 DEFERRED = ("podman", "requests", "urllib3", "fido2", "cryptography.x509",
@@ -51,3 +58,58 @@ def test_looking_for_a_podman_socket_does_not_load_podman_py(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.split() == ["True", "False", "False"]
+
+
+#: creates the keychain store as the daemon does, spying on keyring's discovery
+_KEYCHAIN_PROBE = """
+import json, sys
+import keyring.backend
+scans = []
+discover = keyring.backend.get_all_keyring
+def spy(*args, **kwargs):
+    scans.append(1)
+    return discover(*args, **kwargs)
+keyring.backend.get_all_keyring = spy
+from pacd.errors import KeychainError
+from pacd.vault.keychain import KeyringSecretStore
+try:
+    said = KeyringSecretStore("pacd-test:choice", timeout_s=60).backend_name
+except KeychainError as exc:
+    said = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"said": said, "scans": len(scans),
+                  "backends": sorted(m for m in sys.modules if m.startswith("keyring.backends."))}))
+"""
+
+
+def _choose_keychain(tmp_path: Path, **env: str) -> dict[str, object]:
+    # No keyring configuration of this host or run: the platform's own choice.
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHON_KEYRING_BACKEND"}
+    environ.update(XDG_CONFIG_HOME=str(tmp_path / "config"), **env)
+    out = subprocess.run([sys.executable, "-c", _KEYCHAIN_PROBE], capture_output=True,
+                         text=True, timeout=120, check=True, env=environ)
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_choosing_the_keychain_does_not_run_keyrings_discovery(tmp_path: Path) -> None:
+    # Whether or not this host has a keychain: the scan is never made.
+    result = _choose_keychain(tmp_path)
+    assert result["scans"] == 0, result
+    if sys.platform.startswith("linux"):
+        foreign = [m for m in result["backends"]  # type: ignore[attr-defined]
+                   if m.startswith(("keyring.backends.macOS", "keyring.backends.Windows"))]
+        assert foreign == [], result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Secret Service's bus")
+def test_no_reachable_keychain_refuses_naming_each_backend(tmp_path: Path) -> None:
+    # Fail closed: no keychain on the bus is KeychainUnavailable, never a fallback,
+    # and it says why each of the platform's backends cannot serve.
+    result = _choose_keychain(tmp_path,
+                              DBUS_SESSION_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus")
+    said = str(result["said"])
+    assert said.startswith("KeychainUnavailable: no secure keychain"), said
+    assert "keyring.backends.SecretService.Keyring is not usable here" in said
+    assert "keyring.backends.libsecret.Keyring is not usable here" in said
+    assert "gnome-keyring" in said  # the fix
+    assert result["scans"] == 0, result
