@@ -22,10 +22,13 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pacd import windows_acl
 from pacd.errors import ConfigError
 from pacd.named_pipe import current_user_sid
+
+if TYPE_CHECKING:
+    from pacd import windows_acl
 
 
 def refuse_unless_ours(path: Path, st: os.stat_result, what: str, instead: str, *,
@@ -40,6 +43,9 @@ def refuse_unless_ours(path: Path, st: os.stat_result, what: str, instead: str, 
     ``security`` and ``user_sid`` are replaced in tests).
     """
     if platform == "win32":
+        # Imported here: the daemon and the CLI import this module on every platform.
+        from pacd import windows_acl
+
         found = windows_acl.problem((security or windows_acl.file_security)(path), user_sid(),
                                     windows_acl.forbidden_rights(open_bits))
         if found is not None:

@@ -12,14 +12,10 @@ call fails with ESRCH and the daemon binds its own socket.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import socket
 import sys
 from collections.abc import MutableMapping
-
-from pacd.launchagent import LAUNCHD_SOCKET_NAME
 
 SD_LISTEN_FDS_START = 3
 
@@ -40,8 +36,10 @@ def systemd_socket(env: MutableMapping[str, str] | None = None) -> socket.socket
     return socket.socket(fileno=SD_LISTEN_FDS_START)
 
 
-def launchd_socket(name: str = LAUNCHD_SOCKET_NAME) -> socket.socket | None:
+def launchd_socket(name: str | None = None) -> socket.socket | None:
     """The listening socket launchd holds for us under ``name``, or None.
+
+    ``name`` defaults to the one :mod:`pacd.launchagent` writes into the plist.
 
     ``int launch_activate_socket(const char *name, int **fds, size_t *cnt)``
     (<launch.h>): on success ``*fds`` is a malloc'ed array of ``*cnt``
@@ -52,6 +50,15 @@ def launchd_socket(name: str = LAUNCHD_SOCKET_NAME) -> socket.socket | None:
     """
     if sys.platform != "darwin":
         return None
+    # Imported on macOS only: ctypes and the plist writer are of no use to a
+    # daemon started elsewhere, and every start would pay for them.
+    import ctypes
+    import ctypes.util
+
+    from pacd.launchagent import LAUNCHD_SOCKET_NAME
+
+    if name is None:
+        name = LAUNCHD_SOCKET_NAME
     path = ctypes.util.find_library("System")
     if not path:
         return None

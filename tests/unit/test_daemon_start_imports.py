@@ -6,7 +6,10 @@ cryptography's public-key modules), the OpenAPI document builder and the
 Kubernetes export's YAML writer are imported when a request first needs them:
 importing them all at start-up made the daemon take most of a second to answer
 its first status request and hold a third more memory while idle. A new
-top-level import that pulls one of them back in fails here.
+top-level import that pulls one of them back in fails here. So does one of
+another platform's parts: ctypes (launchd's socket), the LaunchAgent plist
+writer (plistlib, pyexpat), Touch ID's verifier and Windows' ACL reader are
+imported where they are used, on their platform.
 
 The keychain's backend is chosen among keyring's backends for this platform,
 not by keyring's discovery (an entry-point scan importing every installed
@@ -26,7 +29,9 @@ import pytest
 #: modules (and their submodules) no request made at start-up needs
 DEFERRED = ("podman", "requests", "urllib3", "fido2", "cryptography.x509",
             "cryptography.hazmat.primitives.asymmetric", "pacd.runtime.podman",
-            "pacd.api.openapi", "yaml")
+            "pacd.api.openapi", "yaml",
+            "ctypes", "plistlib", "pacd.launchagent", "pacd.presence.macos",
+            "pacd.windows_acl")
 
 _PROBE = """
 import json, sys

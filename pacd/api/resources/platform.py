@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pacd import messages
 from pacd.api.route import Call, Route
@@ -47,8 +48,10 @@ from pacd.errors import (
 from pacd.presence.evidence import VerifiedPresence
 from pacd.presence.fprintd import FprintdVerifier
 from pacd.presence.levels import ceremony_for, level_for
-from pacd.presence.macos import SecureEnclaveKey, TouchIdVerifier
 from pacd.presence.verifiers import PresenceVerifier
+
+if TYPE_CHECKING:
+    from pacd.presence.macos import SecureEnclaveKey
 
 log = logging.getLogger("pacd.api")
 
@@ -77,10 +80,11 @@ class PlatformSessions:
     """Opens sessions with the daemon's own presence methods (fprintd, Touch ID)."""
 
     def __init__(self, services: Services,
-                 touchid_key: Callable[[], SecureEnclaveKey] = SecureEnclaveKey) -> None:
+                 touchid_key: Callable[[], SecureEnclaveKey] | None = None) -> None:
         self.services = services
         # The Secure Enclave key is where pacd meets macOS (pyobjc); it is made
-        # per request, and raises PresenceUnavailable off macOS.
+        # per request, and raises PresenceUnavailable off macOS. By default
+        # pacd.presence.macos's, imported by the first Touch ID request.
         self._touchid_key = touchid_key
         # One verification at a time: the reader serves one claim, and a second
         # request must not queue a touch the person is not expecting.
@@ -153,9 +157,11 @@ class PlatformSessions:
         """The verifier for ``method``, ready to ask; PresenceMethodUnavailable
         (with the reason) when it cannot work here. May block: run in a thread."""
         if method == "touchid":
+            from pacd.presence.macos import SecureEnclaveKey, TouchIdVerifier
+
             try:
                 touchid = TouchIdVerifier(self.services.owners, self.services.clock,
-                                          self._touchid_key())
+                                          (self._touchid_key or SecureEnclaveKey)())
             except PresenceUnavailable as exc:
                 raise PresenceMethodUnavailable(exc.message) from None
             # Checked before any prompt: a Mac without an enrolled pacd key must
