@@ -218,7 +218,8 @@ def _native_backend() -> Any:
 
 @functools.cache
 def keyring_backend() -> Any:
-    """The keyring backend for this machine's keychain (not yet vetted: select_backend).
+    """The keyring backend pacd uses for this machine's keychain, vetted by
+    :func:`select_backend` (KeychainUnavailable when none may be used).
 
     An explicit keyring configuration (``PYTHON_KEYRING_BACKEND``, keyring's
     ``keyringrc.cfg``) is used as keyring itself uses it. Otherwise the choice is
@@ -226,13 +227,16 @@ def keyring_backend() -> Any:
     that imports every installed backend through an entry-point scan (on Linux
     its macOS backend runs ldconfig and gcc looking for a Security framework),
     60-90 ms of a daemon start. A third-party backend therefore needs the
-    explicit configuration. Cached: one answer per process (a failure is asked
-    again).
+    explicit configuration. Vetted here rather than by the caller so that the
+    vetting's own round trip (a backend's priority asks D-Bus whether its
+    service is there, 15-30 ms) runs in start_backend_discovery's thread too.
+    Cached: one answer per process; a failure is not cached, so the store asks
+    again and reports it.
     """
     import keyring.core
 
     configured = keyring.core.load_env() or keyring.core.load_config()
-    return configured if configured is not None else _native_backend()
+    return select_backend(configured if configured is not None else _native_backend())
 
 
 class _Discovery:
@@ -269,11 +273,11 @@ def start_backend_discovery() -> None:
     """Choose the keychain's backend in a background thread, now.
 
     The choice imports keyring and its backend and asks D-Bus whether the
-    keychain is there (tens of milliseconds); the daemon starts this before
-    importing its own modules so the two overlap. Nothing is decided here:
-    :class:`KeyringSecretStore` waits for it, takes the (cached) choice and vets
-    it as always, and a failed choice is simply made again there, where its
-    error is reported.
+    keychain is there, twice (choosing, then vetting: tens of milliseconds); the
+    daemon starts this before importing its own modules so the two overlap.
+    Only a vetted choice is kept (:func:`keyring_backend`):
+    :class:`KeyringSecretStore` waits for it and takes it, and a refused or
+    failed choice is simply made again there, where its error is reported.
     """
     _DISCOVERY.start()
 
@@ -281,8 +285,9 @@ def start_backend_discovery() -> None:
 class KeyringSecretStore:
     """Secrets in the OS keychain, namespaced per ``PACD_HOME``.
 
-    ``backend`` is for callers that already hold a keyring backend instance;
-    by default :func:`keyring_backend` chooses (and the choice is vetted).
+    ``backend`` is for callers that already hold a keyring backend instance (it
+    is vetted by :func:`select_backend`); by default :func:`keyring_backend`
+    chooses, vetted the same way.
     """
 
     def __init__(self, namespace: str, timeout_s: float = 10.0, backend: Any = None) -> None:
@@ -294,7 +299,7 @@ class KeyringSecretStore:
         def choose() -> Any:
             # Bounded like the rest: this runs under _run_with_timeout.
             _DISCOVERY.wait()
-            return select_backend(backend if backend is not None else keyring_backend())
+            return select_backend(backend) if backend is not None else keyring_backend()
 
         try:
             self._backend = _run_with_timeout(choose, timeout_s, "backend discovery")

@@ -118,3 +118,21 @@ def test_no_reachable_keychain_refuses_naming_each_backend(tmp_path: Path) -> No
     assert "keyring.backends.libsecret.Keyring is not usable here" in said
     assert "gnome-keyring" in said  # the fix
     assert result["scans"] == 0, result
+
+
+def test_the_choice_made_ahead_of_need_is_already_vetted(tmp_path: Path) -> None:
+    # keyring_backend() runs in the discovery thread and is cached: what it keeps
+    # must have passed select_backend, so a backend that drops secrets is refused
+    # there and nothing unvetted is ever kept for the store.
+    probe = ("from pacd.errors import KeychainUnavailable\n"
+             "from pacd.vault.keychain import keyring_backend\n"
+             "try:\n"
+             "    print('kept', type(keyring_backend()).__module__)\n"
+             "except KeychainUnavailable as exc:\n"
+             "    print('refused', exc)\n")
+    environ = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"),
+               "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True, env=environ)
+    assert out.stdout.startswith("refused no secure keychain: keyring chose "
+                                 "keyring.backends.null.Keyring"), out.stdout
