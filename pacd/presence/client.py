@@ -12,8 +12,6 @@ the tray can tell the person what to do.
 
 from __future__ import annotations
 
-import glob
-import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -39,6 +37,7 @@ from pacd.errors import (
     PinBlocked,
     PinInvalid,
 )
+from pacd.presence.usb_keys import UDEV_HINT, hidraw_diagnosis, list_authenticators
 
 __all__ = [
     "UDEV_HINT",
@@ -52,38 +51,11 @@ __all__ = [
     "windows_client_available",
 ]
 
-UDEV_HINT = (
-    "on Linux your login session needs access to /dev/hidraw*: install the FIDO udev"
-    " rules (Debian/Ubuntu: apt install libfido2-1; Fedora: dnf install libfido2),"
-    " then unplug and replug the key"
-)
-
 ERR = CtapError.ERR
 
 
 class _ClientFactory(Protocol):
     def __call__(self, origin: str, interaction: UserInteraction) -> WebAuthnClient: ...
-
-
-def list_authenticators() -> list[CtapDevice]:
-    """FIDO2 keys reachable over USB HID (empty when none, or none readable)."""
-    from fido2.hid import CtapHidDevice
-
-    try:
-        return list(CtapHidDevice.list_devices())
-    except OSError:
-        return []
-
-
-def hidraw_diagnosis() -> str:
-    """Why no key was found, as far as this process can tell (Linux)."""
-    nodes = sorted(glob.glob("/dev/hidraw*"))
-    if not nodes:
-        return "no USB HID device present; plug in a security key"
-    unreadable = [n for n in nodes if not os.access(n, os.R_OK | os.W_OK)]
-    if unreadable:
-        return f"{len(unreadable)} HID device(s) not accessible to you; {UDEV_HINT}"
-    return "no FIDO2 security key among the HID devices present; plug one in"
 
 
 def find_authenticator() -> CtapDevice:

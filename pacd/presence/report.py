@@ -14,7 +14,7 @@ from pacd.presence.verifiers import Availability
 
 
 def fido2_usb_availability() -> Availability:
-    from pacd.presence.client import hidraw_diagnosis, list_authenticators
+    from pacd.presence.usb_keys import hidraw_diagnosis, list_authenticators
 
     name = "FIDO2 security key (USB)"
     if sys.platform == "win32":

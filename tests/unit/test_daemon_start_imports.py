@@ -54,6 +54,25 @@ def test_importing_the_daemon_defers_podman_fido2_server_and_openapi() -> None:
     assert early == [], f"imported at daemon start, though only some requests need them: {early}"
 
 
+def test_the_presence_report_made_at_start_loads_no_ceremony_client() -> None:
+    # The daemon reports its presence methods from the start (a thread of its own,
+    # awaited before the first answer): listing USB keys needs fido2's HID
+    # transport only. The ceremony's client (fido2.client, its attestation
+    # formats, cryptography's X.509) cost about 75 ms of that start.
+    probe = ("import json, sys\n"
+             "from pacd.presence.report import presence_methods_report\n"
+             "names = [a.name for a in presence_methods_report(None, ())]\n"
+             "print(json.dumps([names, sorted(sys.modules)]))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True)
+    names, loaded = json.loads(out.stdout)
+    assert names == ["FIDO2 security key (USB)", "fprintd", "touchid", "windows-hello"]
+    early = sorted(name for name in loaded
+                   if name.startswith(("fido2.client", "fido2.webauthn", "fido2.attestation",
+                                       "cryptography.x509", "pacd.presence.client")))
+    assert early == [], early
+
+
 def test_looking_for_a_podman_socket_does_not_load_podman_py(tmp_path: Path) -> None:
     # The daemon asks this before it connects: with no socket there, it never loads
     # the adapter at all.
