@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import getpass
 import json
 import os
@@ -235,6 +236,25 @@ def _audit_line(e: dict[str, Any]) -> str:
 # --- commands ------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block, then as it was.
+
+    For the daemon's imports: they make a few hundred thousand objects that all
+    stay (modules, classes, functions), and the collector, run every 700 new
+    objects, traversed them again and again without freeing any: about 20 ms of
+    the 240 ms the imports take. Anything cyclic they leave behind is collected
+    at the collector's first run afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def cmd_daemon(args: argparse.Namespace, ctx: Ctx | None) -> int:
     config = load_config()
     if config.keystore == "keychain":
@@ -242,7 +262,8 @@ def cmd_daemon(args: argparse.Namespace, ctx: Ctx | None) -> int:
 
         # While the daemon's modules import below (start-up time, not a choice).
         start_backend_discovery()
-    from pacd.daemon import main as daemon_main
+    with collector_paused():
+        from pacd.daemon import main as daemon_main
 
     return daemon_main(config)
 

@@ -18,10 +18,16 @@ backend; on Linux its macOS backend runs ldconfig and gcc): 60-90 ms of a start.
 
 from __future__ import annotations
 
+import argparse
+import gc
+import importlib.abc
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
@@ -155,3 +161,55 @@ def test_the_choice_made_ahead_of_need_is_already_vetted(tmp_path: Path) -> None
                          timeout=120, check=True, env=environ)
     assert out.stdout.startswith("refused no secure keychain: keyring chose "
                                  "keyring.backends.null.Keyring"), out.stdout
+
+
+class _DaemonStandIn(importlib.abc.Loader, importlib.abc.MetaPathFinder):
+    """``pacd.daemon`` as the import system finds it, saying whether the cyclic
+    collector ran while it was imported and when its main() was called."""
+
+    def __init__(self) -> None:
+        self.collector_on: dict[str, bool] = {}
+
+    def find_spec(self, name: str, path: object, target: object = None) -> ModuleSpec | None:
+        return importlib.util.spec_from_loader(name, self) if name == "pacd.daemon" else None
+
+    def create_module(self, spec: ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self.collector_on["importing"] = gc.isenabled()
+
+        def main(config: object) -> int:
+            self.collector_on["running"] = gc.isenabled()
+            return 0
+
+        module.main = main  # type: ignore[attr-defined]
+
+
+def test_the_daemons_imports_run_with_the_collector_paused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pacd
+    import pacd.daemon
+    from pacd import cli
+
+    stand_in = _DaemonStandIn()
+    monkeypatch.setattr(pacd, "daemon", pacd.daemon)  # put back afterwards
+    monkeypatch.delitem(sys.modules, "pacd.daemon")
+    monkeypatch.setattr(sys, "meta_path", [stand_in, *sys.meta_path])
+    monkeypatch.setattr(cli, "load_config", lambda: types.SimpleNamespace(keystore="passphrase"))
+    assert gc.isenabled()
+    assert cli.cmd_daemon(argparse.Namespace(), None) == 0
+    assert stand_in.collector_on == {"importing": False, "running": True}
+    assert gc.isenabled()
+
+
+def test_a_paused_collector_is_left_as_it_was() -> None:
+    gc.disable()
+    try:
+        from pacd.cli import collector_paused
+
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the caller's choice, not turned on behind its back
+    finally:
+        gc.enable()
