@@ -109,11 +109,17 @@ class EventBus:
             return
         event = {"type": type_, "time": utc_now_iso(), **data}
         line = _encode(event)
-        if self._loop is not None and threading.get_ident() != self._thread:
-            if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._deliver, line)
-            return
-        self._deliver(line)
+        loop = self._loop
+        if loop is None:
+            self._deliver(line)
+        elif threading.get_ident() != self._thread:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._deliver, line)
+        else:
+            # Queued behind what other threads handed over before, never ahead of
+            # it: the audit log's entries are committed on the writer thread or on
+            # the loop, and their events must arrive in seq order either way.
+            loop.call_soon(self._deliver, line)
 
     def _deliver(self, line: bytes) -> None:
         for sub in list(self._subs):

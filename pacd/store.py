@@ -114,9 +114,6 @@ class Store:
             self._writer = None
             try:
                 self._conn.execute("COMMIT")
-                # After the commit, never before: a reader that sees the old count
-                # may have read the new rows, but not the reverse (see commits).
-                self._commits += 1
             except BaseException:
                 # SQLite keeps the transaction open after some failed COMMITs (a
                 # deferred constraint, a busy database): end it here, or its writes
@@ -124,6 +121,11 @@ class Store:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                # After the commit, never before: a reader that sees the old count
+                # may have read the new rows, but not the reverse (see commits).
+                # Counted even when it failed: what it left is not known for sure.
+                self._commits += 1
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -24,8 +24,10 @@ their answer does not wait for two thread wake-ups (writer, then loop), which
 took longer than the commit. Whoever commits holds the writer's role
 (``_inline`` or ``_writer_busy``, under the queue lock), so only one of them
 uses the connection at a time. A commit on the loop may also run SQLite's
-automatic WAL checkpoint (every ~1000 pages), a few milliseconds the writer
-thread would otherwise spend.
+automatic WAL checkpoint (every ~1000 pages: a few hundred to a thousand
+commits), which copies the WAL into the database and fsyncs both files; the
+loop serves nothing meanwhile (on a stalled disk, until the disk answers),
+where the writer thread would have made only the audited requests wait.
 
 Two durability classes (``append(..., durable=...)``). *Durable* (the
 default; actions that change state or release data): answered only after the
@@ -475,11 +477,14 @@ class AuditLog:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._writer_sleeping = False
-        #: an event loop is committing a "written" entry itself (see _commit_inline);
-        #: the writer does not take a batch meanwhile
+        #: an event loop is committing its turn's "written" entries itself (see
+        #: _end_of_turn); the writer does not take a batch meanwhile
         self._inline = False
         #: the writer has taken a batch (or a note) and is not done with it
         self._writer_busy = False
+        #: the writer holds seqs for an audit.abandoned note not yet committed: loops
+        #: leave their entries to it, so the note goes with the next batch
+        self._note_pending = False
         self._queue: deque[_Submission] = deque()
         #: each loop's entries of its current turn (see _gather_for_turn_end)
         self._loop_batches: dict[asyncio.AbstractEventLoop, list[_Submission]] = {}
@@ -650,10 +655,12 @@ class AuditLog:
 
     def add_listener(self, callback: Callable[[AuditEntry], None]) -> None:
         """Call ``callback(entry)`` after each entry is committed, in seq order (on the
-        writer thread, before the fsync).
+        thread that committed it, before the fsync: the writer's, or an event loop's
+        for a turn of "written" entries, see :meth:`_end_of_turn`).
 
         Callbacks must be quick and must not append; asyncio users hand over with
-        ``loop.call_soon_threadsafe``. A failing callback is logged and ignored.
+        ``loop.call_soon_threadsafe`` (or ``call_soon`` on the loop's own thread), so
+        what they deliver stays in seq order. A failing callback is logged and ignored.
         """
         self._listeners.append(callback)
 
@@ -716,6 +723,8 @@ class AuditLog:
         the same, since its caller goes no further.
         """
         with self._lock:
+            # An entry a loop committed itself was never queued: its ticket is -1,
+            # always below _taken, so it is handled as one the writer had taken.
             if pending.ticket >= self._taken:
                 self._queue.remove(pending)
                 if not pending.durable:
@@ -852,7 +861,7 @@ class AuditLog:
         """
         with self._lock:
             if (self._writer_busy or self._inline or self._queue or self._closing
-                    or self._gave_up or self._unsynced_failed):
+                    or self._gave_up or self._unsynced_failed or self._note_pending):
                 return False
             self._inline = True
             return True
@@ -908,7 +917,7 @@ class AuditLog:
             self._committed(batch)
         finally:
             self._release_inline()
-        self._resolve_on_loop(batch)
+            self._resolve_on_loop(batch)  # committed, whatever a listener did
 
     @staticmethod
     def _resolve_on_loop(batch: list[_Submission]) -> None:
@@ -927,7 +936,7 @@ class AuditLog:
             self._inline = False
             # The writer skipped whatever came meanwhile (see _run): its turn.
             if self._writer_sleeping and (self._queue or self._closing or self._gave_up
-                                          or self._unsynced_failed):
+                                          or self._unsynced_failed or self._note_pending):
                 self._cond.notify()
 
     def _finish(self, batch: list[_Submission]) -> None:
@@ -990,6 +999,7 @@ class AuditLog:
                     # whenever they are committed: committing them when it ends
                     # costs them nothing and gathers more into one commit. A
                     # "written" entry is answered at its commit, so it goes now.
+                    self._note_pending = bool(abandoned)
                     if self._inline:
                         pass  # a loop is committing; it wakes the writer when done
                     elif self._closing or note_due or (self._queue and (

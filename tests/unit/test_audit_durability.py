@@ -70,7 +70,7 @@ def test_an_entry_the_checkpoint_must_cover_cannot_be_only_written(tmp_path: Pat
 
 
 WRITTEN_THEN_KILLED = """
-import asyncio, json, sys
+import asyncio, json, sys, threading
 from pathlib import Path
 from pacd.audit import AuditLog
 from pacd.vault import PassphraseSecretStore
@@ -79,11 +79,14 @@ log = AuditLog.open(Path(sys.argv[1]), bytes(range(32)),
                     PassphraseSecretStore(Path(sys.argv[2]), b"pw"), written_sync_s=3600.0)
 log.append("pacd", "daemon.start", "", "info", "started", checkpoint=True)
 args = ("owner:uid=1", "session.current", "/v1/sessions/current", "allow", "ok")
+committed_on = []
+log.add_listener(lambda _entry: committed_on.append(threading.get_ident()))
 if sys.argv[3] == "loop":  # committed by the event loop itself (the writer was idle)
     entry = asyncio.run(log.append_async(*args, durable=False))
 else:
     entry = log.append(*args, durable=False)
-print(json.dumps({"seq": entry.seq, "synced": log.synced_seq}), flush=True)
+print(json.dumps({"seq": entry.seq, "synced": log.synced_seq,
+                  "on_caller": committed_on[-1] == threading.get_ident()}), flush=True)
 sys.stdin.read()  # killed here, before any fsync of the written entry
 """
 
@@ -104,7 +107,7 @@ def test_written_entry_survives_kill_9_right_after_append_returns(
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # The daemon answered before the fsync: only the kernel held the entry.
-    assert reported == {"seq": 2, "synced": 1}
+    assert reported == {"seq": 2, "synced": 1, "on_caller": appender == "loop"}
 
     log = AuditLog.open(path, KEY, PassphraseSecretStore(keys, b"pw"))
     try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,42 @@ def test_entries_gathered_when_the_log_closes_fail_instead_of_hanging(tmp_path: 
     outcomes = asyncio.run(main())
     assert [type(o) for o in outcomes] == [AuditError, AuditError]
     assert all("closed" in str(o) for o in outcomes)
+
+
+def _eventually(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + PROMPT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)  # polling the writer's state; nothing signals this step
+    return True
+
+
+def test_a_note_held_while_a_loop_commits_is_written_once_the_loop_is_done(
+        tmp_path: Path) -> None:
+    """The writer found a seq to note as abandoned while a loop held its role: the
+    loop's release must send it back to it, not leave the note for whatever wakes
+    it next (here nothing would: no fsync of the written entry is due meanwhile)."""
+    log = AuditLog.open(tmp_path / "audit.sqlite3", KEY, None, written_sync_s=3600.0)
+
+    async def main() -> None:
+        task = _written(log, "late")
+        await asyncio.sleep(0)  # waits-on: nothing; the task appends
+        await asyncio.sleep(0)  # waits-on: nothing; the loop commits and wakes the task
+        assert log._take_inline()  # another turn's commit on the loop is under way
+        try:
+            task.cancel()  # the first entry's request goes away: it must be noted
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _eventually(lambda: not log._gave_up)  # the writer took it, and waits
+        finally:
+            log._release_inline()
+        assert _eventually(lambda: log.head()[0] == 2), "the note was never written"
+
+    try:
+        asyncio.run(main())
+        entries = log.entries()
+    finally:
+        log.close()
+    assert [(e.seq, e.action) for e in entries] == [(1, "session.current"),
+                                                     (2, "audit.abandoned")]

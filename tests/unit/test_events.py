@@ -114,3 +114,26 @@ def test_an_event_nobody_subscribed_to_does_not_wake_the_loop() -> None:
         assert line is not None and json.loads(line)["seq"] == 1
 
     asyncio.run(run())
+
+
+def test_events_arrive_in_the_order_they_were_published_from_any_thread() -> None:
+    """The audit log commits on its writer thread or on the loop: an entry committed
+    on the loop must not overtake an earlier one whose event another thread handed
+    over and that waits in the loop's queue."""
+    async def run() -> None:
+        bus = EventBus()
+        bus.bind(asyncio.get_running_loop())
+        sub = bus.subscribe()
+        worker = threading.Thread(target=bus.publish, args=("audit.appended",),
+                                  kwargs={"seq": 1})
+        worker.start()
+        worker.join()  # handed to the loop, not yet delivered
+        bus.publish("audit.appended", seq=2)  # on the loop's own thread
+        seqs = []
+        while len(seqs) < 2:
+            line = await sub.get(2)
+            assert line is not None
+            seqs.append(json.loads(line)["seq"])
+        assert seqs == [1, 2]
+
+    asyncio.run(run())
