@@ -44,6 +44,7 @@ def generate_openapi_spec(container: PersonalAIContainer,
         # Two plugins would be served at the same route; never let one shadow the other.
         raise SpecError(f"plugins clash: {clashes[0]}", errors=clashes)
     paths: dict[str, dict[str, Any]] = {}
+    used_ids: set[str] = set()
     for plugin in plugins:
         for endpoint in plugin.endpoints:
             route = plugin_route(plugin, endpoint.path)
@@ -51,8 +52,12 @@ def generate_openapi_spec(container: PersonalAIContainer,
             if endpoint.requires_auth:
                 responses["401"] = {"description": "Unauthorized - Carbon auth required"}
             responses["403"] = {"description": "Forbidden - Insufficient permissions"}
+            method = endpoint.method.value.lower()
+            # The same plugin listed twice serves each route once: keep its id.
+            same = paths.get(route, {}).get(method)
             operation: dict[str, Any] = {
-                "operationId": _operation_id(plugin, endpoint.method.value, endpoint.path),
+                "operationId": same["operationId"] if same else _operation_id(
+                    plugin, endpoint.method.value, endpoint.path, used_ids),
                 "summary": f"{plugin.title}: {endpoint.method.value} "
                            f"{endpoint.path}",
                 "tags": [plugin.name],
@@ -64,7 +69,7 @@ def generate_openapi_spec(container: PersonalAIContainer,
             if endpoint.rate_limit is not None:
                 responses["429"] = {"description": "Too Many Requests - rate limit exceeded"}
                 operation["x-rate-limit"] = endpoint.rate_limit.to_json()
-            paths.setdefault(route, {})[endpoint.method.value.lower()] = operation
+            paths.setdefault(route, {})[method] = operation
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -93,9 +98,19 @@ def _unique(plugins: Sequence[PluginAPISchema]) -> list[PluginAPISchema]:
     return out
 
 
-def _operation_id(plugin: PluginAPISchema, method: str, path: str) -> str:
-    words = re.sub(r"[^A-Za-z0-9]+", "_", f"{plugin.slug}_{method.lower()}{path}")
-    return words.strip("_")
+def _operation_id(plugin: PluginAPISchema, method: str, path: str, used: set[str]) -> str:
+    """The route as an identifier, unique among ``used`` (which it joins).
+
+    Runs of other characters become one ``_``, so two routes can read the same
+    (``/0_`` and ``/0``); OpenAPI requires unique ids, so a later one is numbered.
+    """
+    base = re.sub(r"[^A-Za-z0-9]+", "_", f"{plugin.slug}_{method.lower()}{path}").strip("_")
+    candidate, n = base, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{base}_{n}"
+    used.add(candidate)
+    return candidate
 
 
 def generate_container_config(container: PersonalAIContainer,

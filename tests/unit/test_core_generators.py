@@ -92,6 +92,17 @@ def test_plugins_with_the_same_slug_clash() -> None:
     validate(generate_openapi_spec(home(), [tf, tf]))
 
 
+def test_routes_that_read_alike_as_identifiers_get_distinct_operation_ids() -> None:
+    # "/0_" and "/0" both read 0_get_0 once their punctuation is folded.
+    alike = PluginAPISchema("id-0", "0", "1.0", (), (
+        APIEndpoint("/0_", HttpMethod.GET, False, None),
+        APIEndpoint("/0", HttpMethod.GET, False, None)))
+    doc = generate_openapi_spec(home(), [alike])
+    validate(doc)
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert ids == ["0_get_0", "0_get_0_2"]
+
+
 def test_plugin_route_is_the_agent_socket_route() -> None:
     assert plugin_route(plugin("text-formatter.json"), "/format") == (
         "/v1/plugins/text-formatter/format")
