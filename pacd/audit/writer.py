@@ -347,6 +347,13 @@ class _LoopWaiters:
             self._registry.pop(self.loop, None)
 
 
+def _writer_failure(exc: BaseException) -> AuditError:
+    """What the appenders of a batch get when committing it raised something unforeseen
+    (logged here, with its traceback)."""
+    log.exception("audit writer failure")
+    return AuditError(f"the audit writer failed: {type(exc).__name__}: {exc}")
+
+
 def _settled(pending: _Submission) -> bool:
     return pending.future is None or pending.future.done()
 
@@ -860,11 +867,16 @@ class AuditLog:
         wait for an fsync regardless, and the writer gathers them.
         """
         with self._lock:
-            if (self._writer_busy or self._inline or self._queue or self._closing
-                    or self._gave_up or self._unsynced_failed or self._note_pending):
+            if self._writer_busy or self._inline or self._writer_has_work():
                 return False
             self._inline = True
             return True
+
+    def _writer_has_work(self) -> bool:
+        """Whether something waits for the writer (call under the queue lock): an entry,
+        a note about abandoned entries, or closing."""
+        return bool(self._queue or self._closing or self._gave_up or self._unsynced_failed
+                    or self._note_pending)
 
     def _gather_for_turn_end(self, loop: asyncio.AbstractEventLoop,
                              pending: _Submission) -> asyncio.Future[AuditEntry]:
@@ -904,10 +916,7 @@ class AuditLog:
             self._write(batch)
         except BaseException as exc:
             self._release_inline()
-            if not isinstance(exc, AuditError):
-                log.exception("audit writer failure")
-            error = exc if isinstance(exc, AuditError) else AuditError(
-                f"the audit writer failed: {type(exc).__name__}: {exc}")
+            error = exc if isinstance(exc, AuditError) else _writer_failure(exc)
             for p in batch:
                 p.error = error
             self._resolve_on_loop(batch)
@@ -934,9 +943,8 @@ class AuditLog:
     def _release_inline(self) -> None:
         with self._lock:
             self._inline = False
-            # The writer skipped whatever came meanwhile (see _run): its turn.
-            if self._writer_sleeping and (self._queue or self._closing or self._gave_up
-                                          or self._unsynced_failed or self._note_pending):
+            # The writer left alone whatever came meanwhile (see _run): its turn.
+            if self._writer_sleeping and self._writer_has_work():
                 self._cond.notify()
 
     def _finish(self, batch: list[_Submission]) -> None:
@@ -1031,9 +1039,7 @@ class AuditLog:
             try:
                 committed = self._commit(batch)
             except BaseException as exc:  # never leave a waiter hanging
-                self._fail(batch, AuditError(
-                    f"the audit writer failed: {type(exc).__name__}: {exc}"))
-                log.exception("audit writer failure")
+                self._fail(batch, _writer_failure(exc))
             note_due = False
             if abandoned and (committed or (self._closing and not self._queue)):
                 if not committed:
