@@ -10,7 +10,9 @@ Target: p95 <= 100 ms.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,10 +70,25 @@ def _wait(app: Any, check: Any, timeout: float) -> None:
 
 @reports_load
 def main(smoke: bool = False) -> None:
-    """Runs the measurement in its own process (see :func:`_exit_quietly`)."""
-    subprocess.run([sys.executable, "-m", "bench.tray_bench", "--measure",
-                    *(["--smoke"] if smoke else [])], check=True, timeout=600,
-                   cwd=Path(__file__).resolve().parents[1])
+    """Runs the measurement in its own process (see :func:`_exit_quietly`).
+
+    Its own session too, and a directory made here: should it die (PySide6 can take
+    the process down), its daemon is killed with the session and its files removed
+    here, instead of being left on the host.
+    """
+    with tempfile.TemporaryDirectory(prefix="pacd-trb-") as base:
+        child = subprocess.Popen([sys.executable, "-m", "bench.tray_bench", "--measure", base,
+                                  *(["--smoke"] if smoke else [])],
+                                 cwd=Path(__file__).resolve().parents[1],
+                                 start_new_session=True)
+        try:
+            returncode = child.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # whatever of its session is left
+            child.wait()
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, child.args)
 
 
 def _exit_quietly() -> None:
@@ -81,50 +98,54 @@ def _exit_quietly() -> None:
     os._exit(0)
 
 
-def measure(smoke: bool = False) -> None:
+def measure(base: Path, smoke: bool = False) -> None:
     if smoke:
         globals().update(SMOKE)
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication
 
     from gui.approval_dialog import ApprovalDialog
+    from gui.collector import GuiThreadCollector
     from tests.gui.world import World
     from tests.integration.harness import DaemonProcess
 
     app = QApplication.instance() or QApplication([])
-    with tempfile.TemporaryDirectory(prefix="pacd-trb-") as base:
-        daemon = DaemonProcess(Path(base)).start()
-        try:
-            world = World(daemon)
-            tray, _ = world.tray()
-            received: dict[str, float] = {}
+    # As the tray's main() runs it: a worker thread that ran the cyclic collector
+    # could free a dismissed dialog there, and PySide6 then crashes the process.
+    collector = GuiThreadCollector()
+    collector.start()
+    daemon = DaemonProcess(base).start()
+    try:
+        world = World(daemon)
+        tray, _ = world.tray()
+        received: dict[str, float] = {}
 
-            def stamp(event: dict[str, Any]) -> None:  # on the event thread, as it arrives
-                if event.get("type") == "approval.created":
-                    received[str(event.get("id"))] = time.perf_counter()
+        def stamp(event: dict[str, Any]) -> None:  # on the event thread, as it arrives
+            if event.get("type") == "approval.created":
+                received[str(event.get("id"))] = time.perf_counter()
 
-            tray.follower.received.connect(stamp, Qt.ConnectionType.DirectConnection)
-            _wait(app, lambda: tray.state.reachable, 30)
-            shown: dict[str, float] = {}
-            tray.dialog_shown.connect(lambda i: shown.setdefault(i, time.perf_counter()))
-            latencies = []
-            for i in range(ROUNDS):
-                approval_id = world.queue_plugin(f"1.0.{i}")
-                _wait(app, lambda a=approval_id: a in shown and a in received, 10)
-                latencies.append((shown[approval_id] - received[approval_id]) * 1000)
-                dialog = tray.dialog
-                assert isinstance(dialog, ApprovalDialog) and dialog.isVisible()
-                dialog.reject()  # "not now": the next one may come
-                # Denied: the daemon lets only so many of a kind wait at once.
-                daemon.client().request("POST", f"/v1/approvals/{approval_id}/deny", {})
-            tray.close()
-            idle = subprocess.run([sys.executable, "-m", "bench.tray_bench", "--idle-child",
-                                   str(daemon.socket)], capture_output=True, text=True,
-                                  timeout=60, check=True, env=daemon.env,
-                                  cwd=Path(__file__).resolve().parents[1])
-            rss_text, reachable = idle.stdout.split()
-        finally:
-            daemon.stop(timeout=30)
+        tray.follower.received.connect(stamp, Qt.ConnectionType.DirectConnection)
+        _wait(app, lambda: tray.state.reachable, 30)
+        shown: dict[str, float] = {}
+        tray.dialog_shown.connect(lambda i: shown.setdefault(i, time.perf_counter()))
+        latencies = []
+        for i in range(ROUNDS):
+            approval_id = world.queue_plugin(f"1.0.{i}")
+            _wait(app, lambda a=approval_id: a in shown and a in received, 10)
+            latencies.append((shown[approval_id] - received[approval_id]) * 1000)
+            dialog = tray.dialog
+            assert isinstance(dialog, ApprovalDialog) and dialog.isVisible()
+            dialog.reject()  # "not now": the next one may come
+            # Denied: the daemon lets only so many of a kind wait at once.
+            daemon.client().request("POST", f"/v1/approvals/{approval_id}/deny", {})
+        tray.close()
+        idle = subprocess.run([sys.executable, "-m", "bench.tray_bench", "--idle-child",
+                               str(daemon.socket)], capture_output=True, text=True,
+                              timeout=60, check=True, env=daemon.env,
+                              cwd=Path(__file__).resolve().parents[1])
+        rss_text, reachable = idle.stdout.split()
+    finally:
+        daemon.stop(timeout=30)
     ordered = sorted(latencies)
     p50 = statistics.median(ordered)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -140,7 +161,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--idle-child"]:
         idle_child(sys.argv[2])
     elif sys.argv[1:2] == ["--measure"]:
-        measure(smoke="--smoke" in sys.argv[2:])
+        measure(Path(sys.argv[2]), smoke="--smoke" in sys.argv[3:])
         _exit_quietly()
     else:
         main(smoke="--smoke" in sys.argv[1:])
