@@ -12,9 +12,10 @@ import base64
 import json
 import os
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,104 @@ def test_unresponsive_keychain_times_out(namespace: str) -> None:
     finally:
         os.kill(pid, signal.SIGCONT)
     assert store.get("k") == b"v"
+
+
+class _OverlapCountingKeyring:
+    """The real Secret Service backend, counting how many of its calls overlap.
+
+    A wrapper, not a subclass: keyring registers every subclass of its backends as
+    one more candidate, which would change its own choice for the rest of the run.
+    """
+
+    priority = 5.0
+
+    def __init__(self) -> None:
+        self._real = SecretService.Keyring()
+        self._guard = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def _counted(self, call: Callable[[], Any]) -> Any:
+        with self._guard:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return call()
+        finally:
+            with self._guard:
+                self.in_flight -= 1
+
+    def get_password(self, service: str, username: str) -> Any:
+        return self._counted(lambda: self._real.get_password(service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self._counted(lambda: self._real.set_password(service, username, password))
+
+    def delete_password(self, service: str, username: str) -> None:
+        self._counted(lambda: self._real.delete_password(service, username))
+
+
+def test_overlapping_calls_cannot_make_gnome_keyring_lose_an_object(namespace: str) -> None:
+    # gnome-keyring answers "no such object" now and then to a call overlapping
+    # another's replace (the audit checkpoint's writes beside a request's read
+    # failed a daemon's owner creation with ItemNotFoundException): the store's
+    # calls reach it one at a time, even from two stores on many threads.
+    backend = _OverlapCountingKeyring()
+    stores = [KeyringSecretStore(namespace, backend=backend),
+              KeyringSecretStore(namespace + "-b", backend=backend)]
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        store = stores[n % 2]
+        try:
+            for i in range(15):
+                store.set(f"w{n}", str(i).encode())
+                assert store.get(f"w{n}") == str(i).encode()
+                assert store.get("absent") is None
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert failures == []
+        assert backend.most_in_flight == 1
+    finally:
+        stores[1].delete("w1")
+        stores[1].delete("w3")
+
+
+class _VanishingKeyring(_OverlapCountingKeyring):
+    """The real backend, but its next ``vanish`` reads meet a vanished D-Bus object,
+    as gnome-keyring answers when another process's call overlaps."""
+
+    def __init__(self, vanish: int) -> None:
+        super().__init__()
+        self.vanish = vanish
+        self.reads = 0
+
+    def get_password(self, service: str, username: str) -> Any:
+        from secretstorage.exceptions import ItemNotFoundException
+
+        self.reads += 1
+        if self.vanish > 0:
+            self.vanish -= 1
+            raise ItemNotFoundException("Item does not exist!")
+        return super().get_password(service, username)
+
+
+def test_a_read_meeting_a_vanished_object_is_asked_again(namespace: str) -> None:
+    KeyringSecretStore(namespace).set("k", b"v")
+    backend = _VanishingKeyring(vanish=2)
+    assert KeyringSecretStore(namespace, backend=backend).get("k") == b"v"
+    assert backend.reads == 3
+
+
+def test_an_object_that_stays_vanished_is_keychain_locked(namespace: str) -> None:
+    backend = _VanishingKeyring(vanish=10)
+    with pytest.raises(KeychainLocked, match="ItemNotFoundException"):
+        KeyringSecretStore(namespace, backend=backend).get("k")
+    assert backend.reads == 3
