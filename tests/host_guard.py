@@ -1,6 +1,7 @@
 """What a test run must leave as it found it: the modes and owners of the shared
-directories, the OS's users and groups, no process of its own still running, and
-no Podman pod or container it created.
+directories, the OS's users and groups, no process of its own still running, no
+Podman pod or container it created, and nothing new in the shared temporary
+directories.
 
 ``snapshot`` reads the host; ``differences`` compares two snapshots and is pure,
 so its rules are tested without changing anything on the machine.
@@ -21,6 +22,11 @@ from pathlib import Path
 
 GUARDED_DIRS: tuple[str, ...] = ("/", "/tmp", "/var/tmp", "/run")
 
+#: Where a tool a test runs writes when nobody tells it where (lintian's cache,
+#: wineserver's socket directory were found left there): whatever is new in them
+#: at the end of a run was left behind.
+TEMP_DIRS: tuple[str, ...] = ("/tmp", "/var/tmp")
+
 #: Set in the environment of the test run, so every process a test starts (and
 #: everything those start, unless they clear their environment) carries it.
 RUN_MARKER = "PACD_TEST_RUN"
@@ -34,6 +40,8 @@ class HostSnapshot:
     users: dict[str, str]
     #: group name → its whole /etc/group line
     groups: dict[str, str]
+    #: the path of each entry of the temporary directories
+    temp: frozenset[str] = frozenset()
 
 
 def _entries(path: Path) -> dict[str, str]:
@@ -41,7 +49,8 @@ def _entries(path: Path) -> dict[str, str]:
     return {line.split(":", 1)[0]: line for line in lines if line and not line.startswith("#")}
 
 
-def snapshot(dirs: Iterable[str], etc: Path = Path("/etc")) -> HostSnapshot:
+def snapshot(dirs: Iterable[str], etc: Path = Path("/etc"),
+             temp_dirs: Iterable[str] = TEMP_DIRS) -> HostSnapshot:
     state: dict[str, tuple[int, int, int] | None] = {}
     for directory in dirs:
         try:
@@ -50,7 +59,12 @@ def snapshot(dirs: Iterable[str], etc: Path = Path("/etc")) -> HostSnapshot:
             state[directory] = None
         else:
             state[directory] = (st.st_mode, st.st_uid, st.st_gid)
-    return HostSnapshot(state, _entries(etc / "passwd"), _entries(etc / "group"))
+    temp: set[str] = set()
+    for directory in temp_dirs:
+        with contextlib.suppress(FileNotFoundError):
+            temp.update(os.path.join(directory, name) for name in os.listdir(directory))
+    return HostSnapshot(state, _entries(etc / "passwd"), _entries(etc / "group"),
+                        frozenset(temp))
 
 
 def _describe(entry: tuple[int, int, int] | None) -> str:
@@ -76,6 +90,11 @@ def differences(before: HostSnapshot, after: HostSnapshot) -> list[str]:
     changes += _entry_changes("user", before.users, after.users)
     changes += _entry_changes("group", before.groups, after.groups)
     return changes
+
+
+def left_in_temp(before: HostSnapshot, after: HostSnapshot) -> list[str]:
+    """Each entry of the temporary directories that is new in ``after``."""
+    return [f"{path}: left behind" for path in sorted(after.temp - before.temp)]
 
 
 def processes_with_env(entry: str, proc: Path = Path("/proc")) -> dict[int, str]:

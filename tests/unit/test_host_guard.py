@@ -20,6 +20,7 @@ from tests.host_guard import (
     PodmanObject,
     created_in_events,
     differences,
+    left_in_temp,
     processes_with_env,
     snapshot,
 )
@@ -90,6 +91,62 @@ def test_snapshot_reads_modes_owners_and_entries(tmp_path: Path) -> None:
         f"{shared}: mode 0755 owner {uid}:{gid} -> mode 0777 owner {uid}:{gid}",
         f"user 'pacd-peer-test' added: {PEER_LINE}",
     ]
+
+
+def test_an_entry_new_in_a_temporary_directory_is_named() -> None:
+    before = HostSnapshot({}, {}, {}, frozenset({"/tmp/kept"}))
+    after = HostSnapshot({}, {}, {}, frozenset({"/tmp/kept", "/var/tmp/wine-x", "/tmp/mldbm"}))
+    assert left_in_temp(before, after) == ["/tmp/mldbm: left behind",
+                                           "/var/tmp/wine-x: left behind"]
+    # One that went away is not this guard's business (another program's).
+    assert left_in_temp(after, before) == []
+
+
+def test_snapshot_lists_the_temporary_directories(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").write_text("")
+    taken = snapshot([], temp_dirs=[str(tmp_path), str(tmp_path / "absent")])
+    assert taken.temp == {str(tmp_path / "a"), str(tmp_path / "b")}
+
+
+TEMP_LEAVER = """
+    import os
+
+    def test_leaves_a_file():
+        with open({path!r}, "w") as f:
+            f.write("left")
+    """
+
+
+def test_the_session_guard_fails_a_ci_run_that_leaves_a_file_in_tmp(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    left = Path("/tmp") / f"pacd-guard-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    monkeypatch.setenv("PACD_REQUIRE_SYSTEM", "1")
+    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
+    pytester.makepyfile(TEMP_LEAVER.format(path=str(left)))
+    try:
+        result = pytester.runpytest_inprocess()
+    finally:
+        left.unlink(missing_ok=True)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*the test run left the host changed*",
+                                 f"*{left}: left behind*"])
+
+
+def test_outside_ci_a_file_left_in_tmp_is_a_warning(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another program of a developer's machine may write there meanwhile.
+    left = Path("/tmp") / f"pacd-guard-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("PACD_REQUIRE_SYSTEM", raising=False)
+    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
+    pytester.makepyfile(TEMP_LEAVER.format(path=str(left)))
+    try:
+        result = pytester.runpytest_inprocess("-W", "default")
+    finally:
+        left.unlink(missing_ok=True)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*may have left these behind*", f"*{left}: left behind*"])
 
 
 def test_the_session_guard_fails_a_run_that_changes_home(pytester: pytest.Pytester) -> None:
