@@ -31,6 +31,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -86,8 +87,10 @@ def namespace_for_home(home: Path) -> str:
     return "pacd:" + hashlib.sha256(real.encode("utf-8")).hexdigest()[:16]
 
 
-def _run_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Run ``fn`` in a daemon thread; give up after ``timeout_s`` with KeychainLocked."""
+def _run_with_timeout(fn: Callable[[], T], timeout_s: float, what: str,
+                      on_timeout: Callable[[], None] | None = None) -> T:
+    """Run ``fn`` in a daemon thread; give up after ``timeout_s`` with KeychainLocked
+    (calling ``on_timeout`` first, when given)."""
     outcome: list[Any] = []
     done = threading.Event()
 
@@ -101,6 +104,8 @@ def _run_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
 
     threading.Thread(target=worker, name="pacd-keychain", daemon=True).start()
     if not done.wait(timeout_s):
+        if on_timeout is not None:
+            on_timeout()
         raise KeychainLocked(
             f"the keychain did not answer {what} within {timeout_s:g} s; it may be locked "
             "or waiting for an unlock prompt nobody can see. Unlock it and retry."
@@ -282,17 +287,75 @@ def start_backend_discovery() -> None:
     _DISCOVERY.start()
 
 
-#: gnome-keyring answers "no such object" for an item or its collection now and then
-#: when calls of its clients overlap: a read during another thread's replace of
-#: another item failed about once in 3,000 calls with three threads, and none in
-#: 6,000 made one at a time. Its default collection can go missing the same way, and
-#: keyring then asks to create one (a prompt on a desktop, "prompt dismissed"
-#: without one). So this process's keychain calls are made one at a time (the audit
-#: checkpoint's writes run beside requests' reads), and one that meets a vanished
-#: object, as an overlap with another process's call can still make it, is made
-#: again: each is a whole search-then-act, so asking again is safe.
-_CALLS = threading.Lock()
+class _Turn:
+    """One keychain call's place in :class:`_Turns`."""
+
+    __slots__ = ("given_up",)
+
+    def __init__(self) -> None:
+        self.given_up = False
+
+
+class _Turns:
+    """This process's keychain calls, one at a time.
+
+    gnome-keyring answers "no such object" now and then when calls of its clients
+    overlap: a read during another thread's replace of another item failed about
+    once in 3,000 calls with three threads, and none in 6,000 made one at a time
+    (the audit checkpoint's writes run beside requests' reads). Its default
+    collection can vanish the same way; keyring then asks to create one (a prompt
+    on a desktop, "prompt dismissed" without one), which is not retried here.
+
+    A call whose caller gave up (its timeout) gives its turn away at once, so a
+    call that never returns (an unlock prompt nobody answers) does not shut every
+    later one out until the daemon restarts: overlapping with a call that is as
+    good as dead is the lesser harm. A call given up before its turn came is
+    never made: its caller was told it failed.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._holder: _Turn | None = None
+
+    def take(self, turn: _Turn, deadline: float) -> bool:
+        """Wait for ``turn`` to come; False if given up or past ``deadline`` first."""
+        with self._cond:
+            while self._holder is not None and not turn.given_up:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            if turn.given_up or time.monotonic() >= deadline:
+                return False
+            self._holder = turn
+            return True
+
+    def end(self, turn: _Turn) -> None:
+        with self._cond:
+            if self._holder is turn:
+                self._holder = None
+                self._cond.notify_all()
+
+    def give_up(self, turn: _Turn) -> None:
+        """The caller of ``turn`` timed out: not made if not begun, and not waited for."""
+        with self._cond:
+            turn.given_up = True
+            if self._holder is turn:
+                self._holder = None
+            self._cond.notify_all()
+
+
+_TURNS = _Turns()
+#: a call that meets a vanished object (ItemNotFoundException), as an overlap with
+#: another process's call can still make it, is made again, up to this many times
+#: in all: each is a whole search-then-act (get, create with replace, delete of
+#: what a search finds), so asking again cannot turn an answer into another.
 _VANISHED_ATTEMPTS = 3
+
+
+def _vanished(exc: Exception) -> bool:
+    return (type(exc).__name__ == "ItemNotFoundException"
+            and (type(exc).__module__ or "").startswith("secretstorage"))
 
 
 class KeyringSecretStore:
@@ -326,25 +389,29 @@ class KeyringSecretStore:
         return _backend_label(self._backend)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        turn = _Turn()
+        # One deadline for both: a call whose turn comes after its caller gave up
+        # must not be made (the caller has reported it failed).
+        deadline = time.monotonic() + self.timeout_s
+
         def one_at_a_time() -> T:
-            # Inside the timed thread: a call stuck behind a hung one still times out,
-            # and its thread ends instead of waiting forever for the lock.
-            if not _CALLS.acquire(timeout=self.timeout_s):
+            if not _TURNS.take(turn, deadline):
                 raise KeychainLocked(
-                    f"an earlier keychain call is still waiting; {what} was not tried")
+                    f"an earlier keychain call did not finish in time; {what} was not tried")
             try:
                 for _ in range(_VANISHED_ATTEMPTS - 1):
                     try:
                         return fn()
                     except Exception as exc:
-                        if type(exc).__name__ != "ItemNotFoundException":
+                        if not _vanished(exc):
                             raise
                 return fn()
             finally:
-                _CALLS.release()
+                _TURNS.end(turn)
 
         try:
-            return _run_with_timeout(one_at_a_time, self.timeout_s, what)
+            return _run_with_timeout(one_at_a_time, self.timeout_s, what,
+                                     on_timeout=lambda: _TURNS.give_up(turn))
         except KeychainError:
             raise
         except Exception as exc:
