@@ -110,25 +110,35 @@ def test_snapshot_lists_the_temporary_directories(tmp_path: Path) -> None:
     assert taken.temp == {str(tmp_path / "a"), str(tmp_path / "b")}
 
 
-TEMP_LEAVER = """
-    import os
+GUARD_CONFTEST = "from tests.conftest import host_left_as_found  # noqa: F401\n"
 
-    def test_leaves_a_file():
-        with open({path!r}, "w") as f:
-            f.write("left")
-    """
+
+def _guarded_inner_run(pytester: pytest.Pytester, test_source: str,
+                       *args: str) -> pytest.RunResult:
+    """An inner pytest run of ``test_source`` under this suite's session guard."""
+    pytester.makeconftest(GUARD_CONFTEST)
+    pytester.makepyfile(test_source)
+    return pytester.runpytest_inprocess(*args)
+
+
+def _run_leaving_a_file_in_tmp(pytester: pytest.Pytester,
+                               *args: str) -> tuple[pytest.RunResult, Path]:
+    left = Path("/tmp") / f"pacd-guard-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        result = _guarded_inner_run(pytester, f"""
+            def test_leaves_a_file():
+                with open({str(left)!r}, "w") as f:
+                    f.write("left")
+            """, *args)
+    finally:
+        left.unlink(missing_ok=True)
+    return result, left
 
 
 def test_the_session_guard_fails_a_ci_run_that_leaves_a_file_in_tmp(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    left = Path("/tmp") / f"pacd-guard-probe-{os.getpid()}-{os.urandom(4).hex()}"
     monkeypatch.setenv("PACD_REQUIRE_SYSTEM", "1")
-    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
-    pytester.makepyfile(TEMP_LEAVER.format(path=str(left)))
-    try:
-        result = pytester.runpytest_inprocess()
-    finally:
-        left.unlink(missing_ok=True)
+    result, left = _run_leaving_a_file_in_tmp(pytester)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*the test run left the host changed*",
                                  f"*{left}: left behind*"])
@@ -137,15 +147,9 @@ def test_the_session_guard_fails_a_ci_run_that_leaves_a_file_in_tmp(
 def test_outside_ci_a_file_left_in_tmp_is_a_warning(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     # Another program of a developer's machine may write there meanwhile.
-    left = Path("/tmp") / f"pacd-guard-probe-{os.getpid()}-{os.urandom(4).hex()}"
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("PACD_REQUIRE_SYSTEM", raising=False)
-    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
-    pytester.makepyfile(TEMP_LEAVER.format(path=str(left)))
-    try:
-        result = pytester.runpytest_inprocess("-W", "default")
-    finally:
-        left.unlink(missing_ok=True)
+    result, left = _run_leaving_a_file_in_tmp(pytester, "-W", "default")
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*may have left these behind*", f"*{left}: left behind*"])
 
@@ -153,17 +157,15 @@ def test_outside_ci_a_file_left_in_tmp_is_a_warning(
 def test_the_session_guard_fails_a_run_that_changes_home(pytester: pytest.Pytester) -> None:
     # pytester gives the inner run its own HOME (a directory made for it), so the
     # inner test changes only that.
-    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
-    pytester.makepyfile("""
-        import os
-
-        def test_changes_home():
-            os.chmod(os.environ["HOME"], 0o777)
-        """)
     home = os.environ["HOME"]
     mode = stat.S_IMODE(os.stat(home).st_mode)
     try:
-        result = pytester.runpytest_inprocess()
+        result = _guarded_inner_run(pytester, """
+            import os
+
+            def test_changes_home():
+                os.chmod(os.environ["HOME"], 0o777)
+            """)
     finally:
         os.chmod(home, mode)
     result.assert_outcomes(passed=1, errors=1)
@@ -176,16 +178,14 @@ def test_the_session_guard_fails_a_run_that_changes_home(pytester: pytest.Pytest
 def test_the_session_guard_fails_a_run_that_leaves_a_process_and_stops_it(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     pid_file = tmp_path / "leaked.pid"
-    pytester.makeconftest("from tests.conftest import host_left_as_found  # noqa: F401\n")
     # Its own session, as a daemon a test forgot would be: ending the test does not end it.
-    pytester.makepyfile(f"""
+    result = _guarded_inner_run(pytester, f"""
         import subprocess
 
         def test_leaves_a_sleeper():
             proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
             open({str(pid_file)!r}, "w").write(str(proc.pid))
         """)
-    result = pytester.runpytest_inprocess()
     pid = int(pid_file.read_text())
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*the test run left the host changed*",
